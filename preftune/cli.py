@@ -1,0 +1,141 @@
+"""The `preftune` command: `preftune <command> [--config FILE.yaml] [--field value ...]`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+console = Console(stderr=False)
+
+
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    load: Callable[[], tuple[type, Callable[[Any], Any]]] | None = None
+    """Imports lazily and returns (config class, run function); None: not built yet."""
+    planned: str = ""
+
+
+def _sft() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.trainers.sft import SFTConfig, SFTTrainer
+
+    return SFTConfig, lambda cfg: SFTTrainer(cfg).train()
+
+
+def _synth() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.tasks import SynthConfig, write_task
+
+    return SynthConfig, write_task
+
+
+def _tiny() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.data import load_rows
+    from preftune.models.tiny import TinyConfig, make_tiny, texts_of_row
+
+    def run(cfg: TinyConfig) -> Any:
+        texts = (text for row in load_rows(cfg.data).rows for text in texts_of_row(row))
+        return make_tiny(texts, cfg.out, size=cfg.size, vocab_size=cfg.vocab_size, seed=cfg.seed)
+
+    return TinyConfig, run
+
+
+def _demo() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.pipelines.demo import DemoConfig, run_demo
+
+    def run(cfg: DemoConfig) -> Any:
+        summary = run_demo(cfg)
+        show_demo_table(summary)
+        return summary
+
+    return DemoConfig, run
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command("End to end on the synthetic world: synth -> tiny model -> SFT -> gold-reward table.", _demo),
+    "sft": Command("Supervised fine-tuning (completion-only loss, packing).", _sft),
+    "rm": Command("Train a Bradley-Terry reward model.", planned="issue #3 (reward modelling)"),
+    "dpo": Command("DPO and its family (IPO, cDPO, SimPO, ORPO, ...).", planned="issue #4 (DPO family)"),
+    "kto": Command("KTO on unpaired feedback.", planned="issue #4 (DPO family)"),
+    "ppo": Command("RLHF with PPO.", planned="issue #5 (PPO, RLOO, GRPO)"),
+    "rloo": Command("Critic-free RL with RLOO.", planned="issue #5 (PPO, RLOO, GRPO)"),
+    "grpo": Command("Critic-free RL with GRPO.", planned="issue #5 (PPO, RLOO, GRPO)"),
+    "bon": Command("Best-of-n / rejection sampling with a judge.", planned="issue #5 (best-of-n)"),
+    "eval": Command("Win rate, reward, KL and length of policies.", planned="issue #6 (evaluation)"),
+    "loop": Command("Iterative online DPO: generate, rate, tune, repeat.", planned="issue #7 (practice loop)"),
+    "cai": Command("Constitutional AI: critique and revise against principles.", planned="issue #7"),
+    "audit": Command("Audit ratings: agreement, fatigue, biased rater groups.", planned="issue #7"),
+    "synth": Command("Write the synthetic world's data: SFT corpus, rated pairs, prompts.", _synth),
+    "tiny": Command("Train a tokenizer on a dataset and write a random-init Llama.", _tiny),
+}
+
+
+def show_demo_table(summary: dict[str, Any]) -> None:
+    table = Table(title="preftune demo: gold reward on held-out prompts")
+    for column in ("policy", "gold reward", "95% CI", "length (words)"):
+        table.add_column(column)
+    rows = [("base (random init)", summary["methods"]["base"]), ("sft", summary["methods"]["sft"])]
+    rows.append(("SFT corpus", summary["sft_corpus"]))
+    for name, scores in rows:
+        low, high = scores["gold_reward_ci"]
+        table.add_row(name, f"{scores['gold_reward']:.3f}", f"[{low:.3f}, {high:.3f}]", f"{scores['length']:.1f}")
+    console.print(table)
+    console.print(f"wall time {summary['wall_seconds']:.0f} s")
+
+
+def print_usage() -> None:
+    console.print("usage: preftune <command> [--config FILE.yaml] [--field value ...]\n")
+    table = Table(show_header=True, box=None)
+    table.add_column("command")
+    table.add_column("what it does")
+    for name, command in COMMANDS.items():
+        note = "" if command.load else f"  [not built yet: {command.planned}]"
+        table.add_row(name, command.summary + note)
+    console.print(table)
+    console.print("\n`preftune <command> --help` lists the command's flags.")
+
+
+def setup_logging() -> None:
+    level = os.environ.get("PREFTUNE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    import transformers
+
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print_usage()
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        console.print(f"Unknown command '{name}'.{hint} Run `preftune --help` for the list.")
+        return 2
+    command = COMMANDS[name]
+    if command.load is None:
+        console.print(f"`preftune {name}` is not built yet (planned in {command.planned}). Nothing was run.")
+        return 2
+    from preftune.config import parse_config
+
+    config_cls, run = command.load()
+    config = parse_config(config_cls, rest, prog=f"preftune {name}")
+    setup_logging()
+    run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""rows -> validated examples -> tokenized -> batches (no models).
+
+Typical use (a pairwise trainer)::
+
+    table = load_rows("data/pairs.jsonl")                    # RowTable, row numbers kept
+    parsed = parse_pairs(table, skip_invalid=False)          # Parsed[PairExample]
+    pairs, report = encode_dataset(tokenizer, parsed, max_length=1024)
+    logger.info(report.summary())                            # truncation and skips
+    batch = pad_batch([pair.chosen for pair in pairs[:8]], tokenizer.pad_token_id)
+"""
+
+from preftune.data.collate import collate_packed, pack_examples, pad_batch
+from preftune.data.config import DataConfig
+from preftune.data.errors import DataError, Skip, report_skips, summarize_skips
+from preftune.data.formats import (
+    FORMAT_COLUMNS,
+    ROLES,
+    Completion,
+    Message,
+    PairExample,
+    Parsed,
+    Prompt,
+    PromptExample,
+    SFTExample,
+    UnpairedExample,
+    detect_format,
+    parse_pairs,
+    parse_prompts,
+    parse_sft,
+    parse_unpaired,
+    split_implicit_prompt,
+)
+from preftune.data.io import SUPPORTED_EXTENSIONS, RowTable, load_rows
+from preftune.data.tokenize import (
+    EncodedDataset,
+    EncodedExample,
+    EncodedPair,
+    EncodedUnpaired,
+    EncodeReport,
+    encode_dataset,
+    encode_pair,
+    encode_prompt,
+    encode_prompt_example,
+    encode_prompt_response,
+    encode_sft,
+    encode_unpaired,
+)
+
+__all__ = [
+    "FORMAT_COLUMNS",
+    "ROLES",
+    "SUPPORTED_EXTENSIONS",
+    "Completion",
+    "DataConfig",
+    "DataError",
+    "EncodeReport",
+    "EncodedDataset",
+    "EncodedExample",
+    "EncodedPair",
+    "EncodedUnpaired",
+    "Message",
+    "PairExample",
+    "Parsed",
+    "Prompt",
+    "PromptExample",
+    "RowTable",
+    "SFTExample",
+    "Skip",
+    "UnpairedExample",
+    "collate_packed",
+    "detect_format",
+    "encode_dataset",
+    "encode_pair",
+    "encode_prompt",
+    "encode_prompt_example",
+    "encode_prompt_response",
+    "encode_sft",
+    "encode_unpaired",
+    "load_rows",
+    "pack_examples",
+    "pad_batch",
+    "parse_pairs",
+    "parse_prompts",
+    "parse_sft",
+    "parse_unpaired",
+    "report_skips",
+    "split_implicit_prompt",
+    "summarize_skips",
+]

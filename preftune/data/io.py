@@ -1,0 +1,215 @@
+"""Read dataset rows from local files or the Hugging Face hub, keeping row numbers.
+
+Local files are read here (not through `datasets`) so that every row keeps the number
+a user can find in the file: the line number for JSON Lines, the 1-based record index
+for JSON arrays, Parquet and CSV (the CSV header is not counted). Directories and
+hub names go through `datasets`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from preftune.data.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_EXTENSIONS = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet", ".csv")
+# Extensions that make a string a file path rather than a hub dataset name.
+_FILE_LIKE_EXTENSIONS = (*SUPPORTED_EXTENSIONS, ".gz", ".tsv", ".txt", ".arrow", ".zst", ".xz", ".zip", ".pq")
+# Files that `Dataset.save_to_disk` / `DatasetDict.save_to_disk` write.
+_SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+@dataclass(frozen=True)
+class RowTable:
+    """Raw rows of one dataset split, each with the row number used in error messages."""
+
+    source: str
+    rows: list[dict[str, Any]]
+    row_numbers: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.rows) != len(self.row_numbers):
+            raise ValueError(f"RowTable has {len(self.rows)} rows but {len(self.row_numbers)} row numbers.")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_rows(source: str, split: str = "train") -> RowTable:
+    """Read every row of `source`: a local file, a saved dataset directory, or a hub name.
+
+    Files: `.json` (a JSON array of objects, or JSON Lines content), `.jsonl`, `.jsonl.gz`,
+    `.json.gz`, `.parquet`, `.csv`. A directory written by `save_to_disk` is read with
+    `datasets.load_from_disk`; any other directory or a string that is not a path goes to
+    `datasets.load_dataset(source, split=split)`. Raises `DataError` naming the file and
+    line for malformed JSON, rows that are not objects, missing files and unknown types.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _read_file(path, source)
+    if path.is_dir():
+        if any((path / name).exists() for name in _SAVED_DATASET_FILES):
+            return _read_saved_dataset(path, source, split)
+        return _read_hub_dataset(source, split)
+    if _looks_like_path(source):
+        raise DataError(
+            source,
+            None,
+            None,
+            f"file not found (looked for {path.resolve()})",
+            "check the path (relative paths start from the current directory)",
+        )
+    return _read_hub_dataset(source, split)
+
+
+def _looks_like_path(source: str) -> bool:
+    lowered = source.lower()
+    return (
+        source.startswith((".", "/", "~", "\\"))
+        or source.count("/") > 1
+        or lowered.endswith(_FILE_LIKE_EXTENSIONS)
+    )
+
+
+def _read_file(path: Path, source: str) -> RowTable:
+    name = path.name.lower()
+    if name.endswith((".json", ".jsonl")):
+        return _parse_json_text(_read_text(path, source, compressed=False), source)
+    if name.endswith((".json.gz", ".jsonl.gz")):
+        return _parse_json_text(_read_text(path, source, compressed=True), source)
+    if name.endswith(".parquet"):
+        return _read_arrow(path, source, "parquet")
+    if name.endswith(".csv"):
+        return _read_arrow(path, source, "csv")
+    raise DataError(
+        source,
+        None,
+        None,
+        f"unsupported file type {''.join(path.suffixes) or '(no extension)'!r}",
+        f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS)}, or pass a hub dataset name",
+    )
+
+
+def _read_text(path: Path, source: str, compressed: bool) -> str:
+    try:
+        if compressed:
+            with gzip.open(path, "rt", encoding="utf-8-sig") as handle:
+                return handle.read()
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            source, None, None, f"not valid UTF-8 text ({error})", "re-save the file as UTF-8"
+        ) from error
+    except (gzip.BadGzipFile, EOFError) as error:
+        raise DataError(
+            source, None, None, f"not a valid gzip file ({error})", "re-compress it with gzip or drop the .gz"
+        ) from error
+
+
+def _parse_json_text(text: str, source: str) -> RowTable:
+    """A JSON array of objects (rows numbered 1..n) or JSON Lines (rows numbered by line)."""
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(
+                source,
+                None,
+                None,
+                f"malformed JSON ({error.msg} at line {error.lineno}, column {error.colno})",
+                "fix the JSON syntax there (a JSON array of objects, or one object per line)",
+            ) from error
+        numbers = list(range(1, len(items) + 1))
+    else:
+        items, numbers = [], []
+        # split on "\n" only: str.splitlines would also split on U+2028 inside JSON strings
+        for line_number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue  # blank lines are not data
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(
+                    source,
+                    line_number,
+                    None,
+                    f"malformed JSON ({error.msg} at column {error.colno})",
+                    "write exactly one JSON object per line; check quotes, commas and escapes",
+                ) from error
+            numbers.append(line_number)
+    for item, number in zip(items, numbers, strict=True):
+        if not isinstance(item, dict):
+            raise DataError(
+                source,
+                number,
+                None,
+                f"expected a JSON object, got {type(item).__name__} {_preview(item)}",
+                'make each row an object such as {"prompt": "...", "completion": "..."}',
+            )
+    return RowTable(source=source, rows=items, row_numbers=numbers)
+
+
+def _read_arrow(path: Path, source: str, kind: str) -> RowTable:
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    try:
+        table = pyarrow.parquet.read_table(path) if kind == "parquet" else pyarrow.csv.read_csv(path)
+    except pa.ArrowException as error:
+        raise DataError(
+            source,
+            None,
+            None,
+            f"could not read it as {kind} ({error})",
+            f"check that it is a valid {kind} file",
+        ) from error
+    rows = table.to_pylist()
+    return RowTable(source=source, rows=rows, row_numbers=list(range(1, len(rows) + 1)))
+
+
+def _read_saved_dataset(path: Path, source: str, split: str) -> RowTable:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(
+                source, None, None, f"no split {split!r} (found {sorted(loaded)})", "pass one of those splits"
+            )
+        loaded = loaded[split]
+    return _table_from_dataset(loaded, source)
+
+
+def _read_hub_dataset(source: str, split: str) -> RowTable:
+    import datasets
+
+    logger.info("Loading %s (split %s) with datasets.load_dataset", source, split)
+    try:
+        loaded = datasets.load_dataset(source, split=split)
+    except Exception as error:  # datasets raises many types; re-raise with the source named
+        raise DataError(
+            source,
+            None,
+            None,
+            f"datasets.load_dataset failed ({type(error).__name__}: {error})",
+            f"check the dataset name and split {split!r}, or pass a local file ({', '.join(SUPPORTED_EXTENSIONS)})",
+        ) from error
+    return _table_from_dataset(loaded, f"{source}[{split}]")
+
+
+def _table_from_dataset(dataset: Any, source: str) -> RowTable:
+    rows = dataset.to_list()
+    return RowTable(source=source, rows=rows, row_numbers=list(range(1, len(rows) + 1)))
+
+
+def _preview(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,103 @@
+"""Atomic, resumable checkpoints: checkpoints/step-N/ holds model, optimizer, scheduler and RNG.
+
+Nothing here unpickles arbitrary objects: weights are safetensors, the optimizer state is
+read with torch.load(weights_only=True), everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root`, oldest first (temp dirs of interrupted saves are ignored)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = STEP_DIR.match(path.name)
+        if match and (path / "trainer_state.json").exists():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write checkpoints/step-N atomically (temp dir + rename) and prune old ones.
+
+    Call on the main process only; RNG states of other ranks are saved by `save_rng`.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=root))
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    prefix = f".rng-step-{step}."
+    for name in os.listdir(root):  # RNG files written by every rank before this call
+        if name.startswith(prefix):
+            shutil.move(str(root / name), tmp / name[len(prefix) :])
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep > 0:
+        for _, old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old)
+    return final
+
+
+def save_rng(root: Path, step: int, rank: int) -> None:
+    """Each rank's RNG state, moved into step-N by the main process's save_checkpoint."""
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({"torch": torch.get_rng_state()}, str(root / f".rng-step-{step}.rng-{rank}.safetensors"))
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    state = {"python": [py_state[0], list(py_state[1]), py_state[2]], "numpy": [np_state[1].tolist(), *np_state[2:]]}
+    (root / f".rng-step-{step}.rng-{rank}.json").write_text(json.dumps(state))
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rank: int,
+) -> dict[str, Any]:
+    """Restore everything saved by save_checkpoint/save_rng; returns trainer_state.json."""
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if unexpected or missing:
+        raise ValueError(
+            f"Checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}). "
+            "Resume with the same --model and LoRA settings as the interrupted run."
+        )
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    rng_file = path / f"rng-{rank}.safetensors"
+    if rng_file.exists():
+        torch.set_rng_state(load_file(str(rng_file))["torch"])
+        state = json.loads((path / f"rng-{rank}.json").read_text())
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        np.random.set_state(("MT19937", np.array(state["numpy"][0], dtype=np.uint32), *state["numpy"][1:]))
+    return json.loads((path / "trainer_state.json").read_text())

@@ -1,0 +1,74 @@
+"""Fields shared by every training command (names as in transformers' TrainingArguments)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = ""
+    """Folder for config.yaml, metrics.jsonl, checkpoints/, final/ and summary.json."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate (after warmup)."""
+    per_device_train_batch_size: int = 8
+    """Examples (or packed rows) per micro-batch on each process."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step. Global batch = this x per-device batch x processes."""
+    max_steps: int = -1
+    """Optimizer steps to run; -1 derives them from num_train_epochs."""
+    num_train_epochs: float = 1.0
+    """Passes over the training data, used when max_steps is -1."""
+    warmup_ratio: float = 0.0
+    """Fraction of the steps with a linear learning-rate warmup from 0."""
+    lr_scheduler_type: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warmup (to 0 for cosine and linear)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (not applied to biases and norms)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm; 0 turns clipping off."""
+    logging_steps: int = 10
+    """Write a metrics.jsonl line every this many optimizer steps (and at the last step)."""
+    save_steps: int = 0
+    """Write a resumable checkpoint every this many steps; 0 saves only at the end."""
+    save_total_limit: int = 2
+    """Keep at most this many checkpoints (the newest); 0 keeps all."""
+    eval_steps: int = 0
+    """Evaluate on --eval_dataset every this many steps; 0 evaluates only at the end."""
+    resume: bool = False
+    """Continue from the newest checkpoint in output_dir/checkpoints (the run must be the same)."""
+    seed: int = 0
+    """Seed for initialisation, data order and sampling."""
+    bf16: bool = False
+    """bfloat16 mixed precision (autocast)."""
+    fp16: bool = False
+    """float16 mixed precision with loss scaling (CUDA only)."""
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    """Trackers through accelerate: tensorboard, wandb, ... or none. metrics.jsonl is always written."""
+    disable_tqdm: bool = False
+    """Hide the progress bar."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "learning_rate": self.learning_rate > 0,
+            "per_device_train_batch_size": self.per_device_train_batch_size >= 1,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
+            "num_train_epochs": self.num_train_epochs > 0,
+            "logging_steps": self.logging_steps >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be -1 (use epochs) or >= 1, got {self.max_steps}.")
+        if min(self.save_steps, self.save_total_limit, self.eval_steps, self.max_grad_norm) < 0:
+            raise ValueError("save_steps, save_total_limit, eval_steps and max_grad_norm must be >= 0.")
+        if self.bf16 and self.fp16:
+            raise ValueError("Choose one of --bf16 and --fp16, not both.")

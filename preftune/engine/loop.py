@@ -1,0 +1,282 @@
+"""The one training loop, on accelerate: what every method needs and nothing method-specific.
+
+A trainer asks the engine for the micro-batches of each optimizer step, computes its own
+losses, and hands back the gradient and its metrics; the engine owns the optimizer,
+schedule, clipping, mixed precision, logging, checkpoints, resume and the NaN guard.
+
+Data order is a stream of per-epoch permutations (seeded) cut into global batches, so the
+position in the data is just the step number: resuming is exact, and process p of P
+always gets the same slice of each global batch, whatever P is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from preftune.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_rng
+from preftune.engine.config import TrainConfig
+from preftune.engine.metrics import MetricsLog
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when the loss or the gradient norm stops being finite."""
+
+
+def build_accelerator(config: TrainConfig) -> Accelerator:
+    """Mixed precision and trackers from the config. Accumulation is done by the engine itself.
+
+    Without CUDA the accelerator is told it is on CPU, so several processes started by
+    `accelerate launch --multi_gpu --num_processes N` (or torchrun) join over gloo.
+    """
+    mixed = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+    trackers = [name for name in config.report_to if name != "none"]
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=mixed,
+        log_with=trackers or None,
+        project_dir=config.output_dir or None,
+    )
+
+
+def index_stream(num_items: int, seed: int, start: int) -> Iterator[int]:
+    """Item indices from position `start` of the concatenated per-epoch seeded permutations."""
+    epoch, offset = divmod(start, num_items)
+    while True:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(num_items, generator=generator).tolist()
+        yield from order[offset:]
+        epoch, offset = epoch + 1, 0
+
+
+class Engine:
+    """Owns the optimizer step, schedule, logging, checkpoints and resume for one run."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: torch.nn.Module,
+        num_items: int,
+        run_config: dict[str, Any],
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        if not config.output_dir:
+            raise ValueError("output_dir is empty: pass --output_dir DIR.")
+        self.config = config
+        self.accelerator = accelerator or build_accelerator(config)
+        self.out = Path(config.output_dir)
+        self.checkpoint_root = self.out / "checkpoints"
+        set_seed(config.seed)
+        per_process = config.per_device_train_batch_size * config.gradient_accumulation_steps
+        self.global_batch_size = per_process * self.accelerator.num_processes
+        if num_items < 1:
+            raise ValueError("The training set is empty.")
+        self.num_items = num_items
+        self.total_steps = (
+            config.max_steps
+            if config.max_steps > 0
+            else max(1, math.ceil(config.num_train_epochs * num_items / self.global_batch_size))
+        )
+        self.unwrapped = model
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(model, config.weight_decay),
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+        )
+        scheduler_name = "constant_with_warmup" if config.lr_scheduler_type == "constant" else config.lr_scheduler_type
+        self.scheduler = get_scheduler(
+            scheduler_name,
+            self.optimizer,
+            num_warmup_steps=round(config.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self.step = 0
+        self._total_tokens = 0.0
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
+        if config.resume:
+            self._resume()
+        elif self.is_main and (self.out / "metrics.jsonl").exists():
+            (self.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(_to_yaml(run_config))
+        self.accelerator.init_trackers("preftune", config=_scalars(run_config))
+        self._start_time = time.perf_counter()
+        self._window_time = self._start_time
+        self._window_tokens = 0.0
+        self._progress = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="train",
+            disable=config.disable_tqdm or not self.is_main,
+            dynamic_ncols=True,
+        )
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def steps(self) -> Iterator[list[list[int]]]:
+        """For each remaining optimizer step: this process's micro-batches, as lists of item indices."""
+        cfg = self.config
+        stream = index_stream(self.num_items, cfg.seed, start=self.step * self.global_batch_size)
+        per_process = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+        rank = self.accelerator.process_index
+        while not self.done:
+            global_batch = [next(stream) for _ in range(self.global_batch_size)]
+            mine = global_batch[rank * per_process : (rank + 1) * per_process]
+            size = cfg.per_device_train_batch_size
+            yield [mine[i : i + size] for i in range(0, per_process, size)]
+
+    def global_sum(self, value: torch.Tensor | float) -> torch.Tensor:
+        """Sum of a scalar over all processes (a float64 tensor on the local device)."""
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.accelerator.device).reshape(1)
+        return self.accelerator.reduce(tensor, reduction="sum")[0]
+
+    def sync_context(self, micro_index: int, num_micro: int) -> contextlib.AbstractContextManager:
+        """No gradient all-reduce except on the last micro-batch of the step."""
+        if micro_index == num_micro - 1:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(self.model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate a loss already normalised by *global* counts.
+
+        DDP averages gradients over processes, so the loss is scaled by their number to
+        get the gradient of the global sum / global count.
+        """
+        self.accelerator.backward(loss * self.accelerator.num_processes)
+
+    def optimizer_step(self, loss: float, num_tokens: float, metrics: dict[str, float]) -> None:
+        """Clip, step, schedule; then the NaN guard, logging and checkpointing for this step."""
+        grad_norm = self._clip()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self._diverged(loss, grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self._window_tokens += num_tokens
+        self._total_tokens += num_tokens
+        self.metrics.accumulate({"train/loss": loss, "train/grad_norm": grad_norm, **metrics})
+        if self.step % self.config.logging_steps == 0 or self.done:
+            self._log()
+        self._progress.update(1)
+        if self.config.save_steps and (self.step % self.config.save_steps == 0 or self.done):
+            self.save_checkpoint()
+
+    def _clip(self) -> float:
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        return float(norm) if norm is not None else math.nan
+
+    def _diverged(self, loss: float, grad_norm: float) -> None:
+        checkpoints = list_checkpoints(self.checkpoint_root)
+        last = f"the last good checkpoint is {checkpoints[-1][1]}" if checkpoints else "no checkpoint was saved yet"
+        raise TrainingDiverged(
+            f"Training stopped at step {self.step + 1}: loss={loss}, grad_norm={grad_norm} is not finite; "
+            f"{last}. Lower --learning_rate, check the data of this step, or turn off --fp16/--bf16; "
+            "then rerun (with --resume true to continue from the checkpoint)."
+        )
+
+    def _log(self) -> None:
+        now = time.perf_counter()
+        extra = {
+            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            "train/tokens_per_second": self._window_tokens / max(now - self._window_time, 1e-9),
+            "train/num_tokens": self._total_tokens,
+            "train/epoch": self.step * self.global_batch_size / self.num_items,
+        }
+        self._window_time, self._window_tokens = now, 0.0
+        record = self.metrics.flush(self.step, extra)
+        self._progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{extra['train/tokens_per_second']:.0f}")
+        self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
+
+    def should_evaluate(self) -> bool:
+        """True at every eval_steps-th step and at the last one."""
+        every = self.config.eval_steps
+        return self.done or (every > 0 and self.step % every == 0)
+
+    def log_eval(self, metrics: dict[str, float]) -> None:
+        """Write evaluation metrics as their own metrics.jsonl line; its `loss` is `eval/loss`."""
+        self.metrics.write({"step": self.step, "loss": metrics.get("eval/loss", math.nan), **metrics})
+        self.accelerator.log(metrics, step=self.step)
+        logger.info("step %d: %s", self.step, {k: round(v, 4) for k, v in metrics.items()})
+
+    def save_checkpoint(self) -> None:
+        """Resumable state at the current step (every rank's RNG, the rest on the main process)."""
+        save_rng(self.checkpoint_root, self.step, self.accelerator.process_index)
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            state = {"num_tokens": self._total_tokens}
+            save_checkpoint(
+                self.checkpoint_root,
+                self.step,
+                self.accelerator.unwrap_model(self.model),
+                self.optimizer,
+                self.scheduler,
+                state,
+                keep=self.config.save_total_limit,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self) -> None:
+        checkpoints = list_checkpoints(self.checkpoint_root)
+        if not checkpoints:
+            raise ValueError(
+                f"--resume: no checkpoint in {self.checkpoint_root}. Start without --resume, "
+                "or point --output_dir at the interrupted run (it needs --save_steps > 0)."
+            )
+        step, path = checkpoints[-1]
+        state = load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler, self.accelerator.process_index)
+        self.step = step
+        self._total_tokens = state["num_tokens"]
+        self.metrics.truncate_after(step)
+        logger.info("Resumed from %s (step %d of %d).", path, step, self.total_steps)
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Close the progress bar and trackers; write summary.json with wall time."""
+        self._progress.close()
+        self.accelerator.end_training()
+        summary = {"steps": self.step, "wall_seconds": time.perf_counter() - self._start_time, **summary}
+        if self.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on biases, norms' gains)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameters.")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _to_yaml(run_config: dict[str, Any]) -> str:
+    return yaml.safe_dump(run_config, sort_keys=False)
+
+
+def _scalars(run_config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run_config.items() if isinstance(v, int | float | str | bool)}

@@ -1,0 +1,51 @@
+"""metrics.jsonl: one JSON object per logged step, always with `step` and `loss`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Averages metrics over the logging window and appends them to metrics.jsonl."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines written after the checkpoint we continue from."""
+        if not (self.enabled and self.path.exists()):
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def accumulate(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def flush(self, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the window's means (plus `extra`, taken as is) and start a new window."""
+        record: dict[str, Any] = {"step": step}
+        record.update({key: self._sums[key] / self._counts[key] for key in self._sums})
+        record.update(extra or {})
+        record.setdefault("loss", record.get("train/loss", math.nan))
+        self._sums, self._counts = {}, {}
+        self.write(record)
+        return record
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record as is (evaluation lines use this; the training window is untouched)."""
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]

@@ -1,0 +1,27 @@
+"""Supervised fine-tuning objective: next-token negative log-likelihood.
+
+Paper: the standard language-modelling loss, as used for the SFT stage of InstructGPT
+(arXiv 2203.02155, section 3.5). Implemented per token; the caller masks prompt tokens
+(completion-only loss) and normalises with `ops.reduce_loss`.
+Departure from the paper: none.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def sft_loss(token_logps: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token NLL.
+
+    Args:
+        token_logps: (B, T) log pi(y_t | y_<t, x) of the target tokens.
+        mask: (B, T) bool, True where a token is a training target.
+
+    Returns:
+        (B, T) per-token losses (0 where masked) and detached metrics.
+    """
+    losses = -token_logps * mask
+    num_tokens = mask.sum().clamp(min=1)
+    mean_nll = losses.detach().sum() / num_tokens
+    return losses, {"train/nll": mean_nll, "train/perplexity": mean_nll.exp()}

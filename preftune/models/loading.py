@@ -1,0 +1,162 @@
+"""Load and save the four model roles: policy, reference, reward and value.
+
+Any Hugging Face checkpoint path works for any role. Weights are read with safetensors
+only and `trust_remote_code` stays off unless the user turns it on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelConfig:
+    model: str = ""
+    """Policy (or base) checkpoint: a local folder written by save_pretrained or `preftune tiny`."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Dtype the weights are loaded in; 'auto' keeps the checkpoint's. Mixed precision is --bf16/--fp16."""
+    trust_remote_code: bool = False
+    """Run modelling code shipped with the checkpoint. Off by default: only enable for code you trust."""
+    attn_implementation: str | None = None
+    """Attention kernel passed to transformers (sdpa, eager, flash_attention_2); None lets it choose."""
+    use_peft: bool = False
+    """Train a LoRA adapter (peft) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input. 0 by default so log-probs are deterministic."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters: names such as q_proj v_proj, or 'all-linear'."""
+
+    def __post_init__(self) -> None:
+        if self.lora_r <= 0:
+            raise ValueError(f"lora_r must be > 0, got {self.lora_r}. Typical values: 8 to 64.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+
+def check_model_path(path: str, flag: str = "--model") -> None:
+    """Fail early, before anything heavy loads, when a checkpoint folder is missing."""
+    if not path:
+        raise ValueError(f"No checkpoint given: pass {flag} PATH (a folder from save_pretrained or `preftune tiny`).")
+    p = Path(path)
+    if p.exists() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+        raise ValueError(f"{flag} {path}: the folder has no config.json, so it is not a saved model.")
+    if not p.exists():
+        raise ValueError(
+            f"{flag} {path}: no such folder. preftune never downloads weights; give a local checkpoint "
+            "(make one with `preftune tiny --data FILE --out DIR`)."
+        )
+
+
+def _torch_dtype(dtype: str) -> torch.dtype | str:
+    return "auto" if dtype == "auto" else DTYPES[dtype]
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, with a pad token (eos is used, with a warning, if it has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"The tokenizer at {path} has neither a pad nor an eos token; add a pad token.")
+        logger.warning("Tokenizer at %s has no pad token; using eos %r for padding.", path, tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set p=0 in every Dropout module so log-probs do not depend on the RNG."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def load_policy(config: ModelConfig) -> PreTrainedModel | PeftModel:
+    """The trainable causal LM, wrapped in a fresh LoRA adapter when `use_peft`."""
+    check_model_path(config.model)
+    model = AutoModelForCausalLM.from_pretrained(
+        config.model,
+        dtype=_torch_dtype(config.dtype),
+        trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation,
+        use_safetensors=True,
+    )
+    disable_dropout(model)
+    if config.use_peft:
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=_lora_targets(config.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def _lora_targets(names: list[str]) -> str | list[str]:
+    return "all-linear" if names == ["all-linear"] else names
+
+
+def load_reference(path: str, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
+    """A frozen causal LM in eval mode (the KL anchor)."""
+    check_model_path(path, "--ref_model")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+    return freeze(model)
+
+
+def load_scalar_model(
+    path: str, dtype: str = "float32", trust_remote_code: bool = False, flag: str = "--reward_model"
+) -> PreTrainedModel:
+    """A sequence classifier with one output (reward or value model).
+
+    A causal-LM checkpoint gets a freshly initialised score head (transformers logs which
+    weights are new); its pad_token_id is set so the score is read at the last real token.
+    """
+    check_model_path(path, flag)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+    if model.config.pad_token_id is None:
+        raise ValueError(f"{flag} {path}: config.pad_token_id is unset; set it so scores are read correctly.")
+    disable_dropout(model)
+    return model
+
+
+def freeze(model: PreTrainedModel) -> PreTrainedModel:
+    """Eval mode, no gradients, dropout off."""
+    model.eval()
+    model.requires_grad_(False)
+    disable_dropout(model)
+    return model
+
+
+def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    """Write a folder plain transformers can load (safetensors). LoRA adapters are merged first."""
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    assert isinstance(model, PreTrainedModel)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)  # transformers 5 always writes safetensors
+    tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,36 @@
+"""Shared test fixtures (keep this file small)."""
+
+from __future__ import annotations
+
+import pytest
+
+from preftune.models.tiny import train_tokenizer
+
+_WORDS = "the quick brown fox jumps over a lazy dog hello world what is two plus two four sure sorry".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (BOS on plain text, eos </s>, pad <pad>, chat template), trained in ms."""
+    texts = [" ".join(_WORDS[(i + j) % len(_WORDS)] for j in range(1 + i % 9)) for i in range(300)]
+    texts += [f"Human: question {i}?\n\nAssistant: answer {i}." for i in range(50)]
+    return train_tokenizer(texts, vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def synth_world(tmp_path_factory):
+    """A small synthetic world on disk: sft.jsonl, pairs.jsonl, prompts, eval prompts."""
+    from preftune.tasks import SynthConfig, write_task
+
+    out = tmp_path_factory.mktemp("synth")
+    return write_task(SynthConfig(out=str(out), num_sft=400, num_pairs=100, num_prompts=64, num_eval_prompts=16))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(synth_world, tmp_path_factory):
+    """A random-init tiny Llama + tokenizer trained on the synthetic SFT text (a folder path)."""
+    from preftune.data import load_rows
+    from preftune.models.tiny import make_tiny, texts_of_row
+
+    texts = (t for row in load_rows(str(synth_world["sft"])).rows for t in texts_of_row(row))
+    return str(make_tiny(texts, tmp_path_factory.mktemp("tiny") / "base", vocab_size=600, seed=0))

@@ -1,0 +1,206 @@
+"""Reading rows from files: formats round-trip, row numbers, and errors that name file and line."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+import pickle
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from preftune.data import DataError, Skip, load_rows, report_skips, summarize_skips
+
+ROWS = [
+    {"prompt": "What is two plus two?", "chosen": " Four.", "rejected": " Five.", "margin": 1.5},
+    {"prompt": "Say hi", "chosen": " hi", "rejected": " no", "margin": None},
+    {"prompt": "Unicode \u2028 line separator, é", "chosen": " a", "rejected": " b", "margin": -0.25},
+]
+CONVERSATIONAL = [
+    {
+        "prompt": [{"role": "user", "content": "hello"}],
+        "chosen": [{"role": "assistant", "content": "hi there"}],
+        "rejected": [{"role": "assistant", "content": "go away"}],
+    }
+]
+
+
+def _write(path, rows, kind):
+    if kind == ".json":
+        path.write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
+    elif kind == ".jsonl":
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    elif kind in (".jsonl.gz", ".json.gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    elif kind == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.mark.parametrize("kind", [".json", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet"])
+@pytest.mark.parametrize("rows", [ROWS, CONVERSATIONAL], ids=["standard", "conversational"])
+def test_file_formats_round_trip(tmp_path, kind, rows):
+    path = tmp_path / f"pairs{kind}"
+    _write(path, rows, kind)
+    table = load_rows(str(path))
+    assert table.rows == rows
+    assert table.row_numbers == list(range(1, len(rows) + 1))
+    assert table.source == str(path)
+
+
+def test_csv_round_trip_infers_numbers_and_booleans(tmp_path):
+    path = tmp_path / "kto.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "completion", "label", "weight"])
+        writer.writerow(["Hi, you", " hello, friend", "true", "0.5"])
+        writer.writerow(["Bye", ' go "now"', "false", ""])
+    table = load_rows(str(path))
+    assert table.rows == [
+        {"prompt": "Hi, you", "completion": " hello, friend", "label": True, "weight": 0.5},
+        {"prompt": "Bye", "completion": ' go "now"', "label": False, "weight": None},
+    ]
+    assert table.row_numbers == [1, 2]
+
+
+def test_jsonl_blank_lines_are_skipped_and_rows_keep_their_line_numbers(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "a"}\n\n   \n{"text": "b"}\r\n\n{"text": "c"}', encoding="utf-8")
+    table = load_rows(str(path))
+    assert [row["text"] for row in table.rows] == ["a", "b", "c"]
+    assert table.row_numbers == [1, 4, 6]
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": "b",}\n', encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_rows(str(path))
+    assert info.value.row == 3
+    assert str(info.value).startswith(f"{path}, row 3: malformed JSON")
+    assert "Fix: write exactly one JSON object per line" in str(info.value)
+
+
+def test_malformed_json_array_names_line_and_column(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n  {"text": "a"},\n  {"text": }\n]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.json: malformed JSON \(.* at line 3, column 12\)"):
+        load_rows(str(path))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "row", "got"),
+    [
+        ("rows.jsonl", '{"text": "a"}\n["a", "b"]\n', 2, "list"),
+        ("rows.json", '[{"text": "a"}, "just text"]', 2, "str"),
+    ],
+)
+def test_non_object_row_is_an_error(tmp_path, name, content, row, got):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_rows(str(path))
+    assert info.value.row == row
+    assert f"row {row}: expected a JSON object, got {got}" in str(info.value)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope" / "pairs.jsonl"
+    with pytest.raises(DataError, match=r"pairs\.jsonl: file not found \(looked for .*nope/pairs\.jsonl\)"):
+        load_rows(str(missing))
+    with pytest.raises(DataError, match="file not found"):
+        load_rows("data/not_here.parquet")  # relative, with an extension: a path, not a hub name
+
+
+def test_unknown_extension_lists_the_supported_ones(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_text("hello\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_rows(str(path))
+    message = str(info.value)
+    assert "unsupported file type '.txt'" in message
+    for extension in (".json", ".jsonl", ".jsonl.gz", ".parquet", ".csv"):
+        assert extension in message
+
+
+def test_not_gzip_and_not_utf8_are_clear_errors(tmp_path):
+    fake_gz = tmp_path / "a.jsonl.gz"
+    fake_gz.write_text('{"text": "a"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="not a valid gzip file"):
+        load_rows(str(fake_gz))
+    latin = tmp_path / "b.jsonl"
+    latin.write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        load_rows(str(latin))
+
+
+def test_saved_dataset_directory_is_read_with_load_from_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    single = tmp_path / "single"
+    datasets.Dataset.from_list(ROWS[:2]).save_to_disk(str(single))
+    assert load_rows(str(single)).rows == ROWS[:2]
+    both = tmp_path / "dict"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS[:1]), "test": datasets.Dataset.from_list(ROWS[1:2])}
+    ).save_to_disk(str(both))
+    assert load_rows(str(both), split="test").rows == ROWS[1:2]
+    with pytest.raises(DataError, match=r"no split 'validation' \(found \['test', 'train'\]\)"):
+        load_rows(str(both), split="validation")
+
+
+def test_hub_name_goes_to_load_dataset(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load_dataset(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(ROWS[:1])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    table = load_rows("someone/some-pairs", split="test")
+    assert calls == [("someone/some-pairs", "test")]
+    assert table.rows == ROWS[:1]
+    assert table.source == "someone/some-pairs[test]"
+
+
+def test_data_error_message_fields_and_pickling():
+    error = DataError(
+        "data/pairs.jsonl", 12, "chosen", "empty response", "remove the row or fill in the response", True
+    )
+    assert str(error) == (
+        "data/pairs.jsonl, row 12, field 'chosen': empty response. Fix: remove the row or fill in the response "
+        "(or pass --skip_invalid true to skip and count such rows)."
+    )
+    assert isinstance(error, ValueError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.source, copy.row, copy.field, copy.skippable, str(copy)) == (
+        "data/pairs.jsonl",
+        12,
+        "chosen",
+        True,
+        str(error),
+    )
+
+
+def test_summarize_skips_counts_reasons_and_lists_rows():
+    skips = [Skip(12, "chosen", "empty response"), Skip(40, "rejected", "chosen identical to rejected")]
+    skips.append(Skip(77, "chosen", "empty response"))
+    summary = summarize_skips(skips, "d.jsonl", 100)
+    assert summary == (
+        "Skipped 3 of 100 rows of d.jsonl: 2 x empty response (field 'chosen'); "
+        "1 x chosen identical to rejected (field 'rejected'). Rows: 12, 40, 77."
+    )
+    assert summarize_skips([], "d.jsonl", 5) == "Skipped 0 of 5 rows of d.jsonl."
+    assert summarize_skips(skips[:1], "d.jsonl") == (
+        "Skipped 1 rows of d.jsonl: 1 x empty response (field 'chosen'). Rows: 12."
+    )
+
+
+def test_report_skips_logs_a_warning_and_returns_the_summary(caplog):
+    with caplog.at_level(logging.INFO, logger="preftune.data"):
+        summary = report_skips("d.jsonl", [Skip(3, "text", "empty text")], 10)
+    assert summary == "Skipped 1 of 10 rows of d.jsonl: 1 x empty text (field 'text'). Rows: 3."
+    assert [(record.levelname, record.getMessage()) for record in caplog.records] == [("WARNING", summary)]
