@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-console = Console(stderr=False)
+console = Console(soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ def _demo() -> tuple[type, Callable[[Any], Any]]:
 
 
 COMMANDS: dict[str, Command] = {
-    "demo": Command("End to end on the synthetic world: synth -> tiny model -> SFT -> gold-reward table.", _demo),
+    "demo": Command(
+        "End to end on the synthetic world: synth -> tiny model -> SFT -> gold-reward table.", _demo
+    ),
     "sft": Command("Supervised fine-tuning (completion-only loss, packing).", _sft),
     "rm": Command("Train a Bradley-Terry reward model.", planned="issue #3 (reward modelling)"),
     "dpo": Command("DPO and its family (IPO, cDPO, SimPO, ORPO, ...).", planned="issue #4 (DPO family)"),
@@ -69,7 +71,9 @@ COMMANDS: dict[str, Command] = {
     "grpo": Command("Critic-free RL with GRPO.", planned="issue #5 (PPO, RLOO, GRPO)"),
     "bon": Command("Best-of-n / rejection sampling with a judge.", planned="issue #5 (best-of-n)"),
     "eval": Command("Win rate, reward, KL and length of policies.", planned="issue #6 (evaluation)"),
-    "loop": Command("Iterative online DPO: generate, rate, tune, repeat.", planned="issue #7 (practice loop)"),
+    "loop": Command(
+        "Iterative online DPO: generate, rate, tune, repeat.", planned="issue #7 (practice loop)"
+    ),
     "cai": Command("Constitutional AI: critique and revise against principles.", planned="issue #7"),
     "audit": Command("Audit ratings: agreement, fatigue, biased rater groups.", planned="issue #7"),
     "synth": Command("Write the synthetic world's data: SFT corpus, rated pairs, prompts.", _synth),
@@ -85,7 +89,9 @@ def show_demo_table(summary: dict[str, Any]) -> None:
     rows.append(("SFT corpus", summary["sft_corpus"]))
     for name, scores in rows:
         low, high = scores["gold_reward_ci"]
-        table.add_row(name, f"{scores['gold_reward']:.3f}", f"[{low:.3f}, {high:.3f}]", f"{scores['length']:.1f}")
+        table.add_row(
+            name, f"{scores['gold_reward']:.3f}", f"[{low:.3f}, {high:.3f}]", f"{scores['length']:.1f}"
+        )
     console.print(table)
     console.print(f"wall time {summary['wall_seconds']:.0f} s")
 

@@ -30,6 +30,7 @@ import enum
 import functools
 import inspect
 import itertools
+import json
 import re
 import textwrap
 import types
@@ -157,6 +158,10 @@ def _is_group(annotation: Any) -> bool:
     return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
+def _is_mapping(annotation: Any) -> bool:
+    return get_origin(annotation) is dict or annotation is dict
+
+
 def _is_optional(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
 
@@ -186,7 +191,7 @@ def _leaves(config_cls: type) -> tuple[_Leaf, ...]:
                 continue
             if any(_is_group(arg) for arg in get_args(annotation)):
                 raise TypeError(f"{where}: a group must be typed as a plain dataclass, got {annotation}.")
-            if get_origin(_without_none(annotation)) in (dict, tuple, set):
+            if get_origin(_without_none(annotation)) in (tuple, set):
                 raise TypeError(f"{where}: {annotation} cannot be a flag; use list[...] or a plain type.")
             if f.name in _RESERVED_NAMES:
                 raise TypeError(f"{where}: '--{f.name}' is a built-in flag; rename the field.")
@@ -224,6 +229,15 @@ def _flat_dataclass(config_cls: type, group: tuple[str, ...], leaves: list[_Leaf
         doc = field_docs(leaf.owner).get(leaf.name)
         if doc is not None:
             metadata.setdefault("help", doc.replace("%", "%%"))  # argparse %-formats help strings
+        if _is_mapping(leaf.type):
+            # A mapping is one flag holding JSON (YAML gives a mapping, written as JSON for the parser).
+            metadata["help"] = metadata.get("help", "") + " Given as JSON on the command line."
+            default = leaf.field.default
+            if leaf.field.default_factory is not dataclasses.MISSING:
+                default = json.dumps(leaf.field.default_factory())
+            spec = dataclasses.field(default=default, metadata=metadata)
+            specs.append((leaf.name, str, spec))
+            continue
         spec = dataclasses.field(
             default=leaf.field.default, default_factory=leaf.field.default_factory, metadata=metadata
         )
@@ -391,7 +405,9 @@ def _yaml_tokens(config_cls: type, parser: _Parser, path: str | Path) -> list[st
     seen: dict[str, Any] = {}
     for raw_key, value in _read_yaml(path).items():
         key = str(raw_key).replace("-", "_")
-        if isinstance(value, dict) and key in leaves:
+        if isinstance(value, dict) and key in leaves and _is_mapping(leaves[key].type):
+            value = json.dumps(value)
+        elif isinstance(value, dict) and key in leaves:
             raise ValueError(f"Key '{raw_key}' in {path} must be a single value or a list, not a mapping.")
         if isinstance(value, dict):
             flat = yaml.safe_dump(_flatten(value), sort_keys=False, default_flow_style=False)
@@ -435,10 +451,24 @@ def _instantiate(cls: type, values: dict[str, Any]) -> Any:
             kwargs[f.name] = _instantiate(annotation, values)
             continue
         value = values[f.name]
+        if _is_mapping(annotation) and isinstance(value, str):
+            value = _json_mapping(f.name, value)
         if value == [None] and _is_optional(annotation):
             value = None  # `--tags null` for a `list[str] | None` field
         kwargs[f.name] = value
     return cls(**kwargs)  # runs __post_init__, groups first
+
+
+def _json_mapping(name: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"--{name} takes a JSON object, e.g. '{{\"a\": 1}}'; got {text!r} ({err})."
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name} takes a JSON object, got {text!r}.")
+    return value
 
 
 def _assemble(config_cls: type[ConfigT], namespace: argparse.Namespace) -> ConfigT:
@@ -499,6 +529,8 @@ def _plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise TypeError(f"Cannot write {value!r} ({type(value).__name__}) as a YAML config value.")

@@ -23,7 +23,9 @@ def synth_world(tmp_path_factory):
     from preftune.tasks import SynthConfig, write_task
 
     out = tmp_path_factory.mktemp("synth")
-    return write_task(SynthConfig(out=str(out), num_sft=400, num_pairs=100, num_prompts=64, num_eval_prompts=16))
+    return write_task(
+        SynthConfig(out=str(out), num_sft=400, num_pairs=100, num_prompts=64, num_eval_prompts=16)
+    )
 
 
 @pytest.fixture(scope="session")

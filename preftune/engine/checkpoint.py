@@ -73,7 +73,10 @@ def save_rng(root: Path, step: int, rank: int) -> None:
     save_file({"torch": torch.get_rng_state()}, str(root / f".rng-step-{step}.rng-{rank}.safetensors"))
     py_state = random.getstate()
     np_state = np.random.get_state()
-    state = {"python": [py_state[0], list(py_state[1]), py_state[2]], "numpy": [np_state[1].tolist(), *np_state[2:]]}
+    state = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[1].tolist(), *np_state[2:]],
+    }
     (root / f".rng-step-{step}.rng-{rank}.json").write_text(json.dumps(state))
 
 

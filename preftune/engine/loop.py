@@ -98,7 +98,9 @@ class Engine:
             lr=config.learning_rate,
             betas=(config.adam_beta1, config.adam_beta2),
         )
-        scheduler_name = "constant_with_warmup" if config.lr_scheduler_type == "constant" else config.lr_scheduler_type
+        scheduler_name = (
+            "constant_with_warmup" if config.lr_scheduler_type == "constant" else config.lr_scheduler_type
+        )
         self.scheduler = get_scheduler(
             scheduler_name,
             self.optimizer,
@@ -192,7 +194,11 @@ class Engine:
 
     def _diverged(self, loss: float, grad_norm: float) -> None:
         checkpoints = list_checkpoints(self.checkpoint_root)
-        last = f"the last good checkpoint is {checkpoints[-1][1]}" if checkpoints else "no checkpoint was saved yet"
+        last = (
+            f"the last good checkpoint is {checkpoints[-1][1]}"
+            if checkpoints
+            else "no checkpoint was saved yet"
+        )
         raise TrainingDiverged(
             f"Training stopped at step {self.step + 1}: loss={loss}, grad_norm={grad_norm} is not finite; "
             f"{last}. Lower --learning_rate, check the data of this step, or turn off --fp16/--bf16; "
@@ -209,7 +215,9 @@ class Engine:
         }
         self._window_time, self._window_tokens = now, 0.0
         record = self.metrics.flush(self.step, extra)
-        self._progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{extra['train/tokens_per_second']:.0f}")
+        self._progress.set_postfix(
+            loss=f"{record['loss']:.4f}", tok_s=f"{extra['train/tokens_per_second']:.0f}"
+        )
         self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
 
     def should_evaluate(self) -> bool:
@@ -248,7 +256,9 @@ class Engine:
                 "or point --output_dir at the interrupted run (it needs --save_steps > 0)."
             )
         step, path = checkpoints[-1]
-        state = load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler, self.accelerator.process_index)
+        state = load_checkpoint(
+            path, self.unwrapped, self.optimizer, self.scheduler, self.accelerator.process_index
+        )
         self.step = step
         self._total_tokens = state["num_tokens"]
         self.metrics.truncate_after(step)

@@ -21,7 +21,9 @@ class MetricsLog:
         """On resume: drop lines written after the checkpoint we continue from."""
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = [
+            line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step
+        ]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def accumulate(self, metrics: dict[str, float]) -> None:

@@ -57,7 +57,9 @@ class ModelConfig:
 def check_model_path(path: str, flag: str = "--model") -> None:
     """Fail early, before anything heavy loads, when a checkpoint folder is missing."""
     if not path:
-        raise ValueError(f"No checkpoint given: pass {flag} PATH (a folder from save_pretrained or `preftune tiny`).")
+        raise ValueError(
+            f"No checkpoint given: pass {flag} PATH (a folder from save_pretrained or `preftune tiny`)."
+        )
     p = Path(path)
     if p.exists() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
         raise ValueError(f"{flag} {path}: the folder has no config.json, so it is not a saved model.")
@@ -78,7 +80,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"The tokenizer at {path} has neither a pad nor an eos token; add a pad token.")
-        logger.warning("Tokenizer at %s has no pad token; using eos %r for padding.", path, tokenizer.eos_token)
+        logger.warning(
+            "Tokenizer at %s has no pad token; using eos %r for padding.", path, tokenizer.eos_token
+        )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -136,7 +140,11 @@ def load_scalar_model(
     """
     check_model_path(path, flag)
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+        path,
+        num_labels=1,
+        dtype=_torch_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
     )
     if model.config.pad_token_id is None:
         raise ValueError(f"{flag} {path}: config.pad_token_id is unset; set it so scores are read correctly.")

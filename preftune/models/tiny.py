@@ -160,7 +160,9 @@ def make_tiny(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("Wrote a %s model (%.2fM parameters, vocab %d) to %s", size, n_params / 1e6, len(tokenizer), out)
+    logger.info(
+        "Wrote a %s model (%.2fM parameters, vocab %d) to %s", size, n_params / 1e6, len(tokenizer), out
+    )
     return out
 
 

@@ -34,7 +34,7 @@ class DemoConfig:
     """Synthetic task (see `preftune synth --help`)."""
     size: Literal["tiny", "small"] = "tiny"
     """Model shape for the tiny-model factory."""
-    sft_steps: int = 300
+    sft_steps: int = 1000
     """SFT optimizer steps."""
     sft_learning_rate: float = 3e-3
     """SFT learning rate (tiny random-init models need a large one)."""
@@ -120,6 +120,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     ]
     for name, scores in rows:
         low, high = scores["gold_reward_ci"]
-        lines.append(f"| {name} | {scores['gold_reward']:.3f} | [{low:.3f}, {high:.3f}] | {scores['length']:.1f} |")
+        lines.append(
+            f"| {name} | {scores['gold_reward']:.3f} | [{low:.3f}, {high:.3f}] | {scores['length']:.1f} |"
+        )
     lines += ["", f"Wall time: {summary['wall_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"

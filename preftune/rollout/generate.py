@@ -25,7 +25,9 @@ class SamplingConfig:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1.")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"Bad sampling settings: temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}.")
+            raise ValueError(
+                f"Bad sampling settings: temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}."
+            )
 
 
 def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

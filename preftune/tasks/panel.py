@@ -64,7 +64,7 @@ class PanelConfig:
     """Number of distinct annotators who rate each overlap pair (the other pairs are rated once)."""
     overlap: float = 0.2
     """Share of pairs rated by ratings_per_pair annotators, so inter-rater agreement can be measured."""
-    seed: int = 0
+    panel_seed: int = 0
     """Seed of the rating noise when rate_pairs gets no generator."""
 
     def __post_init__(self) -> None:
@@ -188,7 +188,7 @@ def rate_pairs(
 
     Returns one row per rating, sorted by pair: {"prompt", "chosen", "rejected", "annotator",
     "annotator_group", "order", "shown_first", "pair_id"}; "pair_id" is the pair's index, the
-    same on every rating of one pair. `rng` defaults to one seeded with config.seed.
+    same on every rating of one pair. `rng` defaults to one seeded with config.panel_seed.
     """
     if len(prompts) != len(response_pairs):
         raise ValueError(
@@ -201,7 +201,7 @@ def rate_pairs(
                 f"groups[{group!r}] must weigh exactly the components of task {task.name!r}: "
                 f"{list(task.components)}, got {sorted(weights)}."
             )
-    rng = np.random.default_rng(config.seed) if rng is None else rng
+    rng = np.random.default_rng(config.panel_seed) if rng is None else rng
     group_of = assign_groups(config.num_annotators, config.group_shares)
     width = max(2, len(str(config.num_annotators - 1)))
     rows = []

@@ -46,7 +46,7 @@ class SynthConfig:
     out: str = "synth"
     """Directory the files are written into (created if missing; existing files are overwritten)."""
     seed: int = 0
-    """Seed of prompts, responses and instruction rows (the panel's noise has its own panel.seed)."""
+    """Seed of prompts, responses and instruction rows (the panel's noise has its own --panel_seed)."""
     num_sft: int = 3000
     """Rows of sft.jsonl, instruction rows included."""
     instruction_fraction: float = 0.2

@@ -70,7 +70,9 @@ class SFTTrainer:
         self.eval_items = self._encode(config.data.eval_dataset, "eval") if config.data.eval_dataset else []
         self.accelerator = build_accelerator(config.train)
         policy = model or load_policy(config.model)
-        self.engine = Engine(config.train, policy, len(self.train_items), config_to_flat_dict(config), self.accelerator)
+        self.engine = Engine(
+            config.train, policy, len(self.train_items), config_to_flat_dict(config), self.accelerator
+        )
         self.model = self.engine.model
 
     def _encode(self, source: str, split: str) -> list[EncodedExample] | list[list[EncodedExample]]:

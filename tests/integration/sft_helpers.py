@@ -17,5 +17,7 @@ def sft_config(model: str, dataset: str, output_dir: str, **train_overrides) -> 
         **train_overrides,
     }
     return SFTConfig(
-        model=ModelConfig(model=model), data=DataConfig(dataset=dataset, max_length=96), train=TrainConfig(**train)
+        model=ModelConfig(model=model),
+        data=DataConfig(dataset=dataset, max_length=96),
+        train=TrainConfig(**train),
     )

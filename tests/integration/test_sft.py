@@ -28,9 +28,13 @@ def test_sft_trains_saves_and_final_model_generates(synth_world, tiny_base, tmp_
     assert [r["step"] for r in train] == list(range(1, 13))
     assert [r["step"] for r in evals] == [6, 12]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
-    assert {"train/grad_norm", "train/learning_rate", "train/tokens_per_second", "train/epoch"} <= set(train[0])
+    assert {"train/grad_norm", "train/learning_rate", "train/tokens_per_second", "train/epoch"} <= set(
+        train[0]
+    )
     assert train[-1]["loss"] < train[0]["loss"] - 0.5, "12 steps at lr 3e-3 should cut the loss clearly"
-    assert summary["steps"] == 12 and json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 12
+    assert (
+        summary["steps"] == 12 and json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 12
+    )
     assert "learning_rate: 0.003" in (tmp_path / "run" / "config.yaml").read_text()
 
     final = tmp_path / "run" / "final"
@@ -107,4 +111,6 @@ def test_sft_on_real_hh_rlhf_chosen_dialogues(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
     ids = tokenizer("\n\nHuman: hi\n\nAssistant:", return_tensors="pt").input_ids
-    assert model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    assert (
+        model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    )

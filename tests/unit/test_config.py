@@ -357,3 +357,29 @@ def test_help_shows_docstrings_defaults_and_groups(capsys):
 def test_field_docs_reads_attribute_docstrings():
     assert field_docs(ToyTrain)["max_steps"] == "Optimizer steps to run; None runs whole epochs."
     assert "model" not in field_docs(ToyConfig)  # groups have no docstring here
+
+
+@dataclass
+class _WithMapping:
+    weights: dict[str, float] = field(default_factory=lambda: {"a": 1.0})
+    """Weight per name."""
+    name: str = "x"
+    """A name."""
+
+
+def test_mapping_field_from_json_flag_and_yaml_mapping(tmp_path):
+    assert parse_config(_WithMapping, []).weights == {"a": 1.0}
+    assert parse_config(_WithMapping, ["--weights", '{"b": 2.5}']).weights == {"b": 2.5}
+    path = tmp_path / "m.yaml"
+    path.write_text("weights:\n  c: 3.0\n")
+    assert load_config(_WithMapping, path).weights == {"c": 3.0}
+    config = parse_config(_WithMapping, ["--weights", '{"d": 4}'])
+    save_config(config, tmp_path / "back.yaml")
+    assert load_config(_WithMapping, tmp_path / "back.yaml") == config
+
+
+def test_mapping_field_rejects_non_object_json(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(_WithMapping, ["--weights", "[1, 2]"])
+    assert exit_info.value.code == 2
+    assert "--weights takes a JSON object" in capsys.readouterr().err

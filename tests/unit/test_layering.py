@@ -68,7 +68,11 @@ def test_losses_and_ops_import_torch_only():
         for path in (PACKAGE / layer).rglob("*.py"):
             for name in _imports(path):
                 root = name.split(".")[0]
-                if root not in EXTERNAL_FOR_MATH and not name.startswith(f"preftune.{layer}") and root != "preftune":
+                if (
+                    root not in EXTERNAL_FOR_MATH
+                    and not name.startswith(f"preftune.{layer}")
+                    and root != "preftune"
+                ):
                     bad.append(f"{path.relative_to(PACKAGE)} imports {name}")
                 if root == "preftune" and name.split(".")[1] not in ("losses", "ops"):
                     bad.append(f"{path.relative_to(PACKAGE)} imports {name}")

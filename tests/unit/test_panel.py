@@ -181,11 +181,11 @@ def test_rating_rows_carry_metadata(corpus_pairs) -> None:
 
 def test_rate_pairs_is_reproducible(corpus_pairs) -> None:
     prompts, pairs = corpus_pairs
-    config = PanelConfig(seed=7)
+    config = PanelConfig(panel_seed=7)
     assert rate_pairs(TASK, prompts[:300], pairs[:300], config) == rate_pairs(
         TASK, prompts[:300], pairs[:300], config
     )
-    other = rate_pairs(TASK, prompts[:300], pairs[:300], PanelConfig(seed=8))
+    other = rate_pairs(TASK, prompts[:300], pairs[:300], PanelConfig(panel_seed=8))
     assert other != rate_pairs(TASK, prompts[:300], pairs[:300], config)
 
 

@@ -1,0 +1,73 @@
+"""The `preftune` command's contract (DESIGN.md section 2)."""
+
+import pytest
+
+from preftune.cli import COMMANDS, main
+
+CONTRACT = "demo sft rm dpo kto ppo rloo grpo bon eval loop cai audit synth tiny".split()
+
+
+def test_help_lists_every_command_of_the_contract(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert list(COMMANDS) == CONTRACT
+    for name in CONTRACT:
+        assert f"\n {name} " in out or f"\n{name} " in out, name
+
+
+@pytest.mark.parametrize("name", [n for n in CONTRACT if COMMANDS[n].load is None])
+def test_unbuilt_command_says_so_and_fails(name, capsys):
+    assert main([name, "--beta", "0.1"]) == 2
+    out = capsys.readouterr().out
+    assert "not built yet" in out and "Nothing was run" in out
+
+
+def test_unknown_command_suggests_the_closest(capsys):
+    assert main(["stf"]) == 2
+    assert "Did you mean 'sft'?" in capsys.readouterr().out
+
+
+def test_unknown_flag_suggests_the_closest(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--model", "x", "--learning-rat", "1e-4"])
+    assert exit_info.value.code == 2
+    assert "Did you mean '--learning_rate'?" in capsys.readouterr().err
+
+
+def test_unknown_yaml_key_suggests_the_closest(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("learning_rat: 1e-4\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--config", str(recipe)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Unknown key 'learning_rat'" in err and "Did you mean 'learning_rate'?" in err
+
+
+def test_bad_value_fails_before_any_model_loads(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--model", "/nonexistent", "--learning_rate", "-1"])
+    assert exit_info.value.code == 2
+    assert "learning_rate must be positive" in capsys.readouterr().err
+
+
+def test_missing_model_folder_is_reported_with_the_fix(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    with pytest.raises(ValueError, match="no such folder.*preftune tiny"):
+        main(
+            ["sft", "--model", str(tmp_path / "nope"), "--dataset", str(data), "--output_dir", str(tmp_path)]
+        )
+
+
+def test_synth_and_tiny_commands_write_loadable_outputs(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert main(["synth", "--out", str(tmp_path / "d"), "--num_sft", "50", "--num_pairs", "20"]) == 0
+    for name in ("sft.jsonl", "pairs.jsonl", "prompts.jsonl", "eval_prompts.jsonl", "task.json"):
+        assert (tmp_path / "d" / name).exists()
+    assert main(["tiny", "--data", str(tmp_path / "d" / "sft.jsonl"), "--out", str(tmp_path / "m")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert model.config.vocab_size == len(tokenizer)
+    assert tokenizer.chat_template is not None
