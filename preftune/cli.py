@@ -134,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     if command.load is None:
         console.print(f"`preftune {name}` is not built yet (planned in {command.planned}). Nothing was run.")
         return 2
-    from preftune.config import parse_config
+    from preftune.config import config_to_yaml, parse_config
 
     config_cls, run = command.load()
     config = parse_config(config_cls, rest, prog=f"preftune {name}")
     setup_logging()
+    logging.getLogger("preftune").info("preftune %s, resolved config:\n%s", name, config_to_yaml(config).rstrip())
     run(config)
     return 0
 

@@ -42,6 +42,8 @@ class TrainConfig:
     """Evaluate on --eval_dataset every this many steps; 0 evaluates only at the end."""
     resume: bool = False
     """Continue from the newest checkpoint in output_dir/checkpoints (the run must be the same)."""
+    overwrite_output_dir: bool = False
+    """Start a new run in an output_dir that holds an earlier run's checkpoints (they are deleted)."""
     seed: int = 0
     """Seed for initialisation, data order and sampling."""
     bf16: bool = False

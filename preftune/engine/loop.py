@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -46,6 +48,10 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
     """
     mixed = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
     trackers = [name for name in config.report_to if name != "none"]
+    # accelerate keeps one AcceleratorState per process, but a pipeline runs several trainers in
+    # one process (SFT, then DPO, ...) that may differ in mixed precision: start each from a
+    # fresh state. The process group (PartialState) is kept. accelerate has no public reset.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=mixed,
@@ -93,31 +99,19 @@ class Engine:
             else max(1, math.ceil(config.num_train_epochs * num_items / self.global_batch_size))
         )
         self.unwrapped = model
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(model, config.weight_decay),
-            lr=config.learning_rate,
-            betas=(config.adam_beta1, config.adam_beta2),
-        )
-        scheduler_name = (
-            "constant_with_warmup" if config.lr_scheduler_type == "constant" else config.lr_scheduler_type
-        )
-        self.scheduler = get_scheduler(
-            scheduler_name,
-            self.optimizer,
-            num_warmup_steps=round(config.warmup_ratio * self.total_steps),
-            num_training_steps=self.total_steps,
-        )
+        self.optimizer, self.scheduler = _build_optimizer(model, config, self.total_steps)
         self.step = 0
         self._total_tokens = 0.0
+        self.last_record: dict[str, Any] = {}
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
         if config.resume:
-            self._resume()
-        elif self.is_main and (self.out / "metrics.jsonl").exists():
-            (self.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+            self._resume(run_config)
+        else:
+            self._start_fresh()
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(_to_yaml(run_config))
+            (self.out / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
         self.accelerator.init_trackers("preftune", config=_scalars(run_config))
         self._start_time = time.perf_counter()
         self._window_time = self._start_time
@@ -215,6 +209,7 @@ class Engine:
         }
         self._window_time, self._window_tokens = now, 0.0
         record = self.metrics.flush(self.step, extra)
+        self.last_record.update(record)
         self._progress.set_postfix(
             loss=f"{record['loss']:.4f}", tok_s=f"{extra['train/tokens_per_second']:.0f}"
         )
@@ -228,6 +223,7 @@ class Engine:
     def log_eval(self, metrics: dict[str, float]) -> None:
         """Write evaluation metrics as their own metrics.jsonl line; its `loss` is `eval/loss`."""
         self.metrics.write({"step": self.step, "loss": metrics.get("eval/loss", math.nan), **metrics})
+        self.last_record.update(metrics)
         self.accelerator.log(metrics, step=self.step)
         logger.info("step %d: %s", self.step, {k: round(v, 4) for k, v in metrics.items()})
 
@@ -248,7 +244,31 @@ class Engine:
             )
         self.accelerator.wait_for_everyone()
 
-    def _resume(self) -> None:
+    def _start_fresh(self) -> None:
+        """A new run must not mix its files with an earlier run's."""
+        if not self.is_main:
+            return
+        if list_checkpoints(self.checkpoint_root) and not self.config.overwrite_output_dir:
+            raise ValueError(
+                f"{self.out} already holds checkpoints of an earlier run. Pass --resume true to continue it, "
+                "--overwrite_output_dir true to start over there, or choose another --output_dir."
+            )
+        if self.checkpoint_root.exists():
+            shutil.rmtree(self.checkpoint_root)
+        if (self.out / "metrics.jsonl").exists():
+            (self.out / "metrics.jsonl").unlink()
+
+    def _resume(self, run_config: dict[str, Any]) -> None:
+        saved_config = self.out / "config.yaml"
+        if saved_config.exists():
+            before = yaml.safe_load(saved_config.read_text()) or {}
+            changed = sorted(k for k in run_config if k not in _RESUME_FREE and before.get(k) != run_config[k])
+            if changed:
+                logger.warning(
+                    "Resuming with settings that differ from the interrupted run: %s. The result will "
+                    "not match an uninterrupted run.",
+                    ", ".join(f"{k}: {before.get(k)!r} -> {run_config[k]!r}" for k in changed),
+                )
         checkpoints = list_checkpoints(self.checkpoint_root)
         if not checkpoints:
             raise ValueError(
@@ -268,10 +288,35 @@ class Engine:
         """Close the progress bar and trackers; write summary.json with wall time."""
         self._progress.close()
         self.accelerator.end_training()
-        summary = {"steps": self.step, "wall_seconds": time.perf_counter() - self._start_time, **summary}
+        summary = {
+            "steps": self.step,
+            "wall_seconds": time.perf_counter() - self._start_time,
+            "final_metrics": {k: v for k, v in self.last_record.items() if k != "step"},
+            **summary,
+        }
         if self.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+# Settings that may change between an interrupted run and its resumption without changing results.
+_RESUME_FREE = {"resume", "disable_tqdm", "report_to", "overwrite_output_dir", "save_total_limit"}
+
+
+def _build_optimizer(
+    model: torch.nn.Module, config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with decoupled weight decay on matrices, and the warmup + decay schedule."""
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+    )
+    name = "constant_with_warmup" if config.lr_scheduler_type == "constant" else config.lr_scheduler_type
+    scheduler = get_scheduler(
+        name, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    return optimizer, scheduler
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -282,10 +327,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _to_yaml(run_config: dict[str, Any]) -> str:
-    return yaml.safe_dump(run_config, sort_keys=False)
 
 
 def _scalars(run_config: dict[str, Any]) -> dict[str, Any]:

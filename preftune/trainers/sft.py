@@ -13,7 +13,7 @@ accumulation and data parallelism give the same result as one big batch.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,5 +150,5 @@ class SFTTrainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             save_final(self.accelerator.unwrap_model(self.model), self.tokenizer, final)
-        summary = {"train_examples": len(self.train_items), "config": asdict(self.config)}
+        summary = {"train_items": len(self.train_items), "packing": self.config.packing}
         return self.engine.finish(summary)

@@ -1,0 +1,86 @@
+"""The four model roles load from any checkpoint folder; LoRA trains adapters only; final/ is plain transformers."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from preftune.engine import read_metrics
+from preftune.models.loading import ModelConfig, load_policy, load_reference, load_scalar_model
+from preftune.trainers.sft import SFTTrainer
+from tests.integration.sft_helpers import sft_config
+
+
+def test_reference_is_frozen_and_in_eval_mode(tiny_base):
+    reference = load_reference(tiny_base)
+    assert not reference.training
+    assert not any(p.requires_grad for p in reference.parameters())
+
+
+def test_scalar_model_from_a_causal_lm_checkpoint_has_one_output(tiny_base):
+    model = load_scalar_model(tiny_base)
+    assert model.config.num_labels == 1
+    ids = torch.tensor([[0, 5, 6, 7]])
+    assert model(input_ids=ids).logits.shape == (1, 1)
+
+
+def test_dtype_option_is_applied(tiny_base):
+    model = load_policy(ModelConfig(model=tiny_base, dtype="bfloat16"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_missing_or_non_model_folder_fails_clearly(tmp_path):
+    with pytest.raises(ValueError, match="no such folder"):
+        load_policy(ModelConfig(model=str(tmp_path / "absent")))
+    with pytest.raises(ValueError, match="no config.json"):
+        load_policy(ModelConfig(model=str(tmp_path)))
+
+
+def test_lora_sft_trains_adapters_only_and_final_is_merged(synth_world, tiny_base, tmp_path):
+    config = sft_config(tiny_base, str(synth_world["sft"]), str(tmp_path / "lora"), max_steps=4)
+    config.model.use_peft = True
+    config.model.lora_r = 4
+    trainer = SFTTrainer(config)
+    trainable = [n for n, p in trainer.engine.unwrapped.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    trainer.train()
+    final = tmp_path / "lora" / "final"
+    merged = AutoModelForCausalLM.from_pretrained(final)
+    assert not any("lora" in k for k in merged.state_dict())
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert changed, "merging the trained adapter must change the base weights"
+
+
+def test_bf16_mixed_precision_runs_on_cpu(synth_world, tiny_base, tmp_path):
+    config = sft_config(tiny_base, str(synth_world["sft"]), str(tmp_path / "bf16"), max_steps=3, bf16=True)
+    SFTTrainer(config).train()
+    losses = [r["loss"] for r in read_metrics(tmp_path / "bf16" / "metrics.jsonl")]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_conversational_sft_trains_through_the_chat_template(tiny_base, tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": f"Describe the garden {i}."},
+                      {"role": "assistant", "content": "the garden is warm ."}]}
+        for i in range(16)
+    ]  # fmt: skip
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = sft_config(tiny_base, str(data), str(tmp_path / "chat"), max_steps=2)
+    trainer = SFTTrainer(config)
+    item = trainer.train_items[0]
+    response = [t for t, m in zip(item.input_ids, item.loss_mask, strict=True) if m]
+    assert trainer.tokenizer.decode(response) == "the garden is warm .</s>"
+    trainer.train()
+
+
+def test_fresh_run_refuses_an_output_dir_with_checkpoints(synth_world, tiny_base, tmp_path):
+    out = str(tmp_path / "run")
+    SFTTrainer(sft_config(tiny_base, str(synth_world["sft"]), out, max_steps=2, save_steps=1)).train()
+    with pytest.raises(ValueError, match="already holds checkpoints.*--resume true.*--overwrite_output_dir"):
+        SFTTrainer(sft_config(tiny_base, str(synth_world["sft"]), out, max_steps=2))
+    config = sft_config(tiny_base, str(synth_world["sft"]), out, max_steps=2, overwrite_output_dir=True)
+    SFTTrainer(config).train()
+    assert not (tmp_path / "run" / "checkpoints").exists()
