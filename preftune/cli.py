@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     config_cls, run = command.load()
     config = parse_config(config_cls, rest, prog=f"preftune {name}")
     setup_logging()
-    logging.getLogger("preftune").info("preftune %s, resolved config:\n%s", name, config_to_yaml(config).rstrip())
+    logging.getLogger("preftune").info(
+        "preftune %s, resolved config:\n%s", name, config_to_yaml(config).rstrip()
+    )
     run(config)
     return 0
 

@@ -262,7 +262,9 @@ class Engine:
         saved_config = self.out / "config.yaml"
         if saved_config.exists():
             before = yaml.safe_load(saved_config.read_text()) or {}
-            changed = sorted(k for k in run_config if k not in _RESUME_FREE and before.get(k) != run_config[k])
+            changed = sorted(
+                k for k in run_config if k not in _RESUME_FREE and before.get(k) != run_config[k]
+            )
             if changed:
                 logger.warning(
                     "Resuming with settings that differ from the interrupted run: %s. The result will "
@@ -314,7 +316,10 @@ def _build_optimizer(
     )
     name = "constant_with_warmup" if config.lr_scheduler_type == "constant" else config.lr_scheduler_type
     scheduler = get_scheduler(
-        name, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps), num_training_steps=total_steps
+        name,
+        optimizer,
+        num_warmup_steps=round(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
     )
     return optimizer, scheduler
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM
 
 from preftune.engine import read_metrics
 from preftune.models.loading import ModelConfig, load_policy, load_reference, load_scalar_model
