@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(soft_wrap=True)
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"`preftune {name}` is not built yet (planned in {command.planned}). Nothing was run.")
         return 2
     from preftune.config import config_to_yaml, parse_config
+    from preftune.engine import TrainingDiverged
 
     config_cls, run = command.load()
     config = parse_config(config_cls, rest, prog=f"preftune {name}")
@@ -142,7 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("preftune").info(
         "preftune %s, resolved config:\n%s", name, config_to_yaml(config).rstrip()
     )
-    run(config)
+    try:
+        run(config)
+    except (ValueError, FileNotFoundError) as error:  # bad input: the message says what and how to fix
+        if os.environ.get("PREFTUNE_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        console.print("(set PREFTUNE_LOG_LEVEL=DEBUG to see the traceback)", style="dim")
+        return 2
+    except TrainingDiverged as error:
+        console.print(f"[bold red]training stopped:[/] {escape(str(error))}", highlight=False)
+        return 1
     return 0
 
 

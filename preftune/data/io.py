@@ -51,6 +51,10 @@ def load_rows(source: str, split: str = "train") -> RowTable:
     `datasets.load_dataset(source, split=split)`. Raises `DataError` naming the file and
     line for malformed JSON, rows that are not objects, missing files and unknown types.
     """
+    if not source.strip():
+        raise DataError(
+            "<no source>", None, None, "no data source given", "pass --dataset FILE (or a datasets folder)"
+        )
     path = Path(source).expanduser()
     if path.is_file():
         return _read_file(path, source)

@@ -7,6 +7,7 @@ read with torch.load(weights_only=True), everything else is JSON.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
+
+logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -48,13 +51,18 @@ def save_checkpoint(
     Call on the main process only; RNG states of other ranks are saved by `save_rng`.
     """
     root.mkdir(parents=True, exist_ok=True)
+    prefix = f".rng-step-{step}."
+    for stale in root.glob(".step-*"):  # left by a save that was killed half-way
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(".rng-step-*"):
+        if not stale.name.startswith(prefix):
+            stale.unlink()
     final = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=root))
     save_model(model, str(tmp / "model.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-    prefix = f".rng-step-{step}."
     for name in os.listdir(root):  # RNG files written by every rank before this call
         if name.startswith(prefix):
             shutil.move(str(root / name), tmp / name[len(prefix) :])
@@ -97,7 +105,14 @@ def load_checkpoint(
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     rng_file = path / f"rng-{rank}.safetensors"
-    if rng_file.exists():
+    if not rng_file.exists():
+        logger.warning(
+            "%s has no RNG state for process %d (was it saved with fewer processes?); random streams "
+            "will differ from the interrupted run.",
+            path,
+            rank,
+        )
+    else:
         torch.set_rng_state(load_file(str(rng_file))["torch"])
         state = json.loads((path / f"rng-{rank}.json").read_text())
         py = state["python"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 
 @dataclass
 class TrainConfig:
@@ -35,7 +37,7 @@ class TrainConfig:
     logging_steps: int = 10
     """Write a metrics.jsonl line every this many optimizer steps (and at the last step)."""
     save_steps: int = 0
-    """Write a resumable checkpoint every this many steps; 0 saves only at the end."""
+    """Write a resumable checkpoint every this many steps (and at the last); 0 writes none (final/ always)."""
     save_total_limit: int = 2
     """Keep at most this many checkpoints (the newest); 0 keeps all."""
     eval_steps: int = 0
@@ -70,7 +72,15 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be -1 (use epochs) or >= 1, got {self.max_steps}.")
-        if min(self.save_steps, self.save_total_limit, self.eval_steps, self.max_grad_norm) < 0:
-            raise ValueError("save_steps, save_total_limit, eval_steps and max_grad_norm must be >= 0.")
+        for name, value in (
+            ("save_steps", self.save_steps),
+            ("save_total_limit", self.save_total_limit),
+            ("eval_steps", self.eval_steps),
+            ("max_grad_norm", self.max_grad_norm),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns it off), got {value}.")
         if self.bf16 and self.fp16:
             raise ValueError("Choose one of --bf16 and --fp16, not both.")
+        if self.fp16 and not torch.cuda.is_available():
+            raise ValueError("--fp16 needs a CUDA device (loss scaling); on CPU use --bf16 true or neither.")

@@ -25,7 +25,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -52,12 +52,19 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
     # one process (SFT, then DPO, ...) that may differ in mixed precision: start each from a
     # fresh state. The process group (PartialState) is kept. accelerate has no public reset.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=mixed,
         log_with=trackers or None,
         project_dir=config.output_dir or None,
     )
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ValueError(
+            f"accelerate is configured for {accelerator.distributed_type.value}, which preftune's engine does not "
+            "support yet (its checkpoints and optimizer step assume whole, unsharded parameters). "
+            "Use DDP (`accelerate launch --multi_gpu ...`) or a single process."
+        )
+    return accelerator
 
 
 def index_stream(num_items: int, seed: int, start: int) -> Iterator[int]:
@@ -91,7 +98,7 @@ class Engine:
         per_process = config.per_device_train_batch_size * config.gradient_accumulation_steps
         self.global_batch_size = per_process * self.accelerator.num_processes
         if num_items < 1:
-            raise ValueError("The training set is empty.")
+            raise ValueError("The training set has no examples: check --dataset (every row was skipped?).")
         self.num_items = num_items
         self.total_steps = (
             config.max_steps
@@ -101,7 +108,9 @@ class Engine:
         self.unwrapped = model
         self.optimizer, self.scheduler = _build_optimizer(model, config, self.total_steps)
         self.step = 0
+        self.skipped_steps = 0
         self._total_tokens = 0.0
+        self._window_tokens = 0.0
         self.last_record: dict[str, Any] = {}
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
         if config.resume:
@@ -115,7 +124,6 @@ class Engine:
         self.accelerator.init_trackers("preftune", config=_scalars(run_config))
         self._start_time = time.perf_counter()
         self._window_time = self._start_time
-        self._window_tokens = 0.0
         self._progress = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -166,9 +174,17 @@ class Engine:
     def optimizer_step(self, loss: float, num_tokens: float, metrics: dict[str, float]) -> None:
         """Clip, step, schedule; then the NaN guard, logging and checkpointing for this step."""
         grad_norm = self._clip()
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        # With fp16 loss scaling an inf gradient is an overflow: the scaler skips the update and
+        # lowers the scale. Anything else non-finite is divergence.
+        overflow = (
+            self.accelerator.scaler is not None and math.isfinite(loss) and not math.isfinite(grad_norm)
+        )
+        if not overflow and not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self._diverged(loss, grad_norm)
         self.optimizer.step()
+        if overflow:
+            self.skipped_steps += 1
+            metrics = {**metrics, "train/skipped_steps": float(self.skipped_steps)}
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -182,9 +198,17 @@ class Engine:
             self.save_checkpoint()
 
     def _clip(self) -> float:
+        """Global gradient norm before clipping (clipping is off when max_grad_norm is 0)."""
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
         norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-        return float(norm) if norm is not None else math.nan
+        assert norm is not None, (
+            "accelerate returns no norm only under DeepSpeed, which build_accelerator rejects"
+        )
+        return float(norm)
+
+    def _scaler_state(self) -> dict[str, Any] | None:
+        scaler = self.accelerator.scaler
+        return None if scaler is None else scaler.state_dict()
 
     def _diverged(self, loss: float, grad_norm: float) -> None:
         checkpoints = list_checkpoints(self.checkpoint_root)
@@ -232,7 +256,13 @@ class Engine:
         save_rng(self.checkpoint_root, self.step, self.accelerator.process_index)
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            state = {"num_tokens": self._total_tokens}
+            state = {
+                "num_tokens": self._total_tokens,
+                "window_tokens": self._window_tokens,
+                "metrics_window": self.metrics.state_dict(),
+                "skipped_steps": self.skipped_steps,
+                "scaler": self._scaler_state(),
+            }
             save_checkpoint(
                 self.checkpoint_root,
                 self.step,
@@ -245,18 +275,19 @@ class Engine:
         self.accelerator.wait_for_everyone()
 
     def _start_fresh(self) -> None:
-        """A new run must not mix its files with an earlier run's."""
-        if not self.is_main:
-            return
+        """A new run must not mix its files with an earlier run's (checked on every rank)."""
         if list_checkpoints(self.checkpoint_root) and not self.config.overwrite_output_dir:
             raise ValueError(
                 f"{self.out} already holds checkpoints of an earlier run. Pass --resume true to continue it, "
                 "--overwrite_output_dir true to start over there, or choose another --output_dir."
             )
-        if self.checkpoint_root.exists():
-            shutil.rmtree(self.checkpoint_root)
-        if (self.out / "metrics.jsonl").exists():
-            (self.out / "metrics.jsonl").unlink()
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            if self.checkpoint_root.exists():
+                shutil.rmtree(self.checkpoint_root)
+            if (self.out / "metrics.jsonl").exists():
+                (self.out / "metrics.jsonl").unlink()
+        self.accelerator.wait_for_everyone()
 
     def _resume(self, run_config: dict[str, Any]) -> None:
         saved_config = self.out / "config.yaml"
@@ -283,6 +314,11 @@ class Engine:
         )
         self.step = step
         self._total_tokens = state["num_tokens"]
+        self._window_tokens = state["window_tokens"]
+        self.metrics.load_state_dict(state["metrics_window"])
+        self.skipped_steps = state["skipped_steps"]
+        if self.accelerator.scaler is not None and state["scaler"] is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         self.metrics.truncate_after(step)
         logger.info("Resumed from %s (step %d of %d).", path, step, self.total_steps)
 

@@ -18,13 +18,23 @@ class MetricsLog:
         self._counts: dict[str, int] = {}
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop lines written after the checkpoint we continue from."""
+        """On resume: drop lines written after the checkpoint we continue from.
+
+        A kill can leave the last line half-written (no newline); it is dropped too.
+        """
         if not (self.enabled and self.path.exists()):
             return
-        kept = [
-            line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-        ]
+        text = self.path.read_text()
+        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+        kept = [line for line in complete.splitlines() if line and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The open averaging window, saved in checkpoints so a resumed run logs the same means."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sums, self._counts = dict(state["sums"]), dict(state["counts"])
 
     def accumulate(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():

@@ -19,9 +19,9 @@ def sft_loss(token_logps: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tenso
         mask: (B, T) bool, True where a token is a training target.
 
     Returns:
-        (B, T) per-token losses (0 where masked) and detached metrics.
+        (B, T) per-token losses (0 where masked) and detached metrics: the summed NLL and
+        the number of counted tokens, which the caller adds up across micro-batches and
+        processes before dividing (a local mean would depend on how the batch was split).
     """
     losses = -token_logps * mask
-    num_tokens = mask.sum().clamp(min=1)
-    mean_nll = losses.detach().sum() / num_tokens
-    return losses, {"train/nll": mean_nll, "train/perplexity": mean_nll.exp()}
+    return losses, {"train/nll_sum": losses.detach().sum(), "train/num_loss_tokens": mask.sum()}

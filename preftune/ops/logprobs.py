@@ -36,3 +36,23 @@ def shifted_token_logps(logits: Tensor, input_ids: Tensor, temperature: float = 
     Position t of the result scores input_ids[:, t + 1]; pair it with `mask[:, 1:]`.
     """
     return gather_token_logps(logits[:, :-1], input_ids[:, 1:], temperature)
+
+
+def masked_token_logps(logits: Tensor, labels: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """Like `gather_token_logps`, but computed only where `mask` is True (0 elsewhere).
+
+    Args:
+        logits: (B, T, V), any float dtype; only the N selected rows are upcast to float32.
+        labels: (B, T) token ids.
+        mask: (B, T) bool, True at response positions.
+
+    Returns:
+        (B, T) float32 log-probs, 0 where the mask is False. With long prompts this keeps
+        the float32 working set at (N, V) instead of (B, T, V).
+    """
+    selected = gather_token_logps(logits[mask].unsqueeze(0), labels[mask].unsqueeze(0), temperature)[
+        0
+    ]  # (N,)
+    return torch.zeros(labels.shape, dtype=selected.dtype, device=logits.device).masked_scatter(
+        mask, selected
+    )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
@@ -34,7 +35,7 @@ from preftune.data import (
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.losses import sft_loss
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer, save_final
-from preftune.ops.logprobs import shifted_token_logps
+from preftune.ops.logprobs import masked_token_logps
 from preftune.ops.reduce import masked_sum, reduce_loss
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,24 @@ class SFTConfig:
     """Train on this string column as plain text (e.g. 'chosen' of HH-RLHF) instead of detecting the format."""
 
 
+Item = EncodedExample | list[EncodedExample]
+"""A training item: one example, or one packed row of several."""
+
+
+def _examples(items: list[Item]) -> list[EncodedExample]:
+    return [e for item in items for e in (item if isinstance(item, list) else [item])]
+
+
+def _num_loss_tokens(items: list[Item]) -> int:
+    """Targets of a micro-batch, counted without collating it (loss_mask[0] is always False,
+    since nothing predicts a sequence's first token, so this equals the shifted mask's sum)."""
+    return sum(sum(e.loss_mask) for e in _examples(items))
+
+
+def _num_tokens(items: list[Item]) -> int:
+    return sum(len(e.input_ids) for e in _examples(items))
+
+
 class SFTTrainer:
     """Maximum likelihood on demonstrations. `SFTTrainer(config).train()` runs the whole job."""
 
@@ -63,6 +82,9 @@ class SFTTrainer:
         tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
         self.config = config
+        set_seed(config.train.seed)  # before anything random: LoRA initialisation, data order
+        if not config.data.dataset:
+            raise ValueError("No training data: pass --dataset FILE (.jsonl, .json, .parquet, .csv, ...).")
         check_model_path(config.model.model)
         self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
         # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
@@ -70,12 +92,14 @@ class SFTTrainer:
         self.eval_items = self._encode(config.data.eval_dataset, "eval") if config.data.eval_dataset else []
         self.accelerator = build_accelerator(config.train)
         policy = model or load_policy(config.model)
+        # sdpa takes boolean 4D masks (4x smaller than additive float ones); eager needs float.
+        self.mask_dtype = torch.bool if policy.config._attn_implementation == "sdpa" else torch.float32
         self.engine = Engine(
             config.train, policy, len(self.train_items), config_to_flat_dict(config), self.accelerator
         )
         self.model = self.engine.model
 
-    def _encode(self, source: str, split: str) -> list[EncodedExample] | list[list[EncodedExample]]:
+    def _encode(self, source: str, split: str) -> list[Item]:
         cfg = self.config
         table = load_rows(source, cfg.data.dataset_split)
         parsed = parse_sft(table, text_field=cfg.dataset_text_field, skip_invalid=cfg.data.skip_invalid)
@@ -93,20 +117,23 @@ class SFTTrainer:
             return pack_examples(encoded, cfg.data.max_length)
         return encoded
 
-    def _collate(self, items: list) -> dict[str, torch.Tensor]:
+    def _collate(self, items: list[Item]) -> dict[str, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id
-        batch = collate_packed(items, pad_id) if self.config.packing else pad_batch(items, pad_id)
-        return {k: v.to(self.accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        if self.config.packing:
+            batch = collate_packed(items, pad_id, mask_dtype=self.mask_dtype)  # type: ignore[arg-type]
+        else:
+            batch = pad_batch(items, pad_id)  # type: ignore[arg-type]
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
     def _token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T-1) per-token NLL and the (B, T-1) target mask of one micro-batch."""
         logits = self.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
-            position_ids=batch.get("position_ids"),
+            position_ids=batch["position_ids"],
         ).logits
-        token_logps = shifted_token_logps(logits, batch["input_ids"])  # (B, T-1)
-        mask = batch["loss_mask"][:, 1:]
+        mask = batch["loss_mask"][:, 1:]  # position t predicts token t + 1
+        token_logps = masked_token_logps(logits[:, :-1], batch["input_ids"][:, 1:], mask)  # (B, T-1)
         losses, _ = sft_loss(token_logps, mask)
         return losses, mask
 
@@ -114,17 +141,17 @@ class SFTTrainer:
         engine = self.engine
         self.model.train()
         for micro_indices in engine.steps():
-            batches = [self._collate([self.train_items[i] for i in idx]) for idx in micro_indices]
-            num_targets = engine.global_sum(sum(b["loss_mask"][:, 1:].sum() for b in batches))
-            num_tokens = engine.global_sum(sum(b["num_tokens"] for b in batches))
-            loss_sum = 0.0
-            for i, batch in enumerate(batches):
-                with engine.sync_context(i, len(batches)):
-                    losses, mask = self._token_losses(batch)
-                    engine.backward(reduce_loss(losses, mask, num_items=num_targets))
-                loss_sum += masked_sum(losses.detach(), mask).item()
-            loss = (engine.global_sum(loss_sum) / num_targets).item()
-            engine.optimizer_step(loss, num_tokens.item(), {"train/num_targets": num_targets.item()})
+            micro_items = [[self.train_items[i] for i in idx] for idx in micro_indices]
+            num_loss_tokens = engine.global_sum(sum(_num_loss_tokens(items) for items in micro_items))
+            num_tokens = engine.global_sum(sum(_num_tokens(items) for items in micro_items))
+            nll_sum = 0.0
+            for i, items in enumerate(micro_items):
+                with engine.sync_context(i, len(micro_items)):
+                    losses, mask = self._token_losses(self._collate(items))  # collated lazily: one at a time
+                    engine.backward(reduce_loss(losses, mask, num_items=num_loss_tokens))
+                nll_sum += masked_sum(losses.detach(), mask).item()
+            loss = (engine.global_sum(nll_sum) / num_loss_tokens).item()
+            engine.optimizer_step(loss, num_tokens.item(), {"train/num_loss_tokens": num_loss_tokens.item()})
             if self.eval_items and engine.should_evaluate():
                 engine.log_eval(self.evaluate())
         return self._finish()
@@ -150,5 +177,6 @@ class SFTTrainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             save_final(self.accelerator.unwrap_model(self.model), self.tokenizer, final)
-        summary = {"train_items": len(self.train_items), "packing": self.config.packing}
-        return self.engine.finish(summary)
+        summary = self.engine.finish({"train_items": len(self.train_items), "packing": self.config.packing})
+        logger.info("SFT done in %.0f s: final model in %s", summary["wall_seconds"], final)
+        return summary

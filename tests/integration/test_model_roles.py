@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from preftune.engine import read_metrics
 from preftune.models.loading import ModelConfig, load_policy, load_reference, load_scalar_model
@@ -18,11 +18,15 @@ def test_reference_is_frozen_and_in_eval_mode(tiny_base):
     assert not any(p.requires_grad for p in reference.parameters())
 
 
-def test_scalar_model_from_a_causal_lm_checkpoint_has_one_output(tiny_base):
+def test_scalar_model_reads_the_score_at_the_last_real_token(tiny_base):
     model = load_scalar_model(tiny_base)
     assert model.config.num_labels == 1
-    ids = torch.tensor([[0, 5, 6, 7]])
-    assert model(input_ids=ids).logits.shape == (1, 1)
+    pad = model.config.pad_token_id
+    ids = torch.tensor([[0, 5, 6, 7, pad, pad], [0, 5, 6, 7, 8, 9]])
+    mask = (ids != pad).long()
+    scores = model(input_ids=ids, attention_mask=mask).logits  # (2, 1)
+    alone = model(input_ids=ids[:1, :4]).logits
+    torch.testing.assert_close(scores[0], alone[0], rtol=1e-5, atol=1e-6)
 
 
 def test_dtype_option_is_applied(tiny_base):
@@ -54,10 +58,14 @@ def test_lora_sft_trains_adapters_only_and_final_is_merged(synth_world, tiny_bas
 
 
 def test_bf16_mixed_precision_runs_on_cpu(synth_world, tiny_base, tmp_path):
-    config = sft_config(tiny_base, str(synth_world["sft"]), str(tmp_path / "bf16"), max_steps=3, bf16=True)
-    SFTTrainer(config).train()
-    losses = [r["loss"] for r in read_metrics(tmp_path / "bf16" / "metrics.jsonl")]
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    runs = {}
+    for bf16 in (False, True):
+        out = tmp_path / f"bf16-{bf16}"
+        SFTTrainer(sft_config(tiny_base, str(synth_world["sft"]), str(out), max_steps=3, bf16=bf16)).train()
+        runs[bf16] = torch.tensor([r["loss"] for r in read_metrics(out / "metrics.jsonl")])
+    assert torch.isfinite(runs[True]).all()
+    torch.testing.assert_close(runs[True], runs[False], rtol=0.05, atol=0.05)  # same run, lower precision
+    assert not torch.equal(runs[True], runs[False]), "autocast had no effect: bf16 was ignored"
 
 
 def test_conversational_sft_trains_through_the_chat_template(tiny_base, tmp_path):
@@ -74,6 +82,8 @@ def test_conversational_sft_trains_through_the_chat_template(tiny_base, tmp_path
     response = [t for t, m in zip(item.input_ids, item.loss_mask, strict=True) if m]
     assert trainer.tokenizer.decode(response) == "the garden is warm .</s>"
     trainer.train()
+    losses = [r["loss"] for r in read_metrics(tmp_path / "chat" / "metrics.jsonl")]
+    assert losses[1] < losses[0], "the same 16 chats twice: the second step must fit them better"
 
 
 def test_fresh_run_refuses_an_output_dir_with_checkpoints(synth_world, tiny_base, tmp_path):
@@ -84,3 +94,27 @@ def test_fresh_run_refuses_an_output_dir_with_checkpoints(synth_world, tiny_base
     config = sft_config(tiny_base, str(synth_world["sft"]), out, max_steps=2, overwrite_output_dir=True)
     SFTTrainer(config).train()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_tensorboard_tracker_through_accelerate(synth_world, tiny_base, tmp_path):
+    pytest.importorskip("tensorboard")
+    config = sft_config(tiny_base, str(synth_world["sft"]), str(tmp_path / "tb"), max_steps=2)
+    config.train.report_to = ["tensorboard"]
+    SFTTrainer(config).train()
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*")), (
+        "accelerate's tensorboard tracker wrote nothing"
+    )
+
+
+def test_make_tiny_is_reproducible(synth_world, tmp_path):
+    from preftune.data import load_rows
+    from preftune.models.tiny import make_tiny, texts_of_row
+
+    rows = load_rows(str(synth_world["sft"])).rows
+    paths = [make_tiny((t for r in rows for t in texts_of_row(r)), tmp_path / n, seed=3) for n in "ab"]
+    paths.append(make_tiny((t for r in rows for t in texts_of_row(r)), tmp_path / "c", seed=4))
+    tokenizers = [AutoTokenizer.from_pretrained(p) for p in paths]
+    assert tokenizers[0].get_vocab() == tokenizers[1].get_vocab()
+    weights = [AutoModelForCausalLM.from_pretrained(p).state_dict() for p in paths]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0]), "the seed must matter"

@@ -1,5 +1,7 @@
 """The `preftune` command's contract (DESIGN.md section 2)."""
 
+import json
+
 import pytest
 
 from preftune.cli import COMMANDS, main
@@ -51,13 +53,35 @@ def test_bad_value_fails_before_any_model_loads(capsys):
     assert "learning_rate must be positive" in capsys.readouterr().err
 
 
-def test_missing_model_folder_is_reported_with_the_fix(tmp_path):
+def test_missing_model_folder_is_reported_with_the_fix(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "hello"}\n')
-    with pytest.raises(ValueError, match="no such folder.*preftune tiny"):
-        main(
-            ["sft", "--model", str(tmp_path / "nope"), "--dataset", str(data), "--output_dir", str(tmp_path)]
-        )
+    argv = ["sft", "--model", str(tmp_path / "nope"), "--dataset", str(data), "--output_dir", str(tmp_path)]
+    assert main(argv) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no such folder" in out and "preftune tiny" in out and "Traceback" not in out
+
+
+def test_missing_dataset_is_reported_with_the_fix(tiny_base, tmp_path, capsys):
+    assert main(["sft", "--model", tiny_base, "--output_dir", str(tmp_path)]) == 2
+    assert "pass --dataset FILE" in capsys.readouterr().out
+
+
+def test_bad_row_fails_before_the_model_loads(tiny_base, tmp_path, capsys, monkeypatch):
+    import preftune.trainers.sft as sft_module
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was validated")
+
+    monkeypatch.setattr(sft_module, "load_policy", must_not_load)
+    data = tmp_path / "bad.jsonl"
+    rows = [{"prompt": "hi\n", "completion": "there"}, {"prompt": "x\n", "completion": ""}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert (
+        main(["sft", "--model", tiny_base, "--dataset", str(data), "--output_dir", str(tmp_path / "o")]) == 2
+    )
+    out = " ".join(capsys.readouterr().out.split())
+    assert "bad.jsonl, row 2, field 'completion'" in out
 
 
 def test_synth_and_tiny_commands_write_loadable_outputs(tmp_path):

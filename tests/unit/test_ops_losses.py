@@ -5,7 +5,7 @@ import math
 import torch
 
 from preftune.losses import sft_loss
-from preftune.ops.logprobs import gather_token_logps, shifted_token_logps
+from preftune.ops.logprobs import gather_token_logps, masked_token_logps, shifted_token_logps
 from preftune.ops.reduce import masked_mean, masked_sum, reduce_loss
 
 
@@ -42,12 +42,29 @@ def test_gather_token_logps_gradient_float64():
 
 
 def test_shifted_token_logps_aligns_targets():
-    logits = torch.zeros(1, 4, 6)
-    logits[0, 0, 3] = 5.0  # position 0 predicts token 1
+    """Position t scores token t+1: logits at position 0 put log 3 on token 3 (V=4, others 0),
+    so p(token 3) = 3 / (3 + 3) = 1/2 at the first target; uniform (1/4) elsewhere."""
+    logits = torch.zeros(1, 4, 4)
+    logits[0, 0, 3] = math.log(3.0)
     ids = torch.tensor([[1, 3, 2, 2]])
-    logps = shifted_token_logps(logits, ids)
-    assert logps.shape == (1, 3)
-    assert logps[0, 0] > logps[0, 1]
+    expected = torch.tensor([[math.log(0.5), math.log(0.25), math.log(0.25)]])
+    torch.testing.assert_close(shifted_token_logps(logits, ids), expected)
+
+
+def test_masked_token_logps_equals_full_gather_where_masked():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7, dtype=torch.bfloat16)
+    labels = torch.randint(0, 7, (3, 5))
+    mask = torch.rand(3, 5) > 0.5
+    full = gather_token_logps(logits, labels)
+    torch.testing.assert_close(masked_token_logps(logits, labels, mask), torch.where(mask, full, 0.0))
+
+
+def test_masked_token_logps_gradient_flows_only_to_selected_positions():
+    logits = torch.randn(2, 3, 4, requires_grad=True)
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    masked_token_logps(logits, torch.zeros(2, 3, dtype=torch.long), mask).sum().backward()
+    assert (logits.grad[~mask] == 0).all() and (logits.grad[mask].abs().sum(-1) > 0).all()
 
 
 def test_masked_reductions_ignore_masked_values():
@@ -86,7 +103,8 @@ def test_sft_loss_closed_form_and_masking():
     losses, metrics = sft_loss(token_logps, mask)
     assert losses[0, 2].item() == 0.0
     torch.testing.assert_close(reduce_loss(losses, mask), torch.tensor(1.5 * math.log(2.0)))
-    torch.testing.assert_close(metrics["train/nll"], torch.tensor(1.5 * math.log(2.0)))
+    torch.testing.assert_close(metrics["train/nll_sum"], torch.tensor(3.0 * math.log(2.0)))
+    assert metrics["train/num_loss_tokens"].item() == 2
 
 
 def test_sft_loss_gradient_is_minus_mask():

@@ -1,0 +1,48 @@
+"""Engine pieces that need no model: the data stream, the metrics log and checkpoint discovery."""
+
+import json
+
+from preftune.engine.checkpoint import list_checkpoints
+from preftune.engine.loop import index_stream
+from preftune.engine.metrics import MetricsLog, read_metrics
+
+
+def _take(stream, n):
+    return [next(stream) for _ in range(n)]
+
+
+def test_index_stream_is_a_permutation_per_epoch_and_resumes_anywhere():
+    full = _take(index_stream(7, seed=1, start=0), 21)
+    for epoch in range(3):
+        assert sorted(full[epoch * 7 : (epoch + 1) * 7]) == list(range(7))
+    assert full[:7] != full[7:14], "each epoch is shuffled anew"
+    for start in (0, 5, 7, 13):
+        assert _take(index_stream(7, seed=1, start=start), 21 - start) == full[start:]
+    assert _take(index_stream(7, seed=2, start=0), 7) != full[:7]
+
+
+def test_metrics_window_means_and_state_round_trip(tmp_path):
+    log = MetricsLog(tmp_path / "m.jsonl", enabled=True)
+    log.accumulate({"train/loss": 1.0})
+    log.accumulate({"train/loss": 3.0})
+    restored = MetricsLog(tmp_path / "m.jsonl", enabled=True)
+    restored.load_state_dict(json.loads(json.dumps(log.state_dict())))
+    restored.accumulate({"train/loss": 5.0})
+    record = restored.flush(3)
+    assert record == {"step": 3, "train/loss": 3.0, "loss": 3.0}
+    assert read_metrics(tmp_path / "m.jsonl") == [record]
+
+
+def test_truncate_after_drops_later_and_half_written_lines(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n{"step": 3, "loss": 3}\n{"step": 4, "lo')
+    MetricsLog(path, enabled=True).truncate_after(2)
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+
+
+def test_list_checkpoints_ignores_incomplete_saves(tmp_path):
+    for name in ("step-5", "step-10", ".step-15.tmp", "step-20"):
+        (tmp_path / name).mkdir()
+    for name in ("step-5", "step-10"):
+        (tmp_path / name / "trainer_state.json").write_text("{}")
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [5, 10]
