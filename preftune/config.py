@@ -36,7 +36,7 @@ import textwrap
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, NoReturn, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 import yaml
 from transformers import HfArgumentParser
@@ -292,7 +292,7 @@ def _make_parser(config_cls: type, prog: str | None) -> _Parser:
         by_group.setdefault(leaf.group, []).append(leaf)
     flat_classes = [_flat_dataclass(config_cls, group, members) for group, members in by_group.items()]
     parser = _Parser(
-        flat_classes,
+        cast(list[Any], flat_classes),  # made by make_dataclass, which type checkers cannot see through
         prog=prog,
         # argparse's generated usage lists every flag, which buries error messages under it.
         usage="%(prog)s [-h] [--config FILE.yaml] [--FLAG VALUE ...]",

@@ -455,7 +455,8 @@ def _render(
     text = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt
     )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert isinstance(text, str), "apply_chat_template(tokenize=False) renders one conversation to one string"
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _check_prefix(
@@ -479,7 +480,7 @@ def _check_prefix(
 
 def _with_eos(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
     eos = tokenizer.eos_token_id
-    if eos is None:
+    if not isinstance(eos, int):
         raise ValueError(
             "The tokenizer has no eos_token; set one so responses can end (tokenizer.eos_token = ...)."
         )

@@ -80,7 +80,8 @@ def save_rng(root: Path, step: int, rank: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     save_file({"torch": torch.get_rng_state()}, str(root / f".rng-step-{step}.rng-{rank}.safetensors"))
     py_state = random.getstate()
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)
     state = {
         "python": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy": [np_state[1].tolist(), *np_state[2:]],

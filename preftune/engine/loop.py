@@ -19,7 +19,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -55,7 +55,7 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=mixed,
-        log_with=trackers or None,
+        log_with=cast(list[Any], trackers) or None,
         project_dir=config.output_dir or None,
     )
     if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -87,6 +87,23 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
+def token_id(tokenizer: PreTrainedTokenizerBase, which: Literal["bos", "eos", "pad"]) -> int:
+    """The id of the tokenizer's bos/eos/pad token, or a ValueError saying it has none."""
+    value = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}[
+        which
+    ]
+    if not isinstance(value, int):
+        raise ValueError(f"The tokenizer has no {which} token (got {value!r}); set tokenizer.{which}_token.")
+    return value
+
+
+def attention_implementation(model: PreTrainedModel | PeftModel) -> str:
+    """The attention kernel transformers chose for `model` (sdpa, eager, flash_attention_2, ...)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    assert isinstance(base, PreTrainedModel)
+    return str(base.config._attn_implementation)
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Set p=0 in every Dropout module so log-probs do not depend on the RNG."""
     for module in model.modules():
@@ -121,22 +138,31 @@ def _lora_targets(names: list[str]) -> str | list[str]:
     return "all-linear" if names == ["all-linear"] else names
 
 
-def load_reference(path: str, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
-    """A frozen causal LM in eval mode (the KL anchor)."""
+def load_reference(
+    path: str, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A frozen causal LM in eval mode (the KL anchor), on `device` when given."""
     check_model_path(path, "--ref_model")
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
     )
+    if device is not None:
+        cast(torch.nn.Module, model).to(torch.device(device))
     return freeze(model)
 
 
 def load_scalar_model(
-    path: str, dtype: str = "float32", trust_remote_code: bool = False, flag: str = "--reward_model"
+    path: str,
+    dtype: str = "float32",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    flag: str = "--reward_model",
 ) -> PreTrainedModel:
-    """A sequence classifier with one output (reward or value model).
+    """A sequence classifier with one output (reward or value model), on `device` when given.
 
     A causal-LM checkpoint gets a freshly initialised score head (transformers logs which
-    weights are new); its pad_token_id is set so the score is read at the last real token.
+    weights are new). The config must have a pad_token_id: transformers reads the score at
+    the last token that is not padding, for left or right padding.
     """
     check_model_path(path, flag)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -149,6 +175,8 @@ def load_scalar_model(
     if model.config.pad_token_id is None:
         raise ValueError(f"{flag} {path}: config.pad_token_id is unset; set it so scores are read correctly.")
     disable_dropout(model)
+    if device is not None:
+        cast(torch.nn.Module, model).to(torch.device(device))
     return model
 
 

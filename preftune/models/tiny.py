@@ -16,6 +16,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from preftune.models.loading import token_id
+
 logger = logging.getLogger(__name__)
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -114,17 +116,17 @@ def build_tiny_model(
         num_attention_heads=shape.num_attention_heads,
         num_key_value_heads=shape.num_key_value_heads,
         max_position_embeddings=shape.max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=token_id(tokenizer, "bos"),
+        eos_token_id=token_id(tokenizer, "eos"),
+        pad_token_id=token_id(tokenizer, "pad"),
         tie_word_embeddings=True,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.pad_token_id = token_id(tokenizer, "pad")
+    model.generation_config.eos_token_id = token_id(tokenizer, "eos")
+    model.generation_config.bos_token_id = token_id(tokenizer, "bos")
     return model
 
 

@@ -48,8 +48,9 @@ class DemoConfig:
     """Seed of data, model initialisation, training and sampling."""
 
     def __post_init__(self) -> None:
-        if self.sft_steps < 1 or self.num_eval_prompts < 1:
-            raise ValueError("sft_steps and num_eval_prompts must be >= 1.")
+        for name, value in (("sft_steps", self.sft_steps), ("num_eval_prompts", self.num_eval_prompts)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
 
 
 def gold_scores(task_name: str, prompts: list[str], responses: list[str]) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def sample_policy(path: str, prompts: list[str], config: DemoConfig) -> list[str
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens)
     ids = sample_responses(model, tokenizer, encoded, sampling, seed=config.seed)
-    return [tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+    return [str(tokenizer.decode(r, skip_special_tokens=True)) for r in ids]
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from peft import PeftModel
+from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+
+from preftune.models.loading import token_id
 
 
 @dataclass
@@ -23,11 +27,15 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be >= 1.")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(
-                f"Bad sampling settings: temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}."
+                f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and {self.batch_size}."
             )
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}.")
 
 
 def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +51,7 @@ def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def sample_responses(
-    model: PreTrainedModel,
+    model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[int]],
     config: SamplingConfig,
@@ -53,14 +61,16 @@ def sample_responses(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos, pad = token_id(tokenizer, "eos"), token_id(tokenizer, "pad")
+    # PeftModel forwards generate to its base model; pyright cannot see GenerationMixin.generate.
+    generate = cast(GenerationMixin, model).generate  # pyright: ignore[reportAttributeAccessIssue]
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     responses: list[list[int]] = []
     for start in range(0, len(prompts), config.batch_size):
         ids, mask = left_pad(prompts[start : start + config.batch_size], pad)
         greedy = config.temperature == 0
-        out = model.generate(
+        out = generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=config.max_new_tokens,

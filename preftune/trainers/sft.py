@@ -13,13 +13,15 @@ accumulation and data parallelism give the same result as one big batch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from transformers import PreTrainedTokenizerBase
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import (
@@ -34,7 +36,14 @@ from preftune.data import (
 )
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.losses import sft_loss
-from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer, save_final
+from preftune.models.loading import (
+    ModelConfig,
+    attention_implementation,
+    check_model_path,
+    load_policy,
+    load_tokenizer,
+    save_final,
+)
 from preftune.ops.logprobs import masked_token_logps
 from preftune.ops.reduce import masked_sum, reduce_loss
 
@@ -78,7 +87,7 @@ class SFTTrainer:
     def __init__(
         self,
         config: SFTConfig,
-        model: torch.nn.Module | None = None,
+        model: PreTrainedModel | PeftModel | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
         self.config = config
@@ -93,13 +102,13 @@ class SFTTrainer:
         self.accelerator = build_accelerator(config.train)
         policy = model or load_policy(config.model)
         # sdpa takes boolean 4D masks (4x smaller than additive float ones); eager needs float.
-        self.mask_dtype = torch.bool if policy.config._attn_implementation == "sdpa" else torch.float32
+        self.mask_dtype = torch.bool if attention_implementation(policy) == "sdpa" else torch.float32
         self.engine = Engine(
             config.train, policy, len(self.train_items), config_to_flat_dict(config), self.accelerator
         )
         self.model = self.engine.model
 
-    def _encode(self, source: str, split: str) -> list[Item]:
+    def _encode(self, source: str, split: str) -> Sequence[Item]:
         cfg = self.config
         table = load_rows(source, cfg.data.dataset_split)
         parsed = parse_sft(table, text_field=cfg.dataset_text_field, skip_invalid=cfg.data.skip_invalid)
@@ -117,7 +126,7 @@ class SFTTrainer:
             return pack_examples(encoded, cfg.data.max_length)
         return encoded
 
-    def _collate(self, items: list[Item]) -> dict[str, torch.Tensor]:
+    def _collate(self, items: Sequence[Item]) -> dict[str, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id
         if self.config.packing:
             batch = collate_packed(items, pad_id, mask_dtype=self.mask_dtype)  # type: ignore[arg-type]

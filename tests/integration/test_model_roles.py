@@ -29,9 +29,13 @@ def test_scalar_model_reads_the_score_at_the_last_real_token(tiny_base):
     torch.testing.assert_close(scores[0], alone[0], rtol=1e-5, atol=1e-6)
 
 
-def test_dtype_option_is_applied(tiny_base):
+def test_dtype_and_device_options_are_applied(tiny_base):
     model = load_policy(ModelConfig(model=tiny_base, dtype="bfloat16"))
     assert next(model.parameters()).dtype == torch.bfloat16
+    reference = load_reference(tiny_base, dtype="bfloat16", device="meta")
+    assert {p.device.type for p in reference.parameters()} == {"meta"}
+    scorer = load_scalar_model(tiny_base, device="meta")
+    assert {p.device.type for p in scorer.parameters()} == {"meta"}
 
 
 def test_missing_or_non_model_folder_fails_clearly(tmp_path):
