@@ -17,7 +17,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -244,12 +244,21 @@ class Engine:
         every = self.config.eval_steps
         return self.done or (every > 0 and self.step % every == 0)
 
-    def log_eval(self, metrics: dict[str, float]) -> None:
-        """Write evaluation metrics as their own metrics.jsonl line; its `loss` is `eval/loss`."""
+    def evaluate(self, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """Run an evaluation and write it as its own metrics.jsonl line (its `loss` is `eval/loss`).
+
+        Its wall time is kept out of the training tokens/s.
+        """
+        start = time.perf_counter()
+        metrics = run()
+        elapsed = time.perf_counter() - start
+        self._window_time += elapsed
+        metrics = {**metrics, "eval/seconds": elapsed}
         self.metrics.write({"step": self.step, "loss": metrics.get("eval/loss", math.nan), **metrics})
         self.last_record.update(metrics)
         self.accelerator.log(metrics, step=self.step)
         logger.info("step %d: %s", self.step, {k: round(v, 4) for k, v in metrics.items()})
+        return metrics
 
     def save_checkpoint(self) -> None:
         """Resumable state at the current step (every rank's RNG, the rest on the main process)."""

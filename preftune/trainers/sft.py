@@ -162,7 +162,7 @@ class SFTTrainer:
             loss = (engine.global_sum(nll_sum) / num_loss_tokens).item()
             engine.optimizer_step(loss, num_tokens.item(), {"train/num_loss_tokens": num_loss_tokens.item()})
             if self.eval_items and engine.should_evaluate():
-                engine.log_eval(self.evaluate())
+                engine.evaluate(self.evaluate)
         return self._finish()
 
     @torch.no_grad()
