@@ -185,12 +185,14 @@ class Engine:
         if overflow:
             self.skipped_steps += 1
             metrics = {**metrics, "train/skipped_steps": float(self.skipped_steps)}
+        else:
+            metrics = {**metrics, "train/grad_norm": grad_norm}  # an overflow's inf would poison the mean
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self._window_tokens += num_tokens
         self._total_tokens += num_tokens
-        self.metrics.accumulate({"train/loss": loss, "train/grad_norm": grad_norm, **metrics})
+        self.metrics.accumulate({"train/loss": loss, **metrics})
         if self.step % self.config.logging_steps == 0 or self.done:
             self._log()
         self._progress.update(1)
