@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
@@ -83,18 +84,9 @@ COMMANDS: dict[str, Command] = {
 
 
 def show_demo_table(summary: dict[str, Any]) -> None:
-    table = Table(title="preftune demo: gold reward on held-out prompts")
-    for column in ("policy", "gold reward", "95% CI", "length (words)"):
-        table.add_column(column)
-    rows = [("base (random init)", summary["methods"]["base"]), ("sft", summary["methods"]["sft"])]
-    rows.append(("SFT corpus", summary["sft_corpus"]))
-    for name, scores in rows:
-        low, high = scores["gold_reward_ci"]
-        table.add_row(
-            name, f"{scores['gold_reward']:.3f}", f"[{low:.3f}, {high:.3f}]", f"{scores['length']:.1f}"
-        )
-    console.print(table)
-    console.print(f"wall time {summary['wall_seconds']:.0f} s")
+    from preftune.pipelines.demo import render_markdown
+
+    console.print(Markdown(render_markdown(summary)))
 
 
 def print_usage() -> None:
@@ -103,15 +95,22 @@ def print_usage() -> None:
     table.add_column("command")
     table.add_column("what it does")
     for name, command in COMMANDS.items():
-        note = "" if command.load else f"  [not built yet: {command.planned}]"
+        note = "" if command.load else escape(f"  [not built yet: {command.planned}]")
         table.add_row(name, command.summary + note)
     console.print(table)
     console.print("\n`preftune <command> --help` lists the command's flags.")
 
 
 def setup_logging() -> None:
+    """INFO on the main process (WARNING on the others), to stderr; plain lines when not a terminal."""
     level = os.environ.get("PREFTUNE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    if int(os.environ.get("RANK", "0")) != 0 and level == "INFO":
+        level = "WARNING"  # one copy of each message under `accelerate launch`
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False)
+        logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
+    else:  # logs, CI: no wrapping at 80 columns, greppable
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import transformers
 
     transformers.utils.logging.set_verbosity_warning()
@@ -153,8 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print("(set PREFTUNE_LOG_LEVEL=DEBUG to see the traceback)", style="dim")
         return 2
     except TrainingDiverged as error:
-        console.print(f"[bold red]training stopped:[/] {escape(str(error))}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return 1
+    except KeyboardInterrupt:
+        console.print(
+            "interrupted. A run with --save_steps continues from its last checkpoint with --resume true."
+        )
+        return 130
     return 0
 
 

@@ -212,7 +212,13 @@ def _parse_rows(table: RowTable, parse_row: Callable[[_Row], T], skip_invalid: b
             skipped.append(Skip.from_error(error))
     summary = summarize_skips(skipped, table.source, len(table))
     if not examples:
-        raise DataError(table.source, None, None, f"every row is invalid. {summary}", "fix the rows listed")
+        raise DataError(
+            table.source,
+            None,
+            None,
+            f"every row is invalid. {summary.rstrip('.')}",
+            "fix the rows listed, or check that this is the right file for this command",
+        )
     return Parsed(examples=examples, skipped=skipped, source=table.source, num_rows=len(table))
 
 
@@ -221,7 +227,7 @@ def _parse_sft_row(row: _Row, text_field: str | None) -> SFTExample:
         value = row.values.get(text_field)
         if value is None:
             raise row.error(
-                text_field, "missing or null", f"fill in {text_field!r} or pass another text_field"
+                text_field, "missing or null", f"fill in {text_field!r} or pass another --dataset_text_field"
             )
         if isinstance(value, list):
             return _conversation_example(row, text_field)
@@ -235,8 +241,16 @@ def _parse_sft_row(row: _Row, text_field: str | None) -> SFTExample:
         return SFTExample(prompt, completion, row.number, "prompt_completion")
     if fmt == "text":
         return SFTExample(None, _text(row, "text", "text"), row.number, "text")
-    hint = "; to train on a column of pairwise data, pass text_field='chosen'"
-    raise _no_format_error(row, SFT_FORMATS, "SFT", hint)
+    if "chosen" in row.values and "rejected" in row.values:
+        raise DataError(
+            row.source,
+            row.number,
+            None,
+            "this is pairwise data (chosen/rejected), not SFT data",
+            "pass --dataset_text_field chosen to train on the chosen responses as plain text, "
+            "or use a pairwise command (rm, dpo)",
+        )  # not skippable: skipping every row of the wrong kind of file helps no one
+    raise _no_format_error(row, SFT_FORMATS, "SFT", "; or name any text column with --dataset_text_field")
 
 
 def _conversation_example(row: _Row, name: str) -> SFTExample:

@@ -145,7 +145,8 @@ def _parse_json_text(text: str, source: str) -> RowTable:
                     line_number,
                     None,
                     f"malformed JSON ({error.msg} at column {error.colno})",
-                    "write exactly one JSON object per line; check quotes, commas and escapes",
+                    "write exactly one JSON object per line; check quotes, commas and escapes "
+                    "(a line that is not JSON cannot be skipped: --skip_invalid applies to rows that parse)",
                 ) from error
             numbers.append(line_number)
     for item, number in zip(items, numbers, strict=True):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def save_checkpoint(
             stale.unlink()
     final = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=root))
-    save_model(model, str(tmp / "model.safetensors"))
+    save_file(_trainable_state(model), str(tmp / "model.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
@@ -75,10 +75,19 @@ def save_checkpoint(
     return final
 
 
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Only what training changes: with LoRA the adapters, not the frozen base (a copy of it
+    would cost the whole model's size in every checkpoint)."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
 def save_rng(root: Path, step: int, rank: int) -> None:
     """Each rank's RNG state, moved into step-N by the main process's save_checkpoint."""
     root.mkdir(parents=True, exist_ok=True)
-    save_file({"torch": torch.get_rng_state()}, str(root / f".rng-step-{step}.rng-{rank}.safetensors"))
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())  # (devices, state)
+    save_file(tensors, str(root / f".rng-step-{step}.rng-{rank}.safetensors"))
     py_state = random.getstate()
     np_state = np.random.get_state(legacy=True)
     assert isinstance(np_state, tuple)
@@ -97,12 +106,18 @@ def load_checkpoint(
     rank: int,
 ) -> dict[str, Any]:
     """Restore everything saved by save_checkpoint/save_rng; returns trainer_state.json."""
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if unexpected or missing:
+    saved = load_file(str(path / "model.safetensors"))
+    params = dict(model.named_parameters())
+    trainable = {name for name, p in params.items() if p.requires_grad}
+    if set(saved) != trainable:
+        missing, unexpected = sorted(trainable - set(saved)), sorted(set(saved) - trainable)
         raise ValueError(
             f"Checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}). "
             "Resume with the same --model and LoRA settings as the interrupted run."
         )
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     rng_file = path / f"rng-{rank}.safetensors"
@@ -114,7 +129,10 @@ def load_checkpoint(
             rank,
         )
     else:
-        torch.set_rng_state(load_file(str(rng_file))["torch"])
+        rng = load_file(str(rng_file))
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
         state = json.loads((path / f"rng-{rank}.json").read_text())
         py = state["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))

@@ -7,6 +7,21 @@ from typing import Literal
 
 import torch
 
+# accelerate's trackers (accelerate.utils.LoggerType), plus "none".
+_TRACKERS = {
+    "none",
+    "all",
+    "tensorboard",
+    "wandb",
+    "comet_ml",
+    "aim",
+    "mlflow",
+    "clearml",
+    "dvclive",
+    "swanlab",
+    "trackio",
+}
+
 
 @dataclass
 class TrainConfig:
@@ -82,5 +97,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0 (0 turns it off), got {value}.")
         if self.bf16 and self.fp16:
             raise ValueError("Choose one of --bf16 and --fp16, not both.")
+        unknown = set(self.report_to) - _TRACKERS
+        if unknown:
+            raise ValueError(f"Unknown --report_to {sorted(unknown)}; choose from {sorted(_TRACKERS)}.")
         if self.fp16 and not torch.cuda.is_available():
             raise ValueError("--fp16 needs a CUDA device (loss scaling); on CPU use --bf16 true or neither.")

@@ -109,6 +109,8 @@ class Engine:
         self.optimizer, self.scheduler = _build_optimizer(model, config, self.total_steps)
         self.step = 0
         self.skipped_steps = 0
+        self._last_lr = config.learning_rate
+        self._resumed_wall_seconds = 0.0
         self._total_tokens = 0.0
         self._window_tokens = 0.0
         self.last_record: dict[str, Any] = {}
@@ -122,8 +124,8 @@ class Engine:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
         self.accelerator.init_trackers("preftune", config=_scalars(run_config))
-        self._start_time = time.perf_counter()
-        self._window_time = self._start_time
+        self._start_time = time.perf_counter() - self._resumed_wall_seconds  # wall time spans interruptions
+        self._window_time = time.perf_counter()
         self._progress = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -171,8 +173,18 @@ class Engine:
         """
         self.accelerator.backward(loss * self.accelerator.num_processes)
 
-    def optimizer_step(self, loss: float, num_tokens: float, metrics: dict[str, float]) -> None:
-        """Clip, step, schedule; then the NaN guard, logging and checkpointing for this step."""
+    def optimizer_step(
+        self,
+        loss: float,
+        num_tokens: float,
+        metrics: dict[str, float],
+        evaluate: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        """Clip, step, schedule; then the NaN guard, evaluation, logging and checkpointing.
+
+        `evaluate` (returning `eval/...` metrics) runs every eval_steps and at the last step;
+        its metrics go into that step's metrics.jsonl line and its time stays out of tokens/s.
+        """
         grad_norm = self._clip()
         # With fp16 loss scaling an inf gradient is an overflow: the scaler skips the update and
         # lowers the scale. Anything else non-finite is divergence.
@@ -182,6 +194,7 @@ class Engine:
         if not overflow and not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self._diverged(loss, grad_norm)
         self.optimizer.step()
+        self._last_lr = self.scheduler.get_last_lr()[0]  # the rate this update used
         if overflow:
             self.skipped_steps += 1
             metrics = {**metrics, "train/skipped_steps": float(self.skipped_steps)}
@@ -193,8 +206,9 @@ class Engine:
         self._window_tokens += num_tokens
         self._total_tokens += num_tokens
         self.metrics.accumulate({"train/loss": loss, **metrics})
-        if self.step % self.config.logging_steps == 0 or self.done:
-            self._log()
+        eval_metrics = self._evaluate(evaluate) if evaluate is not None and self._eval_due() else {}
+        if eval_metrics or self.step % self.config.logging_steps == 0 or self.done:
+            self._log(eval_metrics)
         self._progress.update(1)
         if self.config.save_steps and (self.step % self.config.save_steps == 0 or self.done):
             self.save_checkpoint()
@@ -214,24 +228,23 @@ class Engine:
 
     def _diverged(self, loss: float, grad_norm: float) -> None:
         checkpoints = list_checkpoints(self.checkpoint_root)
-        last = (
-            f"the last good checkpoint is {checkpoints[-1][1]}"
-            if checkpoints
-            else "no checkpoint was saved yet"
-        )
+        if checkpoints:
+            last = f"the last good checkpoint is {checkpoints[-1][1]} (continue from it with --resume true)"
+        else:
+            last = "no checkpoint was saved (use --save_steps to keep some)"
         raise TrainingDiverged(
-            f"Training stopped at step {self.step + 1}: loss={loss}, grad_norm={grad_norm} is not finite; "
-            f"{last}. Lower --learning_rate, check the data of this step, or turn off --fp16/--bf16; "
-            "then rerun (with --resume true to continue from the checkpoint)."
+            f"step {self.step + 1}: loss={loss}, grad_norm={grad_norm} is not finite, so training stopped; "
+            f"{last}. Lower --learning_rate, check the data of this step, or turn off --fp16/--bf16."
         )
 
-    def _log(self) -> None:
+    def _log(self, eval_metrics: dict[str, float]) -> None:
         now = time.perf_counter()
         extra = {
-            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            "train/learning_rate": self._last_lr,
             "train/tokens_per_second": self._window_tokens / max(now - self._window_time, 1e-9),
             "train/num_tokens": self._total_tokens,
             "train/epoch": self.step * self.global_batch_size / self.num_items,
+            **eval_metrics,
         }
         self._window_time, self._window_tokens = now, 0.0
         record = self.metrics.flush(self.step, extra)
@@ -241,26 +254,17 @@ class Engine:
         )
         self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
 
-    def should_evaluate(self) -> bool:
-        """True at every eval_steps-th step and at the last one."""
+    def _eval_due(self) -> bool:
         every = self.config.eval_steps
         return self.done or (every > 0 and self.step % every == 0)
 
-    def evaluate(self, run: Callable[[], dict[str, float]]) -> dict[str, float]:
-        """Run an evaluation and write it as its own metrics.jsonl line (its `loss` is `eval/loss`).
-
-        Its wall time is kept out of the training tokens/s.
-        """
+    def _evaluate(self, run: Callable[[], dict[str, float]]) -> dict[str, float]:
         start = time.perf_counter()
         metrics = run()
         elapsed = time.perf_counter() - start
-        self._window_time += elapsed
-        metrics = {**metrics, "eval/seconds": elapsed}
-        self.metrics.write({"step": self.step, "loss": metrics.get("eval/loss", math.nan), **metrics})
-        self.last_record.update(metrics)
-        self.accelerator.log(metrics, step=self.step)
+        self._window_time += elapsed  # evaluation time is not training time
         logger.info("step %d: %s", self.step, {k: round(v, 4) for k, v in metrics.items()})
-        return metrics
+        return {**metrics, "eval/seconds": elapsed}
 
     def save_checkpoint(self) -> None:
         """Resumable state at the current step (every rank's RNG, the rest on the main process)."""
@@ -269,8 +273,9 @@ class Engine:
         if self.is_main:
             state = {
                 "num_tokens": self._total_tokens,
-                "window_tokens": self._window_tokens,
                 "metrics_window": self.metrics.state_dict(),
+                "last_record": self.last_record,
+                "wall_seconds": time.perf_counter() - self._start_time,
                 "skipped_steps": self.skipped_steps,
                 "scaler": self._scaler_state(),
             }
@@ -286,18 +291,20 @@ class Engine:
         self.accelerator.wait_for_everyone()
 
     def _start_fresh(self) -> None:
-        """A new run must not mix its files with an earlier run's (checked on every rank)."""
-        if list_checkpoints(self.checkpoint_root) and not self.config.overwrite_output_dir:
+        """A new run never mixes its files with an earlier run's (checked on every rank)."""
+        earlier = [self.out / name for name in _RUN_FILES if (self.out / name).exists()]
+        if earlier and not self.config.overwrite_output_dir:
+            resumable = (
+                " Pass --resume true to continue it," if list_checkpoints(self.checkpoint_root) else ""
+            )
             raise ValueError(
-                f"{self.out} already holds checkpoints of an earlier run. Pass --resume true to continue it, "
-                "--overwrite_output_dir true to start over there, or choose another --output_dir."
+                f"{self.out} already holds an earlier run ({', '.join(p.name for p in earlier)}).{resumable} "
+                "Pass --overwrite_output_dir true to replace it, or choose another --output_dir."
             )
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            if self.checkpoint_root.exists():
-                shutil.rmtree(self.checkpoint_root)
-            if (self.out / "metrics.jsonl").exists():
-                (self.out / "metrics.jsonl").unlink()
+            for path in earlier:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         self.accelerator.wait_for_everyone()
 
     def _resume(self, run_config: dict[str, Any]) -> None:
@@ -325,7 +332,8 @@ class Engine:
         )
         self.step = step
         self._total_tokens = state["num_tokens"]
-        self._window_tokens = state["window_tokens"]
+        self._resumed_wall_seconds = state["wall_seconds"]
+        self.last_record = state["last_record"]
         self.metrics.load_state_dict(state["metrics_window"])
         self.skipped_steps = state["skipped_steps"]
         if self.accelerator.scaler is not None and state["scaler"] is not None:
@@ -349,7 +357,11 @@ class Engine:
 
 
 # Settings that may change between an interrupted run and its resumption without changing results.
-_RESUME_FREE = {"resume", "disable_tqdm", "report_to", "overwrite_output_dir", "save_total_limit"}
+_RESUME_FREE = {
+    "resume", "disable_tqdm", "report_to", "overwrite_output_dir", "save_total_limit", "output_dir",
+}  # fmt: skip
+# What a run writes into output_dir; a new run there replaces these (with --overwrite_output_dir).
+_RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "summary.json", "config.yaml")
 
 
 def _build_optimizer(

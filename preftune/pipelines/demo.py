@@ -91,6 +91,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             warmup_ratio=0.05,
             logging_steps=25,
             seed=config.seed,
+            overwrite_output_dir=True,  # the demo owns its folder: a rerun replaces it
         ),
     )
     SFTTrainer(sft_config).train()

@@ -45,7 +45,7 @@ from preftune.models.loading import (
     save_final,
 )
 from preftune.ops.logprobs import masked_token_logps
-from preftune.ops.reduce import masked_sum, reduce_loss
+from preftune.ops.reduce import reduce_loss
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,14 @@ class SFTConfig:
     """Pack several examples into each row of --max_length tokens (block-diagonal attention, no padding)."""
     dataset_text_field: str | None = None
     """Train on this string column as plain text (e.g. 'chosen' of HH-RLHF) instead of detecting the format."""
+
+    def __post_init__(self) -> None:
+        # Checked here, before any file is read, so a forgotten flag fails at once.
+        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset)):
+            if not value:
+                raise ValueError(f"{flag} is required: pass {flag} PATH.")
+        if not self.train.output_dir:
+            raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
 
 
 Item = EncodedExample | list[EncodedExample]
@@ -92,8 +100,6 @@ class SFTTrainer:
     ) -> None:
         self.config = config
         set_seed(config.train.seed)  # before anything random: LoRA initialisation, data order
-        if not config.data.dataset:
-            raise ValueError("No training data: pass --dataset FILE (.jsonl, .json, .parquet, .csv, ...).")
         check_model_path(config.model.model)
         self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
         # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
@@ -120,11 +126,14 @@ class SFTTrainer:
             completion_only=cfg.completion_only_loss,
             skip_invalid=cfg.data.skip_invalid,
         )
-        log = logger.warning if report.skipped else logger.info
+        log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
         log("%s data: %s", split, report.summary())
-        if cfg.packing:
-            return pack_examples(encoded, cfg.data.max_length)
-        return encoded
+        if not cfg.packing:
+            return encoded
+        rows = pack_examples(encoded, cfg.data.max_length)
+        logger.info("%s data: packed %d examples into %d rows of <= %d tokens", split, len(encoded), len(rows),
+                    cfg.data.max_length)  # fmt: skip
+        return rows
 
     def _collate(self, items: Sequence[Item]) -> dict[str, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id
@@ -134,8 +143,10 @@ class SFTTrainer:
             batch = pad_batch(items, pad_id)  # type: ignore[arg-type]
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
-    def _token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T-1) per-token NLL and the (B, T-1) target mask of one micro-batch."""
+    def _token_losses(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(B, T-1) per-token NLL, the (B, T-1) target mask and the loss metrics of one micro-batch."""
         logits = self.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -143,8 +154,8 @@ class SFTTrainer:
         ).logits
         mask = batch["loss_mask"][:, 1:]  # position t predicts token t + 1
         token_logps = masked_token_logps(logits[:, :-1], batch["input_ids"][:, 1:], mask)  # (B, T-1)
-        losses, _ = sft_loss(token_logps, mask)
-        return losses, mask
+        losses, metrics = sft_loss(token_logps, mask)
+        return losses, mask, metrics
 
     def train(self) -> dict[str, Any]:
         engine = self.engine
@@ -156,13 +167,14 @@ class SFTTrainer:
             nll_sum = 0.0
             for i, items in enumerate(micro_items):
                 with engine.sync_context(i, len(micro_items)):
-                    losses, mask = self._token_losses(self._collate(items))  # collated lazily: one at a time
+                    losses, mask, metrics = self._token_losses(self._collate(items))  # collated one at a time
                     engine.backward(reduce_loss(losses, mask, num_items=num_loss_tokens))
-                nll_sum += masked_sum(losses.detach(), mask).item()
+                nll_sum += metrics["train/nll_sum"].item()
             loss = (engine.global_sum(nll_sum) / num_loss_tokens).item()
-            engine.optimizer_step(loss, num_tokens.item(), {"train/num_loss_tokens": num_loss_tokens.item()})
-            if self.eval_items and engine.should_evaluate():
-                engine.evaluate(self.evaluate)
+            metrics = {"train/num_loss_tokens": num_loss_tokens.item()}
+            engine.optimizer_step(
+                loss, num_tokens.item(), metrics, self.evaluate if self.eval_items else None
+            )
         return self._finish()
 
     @torch.no_grad()
@@ -174,9 +186,9 @@ class SFTTrainer:
         size = self.config.train.per_device_train_batch_size
         nll, count = 0.0, 0.0
         for start in range(0, len(mine), size):
-            losses, mask = self._token_losses(self._collate(mine[start : start + size]))
-            nll += masked_sum(losses, mask).item()
-            count += mask.sum().item()
+            _, _, metrics = self._token_losses(self._collate(mine[start : start + size]))
+            nll += metrics["train/nll_sum"].item()
+            count += metrics["train/num_loss_tokens"].item()
         self.model.train()
         mean_nll = (self.engine.global_sum(nll) / self.engine.global_sum(count)).item()
         return {"eval/loss": mean_nll, "eval/perplexity": float(torch.tensor(mean_nll).exp())}

@@ -90,14 +90,43 @@ def test_conversational_sft_trains_through_the_chat_template(tiny_base, tmp_path
     assert losses[1] < losses[0], "the same 16 chats twice: the second step must fit them better"
 
 
-def test_fresh_run_refuses_an_output_dir_with_checkpoints(synth_world, tiny_base, tmp_path):
+def test_fresh_run_refuses_an_output_dir_of_an_earlier_run(synth_world, tiny_base, tmp_path):
     out = str(tmp_path / "run")
     SFTTrainer(sft_config(tiny_base, str(synth_world["sft"]), out, max_steps=2, save_steps=1)).train()
-    with pytest.raises(ValueError, match="already holds checkpoints.*--resume true.*--overwrite_output_dir"):
+    with pytest.raises(
+        ValueError, match=r"already holds an earlier run \(checkpoints, final.*--resume true.*--overwrite"
+    ):
         SFTTrainer(sft_config(tiny_base, str(synth_world["sft"]), out, max_steps=2))
     config = sft_config(tiny_base, str(synth_world["sft"]), out, max_steps=2, overwrite_output_dir=True)
     SFTTrainer(config).train()
     assert not (tmp_path / "run" / "checkpoints").exists()
+    # a finished run without checkpoints is protected too, and nothing suggests resuming it
+    with pytest.raises(ValueError, match="already holds an earlier run") as info:
+        SFTTrainer(sft_config(tiny_base, str(synth_world["sft"]), out, max_steps=2))
+    assert "--resume" not in str(info.value)
+
+
+def test_resuming_a_finished_run_keeps_its_summary(synth_world, tiny_base, tmp_path):
+    out = tmp_path / "run"
+    first = SFTTrainer(
+        sft_config(tiny_base, str(synth_world["sft"]), str(out), max_steps=3, save_steps=3)
+    ).train()
+    again = SFTTrainer(
+        sft_config(tiny_base, str(synth_world["sft"]), str(out), max_steps=3, save_steps=3, resume=True)
+    ).train()
+    assert again["final_metrics"] == first["final_metrics"]
+    state = json.loads((out / "checkpoints" / "step-3" / "trainer_state.json").read_text())
+    assert again["wall_seconds"] >= state["wall_seconds"] > 0, "wall time must span the interruption"
+
+
+def test_lora_checkpoints_hold_only_the_adapters(synth_world, tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    config = sft_config(tiny_base, str(synth_world["sft"]), str(tmp_path / "lora"), max_steps=2, save_steps=2)
+    config.model.use_peft = True
+    SFTTrainer(config).train()
+    saved = load_file(str(tmp_path / "lora" / "checkpoints" / "step-2" / "model.safetensors"))
+    assert saved and all("lora_" in name for name in saved)
 
 
 def test_tensorboard_tracker_through_accelerate(synth_world, tiny_base, tmp_path):

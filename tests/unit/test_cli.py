@@ -62,9 +62,22 @@ def test_missing_model_folder_is_reported_with_the_fix(tmp_path, capsys):
     assert "no such folder" in out and "preftune tiny" in out and "Traceback" not in out
 
 
-def test_missing_dataset_is_reported_with_the_fix(tiny_base, tmp_path, capsys):
-    assert main(["sft", "--model", tiny_base, "--output_dir", str(tmp_path)]) == 2
-    assert "pass --dataset FILE" in capsys.readouterr().out
+def test_missing_required_flags_fail_before_anything_is_read(tmp_path, capsys):
+    for argv, flag in (
+        (["sft", "--model", "m", "--output_dir", str(tmp_path)], "--dataset"),
+        (["sft", "--dataset", "d.jsonl", "--output_dir", str(tmp_path)], "--model"),
+        (["sft", "--model", "m", "--dataset", "d.jsonl"], "--output_dir"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert f"{flag} is required" in capsys.readouterr().err
+
+
+def test_unknown_tracker_is_rejected_at_parse_time(capsys):
+    with pytest.raises(SystemExit):
+        main(["sft", "--model", "m", "--dataset", "d", "--output_dir", "o", "--report_to", "tensorbord"])
+    assert "Unknown --report_to ['tensorbord']" in capsys.readouterr().err
 
 
 def test_bad_row_fails_before_the_model_loads(tiny_base, tmp_path, capsys, monkeypatch):

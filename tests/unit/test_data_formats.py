@@ -164,7 +164,7 @@ def test_pair_errors_name_source_row_and_field(row, field, problem):
 
 
 SFT_ERRORS = [
-    ({"chosen": "x", "rejected": "y"}, None, "no SFT format matches the columns ['chosen', 'rejected']"),
+    ({"answer": "x"}, None, "no SFT format matches the columns ['answer']"),
     ({"prompt": "x"}, "completion", "missing or null"),
     ({"text": ""}, "text", "empty text"),
     ({"text": 12}, "text", "expected text, got int 12"),
@@ -182,9 +182,9 @@ def test_sft_errors_name_source_row_and_field(row, field, problem):
     _expect_error(parse_sft, row, field, problem)
 
 
-def test_sft_no_format_error_suggests_text_field():
-    with pytest.raises(DataError, match="pass text_field='chosen'"):
-        parse_sft(_table({"chosen": "x", "rejected": "y"}))
+def test_sft_on_pairwise_data_suggests_the_text_field_flag_and_is_not_skippable():
+    with pytest.raises(DataError, match="pass --dataset_text_field chosen"):
+        parse_sft(_table({"chosen": "x", "rejected": "y"}), skip_invalid=True)
 
 
 @pytest.mark.parametrize(
