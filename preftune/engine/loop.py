@@ -100,6 +100,12 @@ class Engine:
         if num_items < 1:
             raise ValueError("The training set has no examples: check --dataset (every row was skipped?).")
         self.num_items = num_items
+        if self.global_batch_size > num_items:
+            logger.warning(
+                "The global batch (%d) is larger than the training set (%d items): every step repeats items.",
+                self.global_batch_size,
+                num_items,
+            )
         self.total_steps = (
             config.max_steps
             if config.max_steps > 0

@@ -69,6 +69,11 @@ class SFTConfig:
                 raise ValueError(f"{flag} is required: pass {flag} PATH.")
         if not self.train.output_dir:
             raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
+        if self.packing and (self.model.attn_implementation or "").startswith("flash"):
+            raise ValueError(
+                f"--packing needs custom 4D attention masks, which --attn_implementation "
+                f"{self.model.attn_implementation} does not take. Use sdpa (the default) or eager, or turn packing off."
+            )
 
 
 Item = EncodedExample | list[EncodedExample]
