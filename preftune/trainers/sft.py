@@ -149,10 +149,10 @@ class SFTTrainer:
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
     def _token_losses(
-        self, batch: dict[str, torch.Tensor]
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(B, T-1) per-token NLL, the (B, T-1) target mask and the loss metrics of one micro-batch."""
-        logits = self.model(
+        logits = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"],
@@ -172,26 +172,32 @@ class SFTTrainer:
             nll_sum = 0.0
             for i, items in enumerate(micro_items):
                 with engine.sync_context(i, len(micro_items)):
-                    losses, mask, metrics = self._token_losses(self._collate(items))  # collated one at a time
+                    batch = self._collate(items)  # one micro-batch at a time
+                    losses, mask, loss_metrics = self._token_losses(self.model, batch)
                     engine.backward(reduce_loss(losses, mask, num_items=num_loss_tokens))
-                nll_sum += metrics["train/nll_sum"].item()
+                nll_sum += loss_metrics["train/nll_sum"].item()
             loss = (engine.global_sum(nll_sum) / num_loss_tokens).item()
-            metrics = {"train/num_loss_tokens": num_loss_tokens.item()}
+            step_metrics = {"train/num_loss_tokens": num_loss_tokens.item()}
             engine.optimizer_step(
-                loss, num_tokens.item(), metrics, self.evaluate if self.eval_items else None
+                loss, num_tokens.item(), step_metrics, self.evaluate if self.eval_items else None
             )
         return self._finish()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean per-token NLL on the held-out set (each process scores its share)."""
+        """Mean per-token NLL on the held-out set (each process scores its share).
+
+        The unwrapped model is used: its forward has no DDP collectives, so processes may
+        score different numbers of batches.
+        """
+        model = self.accelerator.unwrap_model(self.model)
         self.model.eval()
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = self.eval_items[rank::world]
         size = self.config.train.per_device_train_batch_size
         nll, count = 0.0, 0.0
         for start in range(0, len(mine), size):
-            _, _, metrics = self._token_losses(self._collate(mine[start : start + size]))
+            _, _, metrics = self._token_losses(model, self._collate(mine[start : start + size]))
             nll += metrics["train/nll_sum"].item()
             count += metrics["train/num_loss_tokens"].item()
         self.model.train()

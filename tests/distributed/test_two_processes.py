@@ -16,7 +16,7 @@ def _args(base: str, dataset: str, out, batch: int, accumulation: int) -> list[s
         "sft", "--model", base, "--dataset", dataset, "--output_dir", str(out),
         "--max_steps", "5", "--logging_steps", "1", "--learning_rate", "3e-3",
         "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", str(accumulation),
-        "--max_length", "96", "--disable_tqdm", "true",
+        "--max_length", "96", "--disable_tqdm", "true", "--eval_dataset", dataset,
     ]  # fmt: skip
 
 
@@ -39,6 +39,8 @@ def test_two_processes_match_one_process_with_accumulation(synth_world, tiny_bas
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert len(one) == len(two) == 5
+    assert "eval/loss" in one[-1] and "eval/loss" in two[-1]
+    assert two[-1]["eval/loss"] == pytest.approx(one[-1]["eval/loss"], rel=1e-5)  # eval is sharded, then summed
     for key in ("loss", "train/grad_norm", "train/num_tokens"):
         torch.testing.assert_close(
             torch.tensor([r[key] for r in two], dtype=torch.float64),
