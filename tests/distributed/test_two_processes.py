@@ -40,7 +40,8 @@ def test_two_processes_match_one_process_with_accumulation(synth_world, tiny_bas
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert len(one) == len(two) == 5
     assert "eval/loss" in one[-1] and "eval/loss" in two[-1]
-    assert two[-1]["eval/loss"] == pytest.approx(one[-1]["eval/loss"], rel=1e-5)  # eval is sharded, then summed
+    # evaluation is sharded over the processes, then summed
+    assert two[-1]["eval/loss"] == pytest.approx(one[-1]["eval/loss"], rel=1e-5)
     for key in ("loss", "train/grad_norm", "train/num_tokens"):
         torch.testing.assert_close(
             torch.tensor([r[key] for r in two], dtype=torch.float64),
