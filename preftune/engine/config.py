@@ -6,21 +6,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from accelerate.utils import LoggerType
 
-# accelerate's trackers (accelerate.utils.LoggerType), plus "none".
-_TRACKERS = {
-    "none",
-    "all",
-    "tensorboard",
-    "wandb",
-    "comet_ml",
-    "aim",
-    "mlflow",
-    "clearml",
-    "dvclive",
-    "swanlab",
-    "trackio",
-}
+# accelerate's trackers, plus "none".
+_TRACKERS = {tracker.value for tracker in LoggerType} | {"none"}
 
 
 @dataclass
@@ -60,7 +49,7 @@ class TrainConfig:
     resume: bool = False
     """Continue from the newest checkpoint in output_dir/checkpoints (the run must be the same)."""
     overwrite_output_dir: bool = False
-    """Start a new run in an output_dir that holds an earlier run's checkpoints (they are deleted)."""
+    """Start a new run in an output_dir that holds an earlier run (its checkpoints, final/, metrics are deleted)."""
     seed: int = 0
     """Seed for initialisation, data order and sampling."""
     bf16: bool = False

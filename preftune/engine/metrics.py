@@ -48,14 +48,10 @@ class MetricsLog:
         record.update(extra or {})
         record.setdefault("loss", record.get("train/loss", math.nan))
         self._sums, self._counts = {}, {}
-        self.write(record)
-        return record
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record as is (evaluation lines use this; the training window is untouched)."""
         if self.enabled:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+        return record
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
