@@ -24,7 +24,9 @@ def synth_world(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("synth")
     return write_task(
-        SynthConfig(out=str(out), num_sft=400, num_pairs=100, num_prompts=64, num_eval_prompts=16)
+        SynthConfig(
+            out=str(out), num_sft=400, num_pairs=100, num_prompts=64, num_eval_prompts=16, num_eval_pairs=100
+        )
     )
 
 

@@ -4,6 +4,11 @@ Local files are read here (not through `datasets`) so that every row keeps the n
 a user can find in the file: the line number for JSON Lines, the 1-based record index
 for JSON arrays, Parquet and CSV (the CSV header is not counted). Directories and
 hub names go through `datasets`.
+
+Every source takes a split with an optional slice in the syntax of Hugging Face datasets:
+`train`, `train[:1500]`, `train[1500:]`, `train[100:200]`, `train[:80%]`, `train[80%:]`.
+A file has one split, `train`. Slicing happens after the split is read, for every kind of
+source, and the kept rows keep their original row numbers.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,9 @@ SUPPORTED_EXTENSIONS = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet", 
 _FILE_LIKE_EXTENSIONS = (*SUPPORTED_EXTENSIONS, ".gz", ".tsv", ".txt", ".arrow", ".zst", ".xz", ".zip", ".pq")
 # Files that `Dataset.save_to_disk` / `DatasetDict.save_to_disk` write.
 _SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+# NAME or NAME[START:STOP]; each bound optional, an int or an int percentage, negative from the end.
+_SPLIT_PATTERN = re.compile(r"(?P<name>[\w.+-]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
+SPLIT_EXAMPLES = "'train', 'train[:1500]', 'train[1500:]', 'train[100:200]', 'train[:80%]', 'train[80%:]'"
 
 
 @dataclass(frozen=True)
@@ -42,27 +51,101 @@ class RowTable:
         return len(self.rows)
 
 
+@dataclass(frozen=True)
+class SplitBound:
+    """One end of a split slice: a row index, or a percentage of the split's rows."""
+
+    value: int
+    percent: bool
+
+    def to_index(self, num_rows: int) -> int:
+        """The row index; percentages round to the closest row as `datasets` does."""
+        return round(self.value * num_rows / 100) if self.percent else self.value
+
+
+@dataclass(frozen=True)
+class SplitSlice:
+    """A split name and an optional slice of it, parsed from text such as 'train[:80%]'."""
+
+    name: str
+    start: SplitBound | None
+    stop: SplitBound | None
+    sliced: bool = field(compare=False)
+    """True when the text had brackets (even 'train[:]'), so the table's source names the slice;
+    not compared, so 'train' == 'train[:]' (the same rows)."""
+
+    def select(self, num_rows: int) -> slice:
+        """The rows kept of a split of `num_rows` rows; bounds clip like Python slicing."""
+        start = None if self.start is None else self.start.to_index(num_rows)
+        stop = None if self.stop is None else self.stop.to_index(num_rows)
+        return slice(start, stop)
+
+
+def parse_split(split: str, source: str = "split") -> SplitSlice:
+    """Parse 'NAME' or 'NAME[START:STOP]' (Hugging Face datasets slice syntax).
+
+    Each bound is optional and is an int (a row index; negative counts from the end) or an
+    int percentage between -100% and 100%. Raises `DataError` naming `source` (the data
+    source, or the flag the split came from) and the value otherwise.
+    """
+    match = _SPLIT_PATTERN.fullmatch(split)
+    if match is None:
+        raise DataError(
+            source,
+            None,
+            None,
+            f"invalid split {split!r} (expected a split name with an optional [START:STOP] slice of "
+            "row indices or whole percentages)",
+            f"write it like {SPLIT_EXAMPLES}",
+        )
+    bounds = []
+    for text in (match["start"], match["stop"]):
+        bound = None if text is None else SplitBound(int(text.rstrip("%")), text.endswith("%"))
+        if bound is not None and bound.percent and abs(bound.value) > 100:
+            raise DataError(
+                source,
+                None,
+                None,
+                f"invalid split {split!r} (percentage bounds must be between -100% and 100%, got {text})",
+                f"write it like {SPLIT_EXAMPLES}",
+            )
+        bounds.append(bound)
+    return SplitSlice(match["name"], bounds[0], bounds[1], sliced="[" in split)
+
+
 def load_rows(source: str, split: str = "train") -> RowTable:
-    """Read every row of `source`: a local file, a saved dataset directory, or a hub name.
+    """Read the rows of `split` of `source`: a local file, a saved dataset directory, or a hub name.
 
     Files: `.json` (a JSON array of objects, or JSON Lines content), `.jsonl`, `.jsonl.gz`,
-    `.json.gz`, `.parquet`, `.csv`. A directory written by `save_to_disk` is read with
-    `datasets.load_from_disk`; any other directory or a string that is not a path goes to
-    `datasets.load_dataset(source, split=split)`. Raises `DataError` naming the file and
-    line for malformed JSON, rows that are not objects, missing files and unknown types.
+    `.json.gz`, `.parquet`, `.csv`; their only split is "train". A directory written by
+    `save_to_disk` is read with `datasets.load_from_disk`; any other directory or a string that
+    is not a path goes to `datasets.load_dataset(source, split=name)`. `split` may slice the
+    split (see `parse_split`); the kept rows keep their row numbers and the table's source
+    names the slice, e.g. 'data/pairs.jsonl[train[:1500]]'. Raises `DataError` naming the file
+    and line for malformed JSON, rows that are not objects, missing files, unknown types, bad
+    split syntax and slices that select no rows.
     """
     if not source.strip():
         raise DataError(
             "<no source>", None, None, "no data source given", "pass --dataset FILE (or a datasets folder)"
         )
+    spec = parse_split(split, source)
     path = Path(source).expanduser()
     if path.is_file():
-        return _read_file(path, source)
-    if path.is_dir():
-        if any((path / name).exists() for name in _SAVED_DATASET_FILES):
-            return _read_saved_dataset(path, source, split)
-        return _read_hub_dataset(source, split)
-    if _looks_like_path(source):
+        if spec.name != "train":
+            raise DataError(
+                source,
+                None,
+                None,
+                f"a file has one split, called 'train', got split {split!r}",
+                f"use split 'train' or a slice of it, e.g. {SPLIT_EXAMPLES}",
+            )
+        table = _read_file(path, source)
+    elif path.is_dir() and any((path / name).exists() for name in _SAVED_DATASET_FILES):
+        table = _read_saved_dataset(path, source, spec.name)
+    elif path.is_dir() or not _looks_like_path(source):
+        table = _read_hub_dataset(source, spec.name)
+    else:
         raise DataError(
             source,
             None,
@@ -70,7 +153,19 @@ def load_rows(source: str, split: str = "train") -> RowTable:
             f"file not found (looked for {path.resolve()})",
             "check the path (relative paths start from the current directory)",
         )
-    return _read_hub_dataset(source, split)
+    if not spec.sliced:
+        return table
+    kept = spec.select(len(table))
+    sliced = RowTable(f"{source}[{split}]", table.rows[kept], table.row_numbers[kept])
+    if not sliced.rows:
+        raise DataError(
+            sliced.source,
+            None,
+            None,
+            f"the slice selects no rows (split {spec.name!r} has {len(table)} rows)",
+            f"choose bounds that keep some of the {len(table)} rows, e.g. {SPLIT_EXAMPLES}",
+        )
+    return sliced
 
 
 def _looks_like_path(source: str) -> bool:

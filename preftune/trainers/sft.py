@@ -108,8 +108,11 @@ class SFTTrainer:
         check_model_path(config.model.model)
         self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
         # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
-        self.train_items = self._encode(config.data.dataset, "train")
-        self.eval_items = self._encode(config.data.eval_dataset, "eval") if config.data.eval_dataset else []
+        data = config.data
+        self.train_items = self._encode(data.dataset, data.dataset_split, "train")
+        self.eval_items = (
+            self._encode(data.eval_dataset, data.eval_split, "eval") if data.eval_dataset else []
+        )
         self.accelerator = build_accelerator(config.train)
         policy = model or load_policy(config.model)
         # sdpa takes boolean 4D masks (4x smaller than additive float ones); eager needs float.
@@ -119,9 +122,9 @@ class SFTTrainer:
         )
         self.model = self.engine.model
 
-    def _encode(self, source: str, split: str) -> Sequence[Item]:
+    def _encode(self, source: str, split: str, name: str) -> Sequence[Item]:
         cfg = self.config
-        table = load_rows(source, cfg.data.dataset_split)
+        table = load_rows(source, split)
         parsed = parse_sft(table, text_field=cfg.dataset_text_field, skip_invalid=cfg.data.skip_invalid)
         encoded, report = encode_dataset(
             self.tokenizer,
@@ -132,11 +135,11 @@ class SFTTrainer:
             skip_invalid=cfg.data.skip_invalid,
         )
         log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
-        log("%s data: %s", split, report.summary())
+        log("%s data: %s", name, report.summary())
         if not cfg.packing:
             return encoded
         rows = pack_examples(encoded, cfg.data.max_length)
-        logger.info("%s data: packed %d examples into %d rows of <= %d tokens", split, len(encoded), len(rows),
+        logger.info("%s data: packed %d examples into %d rows of <= %d tokens", name, len(encoded), len(rows),
                     cfg.data.max_length)  # fmt: skip
         return rows
 

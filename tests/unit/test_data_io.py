@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from preftune.data import DataError, Skip, load_rows, report_skips, summarize_skips
+from preftune.data import DataConfig, DataError, Skip, load_rows, parse_pairs, report_skips, summarize_skips
+from preftune.data.io import parse_split
 
 ROWS = [
     {"prompt": "What is two plus two?", "chosen": " Four.", "rejected": " Five.", "margin": 1.5},
@@ -164,6 +165,176 @@ def test_hub_name_goes_to_load_dataset(monkeypatch):
     assert calls == [("someone/some-pairs", "test")]
     assert table.rows == ROWS[:1]
     assert table.source == "someone/some-pairs[test]"
+
+
+def _numbered_jsonl(path, num_rows: int) -> None:
+    """Rows {"i": 0..num_rows-1} with a blank line after the 2nd, so row i sits on line i + 1 (i < 2)
+    or i + 2 (i >= 2)."""
+    lines = [json.dumps({"i": i}) for i in range(num_rows)]
+    path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("split", "kept"),
+    [
+        ("train[:3]", [0, 1, 2]),
+        ("train[7:]", [7, 8, 9]),
+        ("train[2:4]", [2, 3]),
+        ("train[-2:]", [8, 9]),
+        ("train[:80%]", list(range(8))),
+        ("train[80%:]", [8, 9]),
+        ("train[:25%]", [0, 1]),  # round(25 * 10 / 100) = round(2.5) = 2, as datasets rounds
+        ("train[:35%]", [0, 1, 2, 3]),  # round(3.5) = 4
+        ("train[5:1000]", [5, 6, 7, 8, 9]),  # clipped like Python slicing
+        ("train[:]", list(range(10))),
+    ],
+)
+def test_split_slices_keep_the_original_row_numbers(tmp_path, split, kept):
+    path = tmp_path / "rows.jsonl"
+    _numbered_jsonl(path, 10)
+    table = load_rows(str(path), split)
+    assert [row["i"] for row in table.rows] == kept
+    assert table.row_numbers == [i + 1 if i < 2 else i + 2 for i in kept]
+    assert table.source == f"{path}[{split}]"
+
+
+def test_unsliced_train_split_keeps_the_plain_source(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    _numbered_jsonl(path, 3)
+    assert load_rows(str(path), "train").source == str(path)
+
+
+def test_errors_in_a_slice_name_the_slice_and_the_line_of_the_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "p", "chosen": " a", "rejected": " b"}] * 3 + [
+        {"prompt": "p", "chosen": "", "rejected": " b"}
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    assert len(parse_pairs(load_rows(str(path), "train[:3]")).examples) == 3
+    with pytest.raises(DataError) as info:
+        parse_pairs(load_rows(str(path), "train[2:]"))
+    assert info.value.row == 4
+    assert str(info.value).startswith(f"{path}[train[2:]], row 4")
+
+
+@pytest.mark.parametrize("kind", [".parquet", ".csv", ".json"])
+def test_slices_work_on_every_file_type(tmp_path, kind):
+    path = tmp_path / f"rows{kind}"
+    rows = [{"text": f"row {i}"} for i in range(5)]
+    if kind == ".csv":
+        path.write_text("text\n" + "".join(f"{row['text']}\n" for row in rows), encoding="utf-8")
+    else:
+        _write(path, rows, kind)
+    table = load_rows(str(path), "train[60%:]")
+    assert table.rows == rows[3:]
+    assert table.row_numbers == [4, 5]
+    assert table.source == f"{path}[train[60%:]]"
+
+
+def test_a_file_has_only_the_train_split(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    _numbered_jsonl(path, 3)
+    with pytest.raises(DataError) as info:
+        load_rows(str(path), "test[:2]")
+    message = str(info.value)
+    assert "a file has one split, called 'train', got split 'test[:2]'" in message
+    assert "'train[:1500]'" in message and "'train[80%:]'" in message
+
+
+@pytest.mark.parametrize(
+    "split",
+    ["train[:x]", "train[1.5:]", "train[:10%%]", "train[1:2:3]", "train[]", "[:10]", "train [:10]", ""],
+)
+def test_bad_split_syntax_names_the_value_and_shows_examples(tmp_path, split):
+    path = tmp_path / "rows.jsonl"
+    _numbered_jsonl(path, 3)
+    with pytest.raises(DataError) as info:
+        load_rows(str(path), split)
+    message = str(info.value)
+    assert message.startswith(f"{path}: invalid split {split!r}")
+    assert "'train[:1500]', 'train[1500:]', 'train[100:200]', 'train[:80%]', 'train[80%:]'" in message
+
+
+def test_percentages_beyond_100_are_rejected():
+    with pytest.raises(DataError, match=r"between -100% and 100%, got 150%"):
+        parse_split("train[:150%]")
+    assert parse_split("train[-100%:100%]").select(10) == slice(-10, 10)
+    assert parse_split("train") == parse_split("train[:]") != parse_split("train[:100%]")
+
+
+@pytest.mark.parametrize("split", ["train[3:]", "train[20:30]", "train[:0]", "train[2:1]", "train[:-5]"])
+def test_a_slice_that_selects_no_rows_is_an_error(tmp_path, split):
+    path = tmp_path / "rows.jsonl"
+    _numbered_jsonl(path, 3)
+    with pytest.raises(DataError, match=r"the slice selects no rows \(split 'train' has 3 rows\)") as info:
+        load_rows(str(path), split)
+    assert info.value.source == f"{path}[{split}]"
+
+
+def test_saved_dataset_and_hub_splits_are_sliced_after_loading(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    both = tmp_path / "dict"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS[:1]), "test": datasets.Dataset.from_list(ROWS)}
+    ).save_to_disk(str(both))
+    table = load_rows(str(both), split="test[1:]")
+    assert (table.rows, table.row_numbers, table.source) == (ROWS[1:], [2, 3], f"{both}[test[1:]]")
+    with pytest.raises(DataError, match=r"no split 'validation'"):
+        load_rows(str(both), split="validation[:10]")
+
+    calls = []
+
+    def fake_load_dataset(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    table = load_rows("someone/some-pairs", split="test[:67%]")  # round(2.01) = 2
+    assert calls == [("someone/some-pairs", "test")]
+    assert (table.rows, table.row_numbers) == (ROWS[:2], [1, 2])
+    assert table.source == "someone/some-pairs[test[:67%]]"
+
+
+def test_data_config_eval_split_defaults_to_the_training_split():
+    assert DataConfig(dataset="a.jsonl", eval_dataset="b.jsonl").eval_split == "train"
+    config = DataConfig(
+        dataset="a.jsonl",
+        eval_dataset="a.jsonl",
+        dataset_split="train[:90%]",
+        eval_dataset_split="train[90%:]",
+    )
+    assert (config.dataset_split, config.eval_split) == ("train[:90%]", "train[90%:]")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"dataset_split": "train[:90%]"},
+        {"dataset_split": "train[:90%]", "eval_dataset_split": "train[:90%]"},
+        {"dataset_split": "train", "eval_dataset_split": "train[:]"},
+    ],
+)
+def test_data_config_refuses_to_evaluate_on_the_training_data(kwargs):
+    with pytest.raises(ValueError, match=r"is the training data") as info:
+        DataConfig(dataset="a.jsonl", eval_dataset="a.jsonl", **kwargs)
+    assert "--dataset_split 'train[:90%]' --eval_dataset_split 'train[90%:]'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"dataset_split": "train[:ten]"}, r"--dataset_split: invalid split 'train\[:ten\]'"),
+        (
+            {"eval_dataset": "b.jsonl", "eval_dataset_split": "train[80 %:]"},
+            r"--eval_dataset_split: invalid split",
+        ),
+        ({"eval_dataset_split": "train[80%:]"}, r"no --eval_dataset is given"),
+    ],
+)
+def test_data_config_checks_splits_before_reading_data(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DataConfig(dataset="a.jsonl", **kwargs)
 
 
 def test_data_error_message_fields_and_pickling():

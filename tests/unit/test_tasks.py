@@ -232,6 +232,7 @@ def _small_config(out: str, seed: int = 0) -> SynthConfig:
         num_pairs=200,
         num_prompts=64,
         num_eval_prompts=32,
+        num_eval_pairs=100,
         panel=PanelConfig(),
     )
 
@@ -244,10 +245,11 @@ def test_write_task_is_reproducible(tmp_path) -> None:
     first = write_task(_small_config(str(tmp_path / "a")))
     second = write_task(_small_config(str(tmp_path / "b")))
     other = write_task(_small_config(str(tmp_path / "c"), seed=1))
-    assert set(first) == {"sft", "pairs", "prompts", "eval_prompts", "task"}
+    assert set(first) == {"sft", "pairs", "prompts", "eval_prompts", "eval_pairs", "task"}
+    assert {path.name for path in (tmp_path / "a").iterdir()} == {path.name for path in first.values()}
     for name, path in first.items():
         assert path.read_bytes() == second[name].read_bytes(), name
-    for name in ("sft", "pairs", "prompts", "eval_prompts"):
+    for name in ("sft", "pairs", "prompts", "eval_prompts", "eval_pairs"):
         assert first[name].read_bytes() != other[name].read_bytes(), name
 
 
@@ -289,6 +291,62 @@ def test_write_task_files_and_columns(tmp_path) -> None:
     assert -0.2 < meta["corpus_gold_mean"] < 0.4 and meta["corpus_gold_std"] > 0.3
 
 
+def test_write_task_eval_pairs_are_held_out_ratings(tmp_path) -> None:
+    paths = write_task(_small_config(str(tmp_path)))
+    pairs, eval_pairs = _read_jsonl(paths["pairs"]), _read_jsonl(paths["eval_pairs"])
+    meta = json.loads(paths["task"].read_text())
+
+    assert all(list(r) == list(pairs[0]) for r in eval_pairs)  # the columns of pairs.jsonl, in order
+    assert all(r["chosen"] != r["rejected"] for r in eval_pairs)
+    assert len(eval_pairs) == 100 + 20 * 2  # 20% of the pairs rated by 3 annotators, as in pairs.jsonl
+    assert sorted({r["pair_id"] for r in eval_pairs}) == list(range(100))
+    annotators: dict[int, list[str]] = {}
+    for r in eval_pairs:
+        annotators.setdefault(r["pair_id"], []).append(r["annotator"])
+    overlap = [names for names in annotators.values() if len(names) > 1]
+    assert len(overlap) == 20 and all(len(set(names)) == len(names) == 3 for names in overlap)
+    held_out = set(TASK.prompt_pool("eval"))
+    assert {r["prompt"] for r in eval_pairs} <= held_out
+    assert not {r["prompt"] for r in pairs} & held_out
+
+    assert (meta["num_eval_pairs"], meta["num_eval_ratings"]) == (100, len(eval_pairs))
+    assert 0.5 < meta["eval_panel_gold_agreement"] < 1.0
+    gold_margins = [TASK.gold_reward(r["prompt"], r["chosen"]) - TASK.gold_reward(r["prompt"], r["rejected"])
+                    for r in eval_pairs]  # fmt: skip
+    decided = [m > 0 for m in gold_margins if m != 0]
+    assert meta["eval_panel_gold_agreement"] == round(sum(decided) / len(decided), 6)
+
+
+def test_adding_eval_pairs_leaves_the_other_files_unchanged(tmp_path) -> None:
+    """The eval pairs are a 5th spawned stream and get their own panel noise: the first 4 children
+    of SeedSequence.spawn(5) equal those of spawn(4), so every other file stays byte-identical."""
+    spawned_4 = [c.generate_state(4).tolist() for c in np.random.SeedSequence(7).spawn(4)]
+    spawned_5 = [c.generate_state(4).tolist() for c in np.random.SeedSequence(7).spawn(5)]
+    assert spawned_5[:4] == spawned_4
+
+    few, many = _small_config(str(tmp_path / "few")), _small_config(str(tmp_path / "many"))
+    few.num_eval_pairs, many.num_eval_pairs = 10, 20
+    few_paths, many_paths = write_task(few), write_task(many)
+    for name in ("sft", "pairs", "prompts", "eval_prompts"):
+        assert few_paths[name].read_bytes() == many_paths[name].read_bytes(), name
+    assert few_paths["eval_pairs"].read_bytes() != many_paths["eval_pairs"].read_bytes()
+
+
+def test_eval_pair_ratings_follow_the_panel_seed(tmp_path) -> None:
+    config = _small_config(str(tmp_path / "a"))
+    other = _small_config(str(tmp_path / "b"))
+    other.panel = PanelConfig(panel_seed=1)
+    first, second = write_task(config), write_task(other)
+    rows = _read_jsonl(first["eval_pairs"]), _read_jsonl(second["eval_pairs"])
+
+    def pairs_of(ratings: list[dict]) -> set[tuple]:
+        return {(r["pair_id"], r["prompt"], frozenset((r["chosen"], r["rejected"]))) for r in ratings}
+
+    # Same prompts and responses (drawn from --seed), other raters and verdicts (from --panel_seed).
+    assert pairs_of(rows[0]) == pairs_of(rows[1])
+    assert rows[0] != rows[1]
+
+
 def test_write_task_with_more_eval_prompts_than_the_pool(tmp_path) -> None:
     config = _small_config(str(tmp_path))
     config.num_eval_prompts = 200
@@ -302,6 +360,7 @@ def test_write_task_with_more_eval_prompts_than_the_pool(tmp_path) -> None:
     [
         ({"task": "nope"}, "kindness"),
         ({"num_sft": 0}, "num_sft"),
+        ({"num_eval_pairs": 0}, "num_eval_pairs"),
         ({"instruction_fraction": 1.0}, "instruction"),
     ],
 )
