@@ -32,6 +32,23 @@ def _sft() -> tuple[type, Callable[[Any], Any]]:
     return SFTConfig, lambda cfg: SFTTrainer(cfg).train()
 
 
+def _rm() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.trainers.reward import RewardConfig, RewardTrainer
+
+    return RewardConfig, lambda cfg: RewardTrainer(cfg).train()
+
+
+def _eval() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.eval.reward_model import RewardEvalConfig, run_reward_eval
+
+    def run(cfg: RewardEvalConfig) -> Any:
+        result = run_reward_eval(cfg)
+        show_metrics_table(result, f"reward model {cfg.reward_model} on {cfg.dataset}")
+        return result
+
+    return RewardEvalConfig, run
+
+
 def _synth() -> tuple[type, Callable[[Any], Any]]:
     from preftune.tasks import SynthConfig, write_task
 
@@ -65,14 +82,16 @@ COMMANDS: dict[str, Command] = {
         "End to end on the synthetic world: synth -> tiny model -> SFT -> gold-reward table.", _demo
     ),
     "sft": Command("Supervised fine-tuning (completion-only loss, packing).", _sft),
-    "rm": Command("Train a Bradley-Terry reward model.", planned="issue #3 (reward modelling)"),
+    "rm": Command("Train a Bradley-Terry reward model (margins, centering, ensembles).", _rm),
     "dpo": Command("DPO and its family (IPO, cDPO, SimPO, ORPO, ...).", planned="issue #4 (DPO family)"),
     "kto": Command("KTO on unpaired feedback.", planned="issue #4 (DPO family)"),
     "ppo": Command("RLHF with PPO.", planned="issue #5 (PPO, RLOO, GRPO)"),
     "rloo": Command("Critic-free RL with RLOO.", planned="issue #5 (PPO, RLOO, GRPO)"),
     "grpo": Command("Critic-free RL with GRPO.", planned="issue #5 (PPO, RLOO, GRPO)"),
     "bon": Command("Best-of-n / rejection sampling with a judge.", planned="issue #5 (best-of-n)"),
-    "eval": Command("Win rate, reward, KL and length of policies.", planned="issue #6 (evaluation)"),
+    "eval": Command(
+        "Evaluate a reward model on pairs: accuracy, calibration, length probe (policies: issue #6).", _eval
+    ),
     "loop": Command(
         "Iterative online DPO: generate, rate, tune, repeat.", planned="issue #7 (practice loop)"
     ),
@@ -87,6 +106,21 @@ def show_demo_table(summary: dict[str, Any]) -> None:
     from preftune.pipelines.demo import render_markdown
 
     console.print(Markdown(render_markdown(summary)))
+
+
+def show_metrics_table(result: dict[str, Any], title: str) -> None:
+    table = Table(title=escape(title), show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.items():
+        if isinstance(value, float):
+            shown = f"{value:.4f}"
+        elif isinstance(value, list):
+            shown = "[" + ", ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in value) + "]"
+        else:
+            shown = str(value)
+        table.add_row(escape(name), escape(shown))
+    console.print(table)
 
 
 def print_usage() -> None:

@@ -69,36 +69,46 @@ def pack_examples(examples: Sequence[EncodedExample], max_length: int) -> list[l
 
     Each example goes into the first row (in the order rows were opened) with room for it,
     so rows hold examples in input order and a row's examples come from nearby positions
-    unless a short example fills an earlier gap. O(N log N) with a max-tree over free space.
+    unless a short example fills an earlier gap.
     """
-    if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}.")
     for example in examples:
         if len(example) > max_length:
             raise ValueError(
                 f"Row {example.row} has {len(example)} tokens, more than the packing max_length={max_length}. "
                 "Encode with the same (or a smaller) max_length."
             )
+    bins = first_fit([len(example) for example in examples], max_length)
+    return [[examples[i] for i in indices] for indices in bins]
+
+
+def first_fit(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of `sizes` binned first-fit into bins of total size <= capacity, in input order.
+
+    O(N log N) with a max-tree over the bins' free space. Every size must be <= capacity.
+    """
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}.")
+    if any(size > capacity for size in sizes):
+        raise ValueError(f"An item of size {max(sizes)} does not fit in bins of capacity {capacity}.")
     size = 1
-    while size < len(examples):
+    while size < len(sizes):
         size *= 2
-    # Leaves size..2*size-1 hold each row's free space (rows not yet opened are empty, so
-    # the leftmost one with room is the next new row); inner nodes hold the max of children.
-    free = [max_length] * (2 * size)
-    rows: list[list[EncodedExample]] = []
-    for example in examples:
+    # Leaves size..2*size-1 hold each bin's free space (bins not yet opened are empty, so
+    # the leftmost one with room is the next new bin); inner nodes hold the max of children.
+    free = [capacity] * (2 * size)
+    bins: list[list[int]] = []
+    for index, item in enumerate(sizes):
         node = 1
         while node < size:
-            node = 2 * node if free[2 * node] >= len(example) else 2 * node + 1
-        index = node - size
-        if index == len(rows):
-            rows.append([])
-        rows[index].append(example)
-        free[node] -= len(example)
+            node = 2 * node if free[2 * node] >= item else 2 * node + 1
+        if node - size == len(bins):
+            bins.append([])
+        bins[node - size].append(index)
+        free[node] -= item
         while node > 1:
             node //= 2
             free[node] = max(free[2 * node], free[2 * node + 1])
-    return rows
+    return bins
 
 
 def collate_packed(

@@ -14,6 +14,7 @@ from typing import Literal, cast
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -123,14 +124,7 @@ def load_policy(config: ModelConfig) -> PreTrainedModel | PeftModel:
     )
     disable_dropout(model)
     if config.use_peft:
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=_lora_targets(config.lora_target_modules),
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        return add_lora(model, config, "CAUSAL_LM")
     return model
 
 
@@ -157,27 +151,52 @@ def load_scalar_model(
     device: str | None = None,
     trust_remote_code: bool = False,
     flag: str = "--reward_model",
+    num_labels: int | None = None,
+    pad_token_id: int | None = None,
 ) -> PreTrainedModel:
-    """A sequence classifier with one output (reward or value model), on `device` when given.
+    """A sequence classifier with `num_labels` scalar heads (reward or value model), on `device`.
 
-    A causal-LM checkpoint gets a freshly initialised score head (transformers logs which
-    weights are new). The config must have a pad_token_id: transformers reads the score at
-    the last token that is not padding, for left or right padding.
+    A causal-LM checkpoint gets freshly initialised heads (1 unless `num_labels` says more);
+    a sequence-classifier checkpoint keeps its heads, and `num_labels`, when given, must
+    match them. `pad_token_id` fills in a config that has none. Dropout is off.
     """
     check_model_path(path, flag)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    is_classifier = any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
+    if is_classifier and num_labels is not None and num_labels != config.num_labels:
+        raise ValueError(
+            f"{flag} {path} is a reward model with {config.num_labels} head(s), but {num_labels} were asked "
+            f"for. Pass --num_heads {config.num_labels}, or start from a causal-LM checkpoint to get new heads."
+        )
     model = AutoModelForSequenceClassification.from_pretrained(
         path,
-        num_labels=1,
+        num_labels=config.num_labels if is_classifier else (num_labels or 1),
         dtype=_torch_dtype(dtype),
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
     )
     if model.config.pad_token_id is None:
-        raise ValueError(f"{flag} {path}: config.pad_token_id is unset; set it so scores are read correctly.")
+        if pad_token_id is None:
+            raise ValueError(f"{flag} {path}: config.pad_token_id is unset; set it so batches can be padded.")
+        model.config.pad_token_id = pad_token_id
     disable_dropout(model)
     if device is not None:
         cast(torch.nn.Module, model).to(torch.device(device))
     return model
+
+
+def add_lora(
+    model: PreTrainedModel, config: ModelConfig, task_type: Literal["CAUSAL_LM", "SEQ_CLS"]
+) -> PeftModel:
+    """Wrap `model` in a fresh LoRA adapter (for SEQ_CLS the score head is trained in full)."""
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=_lora_targets(config.lora_target_modules),
+        task_type=task_type,
+    )
+    return cast(PeftModel, get_peft_model(model, lora))
 
 
 def freeze(model: PreTrainedModel) -> PreTrainedModel:

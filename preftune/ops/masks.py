@@ -38,3 +38,30 @@ def block_causal_mask(segment_ids: Tensor, dtype: torch.dtype = torch.bool) -> T
         return allowed
     additive = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     return additive.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def prefix_sharing_mask(segment_ids: Tensor, branch_ids: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
+    """Causal mask for rows packed with pairs laid out as [prompt][chosen][rejected].
+
+    segment_ids: (B, T) one id per packed pair (1, 2, ...), 0 for padding.
+    branch_ids: (B, T) 0 for the shared prompt, 1 for the chosen block, 2 for the rejected block.
+    Returns (B, 1, T, T): query i may attend key j iff both are in the same segment, j <= i,
+    and key j is in the prompt or in the same branch as i. So the rejected block sees the
+    prompt but not the chosen block, and the prompt is computed once for both responses.
+    With every branch id 0 this is `block_causal_mask`. dtype as in `block_causal_mask`.
+    """
+    if branch_ids.shape != segment_ids.shape:
+        raise ValueError(
+            f"branch_ids has shape {tuple(branch_ids.shape)}, segment_ids {tuple(segment_ids.shape)}; "
+            "they must match."
+        )
+    if dtype != torch.bool and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be torch.bool or a floating dtype, got {dtype}.")
+    blocks = block_causal_mask(segment_ids, torch.bool)  # (B, 1, T, T)
+    key_branch = branch_ids[:, None, None, :]  # (B, 1, 1, T)
+    query_branch = branch_ids[:, None, :, None]  # (B, 1, T, 1)
+    allowed = blocks & ((key_branch == 0) | (key_branch == query_branch))
+    if dtype == torch.bool:
+        return allowed
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return additive.masked_fill(~allowed, torch.finfo(dtype).min)

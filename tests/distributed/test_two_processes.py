@@ -1,5 +1,6 @@
 """2 processes (accelerate launch, gloo on CPU) with the same global batch give the same losses as 1."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ def _args(base: str, dataset: str, out, batch: int, accumulation: int) -> list[s
         "--max_steps", "5", "--logging_steps", "1", "--learning_rate", "3e-3",
         "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", str(accumulation),
         "--max_length", "96", "--disable_tqdm", "true", "--eval_dataset", dataset,
+        "--dataset_split", "train[:90%]", "--eval_dataset_split", "train[90%:]",
     ]  # fmt: skip
 
 
@@ -48,3 +50,40 @@ def test_two_processes_match_one_process_with_accumulation(synth_world, tiny_bas
             torch.tensor([r[key] for r in one], dtype=torch.float64),
             rtol=1e-5, atol=1e-6,
         )  # fmt: skip
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
+    env = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+
+    def args(out, batch, accumulation):
+        return [
+            "rm", "--model", tiny_base, "--dataset", str(synth_world["pairs"]), "--output_dir", str(out),
+            "--eval_dataset", str(synth_world["eval_pairs"]), "--max_steps", "4", "--logging_steps", "1",
+            "--learning_rate", "3e-3", "--per_device_train_batch_size", str(batch),
+            "--gradient_accumulation_steps", str(accumulation), "--num_heads", "2", "--disable_tqdm", "true",
+        ]  # fmt: skip
+
+    subprocess.run([sys.executable, "-m", "preftune.cli", *args(tmp_path / "one", 4, 2)], check=True, env=env,
+                   timeout=300)  # fmt: skip
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
+    result = subprocess.run([*launch, *args(tmp_path / "two", 4, 1)], env=env, timeout=300, capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    two = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    for key in ("loss", "reward/accuracy", "reward/ensemble_std", "train/grad_norm", "train/num_tokens"):
+        torch.testing.assert_close(
+            torch.tensor([r[key] for r in two], dtype=torch.float64),
+            torch.tensor([r[key] for r in one], dtype=torch.float64),
+            rtol=1e-5, atol=1e-6,
+        )  # fmt: skip
+    assert two[-1]["eval/accuracy"] == pytest.approx(one[-1]["eval/accuracy"], abs=1e-6)
+    stats = [
+        json.loads((tmp_path / run / "final" / "reward_stats.json").read_text()) for run in ("one", "two")
+    ]
+    assert stats[1]["count"] == stats[0]["count"] and stats[1]["mean"] == pytest.approx(
+        stats[0]["mean"], rel=1e-5
+    )

@@ -1,0 +1,156 @@
+"""Batches of preference pairs: padded (two sequences per pair) or prefix-shared and packed.
+
+Both layouts return the same index tensors, so a trainer reads scores and log-probs the
+same way whichever layout it got:
+
+- `chosen_index`, `rejected_index` (B,): flat index into the (R*T) token grid of the last
+  token of each pair's chosen / rejected sequence (where a reward model's score is read);
+- `response_logit_index`, `response_target`, `response_seq` (M,), one entry per response
+  token of all 2B sequences: the flat index of the logits that predict it, its token id,
+  and its sequence (pair i's chosen is sequence i, its rejected is sequence B + i).
+
+Padded: 2B rows (chosen first, then rejected), right-padded to the longest.
+Prefix-shared (DESIGN.md section 4): one block per pair, [prompt][chosen][rejected],
+where the rejected block attends to the prompt but not to the chosen block and its
+positions restart after the prompt, so the prompt is computed once and each response
+sees exactly the context it would see alone. Pairs are packed first-fit into rows no
+longer than the longest pair (so no row is longer than it needs to be), with a
+block-diagonal mask between pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from preftune.data.collate import first_fit
+from preftune.data.tokenize import EncodedPair
+from preftune.ops.masks import prefix_sharing_mask
+
+
+def pair_block_size(pair: EncodedPair) -> int:
+    """Tokens of the pair's [prompt][chosen][rejected] block: the prompt counted once."""
+    return len(pair.chosen) + len(pair.rejected) - pair.chosen.num_prompt_tokens
+
+
+def collate_pairs_padded(pairs: Sequence[EncodedPair], pad_token_id: int) -> dict[str, Tensor]:
+    """2B right-padded rows, chosen sequences first.
+
+    Returns input_ids (2B, T), attention_mask (2B, T) long, position_ids (2B, T), the index
+    tensors of the module docstring, and num_tokens () (non-pad tokens).
+    """
+    _check_pairs(pairs, pad_token_id)
+    sequences = [pair.chosen for pair in pairs] + [pair.rejected for pair in pairs]
+    T = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), T), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), T), dtype=torch.long)
+    last, logit_index, targets, seq_of = [], [], [], []
+    for s, sequence in enumerate(sequences):
+        n, start = len(sequence), sequence.num_prompt_tokens
+        input_ids[s, :n] = torch.tensor(sequence.input_ids)
+        attention_mask[s, :n] = 1
+        last.append(s * T + n - 1)
+        logit_index.extend(range(s * T + start - 1, s * T + n - 1))  # position t predicts token t + 1
+        targets.extend(sequence.input_ids[start:])
+        seq_of.extend([s] * (n - start))
+    B = len(pairs)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": (torch.arange(T).expand(len(sequences), T) * attention_mask).contiguous(),
+        **_indices(last[:B], last[B:], logit_index, targets, seq_of),
+        "num_tokens": attention_mask.sum(),
+    }
+
+
+def collate_pairs_packed(
+    pairs: Sequence[EncodedPair], pad_token_id: int, mask_dtype: torch.dtype = torch.float32
+) -> dict[str, Tensor]:
+    """Prefix-shared pair blocks packed first-fit into rows as long as the longest block.
+
+    Returns input_ids (R, T), attention_mask (R, 1, T, T) from `prefix_sharing_mask`
+    (additive float32 by default; torch.bool for sdpa only), position_ids (R, T), the index
+    tensors of the module docstring, and num_tokens () (tokens in blocks, not padding).
+    """
+    _check_pairs(pairs, pad_token_id)
+    sizes = [pair_block_size(pair) for pair in pairs]
+    T = max(sizes)
+    rows = first_fit(sizes, T)
+    input_ids = torch.full((len(rows), T), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), T), dtype=torch.long)
+    segment_ids = torch.zeros((len(rows), T), dtype=torch.long)
+    branch_ids = torch.zeros((len(rows), T), dtype=torch.long)
+    chosen_last, rejected_last = [0] * len(pairs), [0] * len(pairs)
+    chosen_tokens: list[tuple[list[int], list[int]]] = [([], [])] * len(pairs)
+    rejected_tokens: list[tuple[list[int], list[int]]] = [([], [])] * len(pairs)
+    for r, row in enumerate(rows):
+        offset = 0
+        for segment, i in enumerate(row, start=1):
+            pair = pairs[i]
+            P = pair.chosen.num_prompt_tokens
+            chosen, rejected = pair.chosen.input_ids[P:], pair.rejected.input_ids[P:]
+            block = slice(offset, offset + sizes[i])
+            input_ids[r, block] = torch.tensor(pair.chosen.input_ids + rejected)
+            position_ids[r, block] = torch.tensor([*range(P + len(chosen)), *range(P, P + len(rejected))])
+            segment_ids[r, block] = segment
+            branch_ids[r, offset + P : offset + P + len(chosen)] = 1
+            branch_ids[r, offset + P + len(chosen) : offset + sizes[i]] = 2
+            base = r * T + offset  # flat index of the block's first token
+            chosen_start, rejected_start = base + P, base + P + len(chosen)
+            chosen_last[i] = rejected_start - 1
+            rejected_last[i] = rejected_start + len(rejected) - 1
+            # Chosen token t is predicted at t - 1; the first rejected token by the last prompt token.
+            chosen_tokens[i] = (list(range(chosen_start - 1, rejected_start - 1)), chosen)
+            rejected_logits = [chosen_start - 1, *range(rejected_start, rejected_start + len(rejected) - 1)]
+            rejected_tokens[i] = (rejected_logits, rejected)
+            offset += sizes[i]
+    logit_index, targets, seq_of = [], [], []
+    for s, (logits, tokens) in enumerate(chosen_tokens + rejected_tokens):
+        logit_index.extend(logits)
+        targets.extend(tokens)
+        seq_of.extend([s] * len(tokens))
+    return {
+        "input_ids": input_ids,
+        "attention_mask": prefix_sharing_mask(segment_ids, branch_ids, mask_dtype),
+        "position_ids": position_ids,
+        **_indices(chosen_last, rejected_last, logit_index, targets, seq_of),
+        "num_tokens": torch.tensor(sum(sizes)),
+    }
+
+
+def _indices(
+    chosen_last: list[int],
+    rejected_last: list[int],
+    logit_index: list[int],
+    targets: list[int],
+    seq_of: list[int],
+) -> dict[str, Tensor]:
+    return {
+        "chosen_index": torch.tensor(chosen_last, dtype=torch.long),
+        "rejected_index": torch.tensor(rejected_last, dtype=torch.long),
+        "response_logit_index": torch.tensor(logit_index, dtype=torch.long),
+        "response_target": torch.tensor(targets, dtype=torch.long),
+        "response_seq": torch.tensor(seq_of, dtype=torch.long),
+    }
+
+
+def _check_pairs(pairs: Sequence[EncodedPair], pad_token_id: int | None) -> None:
+    if not pairs:
+        raise ValueError("Cannot build a batch from no pairs.")
+    if pad_token_id is None:
+        raise ValueError("pad_token_id is None: set tokenizer.pad_token before batching.")
+    for pair in pairs:
+        P = pair.chosen.num_prompt_tokens
+        if (
+            P < 1
+            or pair.rejected.num_prompt_tokens != P
+            or pair.chosen.input_ids[:P] != pair.rejected.input_ids[:P]
+        ):
+            raise ValueError(
+                f"Row {pair.row}: chosen and rejected must start with the same, non-empty prompt tokens "
+                "(encode pairs with encode_pair)."
+            )
+        if len(pair.chosen) == P or len(pair.rejected) == P:
+            raise ValueError(f"Row {pair.row}: a response has no tokens.")

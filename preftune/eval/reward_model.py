@@ -1,0 +1,205 @@
+"""Evaluate a reward model on preference pairs: accuracy, calibration, length bias, gold agreement.
+
+`evaluate_reward_model(judge, pairs_file)` scores both responses of every pair with the
+judge and reports (keys of eval.json):
+- `rm/accuracy` with `rm/accuracy_ci` (95% Wilson interval), `rm/ece` (calibration of
+  sigmoid(r_chosen - r_rejected) as the probability that chosen wins);
+- the length probe `length/...`: how often chosen is the longer response, the accuracy of
+  "prefer the longer/shorter" baselines on the same pairs, the reward model's accuracy
+  where chosen is longer vs shorter, and the correlation of score with response length
+  (tokens). A reward model that mostly learned length shows up here;
+- `rm/score_mean`, `rm/score_std`: score statistics on these responses (PPO normalises
+  rewards with them), and `rm/ensemble_std` for ensembles;
+- on a synthetic task: `rm/gold_agreement` (with its interval) and
+  `data/label_gold_agreement`, the labels' own agreement with gold, which bounds it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from preftune.data import PairExample, encode_dataset, load_rows, parse_pairs
+from preftune.eval import reward_metrics as rm_metrics
+from preftune.judges import STATS_FILE, RewardModelJudge, load_judge
+from preftune.tasks import get_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardEvalConfig:
+    """`preftune eval --reward_model PATH --dataset PAIRS --output_dir OUT`."""
+
+    reward_model: str = ""
+    """Reward model to evaluate: rm:PATH (or a bare PATH), or rm:PATH1,PATH2 for an ensemble."""
+    dataset: str = ""
+    """Preference pairs (prompt/chosen/rejected, or chosen/rejected with an implicit prompt)."""
+    output_dir: str = ""
+    """Folder for eval.json and reward_stats.json."""
+    dataset_split: str = "train"
+    """Split or slice of --dataset, e.g. 'train[1500:]'."""
+    max_length: int = 1024
+    """Longest tokenized prompt + response; longer pairs follow --truncation."""
+    truncation: Literal["left", "error"] = "left"
+    """'left' drops prompt tokens from the left (counted); 'error' stops."""
+    skip_invalid: bool = False
+    """Skip rows that fail validation (counted and reported) instead of stopping."""
+    task: str = "auto"
+    """Synthetic task for gold agreement: 'auto' reads task.json beside --dataset; 'none' turns it off."""
+    batch_size: int = 32
+    """Sequences scored per forward pass."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the reward model is loaded in."""
+    device: str | None = None
+    """Device to score on (default: cuda if available, else cpu)."""
+    confidence: float = 0.95
+    """Level of the confidence intervals."""
+    num_bins: int = 10
+    """Bins of the calibration error."""
+    write_stats: bool = True
+    """Also write reward_stats.json next to the reward model (a single model), for PPO."""
+
+    def __post_init__(self) -> None:
+        for flag, value in (
+            ("--reward_model", self.reward_model),
+            ("--dataset", self.dataset),
+            ("--output_dir", self.output_dir),
+        ):
+            if not value:
+                raise ValueError(
+                    f"{flag} is required: preftune eval --reward_model PATH --dataset PAIRS --output_dir OUT "
+                    "(policy evaluation, --policy, is planned in issue #6)."
+                )
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}.")
+
+
+def detect_task(dataset: str, task: str) -> str | None:
+    """The synthetic task whose gold reward applies: `task` itself, or with "auto" the one named
+    in a task.json beside the dataset (written by `preftune synth`); None for "none" or no task."""
+    if task == "none":
+        return None
+    if task != "auto":
+        get_task(task)  # raises with the available names
+        return task
+    meta = Path(dataset).parent / "task.json"
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("task")
+
+
+def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: RewardEvalConfig) -> dict[str, Any]:
+    """All reward-model metrics on the pairs in `dataset` (see the module docstring)."""
+    parsed = parse_pairs(load_rows(dataset, options.dataset_split), skip_invalid=options.skip_invalid)
+    pairs, report = encode_dataset(
+        judge.tokenizer, parsed, options.max_length, options.truncation, skip_invalid=options.skip_invalid
+    )
+    logger.info("eval pairs: %s", report.summary())
+    chosen = judge.score_encoded([pair.chosen for pair in pairs])  # (N, K)
+    rejected = judge.score_encoded([pair.rejected for pair in pairs])
+    margins = (chosen.mean(dim=-1) - rejected.mean(dim=-1)).numpy().astype(np.float64)
+    chosen_lengths = [len(pair.chosen) - pair.chosen.num_prompt_tokens for pair in pairs]
+    rejected_lengths = [len(pair.rejected) - pair.rejected.num_prompt_tokens for pair in pairs]
+    accuracy = rm_metrics.pairwise_accuracy(margins, options.confidence)
+    probe = rm_metrics.length_probe(
+        margins, chosen_lengths, rejected_lengths, chosen.mean(dim=-1).numpy(), rejected.mean(dim=-1).numpy()
+    )
+    stats = rm_metrics.score_statistics(torch.cat([chosen, rejected]).mean(dim=-1).numpy())
+    result: dict[str, Any] = {
+        "rm/accuracy": accuracy["accuracy"],
+        "rm/accuracy_ci": [accuracy["accuracy_ci_low"], accuracy["accuracy_ci_high"]],
+        "rm/ece": rm_metrics.expected_calibration_error(margins, options.num_bins),
+        "rm/num_pairs": len(pairs),
+        "rm/num_skipped": len(report.skipped),
+        "rm/num_truncated": report.num_truncated_examples,
+        "rm/num_heads": judge.num_heads,
+        "rm/score_mean": stats["mean"],
+        "rm/score_std": stats["std"],
+        **{f"length/{name}": value for name, value in probe.items()},
+    }
+    if judge.num_heads > 1:
+        result["rm/ensemble_std"] = torch.cat([chosen, rejected]).std(dim=-1).mean().item()
+    task = detect_task(dataset, options.task)
+    if task is not None:
+        result.update(
+            _gold_metrics(task, [parsed.examples[i] for i in _rows_kept(parsed, pairs)], margins, options)
+        )
+    return result
+
+
+def _rows_kept(parsed: Any, pairs: list[Any]) -> list[int]:
+    """Indices into parsed.examples of the pairs that survived encoding (by row number)."""
+    position = {example.row: i for i, example in enumerate(parsed.examples)}
+    return [position[pair.row] for pair in pairs]
+
+
+def _gold_metrics(
+    task_name: str, examples: list[PairExample], margins: np.ndarray, options: RewardEvalConfig
+) -> dict[str, Any]:
+    task = get_task(task_name)
+    gold = load_judge(f"gold:{task_name}")
+    prompts = [example.prompt for example in examples]
+    if not all(isinstance(p, str) and task.is_task_prompt(p) for p in prompts):
+        logger.warning("The pairs are not all prompts of task %r: no gold agreement reported.", task_name)
+        return {}
+    gold_margins = (
+        (
+            gold.score(prompts, [e.chosen for e in examples])
+            - gold.score(prompts, [e.rejected for e in examples])
+        )
+        .numpy()
+        .astype(np.float64)
+    )
+    agreement = rm_metrics.gold_agreement(margins, gold_margins, options.confidence)
+    return {
+        "rm/gold_agreement": agreement["gold_agreement"],
+        "rm/gold_agreement_ci": [agreement["gold_agreement_ci_low"], agreement["gold_agreement_ci_high"]],
+        "rm/num_gold_pairs": agreement["num_gold_pairs"],
+        "data/label_gold_agreement": rm_metrics.label_gold_agreement(gold_margins),
+        "data/task": task_name,
+    }
+
+
+def write_reward_stats(
+    judge: RewardModelJudge, result: dict[str, Any], dataset: str, out: Path, next_to_model: bool
+) -> list[Path]:
+    """reward_stats.json in `out` and, if asked, next to a single reward model (for PPO's normalisation)."""
+    stats = {"mean": result["rm/score_mean"], "std": result["rm/score_std"], "count": 2 * result["rm/num_pairs"],
+             "source": dataset}  # fmt: skip
+    text = json.dumps(stats, indent=2) + "\n"
+    targets = [out / STATS_FILE]
+    if next_to_model and len(judge.paths) == 1:
+        targets.append(Path(judge.paths[0]) / STATS_FILE)
+    written = []
+    for target in targets:
+        try:
+            target.write_text(text)
+            written.append(target)
+        except OSError as error:
+            logger.warning(
+                "Could not write %s (%s); the statistics are in %s.", target, error, out / STATS_FILE
+            )
+    return written
+
+
+def run_reward_eval(config: RewardEvalConfig) -> dict[str, Any]:
+    """The `preftune eval` command for a reward model: writes eval.json (and reward_stats.json)."""
+    judge = load_judge(config.reward_model, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
+                       max_length=config.max_length, truncation=config.truncation)  # fmt: skip
+    if not isinstance(judge, RewardModelJudge):
+        raise ValueError(f"--reward_model {config.reward_model!r} is not a reward model; pass rm:PATH.")
+    result = evaluate_reward_model(judge, config.dataset, config)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"reward_model": config.reward_model, "dataset": config.dataset, **result}
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_reward_stats(judge, result, config.dataset, out, next_to_model=config.write_stats)
+    logger.info("Wrote %s", out / "eval.json")
+    return result

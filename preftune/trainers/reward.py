@@ -1,0 +1,297 @@
+"""Reward modelling: a scalar head trained on preference pairs with the Bradley-Terry loss.
+
+Paper: InstructGPT (arXiv 2203.02155), section 3.5 and eq. 1: r(x, y) is a language model
+with a scalar head; loss = -log sigmoid(r(x, y_w) - r(x, y_l)), averaged over pairs.
+Options (see preftune/losses/reward.py): per-pair margin (Llama 2), label smoothing,
+reward centering, per-pair weights.
+Ensembles: --num_heads K trains K scalar heads on one backbone, each on its own bootstrap
+resample of the pairs (counts drawn once per run from --seed), as a cheap stand-in for K
+separately trained models (Lakshminarayanan et al., arXiv 1612.01474, trained with
+bootstrap as in Osband et al., arXiv 1602.04621); their spread is the uncertainty signal.
+K separately seeded models are also supported: train with different --seed and pass
+the paths together to the judge (`rm:PATH1,PATH2`).
+Departures from the paper: InstructGPT puts all K-choose-2 comparisons of one prompt in
+one batch; we sample pairs independently. The score is read at the last token of each
+sequence from its length (never from the pad token), and each pair goes through the
+model as one prefix-shared block [prompt][chosen][rejected] by default (DESIGN.md
+section 4), which computes the prompt once and pads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object, set_seed
+from transformers import PreTrainedTokenizerBase
+
+from preftune.config import config_to_flat_dict
+from preftune.data import DataConfig, EncodedPair, encode_dataset, load_rows, parse_pairs
+from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded
+from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.judges.reward_model import STATS_FILE
+from preftune.losses import bradley_terry_loss
+from preftune.models.loading import (
+    ModelConfig,
+    add_lora,
+    attention_implementation,
+    check_model_path,
+    load_scalar_model,
+    load_tokenizer,
+    save_final,
+    token_id,
+)
+from preftune.models.scalar import PooledScorer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-5))
+    num_heads: int = 1
+    """Scalar heads on one backbone (an ensemble); > 1 gives the judge a standard deviation."""
+    bootstrap_heads: bool = True
+    """With num_heads > 1, train each head on its own bootstrap resample of the pairs."""
+    center_rewards_coefficient: float = 0.0
+    """Weight of (r_chosen + r_rejected)^2, which keeps rewards centred on 0 (0.01 is typical)."""
+    label_smoothing: float = 0.0
+    """Assumed probability that a label is flipped, in [0, 0.5); > 0 for noisy ratings."""
+    prefix_sharing: bool = True
+    """Run each pair as one [prompt][chosen][rejected] block (prompt computed once, rows packed,
+    no padding). False uses padded batches; flash attention always does."""
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset)):
+            if not value:
+                raise ValueError(f"{flag} is required: pass {flag} PATH.")
+        if not self.train.output_dir:
+            raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
+        if self.num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {self.num_heads}.")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(
+                f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}: it is the probability "
+                "that a label is wrong (0.1 is a typical value for noisy ratings)."
+            )
+        if self.center_rewards_coefficient < 0:
+            raise ValueError(
+                f"center_rewards_coefficient must be >= 0, got {self.center_rewards_coefficient}."
+            )
+
+
+class RewardTrainer:
+    """Bradley-Terry reward model. `RewardTrainer(config).train()` runs the whole job."""
+
+    def __init__(self, config: RewardConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        self.config = config
+        set_seed(config.train.seed)
+        check_model_path(config.model.model)
+        self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
+        # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
+        self.train_pairs = self._encode(config.data.dataset, config.data.dataset_split, "train")
+        self.eval_pairs = (
+            self._encode(config.data.eval_dataset, config.data.eval_split, "eval")
+            if config.data.eval_dataset
+            else []
+        )
+        self.accelerator = build_accelerator(config.train)
+        model = load_scalar_model(
+            config.model.model,
+            dtype=config.model.dtype,
+            trust_remote_code=config.model.trust_remote_code,
+            flag="--model",
+            num_labels=config.num_heads,
+            pad_token_id=token_id(self.tokenizer, "pad"),
+        )
+        if config.model.use_peft:
+            model = add_lora(model, config.model, "SEQ_CLS")
+        attention = attention_implementation(model)
+        self.prefix_sharing = config.prefix_sharing and not attention.startswith("flash")
+        if config.prefix_sharing and not self.prefix_sharing:
+            logger.warning(
+                "Attention %r takes no custom masks: using padded batches, not prefix sharing.", attention
+            )
+        # sdpa takes boolean 4D masks (4x smaller than additive float ones); eager needs float.
+        self.mask_dtype = torch.bool if attention == "sdpa" else torch.float32
+        self.bootstrap = self._bootstrap_counts(len(self.train_pairs))
+        self.engine = Engine(
+            config.train,
+            PooledScorer(model),
+            len(self.train_pairs),
+            config_to_flat_dict(config),
+            self.accelerator,
+        )
+        self.model = self.engine.model
+
+    def _encode(self, source: str, split: str, name: str) -> list[EncodedPair]:
+        cfg = self.config.data
+        parsed = parse_pairs(load_rows(source, split), skip_invalid=cfg.skip_invalid)
+        pairs, report = encode_dataset(
+            self.tokenizer, parsed, cfg.max_length, cfg.truncation, skip_invalid=cfg.skip_invalid
+        )
+        log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
+        log("%s pairs: %s", name, report.summary())
+        if any(pair.margin is not None for pair in pairs):
+            logger.info("%s pairs: using the per-pair 'margin' column in the loss.", name)
+        return pairs
+
+    def _bootstrap_counts(self, num_pairs: int) -> torch.Tensor:
+        """(N, K) times each pair is drawn into each head's resample (all 1 without bootstrap)."""
+        K = self.config.num_heads
+        if K == 1 or not self.config.bootstrap_heads:
+            return torch.ones(num_pairs, K)
+        generator = torch.Generator().manual_seed(self.config.train.seed)
+        draws = torch.randint(num_pairs, (K, num_pairs), generator=generator)  # (K, N) resampled indices
+        return torch.stack([torch.bincount(d, minlength=num_pairs) for d in draws], dim=1).float()
+
+    def _collate(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
+        pad_id = token_id(self.tokenizer, "pad")
+        if self.prefix_sharing:
+            batch = collate_pairs_packed(pairs, pad_id, self.mask_dtype)
+        else:
+            batch = collate_pairs_padded(pairs, pad_id)
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _rewards(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chosen and rejected scores, each (B, K), from one forward pass over the batch."""
+        index = torch.cat([batch["chosen_index"], batch["rejected_index"]])  # (2B,)
+        scores = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], index)  # (2B, K)
+        B = batch["chosen_index"].shape[0]
+        return scores[:B], scores[B:]
+
+    def _loss(self, pairs: Sequence[EncodedPair], chosen: torch.Tensor, rejected: torch.Tensor):
+        margin = None
+        if any(pair.margin is not None for pair in pairs):
+            margin = torch.tensor([pair.margin or 0.0 for pair in pairs], device=chosen.device)
+        return bradley_terry_loss(
+            chosen, rejected, margin, self.config.label_smoothing, self.config.center_rewards_coefficient
+        )
+
+    def train(self) -> dict[str, Any]:
+        engine = self.engine
+        self.model.train()
+        for micro_indices in engine.steps():
+            micro_pairs = [[self.train_pairs[i] for i in idx] for idx in micro_indices]
+            # Each pair counts weight x bootstrap count; the loss is the weighted mean over the
+            # global batch and the heads (bootstrap counts have mean 1, so the denominator uses 1).
+            step_weight = sum(_weight(pair) for pairs in micro_pairs for pair in pairs)
+            denominator = engine.global_sum(step_weight) * self.config.num_heads
+            sums: dict[str, float] = {}
+            for i, (idx, pairs) in enumerate(zip(micro_indices, micro_pairs, strict=True)):
+                with engine.sync_context(i, len(micro_pairs)):
+                    batch = self._collate(pairs)
+                    chosen, rejected = self._rewards(self.model, batch)
+                    losses, metrics = self._loss(pairs, chosen, rejected)  # (B, K)
+                    weights = self._weights(pairs, idx, losses.device)  # (B, K)
+                    engine.backward((losses * weights).sum() / denominator)
+                _add(sums, "loss", (losses.detach() * weights).sum().item())
+                _add(sums, "num_tokens", batch["num_tokens"].item())
+                _add(sums, "num_pairs", len(pairs))
+                for name, value in {**metrics, **_ensemble_metrics(chosen)}.items():
+                    _add(sums, name, value.float().mean(dim=-1).sum().item())  # summed over pairs
+            totals = {name: engine.global_sum(value).item() for name, value in sums.items()}
+            loss = totals.pop("loss") / denominator.item()
+            num_tokens, num_pairs = totals.pop("num_tokens"), totals.pop("num_pairs")
+            step_metrics = {name: value / num_pairs for name, value in totals.items()}
+            evaluate = self.evaluate if self.eval_pairs else None
+            engine.optimizer_step(loss, num_tokens, step_metrics, evaluate)
+        return self._finish()
+
+    def _weights(
+        self, pairs: Sequence[EncodedPair], indices: Sequence[int], device: torch.device
+    ) -> torch.Tensor:
+        weight = torch.tensor([_weight(pair) for pair in pairs])[:, None]  # (B, 1)
+        return (weight * self.bootstrap[list(indices)]).to(device)  # (B, K)
+
+    @torch.no_grad()
+    def score_pairs(self, pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chosen and rejected scores (N, K) of all `pairs`, in order (each process scores a share).
+
+        The unwrapped model is used: its forward has no DDP collectives, so processes may
+        score different numbers of batches.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        size = self.config.train.per_device_train_batch_size
+        mine = list(range(rank, len(pairs), world))
+        scored: list[tuple[int, list[float], list[float]]] = []
+        for start in range(0, len(mine), size):
+            indices = mine[start : start + size]
+            chosen, rejected = self._rewards(model, self._collate([pairs[i] for i in indices]))
+            scored += zip(indices, chosen.tolist(), rejected.tolist(), strict=True)
+        model.train(was_training)
+        everything = sorted(gather_object(scored) if world > 1 else scored)
+        return torch.tensor([c for _, c, _ in everything]), torch.tensor([r for _, _, r in everything])
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out loss (unweighted, no smoothing), accuracy and reward margin."""
+        chosen, rejected = self.score_pairs(self.eval_pairs)  # (N, K)
+        losses, metrics = bradley_terry_loss(chosen, rejected)
+        result = {
+            "eval/loss": losses.mean().item(),
+            "eval/accuracy": metrics["reward/accuracy"].mean().item(),
+            "eval/margin": metrics["reward/margin"].mean().item(),
+        }
+        if self.config.num_heads > 1:
+            mean_margin = (chosen - rejected).mean(dim=-1)  # the ensemble's verdict
+            result["eval/ensemble_accuracy"] = (
+                ((mean_margin > 0).float() + 0.5 * (mean_margin == 0).float()).mean().item()
+            )
+            result["eval/ensemble_std"] = torch.cat([chosen, rejected]).std(dim=-1).mean().item()
+        return result
+
+    def _finish(self) -> dict[str, Any]:
+        final = Path(self.config.train.output_dir) / "final"
+        reference = self.eval_pairs or self.train_pairs
+        chosen, rejected = self.score_pairs(reference)
+        stats = reward_statistics(torch.cat([chosen, rejected]))
+        stats["source"] = "eval_dataset" if self.eval_pairs else "dataset"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            scorer = self.accelerator.unwrap_model(self.model)
+            save_final(scorer.model, self.tokenizer, final)
+            (final / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        summary = self.engine.finish(
+            {"train_pairs": len(self.train_pairs), "num_heads": self.config.num_heads, "reward_stats": stats}
+        )
+        logger.info("Reward model done in %.0f s: final model in %s", summary["wall_seconds"], final)
+        return summary
+
+
+def reward_statistics(scores: torch.Tensor) -> dict[str, Any]:
+    """Mean and std of the (ensemble-mean) score over (N, K) scores, and per head."""
+    mean = scores.mean(dim=-1)  # (N,)
+    return {
+        "mean": mean.mean().item(),
+        "std": mean.std(correction=0).item(),
+        "count": int(scores.shape[0]),
+        "head_mean": scores.mean(dim=0).tolist(),
+        "head_std": scores.std(dim=0, correction=0).tolist(),
+    }
+
+
+def _weight(pair: EncodedPair) -> float:
+    return 1.0 if pair.weight is None else pair.weight
+
+
+def _add(sums: dict[str, float], name: str, value: float) -> None:
+    sums[name] = sums.get(name, 0.0) + value
+
+
+def _ensemble_metrics(chosen: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Spread of the heads on the chosen responses, (B, 1), for an ensemble."""
+    if chosen.shape[-1] == 1:
+        return {}
+    return {"reward/ensemble_std": chosen.detach().std(dim=-1, keepdim=True)}

@@ -1,0 +1,176 @@
+"""Reward modelling end to end on the synthetic world: train, save, load with plain transformers, score, evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from preftune.cli import main
+from preftune.data import DataConfig, load_rows
+from preftune.engine import TrainConfig, read_metrics
+from preftune.judges import RewardModelJudge, load_judge
+from preftune.models.loading import ModelConfig
+from preftune.trainers.reward import RewardConfig, RewardTrainer
+
+
+def rm_config(model, synth_world, output_dir, eval_data=True, **overrides) -> RewardConfig:
+    heads = {
+        k: overrides.pop(k) for k in ("num_heads", "prefix_sharing", "label_smoothing") if k in overrides
+    }
+    train = {
+        "output_dir": str(output_dir),
+        "learning_rate": 3e-3,
+        "per_device_train_batch_size": 16,
+        "max_steps": 4,
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        **overrides,
+    }
+    data = DataConfig(
+        dataset=str(synth_world["pairs"]),
+        eval_dataset=str(synth_world["eval_pairs"]) if eval_data else None,
+        max_length=96,
+    )
+    return RewardConfig(model=ModelConfig(model=model), data=data, train=TrainConfig(**train), **heads)
+
+
+@pytest.fixture(scope="module")
+def trained_rm(synth_world, tiny_base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm")
+    summary = RewardTrainer(rm_config(tiny_base, synth_world, out, max_steps=40, eval_steps=20)).train()
+    return out, summary
+
+
+def _eval_responses(synth_world):
+    rows = load_rows(str(synth_world["eval_pairs"])).rows
+    prompts = [r["prompt"] for r in rows] * 2
+    return prompts, [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+
+
+def test_reward_model_learns_and_logs_pair_metrics(trained_rm):
+    out, summary = trained_rm
+    records = read_metrics(out / "metrics.jsonl")
+    assert len(records) == 40
+    for key in ("reward/chosen", "reward/rejected", "reward/margin", "reward/accuracy", "train/grad_norm"):
+        assert key in records[0]
+    first, last = records[0]["loss"], sum(r["loss"] for r in records[-5:]) / 5
+    assert first == pytest.approx(0.693, abs=0.05)  # random head: rewards near 0, loss near log 2
+    assert last < first - 0.1
+    # held-out pairs rated by the same panel: far above chance after 40 small steps
+    assert records[-1]["eval/accuracy"] > 0.6
+
+
+def test_final_loads_with_plain_transformers_and_matches_the_judge(trained_rm, synth_world):
+    out, summary = trained_rm
+    final = out / "final"
+    plain = AutoModelForSequenceClassification.from_pretrained(final).eval()
+    judge = RewardModelJudge(str(final), batch_size=7)
+    prompts, responses = _eval_responses(synth_world)
+    scores = judge.score(prompts, responses)
+    # plain transformers on one unpadded sequence reads the last token: the same score
+    for i in (0, 5, len(prompts) - 1):
+        ids = torch.tensor([judge.encode([prompts[i]], [responses[i]])[0].input_ids])
+        with torch.no_grad():
+            assert plain(input_ids=ids).logits[0, 0].item() == pytest.approx(scores[i].item(), abs=1e-4)
+    # the statistics saved next to the model are those of the eval responses (packed path in training)
+    stats = json.loads((final / "reward_stats.json").read_text())
+    assert stats["source"] == "eval_dataset" and stats["count"] == len(responses)
+    assert stats["mean"] == pytest.approx(scores.mean().item(), abs=1e-4)
+    assert stats["std"] == pytest.approx(scores.std(correction=0).item(), abs=1e-4)
+    assert summary["reward_stats"]["mean"] == pytest.approx(stats["mean"])
+
+
+def test_eval_command_writes_accuracy_length_probe_and_gold_agreement(trained_rm, synth_world, tmp_path):
+    out, _ = trained_rm
+    final = out / "final"
+    code = main(["eval", "--reward_model", f"rm:{final}", "--dataset", str(synth_world["eval_pairs"]),
+                 "--output_dir", str(tmp_path / "eval")])  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    lo, hi = result["rm/accuracy_ci"]
+    assert lo < result["rm/accuracy"] < hi and result["rm/accuracy"] > 0.6
+    assert 0 <= result["rm/ece"] < 0.5
+    for key in (
+        "length/prefer_longer_accuracy",
+        "length/accuracy_chosen_longer",
+        "length/length_correlation",
+    ):
+        assert key in result
+    # task.json beside the pairs names the synthetic task: agreement with its gold reward is reported
+    assert result["data/task"] == "kindness"
+    assert 0.5 < result["data/label_gold_agreement"] < 1.0
+    assert result["rm/gold_agreement"] > 0.6
+    written = json.loads((final / "reward_stats.json").read_text())
+    assert (
+        written["source"] == str(synth_world["eval_pairs"]) and written["count"] == 2 * result["rm/num_pairs"]
+    )
+
+
+def test_prefix_sharing_trains_exactly_like_padded_batches(synth_world, tiny_base, tmp_path):
+    runs = {}
+    for sharing in (True, False):
+        out = tmp_path / str(sharing)
+        RewardTrainer(rm_config(tiny_base, synth_world, out, eval_data=False, prefix_sharing=sharing)).train()
+        runs[sharing] = read_metrics(out / "metrics.jsonl")
+    for key in ("loss", "reward/margin", "train/grad_norm"):
+        a = torch.tensor([r[key] for r in runs[True]], dtype=torch.float64)
+        b = torch.tensor([r[key] for r in runs[False]], dtype=torch.float64)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # fewer tokens computed: the prompt once per pair and no padding
+    assert runs[True][-1]["train/num_tokens"] < runs[False][-1]["train/num_tokens"]
+
+
+def test_ensemble_heads_train_on_their_own_bootstrap(synth_world, tiny_base, tmp_path):
+    trainer = RewardTrainer(rm_config(tiny_base, synth_world, tmp_path / "ens", num_heads=3, eval_data=False))
+    counts = trainer.bootstrap  # (N, 3)
+    assert counts.shape == (len(trainer.train_pairs), 3)
+    assert torch.all(counts.sum(dim=0) == len(trainer.train_pairs))  # each head: a resample of N pairs
+    assert not torch.equal(counts[:, 0], counts[:, 1])
+    trainer.train()
+    final = tmp_path / "ens" / "final"
+    assert AutoModelForSequenceClassification.from_pretrained(final).config.num_labels == 3
+    judge = load_judge(f"rm:{final}")
+    scores = judge.score_ensemble(*_eval_responses(synth_world))
+    assert scores.heads.shape[1] == 3
+    torch.testing.assert_close(scores.mean, scores.heads.mean(dim=-1))
+    torch.testing.assert_close(scores.std, scores.heads.std(dim=-1))
+    assert scores.std.mean() > 0
+    # two separately trained models form an ensemble too: heads are concatenated
+    pair = load_judge(f"rm:{final},{final}")
+    assert pair.score_ensemble(["Describe the garden.\n"], ["the garden is kind ."]).heads.shape == (1, 6)
+    with pytest.raises(ValueError, match="3 head"):
+        RewardTrainer(rm_config(str(final), synth_world, tmp_path / "again", num_heads=2))
+
+
+def test_lora_reward_model_trains_adapters_and_head_and_merges(synth_world, tiny_base, tmp_path):
+    config = rm_config(tiny_base, synth_world, tmp_path / "lora", eval_data=False)
+    config.model.use_peft, config.model.lora_r = True, 4
+    trainer = RewardTrainer(config)
+    trainable = [n for n, p in trainer.engine.unwrapped.named_parameters() if p.requires_grad]
+    assert any("lora_" in n for n in trainable) and any("score" in n for n in trainable)
+    assert all("lora_" in n or "score" in n for n in trainable)
+    trainer.train()
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "lora" / "final")
+    assert not any("lora" in k for k in plain.state_dict())
+    stats = json.loads((tmp_path / "lora" / "final" / "reward_stats.json").read_text())
+    judge = RewardModelJudge(str(tmp_path / "lora" / "final"))
+    rows = load_rows(str(synth_world["pairs"])).rows
+    scores = judge.score(
+        [r["prompt"] for r in rows] * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    )
+    assert stats["mean"] == pytest.approx(scores.mean().item(), abs=1e-4)  # merged == trained adapter
+
+
+def test_bad_settings_fail_before_training(synth_world, tiny_base, tmp_path):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        rm_config(tiny_base, synth_world, tmp_path, label_smoothing=0.5)
+    with pytest.raises(ValueError, match="num_heads"):
+        rm_config(tiny_base, synth_world, tmp_path, num_heads=0)
+    with pytest.raises(ValueError, match="issue #7"):
+        load_judge("llm:some/model")
+    with pytest.raises(SystemExit) as exit_info:  # config errors exit 2 with a usage line
+        main(["rm", "--model", tiny_base, "--output_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
