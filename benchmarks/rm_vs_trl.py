@@ -68,7 +68,7 @@ logger = logging.getLogger("rm_vs_trl")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description="Reward-model training: preftune vs TRL, side by side.")
     add = parser.add_argument
     add(
         "--data",
@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--max_length", type=int, default=512, help="Longest prompt + response in tokens.")
     add("--batch_size", type=int, default=16, help="Pairs per optimizer step.")
-    add("--learning_rate", type=float, default=1e-3, help="Peak AdamW learning rate.")
+    add("--learning_rate", type=float, default=3e-4, help="Peak AdamW learning rate.")
     add("--epochs", type=int, default=1, help="Passes over the training pairs.")
     add(
         "--trl_input",
@@ -254,6 +254,7 @@ def train_preftune(job: dict[str, Any]) -> dict[str, Any]:
     from preftune.data import DataConfig
     from preftune.engine import TrainConfig
     from preftune.models.loading import ModelConfig
+    from preftune.models.scalar import PooledScorer
     from preftune.trainers.reward import RewardConfig, RewardTrainer
 
     data = DataConfig(
@@ -274,7 +275,9 @@ def train_preftune(job: dict[str, Any]) -> dict[str, Any]:
         overwrite_output_dir=True,
     )
     trainer = RewardTrainer(RewardConfig(model=ModelConfig(model=job["base"]), data=data, train=train))
-    initial = describe_model(trainer.accelerator.unwrap_model(trainer.model).classifier)
+    scorer = trainer.accelerator.unwrap_model(trainer.model)
+    assert isinstance(scorer, PooledScorer), "RewardTrainer trains a PooledScorer"
+    initial = describe_model(scorer.classifier)
     summary, measured = timed(trainer.train)
     pairs = trainer.train_pairs
     return {
@@ -324,20 +327,24 @@ def trl_arguments(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_trl(job: dict[str, Any]) -> dict[str, Any]:
-    import trl
     from datasets import Dataset
     from transformers import AutoTokenizer
+    from trl.trainer.reward_config import RewardConfig
+    from trl.trainer.reward_trainer import RewardTrainer
 
     records = [json.loads(line) for line in Path(job["trl_data"]).read_text().splitlines()]
     tokenizer = AutoTokenizer.from_pretrained(job["base"])
-    trainer = trl.RewardTrainer(
+    trainer = RewardTrainer(
         model=job["base"],
-        args=trl.RewardConfig(**trl_arguments(job)),
+        args=RewardConfig(**trl_arguments(job)),
         train_dataset=Dataset.from_list(records),
         processing_class=tokenizer,
     )
-    initial = describe_model(trainer.model)
-    dataset = trainer.train_dataset
+    model, dataset = trainer.model, trainer.train_dataset
+    assert isinstance(model, PreTrainedModel) and isinstance(dataset, Dataset), (
+        "one process, a map-style dataset"
+    )
+    initial = describe_model(model)
     _, measured = timed(trainer.train)
     final = Path(job["output_dir"]) / "final"
     trainer.save_model(str(final))
@@ -436,7 +443,7 @@ def targets(ours: dict[str, Any], theirs: dict[str, Any], ratio: dict[str, float
 def format_value(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if key == "accuracy_ci":
+    if isinstance(value, list):  # an interval
         return f"[{value[0]:.3f}, {value[1]:.3f}]"
     if isinstance(value, int):
         return f"{value:,}"

@@ -122,7 +122,10 @@ def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: Reward
         "rm/num_heads": judge.num_heads,
         "rm/score_mean": stats["mean"],
         "rm/score_std": stats["std"],
-        **{f"length/{name}": value for name, value in probe.items()},
+        **{
+            f"length/{name}": int(value) if name.startswith("num_") else value
+            for name, value in probe.items()
+        },
     }
     if judge.num_heads > 1:
         result["rm/ensemble_std"] = torch.cat([chosen, rejected]).std(dim=-1).mean().item()
@@ -161,7 +164,7 @@ def _gold_metrics(
     return {
         "rm/gold_agreement": agreement["gold_agreement"],
         "rm/gold_agreement_ci": [agreement["gold_agreement_ci_low"], agreement["gold_agreement_ci_high"]],
-        "rm/num_gold_pairs": agreement["num_gold_pairs"],
+        "rm/num_gold_pairs": int(agreement["num_gold_pairs"]),
         "data/label_gold_agreement": rm_metrics.label_gold_agreement(gold_margins),
         "data/task": task_name,
     }

@@ -111,6 +111,8 @@ class RewardTrainer:
             num_labels=config.num_heads,
             pad_token_id=token_id(self.tokenizer, "pad"),
         )
+        # plain transformers pools at the last non-pad token: the saved config must know our pad token
+        model.config.pad_token_id = token_id(self.tokenizer, "pad")
         if config.model.use_peft:
             model = add_lora(model, config.model, "SEQ_CLS")
         attention = attention_implementation(model)

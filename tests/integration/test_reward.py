@@ -174,3 +174,24 @@ def test_bad_settings_fail_before_training(synth_world, tiny_base, tmp_path):
     with pytest.raises(SystemExit) as exit_info:  # config errors exit 2 with a usage line
         main(["rm", "--model", tiny_base, "--output_dir", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_resume_continues_the_run_exactly(synth_world, tiny_base, tmp_path):
+    import shutil
+
+    out = tmp_path / "rm"
+    config = rm_config(
+        tiny_base, synth_world, out, eval_data=False, num_heads=2, save_steps=2, save_total_limit=3
+    )
+    RewardTrainer(config).train()
+    uninterrupted = read_metrics(out / "metrics.jsonl")
+    # as if the run had died after step 2: only the step-2 checkpoint survives
+    shutil.rmtree(out / "checkpoints" / "step-4")
+    shutil.rmtree(out / "final")
+    (out / "summary.json").unlink()
+    config.train.resume = True
+    RewardTrainer(config).train()
+    resumed = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for key in ("loss", "reward/margin", "reward/ensemble_std", "train/grad_norm"):
+        assert [r[key] for r in resumed] == pytest.approx([r[key] for r in uninterrupted], rel=1e-6)

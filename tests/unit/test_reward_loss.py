@@ -86,3 +86,16 @@ def test_bad_arguments_fail_with_the_fix():
         bradley_terry_loss(torch.zeros(3), torch.zeros(4))
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 0.5\)"):
         bradley_terry_loss(torch.zeros(3), torch.zeros(3), label_smoothing=0.5)
+
+
+def test_reward_statistics_of_an_ensemble():
+    from preftune.trainers.reward import reward_statistics
+
+    scores = torch.tensor([[1.0, 3.0], [2.0, 4.0], [6.0, 8.0]])  # 3 responses, 2 heads
+    stats = reward_statistics(scores)
+    # the ensemble mean per response is 2, 3, 7: mean 4, population std sqrt(14/3)
+    assert stats["mean"] == pytest.approx(4.0)
+    assert stats["std"] == pytest.approx(math.sqrt(14 / 3))
+    assert stats["count"] == 3
+    assert stats["head_mean"] == pytest.approx([3.0, 5.0])
+    assert stats["head_std"] == pytest.approx([math.sqrt(14 / 3)] * 2)
