@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,3 +197,32 @@ def test_resume_continues_the_run_exactly(synth_world, tiny_base, tmp_path):
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for key in ("loss", "reward/margin", "reward/ensemble_std", "train/grad_norm"):
         assert [r[key] for r in resumed] == pytest.approx([r[key] for r in uninterrupted], rel=1e-6)
+
+
+HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl.gz"
+
+
+@pytest.mark.skipif(not HH.exists(), reason="shared HH-RLHF data not present")
+def test_implicit_prompt_pairs_of_hh_rlhf_train_as_they_are(tiny_base, tmp_path, caplog):
+    """chosen/rejected only: the shared prefix is the prompt; long prompts are cut on the left and counted."""
+    losses = {}
+    for sharing in (True, False):
+        data = DataConfig(dataset=str(HH), dataset_split="train[:48]", max_length=256, skip_invalid=True)
+        train = TrainConfig(output_dir=str(tmp_path / str(sharing)), learning_rate=1e-3, max_steps=2,
+                            per_device_train_batch_size=8, logging_steps=1, disable_tqdm=True)  # fmt: skip
+        config = RewardConfig(
+            model=ModelConfig(model=tiny_base), data=data, train=train, prefix_sharing=sharing
+        )
+        caplog.clear()
+        with caplog.at_level("INFO", logger="preftune"):
+            trainer = RewardTrainer(config)
+        skipped = int(re.search(r"Skipped (\d+) of 48 rows", caplog.text).group(1))  # type: ignore[union-attr]
+        assert len(trainer.train_pairs) == 48 - skipped and skipped < 8  # responses too long: counted skips
+        truncated = [p for p in trainer.train_pairs if p.num_truncated > 0]
+        assert truncated, "some HH prompts are too long for 256 tokens"
+        assert f"{len(truncated)} truncated" in caplog.text  # reported, not silent
+        for pair in truncated:  # the responses are kept whole; the prompt lost its left part
+            assert max(len(pair.chosen), len(pair.rejected)) == 256
+        trainer.train()
+        losses[sharing] = [r["loss"] for r in read_metrics(tmp_path / str(sharing) / "metrics.jsonl")]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
