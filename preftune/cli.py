@@ -43,7 +43,8 @@ def _eval() -> tuple[type, Callable[[Any], Any]]:
 
     def run(cfg: RewardEvalConfig) -> Any:
         result = run_reward_eval(cfg)
-        show_metrics_table(result, f"reward model {cfg.reward_model} on {cfg.dataset}")
+        scalars = {k: v for k, v in result.items() if not isinstance(v, dict)}  # nested ones are in eval.json
+        show_metrics_table(scalars, f"reward model {cfg.reward_model} on {cfg.dataset}")
         return result
 
     return RewardEvalConfig, run

@@ -160,10 +160,15 @@ class Engine:
             size = cfg.per_device_train_batch_size
             yield [mine[i : i + size] for i in range(0, per_process, size)]
 
-    def global_sum(self, value: torch.Tensor | float) -> torch.Tensor:
-        """Sum of a scalar over all processes (a float64 tensor on the local device)."""
-        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.accelerator.device).reshape(1)
-        return self.accelerator.reduce(tensor, reduction="sum")[0]
+    def global_sum(self, value: torch.Tensor | float | list[float]) -> torch.Tensor:
+        """Sum over all processes of a scalar or a tensor (float64, same shape, on the local device).
+
+        Pass several values as one tensor or list: one collective instead of one per value.
+        """
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.accelerator.device)
+        summed = self.accelerator.reduce(tensor.reshape(-1), reduction="sum")  # (numel,)
+        assert isinstance(summed, torch.Tensor), "accelerate reduces a tensor to a tensor"
+        return summed.reshape(tensor.shape)
 
     def sync_context(self, micro_index: int, num_micro: int) -> contextlib.AbstractContextManager:
         """No gradient all-reduce except on the last micro-batch of the step."""

@@ -3,9 +3,10 @@
 Inputs are 1-D float arrays of length N, one entry per preference pair; ``margins`` is
 ``r(chosen) - r(rejected)``. Definitions (a margin or gold margin of exactly 0 is a tie):
 
-- Wilson interval: score interval for a binomial proportion ``successes / n``, z from the normal quantile.
+- Wilson interval (Wilson 1927, JASA 22:209): score interval for a binomial proportion
+  ``successes / n``, z from the normal quantile.
 - Pairwise accuracy: ``mean(margin > 0) + 0.5 * mean(margin == 0)``, with its Wilson interval.
-- ECE: with ``p = sigmoid(margin)``, confidence ``c = max(p, 1 - p)``, correct = margin > 0 (ties 0.5),
+- ECE (expected calibration error, Guo et al. 2017, arXiv 1706.04599, eq. 3): with ``p = sigmoid(margin)``, confidence ``c = max(p, 1 - p)``, correct = margin > 0 (ties 0.5),
   equal-width bins over [0.5, 1.0], ``ECE = sum_b (n_b / N) * |mean(correct in b) - mean(c in b)|``.
 - Length probe: share of pairs whose chosen response is longer (equal lengths count half), accuracy of
   the prefer-longer and prefer-shorter baselines, reward-model accuracy split by which response is
@@ -13,7 +14,8 @@ Inputs are 1-D float arrays of length N, one entry per preference pair; ``margin
 - Gold agreement: share of pairs with ``gold_margin != 0`` where ``sign(margin) == sign(gold_margin)``
   (margin == 0 counts half), with its Wilson interval.
 - Label-gold agreement: share of pairs with ``gold_margin != 0`` whose labelled chosen has the higher
-  gold reward; it bounds the gold agreement a reward model trained on those labels can reach.
+  gold reward: the reference for a reward model trained on those labels (which can exceed it when
+  the labels' errors are independent, since training averages them out).
 - Score statistics: mean, population standard deviation (ddof=0), min, max and count of the scores.
 """
 

@@ -11,13 +11,14 @@ judge and reports (keys of eval.json):
 - `rm/score_mean`, `rm/score_std`: score statistics on these responses (PPO normalises
   rewards with them), and `rm/ensemble_std` for ensembles;
 - on a synthetic task: `rm/gold_agreement` (with its interval) and
-  `data/label_gold_agreement`, the labels' own agreement with gold, which bounds it.
+  `data/label_gold_agreement`, the labels' own agreement with gold (the reference it is compared with).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ import torch
 from preftune.data import PairExample, encode_dataset, load_rows, parse_pairs
 from preftune.eval import reward_metrics as rm_metrics
 from preftune.judges import STATS_FILE, RewardModelJudge, load_judge
+from preftune.judges.reward_model import reward_statistics
 from preftune.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,9 @@ class RewardEvalConfig:
     """Folder for eval.json and reward_stats.json."""
     dataset_split: str = "train"
     """Split or slice of --dataset, e.g. 'train[1500:]'."""
-    max_length: int = 1024
-    """Longest tokenized prompt + response; longer pairs follow --truncation."""
+    max_length: int | None = None
+    """Longest tokenized prompt + response (longer pairs follow --truncation); default: the max_length the
+    reward model was trained with (from its reward_stats.json), else 1024."""
     truncation: Literal["left", "error"] = "left"
     """'left' drops prompt tokens from the left (counted); 'error' stops."""
     skip_invalid: bool = False
@@ -63,8 +66,9 @@ class RewardEvalConfig:
     """Level of the confidence intervals."""
     num_bins: int = 10
     """Bins of the calibration error."""
-    write_stats: bool = True
-    """Also write reward_stats.json next to the reward model (a single model), for PPO."""
+    write_stats: bool = False
+    """Also write reward_stats.json next to the reward model (a single model), replacing the one training
+    wrote, so PPO normalises rewards with the statistics of these pairs. It is always written to --output_dir."""
 
     def __post_init__(self) -> None:
         for flag, value in (
@@ -99,7 +103,7 @@ def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: Reward
     """All reward-model metrics on the pairs in `dataset` (see the module docstring)."""
     parsed = parse_pairs(load_rows(dataset, options.dataset_split), skip_invalid=options.skip_invalid)
     pairs, report = encode_dataset(
-        judge.tokenizer, parsed, options.max_length, options.truncation, skip_invalid=options.skip_invalid
+        judge.tokenizer, parsed, judge.max_length, options.truncation, skip_invalid=options.skip_invalid
     )
     logger.info("eval pairs: %s", report.summary())
     chosen = judge.score_encoded([pair.chosen for pair in pairs])  # (N, K)
@@ -111,7 +115,7 @@ def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: Reward
     probe = rm_metrics.length_probe(
         margins, chosen_lengths, rejected_lengths, chosen.mean(dim=-1).numpy(), rejected.mean(dim=-1).numpy()
     )
-    stats = rm_metrics.score_statistics(torch.cat([chosen, rejected]).mean(dim=-1).numpy())
+    stats = reward_statistics(torch.cat([chosen, rejected]), judge.max_length)
     result: dict[str, Any] = {
         "rm/accuracy": accuracy["accuracy"],
         "rm/accuracy_ci": [accuracy["accuracy_ci_low"], accuracy["accuracy_ci_high"]],
@@ -120,8 +124,10 @@ def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: Reward
         "rm/num_skipped": len(report.skipped),
         "rm/num_truncated": report.num_truncated_examples,
         "rm/num_heads": judge.num_heads,
+        "reward_stats": {**stats, "source": dataset},
         "rm/score_mean": stats["mean"],
         "rm/score_std": stats["std"],
+        "rm/max_length": judge.max_length,
         **{
             f"length/{name}": int(value) if name.startswith("num_") else value
             for name, value in probe.items()
@@ -171,25 +177,35 @@ def _gold_metrics(
 
 
 def write_reward_stats(
-    judge: RewardModelJudge, result: dict[str, Any], dataset: str, out: Path, next_to_model: bool
-) -> list[Path]:
+    judge: RewardModelJudge, stats: dict[str, Any], out: Path, next_to_model: bool
+) -> None:
     """reward_stats.json in `out` and, if asked, next to a single reward model (for PPO's normalisation)."""
-    stats = {"mean": result["rm/score_mean"], "std": result["rm/score_std"], "count": 2 * result["rm/num_pairs"],
-             "source": dataset}  # fmt: skip
     text = json.dumps(stats, indent=2) + "\n"
-    targets = [out / STATS_FILE]
-    if next_to_model and len(judge.paths) == 1:
-        targets.append(Path(judge.paths[0]) / STATS_FILE)
-    written = []
-    for target in targets:
-        try:
-            target.write_text(text)
-            written.append(target)
-        except OSError as error:
-            logger.warning(
-                "Could not write %s (%s); the statistics are in %s.", target, error, out / STATS_FILE
-            )
-    return written
+    (out / STATS_FILE).write_text(text)
+    if not next_to_model:
+        return
+    if len(judge.paths) > 1:
+        logger.warning(
+            "--write_stats: an ensemble of several paths has no one folder to write to; see %s.", out
+        )
+        return
+    target = Path(judge.paths[0]) / STATS_FILE
+    try:
+        target.write_text(text)
+        logger.info("Wrote %s", target)
+    except OSError as error:
+        logger.warning("Could not write %s (%s); the statistics are in %s.", target, error, out / STATS_FILE)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as None (null), so the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def run_reward_eval(config: RewardEvalConfig) -> dict[str, Any]:
@@ -202,7 +218,7 @@ def run_reward_eval(config: RewardEvalConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"reward_model": config.reward_model, "dataset": config.dataset, **result}
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_reward_stats(judge, result, config.dataset, out, next_to_model=config.write_stats)
+    (out / "eval.json").write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
+    write_reward_stats(judge, result["reward_stats"], out, next_to_model=config.write_stats)
     logger.info("Wrote %s", out / "eval.json")
     return result

@@ -34,6 +34,24 @@ STATS_FILE = "reward_stats.json"
 """Score statistics written next to a reward model (by `preftune rm` and `preftune eval`)."""
 
 
+DEFAULT_MAX_LENGTH = 1024
+"""Judge's max_length for a model without saved statistics (preftune saves the training max_length)."""
+
+
+def reward_statistics(scores: Tensor, max_length: int) -> dict[str, Any]:
+    """What reward_stats.json holds: mean and population std of the (ensemble-mean) score over
+    (N, K) scores, the same per head, the count, and the max_length the sequences were cut to."""
+    mean = scores.mean(dim=-1)  # (N,)
+    return {
+        "mean": mean.mean().item(),
+        "std": mean.std(correction=0).item(),
+        "count": int(scores.shape[0]),
+        "head_mean": scores.mean(dim=0).tolist(),
+        "head_std": scores.std(dim=0, correction=0).tolist(),
+        "max_length": max_length,
+    }
+
+
 @dataclass(frozen=True)
 class EnsembleScores:
     """Scores of N sequences: `mean` (N,), `std` (N,) over heads (0 for one head), `heads` (N, K)."""
@@ -52,7 +70,7 @@ class RewardModelJudge:
         device: str | None = None,
         dtype: str = "float32",
         batch_size: int = 32,
-        max_length: int = 1024,
+        max_length: int | None = None,
         truncation: Truncation = "left",
         trust_remote_code: bool = False,
     ) -> None:
@@ -62,7 +80,7 @@ class RewardModelJudge:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size = batch_size
         self.truncation: Truncation = truncation
         self.tokenizer = load_tokenizer(self.paths[0], trust_remote_code)
         for other in self.paths[1:]:
@@ -75,18 +93,32 @@ class RewardModelJudge:
         self.scorers = [
             PooledScorer(
                 load_scalar_model(
-                    p, dtype, str(self.device), trust_remote_code, flag="rm:", pad_token_id=pad_id
+                    p,
+                    dtype,
+                    str(self.device),
+                    trust_remote_code,
+                    "rm:",
+                    pad_token_id=pad_id,
+                    require_classifier=True,
                 )
             ).eval()
             for p in self.paths
         ]
         self.num_heads = sum(scorer.num_heads for scorer in self.scorers)
+        saved = self.stats
+        self.max_length = max_length or (saved or {}).get("max_length") or DEFAULT_MAX_LENGTH
 
     @property
     def stats(self) -> dict[str, Any] | None:
-        """The score statistics saved next to the (first) model, or None if there are none."""
+        """The score statistics saved next to a single model (reward_stats.json), else None.
+
+        An ensemble of several paths has none: each file describes one model's scores, not the
+        ensemble mean's; `preftune eval --reward_model rm:P1,P2` measures the ensemble's.
+        """
         path = Path(self.paths[0]) / STATS_FILE
-        return json.loads(path.read_text()) if path.exists() else None
+        if len(self.paths) > 1 or not path.exists():
+            return None
+        return json.loads(path.read_text())
 
     def encode(self, prompts: Sequence[Prompt], responses: Sequence[Completion]) -> list[EncodedExample]:
         """The token sequences the judge scores, as the reward trainer encodes them."""

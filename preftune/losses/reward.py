@@ -5,8 +5,9 @@ Also implemented, each off by default:
 - a per-pair margin m subtracted inside the sigmoid, -log sigmoid(r_w - r_l - m), as in
   Llama 2 (arXiv 2307.09288, eq. 2), for pairs rated "significantly better";
 - label smoothing eps for noisy labels: the expected loss when each label is flipped with
-  probability eps, (1 - eps) * -log sigmoid(d) + eps * -log sigmoid(-d) (the cDPO form of
-  the same idea, Mitchell 2023);
+  probability eps, (1 - eps) * -log sigmoid(d - m) + eps * -log sigmoid(-d - m), d = r_w - r_l
+  (the cDPO form of the same idea, Mitchell 2023; with a margin, the flipped label asks the
+  other response to win by it);
 - reward centering, coef * (r_w + r_l)^2, which pins the mean reward near 0 so that
   scores are comparable across models (Eisenstein et al. 2023, arXiv 2312.09244).
 Departure from the papers: the terms are combined in one function and the rewards may
@@ -15,6 +16,7 @@ carry a trailing ensemble axis, (B, K), one column per reward head.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -47,9 +49,9 @@ def bradley_terry_loss(
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}.")
     gap = chosen_rewards - rejected_rewards  # (B,) or (B, K)
-    if margin is not None:
-        gap = gap - (margin if gap.ndim == 1 else margin[:, None])  # (B, 1) broadcasts over heads
-    losses = (1 - label_smoothing) * F.softplus(-gap) + label_smoothing * F.softplus(gap)
+    required = torch.zeros_like(gap) if margin is None else (margin if gap.ndim == 1 else margin[:, None])
+    # A flipped label asks the rejected response to win by the margin: -log sigmoid(-gap - m).
+    losses = (1 - label_smoothing) * F.softplus(required - gap) + label_smoothing * F.softplus(required + gap)
     if center_coef:
         losses = losses + center_coef * (chosen_rewards + rejected_rewards) ** 2
     reward_margin = (chosen_rewards - rejected_rewards).detach()

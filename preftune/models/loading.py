@@ -153,16 +153,23 @@ def load_scalar_model(
     flag: str = "--reward_model",
     num_labels: int | None = None,
     pad_token_id: int | None = None,
+    require_classifier: bool = False,
 ) -> PreTrainedModel:
     """A sequence classifier with `num_labels` scalar heads (reward or value model), on `device`.
 
     A causal-LM checkpoint gets freshly initialised heads (1 unless `num_labels` says more);
     a sequence-classifier checkpoint keeps its heads, and `num_labels`, when given, must
-    match them. `pad_token_id` fills in a config that has none. Dropout is off.
+    match them. `pad_token_id` fills in a config that has none. With `require_classifier`, a
+    causal-LM checkpoint is an error (its heads would be random). Dropout is off.
     """
     check_model_path(path, flag)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     is_classifier = any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
+    if require_classifier and not is_classifier:
+        raise ValueError(
+            f"{flag} {path} is not a reward model (its architecture is {config.architectures}), so its score head "
+            f"would be random. Train one first: preftune rm --model {path} --dataset PAIRS --output_dir OUT."
+        )
     if is_classifier and num_labels is not None and num_labels != config.num_labels:
         raise ValueError(
             f"{flag} {path} is a reward model with {config.num_labels} head(s), but {num_labels} were asked "

@@ -34,7 +34,7 @@ from preftune.config import config_to_flat_dict
 from preftune.data import DataConfig, EncodedPair, encode_dataset, load_rows, parse_pairs
 from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded
 from preftune.engine import Engine, TrainConfig, build_accelerator
-from preftune.judges.reward_model import STATS_FILE
+from preftune.judges.reward_model import STATS_FILE, reward_statistics
 from preftune.losses import bradley_terry_loss
 from preftune.models.loading import (
     ModelConfig,
@@ -96,12 +96,24 @@ class RewardTrainer:
         check_model_path(config.model.model)
         self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
         # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
+        self.data_report: dict[str, dict[str, int]] = {}
         self.train_pairs = self._encode(config.data.dataset, config.data.dataset_split, "train")
         self.eval_pairs = (
             self._encode(config.data.eval_dataset, config.data.eval_split, "eval")
             if config.data.eval_dataset
             else []
         )
+        if sum(_weight(pair) for pair in self.train_pairs) == 0:
+            raise ValueError(
+                f"Every pair of {config.data.dataset} has weight 0: nothing to train on. Fix the 'weight' column."
+            )
+        if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
+            logger.warning(
+                "The pad token is the EOS token. preftune reads scores at the last token by length, but plain "
+                "transformers' AutoModelForSequenceClassification pools at the last token that is not pad, i.e. "
+                "before the final EOS: score the saved model with preftune.judges.RewardModelJudge, or give the "
+                "tokenizer a distinct pad token before training."
+            )
         self.accelerator = build_accelerator(config.train)
         model = load_scalar_model(
             config.model.model,
@@ -141,6 +153,13 @@ class RewardTrainer:
         )
         log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
         log("%s pairs: %s", name, report.summary())
+        self.data_report[name] = {
+            "rows": report.num_rows,
+            "pairs": report.num_examples,
+            "skipped": len(report.skipped),
+            "truncated_pairs": report.num_truncated_examples,
+            "truncated_tokens": report.num_truncated_tokens,
+        }
         if any(pair.margin is not None for pair in pairs):
             logger.info("%s pairs: using the per-pair 'margin' column in the loss.", name)
         return pairs
@@ -182,38 +201,44 @@ class RewardTrainer:
     def train(self) -> dict[str, Any]:
         engine = self.engine
         self.model.train()
+        K = self.config.num_heads
         for micro_indices in engine.steps():
             micro_pairs = [[self.train_pairs[i] for i in idx] for idx in micro_indices]
-            # Each pair counts weight x bootstrap count; the loss is the weighted mean over the
-            # global batch and the heads (bootstrap counts have mean 1, so the denominator uses 1).
-            step_weight = sum(_weight(pair) for pairs in micro_pairs for pair in pairs)
-            denominator = engine.global_sum(step_weight) * self.config.num_heads
+            # Head k's loss is a weighted mean over the global batch, each pair weighing its
+            # `weight` x its bootstrap count for head k; the heads' losses are averaged. A head
+            # whose pairs all weigh 0 in this step (a bootstrap miss) gets no gradient from it.
+            weights = [
+                self._weights(pairs, idx) for idx, pairs in zip(micro_indices, micro_pairs, strict=True)
+            ]
+            head_weight = engine.global_sum(torch.stack([w.sum(dim=0) for w in weights]).sum(dim=0))  # (K,)
+            denominator = (head_weight.clamp(min=1e-12) * K).float()  # (K,)
             sums: dict[str, float] = {}
-            for i, (idx, pairs) in enumerate(zip(micro_indices, micro_pairs, strict=True)):
+            for i, pairs in enumerate(micro_pairs):
                 with engine.sync_context(i, len(micro_pairs)):
                     batch = self._collate(pairs)
-                    chosen, rejected = self._rewards(self.model, batch)
+                    chosen, rejected = self._rewards(self.model, batch)  # (B, K) each
                     losses, metrics = self._loss(pairs, chosen, rejected)  # (B, K)
-                    weights = self._weights(pairs, idx, losses.device)  # (B, K)
-                    engine.backward((losses * weights).sum() / denominator)
-                _add(sums, "loss", (losses.detach() * weights).sum().item())
+                    weighted = (losses * weights[i].to(losses.device)).sum(dim=0) / denominator  # (K,)
+                    engine.backward(weighted.sum())
+                _add(sums, "loss", weighted.detach().sum().item())  # this micro-batch's share of the loss
                 _add(sums, "num_tokens", batch["num_tokens"].item())
                 _add(sums, "num_pairs", len(pairs))
                 for name, value in {**metrics, **_ensemble_metrics(chosen)}.items():
                     _add(sums, name, value.float().mean(dim=-1).sum().item())  # summed over pairs
-            totals = {name: engine.global_sum(value).item() for name, value in sums.items()}
-            loss = totals.pop("loss") / denominator.item()
+            totals = dict(
+                zip(sums, engine.global_sum(list(sums.values())).tolist(), strict=True)
+            )  # one collective
+            loss = totals.pop("loss")
             num_tokens, num_pairs = totals.pop("num_tokens"), totals.pop("num_pairs")
             step_metrics = {name: value / num_pairs for name, value in totals.items()}
             evaluate = self.evaluate if self.eval_pairs else None
             engine.optimizer_step(loss, num_tokens, step_metrics, evaluate)
         return self._finish()
 
-    def _weights(
-        self, pairs: Sequence[EncodedPair], indices: Sequence[int], device: torch.device
-    ) -> torch.Tensor:
+    def _weights(self, pairs: Sequence[EncodedPair], indices: Sequence[int]) -> torch.Tensor:
+        """(B, K) weight of each pair for each head: its `weight` column x its bootstrap count."""
         weight = torch.tensor([_weight(pair) for pair in pairs])[:, None]  # (B, 1)
-        return (weight * self.bootstrap[list(indices)]).to(device)  # (B, K)
+        return weight * self.bootstrap[list(indices)]  # (B, K)
 
     @torch.no_grad()
     def score_pairs(self, pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,7 +283,7 @@ class RewardTrainer:
         final = Path(self.config.train.output_dir) / "final"
         reference = self.eval_pairs or self.train_pairs
         chosen, rejected = self.score_pairs(reference)
-        stats = reward_statistics(torch.cat([chosen, rejected]))
+        stats = reward_statistics(torch.cat([chosen, rejected]), self.config.data.max_length)
         stats["source"] = "eval_dataset" if self.eval_pairs else "dataset"
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
@@ -266,22 +291,10 @@ class RewardTrainer:
             save_final(scorer.model, self.tokenizer, final)
             (final / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
         summary = self.engine.finish(
-            {"train_pairs": len(self.train_pairs), "num_heads": self.config.num_heads, "reward_stats": stats}
+            {"data": self.data_report, "num_heads": self.config.num_heads, "reward_stats": stats}
         )
         logger.info("Reward model done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary
-
-
-def reward_statistics(scores: torch.Tensor) -> dict[str, Any]:
-    """Mean and std of the (ensemble-mean) score over (N, K) scores, and per head."""
-    mean = scores.mean(dim=-1)  # (N,)
-    return {
-        "mean": mean.mean().item(),
-        "std": mean.std(correction=0).item(),
-        "count": int(scores.shape[0]),
-        "head_mean": scores.mean(dim=0).tolist(),
-        "head_std": scores.std(dim=0, correction=0).tolist(),
-    }
 
 
 def _weight(pair: EncodedPair) -> float:

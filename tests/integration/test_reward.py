@@ -105,10 +105,13 @@ def test_eval_command_writes_accuracy_length_probe_and_gold_agreement(trained_rm
     assert result["data/task"] == "kindness"
     assert 0.5 < result["data/label_gold_agreement"] < 1.0
     assert result["rm/gold_agreement"] > 0.6
-    written = json.loads((final / "reward_stats.json").read_text())
+    assert result["rm/max_length"] == 96  # the judge cuts sequences as training did (from reward_stats.json)
+    written = json.loads((tmp_path / "eval" / "reward_stats.json").read_text())
     assert (
         written["source"] == str(synth_world["eval_pairs"]) and written["count"] == 2 * result["rm/num_pairs"]
     )
+    # the trainer's statistics next to the model are kept unless --write_stats true
+    assert json.loads((final / "reward_stats.json").read_text())["source"] == "eval_dataset"
 
 
 def test_prefix_sharing_trains_exactly_like_padded_batches(synth_world, tiny_base, tmp_path):
@@ -173,6 +176,15 @@ def test_bad_settings_fail_before_training(synth_world, tiny_base, tmp_path):
         rm_config(tiny_base, synth_world, tmp_path, num_heads=0)
     with pytest.raises(ValueError, match="issue #7"):
         load_judge("llm:some/model")
+    with pytest.raises(ValueError, match="is not a reward model"):  # a causal LM's score head would be random
+        RewardModelJudge(tiny_base)
+    weightless = tmp_path / "weightless.jsonl"
+    rows = load_rows(str(synth_world["pairs"])).rows[:8]
+    weightless.write_text("".join(json.dumps({**row, "weight": 0.0}) + "\n" for row in rows))
+    config = rm_config(tiny_base, synth_world, tmp_path / "w", eval_data=False)
+    config.data.dataset = str(weightless)
+    with pytest.raises(ValueError, match="weight 0"):
+        RewardTrainer(config)
     with pytest.raises(SystemExit) as exit_info:  # config errors exit 2 with a usage line
         main(["rm", "--model", tiny_base, "--output_dir", str(tmp_path)])
     assert exit_info.value.code == 2

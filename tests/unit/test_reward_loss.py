@@ -49,6 +49,14 @@ def test_label_smoothing_is_the_expected_loss_under_label_flips():
     torch.testing.assert_close(smoothed, (1 - eps) * forward + eps * backward)
 
 
+def test_label_smoothing_with_a_margin_flips_which_response_must_win_by_it():
+    chosen, rejected, margin, eps = torch.randn(5), torch.randn(5), torch.rand(5), 0.2
+    smoothed, _ = bradley_terry_loss(chosen, rejected, margin=margin, label_smoothing=eps)
+    forward, _ = bradley_terry_loss(chosen, rejected, margin=margin)
+    backward, _ = bradley_terry_loss(rejected, chosen, margin=margin)
+    torch.testing.assert_close(smoothed, (1 - eps) * forward + eps * backward)
+
+
 def test_label_smoothing_minimum_is_at_the_log_odds_of_the_label():
     eps = 0.2
     gap = torch.zeros(1, requires_grad=True)
@@ -89,10 +97,11 @@ def test_bad_arguments_fail_with_the_fix():
 
 
 def test_reward_statistics_of_an_ensemble():
-    from preftune.trainers.reward import reward_statistics
+    from preftune.judges.reward_model import reward_statistics
 
     scores = torch.tensor([[1.0, 3.0], [2.0, 4.0], [6.0, 8.0]])  # 3 responses, 2 heads
-    stats = reward_statistics(scores)
+    stats = reward_statistics(scores, max_length=64)
+    assert stats["max_length"] == 64
     # the ensemble mean per response is 2, 3, 7: mean 4, population std sqrt(14/3)
     assert stats["mean"] == pytest.approx(4.0)
     assert stats["std"] == pytest.approx(math.sqrt(14 / 3))
