@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from preftune.data import PairExample, encode_dataset, load_rows, parse_pairs
+from preftune.data import EncodedPair, PairExample, Parsed, encode_dataset, load_rows, parse_pairs
 from preftune.eval import reward_metrics as rm_metrics
 from preftune.judges import STATS_FILE, RewardModelJudge, load_judge
 from preftune.judges.reward_model import reward_statistics
@@ -143,7 +143,7 @@ def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: Reward
     return result
 
 
-def _rows_kept(parsed: Any, pairs: list[Any]) -> list[int]:
+def _rows_kept(parsed: Parsed[PairExample], pairs: list[EncodedPair]) -> list[int]:
     """Indices into parsed.examples of the pairs that survived encoding (by row number)."""
     position = {example.row: i for i, example in enumerate(parsed.examples)}
     return [position[pair.row] for pair in pairs]

@@ -190,7 +190,10 @@ class RewardTrainer:
         B = batch["chosen_index"].shape[0]
         return scores[:B], scores[B:]
 
-    def _loss(self, pairs: Sequence[EncodedPair], chosen: torch.Tensor, rejected: torch.Tensor):
+    def _loss(
+        self, pairs: Sequence[EncodedPair], chosen: torch.Tensor, rejected: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Bradley-Terry losses and metrics, (B, K), with the pairs' margin column if they have one."""
         margin = None
         if any(pair.margin is not None for pair in pairs):
             margin = torch.tensor([pair.margin or 0.0 for pair in pairs], device=chosen.device)
