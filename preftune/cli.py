@@ -38,6 +38,12 @@ def _rm() -> tuple[type, Callable[[Any], Any]]:
     return RewardConfig, lambda cfg: RewardTrainer(cfg).train()
 
 
+def _dpo() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.trainers.dpo import DPOConfig, DPOTrainer
+
+    return DPOConfig, lambda cfg: DPOTrainer(cfg).train()
+
+
 def _eval() -> tuple[type, Callable[[Any], Any]]:
     from preftune.eval.reward_model import RewardEvalConfig, run_reward_eval
 
@@ -84,7 +90,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "sft": Command("Supervised fine-tuning (completion-only loss, packing).", _sft),
     "rm": Command("Train a Bradley-Terry reward model (margins, centering, ensembles).", _rm),
-    "dpo": Command("DPO and its family (IPO, cDPO, SimPO, ORPO, ...).", planned="issue #4 (DPO family)"),
+    "dpo": Command(
+        "DPO and its family (IPO, cDPO, rDPO, SimPO, ORPO, RPO, ...), prefix-shared packed pairs.", _dpo
+    ),
     "kto": Command("KTO on unpaired feedback.", planned="issue #4 (DPO family)"),
     "ppo": Command("RLHF with PPO.", planned="issue #5 (PPO, RLOO, GRPO)"),
     "rloo": Command("Critic-free RL with RLOO.", planned="issue #5 (PPO, RLOO, GRPO)"),

@@ -1,0 +1,369 @@
+"""Pairwise preference losses of the DPO family, as pure functions, and the registry that picks one.
+
+Implemented (registry key: objective, paper):
+- `sigmoid`: DPO, Rafailov et al. 2023 (arXiv 2305.18290, eq. 7); with `label_smoothing` > 0 it is
+  conservative DPO (Mitchell 2023, a note without an arXiv id).
+- `cdpo`: the same objective with `label_smoothing` required in (0, 0.5).
+- `robust`: rDPO, Chowdhury et al. 2024 (arXiv 2403.00409), the de-biased loss for flipped labels.
+- `ipo`: IPO, Azar et al. 2023 (arXiv 2310.12036, eq. 17).
+- `hinge`: the SLiC-HF rank-calibration hinge, Zhao et al. 2023 (arXiv 2305.10425), on log-ratios.
+- `simpo`: SimPO, Meng et al. 2024 (arXiv 2405.14734, eq. 6), reference-free.
+- `sigmoid_norm`: DPO on per-token-mean log-ratios (length-normalised DPO, as in SimPO's analysis).
+- `orpo`: the odds-ratio term of ORPO, Hong et al. 2024 (arXiv 2403.07691, eq. 6-7), reference-free.
+Also here: `chosen_nll` (the length-normalised NLL of the chosen response that ORPO and RPO add),
+`combine_losses` (a weighted sum of such terms) and `f_divergence_logratio` (f-DPO, Wang et al. 2023,
+arXiv 2309.16240, which swaps the reverse-KL log-ratio for f'(pi/pi_ref)).
+
+Every loss in `PAIRWISE_LOSSES` has one signature::
+
+    NAME_loss(chosen_logratio, rejected_logratio, beta, *, <its keyword params>) -> (losses, metrics)
+
+with `chosen_logratio = logps(y_w) - ref_logps(y_w)`, shape (B,), summed over response tokens.
+Reference-free losses (`reference_free=True`: simpo, orpo) take the policy's own log-probs in the same
+two slots, and losses with `length_normalized=True` (sigmoid_norm, simpo, orpo) take per-token means
+(summed log-probs or log-ratios divided by the response length); the trainer fills the slots as the
+registry entry says and passes the keyword params named in its `params`. Each loss returns per-pair
+losses (B,), never reduced, and detached (B,) metrics: "rewards/chosen" (beta * chosen slot),
+"rewards/rejected", "rewards/margins" (chosen - rejected) and "rewards/accuracies" (1 where the chosen
+reward is higher, 0.5 on a tie, 0 otherwise).
+
+Departures from the papers are listed in each function's docstring under "Departure:".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FDivergence = Literal["reverse_kl", "forward_kl", "js", "alpha"]
+F_DIVERGENCES: tuple[str, ...] = get_args(FDivergence)
+
+
+def _check_pair(chosen: Tensor, rejected: Tensor, beta: float) -> None:
+    if chosen.shape != rejected.shape:
+        raise ValueError(
+            f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} must have the same shape, "
+            "one value per pair (B,)."
+        )
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta}. Pass a positive value such as 0.1.")
+
+
+def _check_label_smoothing(label_smoothing: float, loss: str, *, allow_zero: bool = True) -> None:
+    low_ok = label_smoothing >= 0 if allow_zero else label_smoothing > 0
+    if not (low_ok and label_smoothing < 0.5):
+        interval = "[0, 0.5)" if allow_zero else "(0, 0.5); use 'sigmoid' for clean labels"
+        raise ValueError(
+            f"label_smoothing for the '{loss}' loss must be in {interval}, got {label_smoothing}. "
+            "It is the assumed probability that a pair's label is flipped."
+        )
+
+
+def _pair_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
+    chosen, rejected = chosen_rewards.detach(), rejected_rewards.detach()
+    accuracies = (chosen > rejected).to(chosen.dtype) + 0.5 * (chosen == rejected).to(chosen.dtype)
+    return {
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/margins": chosen - rejected,
+        "rewards/accuracies": accuracies,
+    }
+
+
+def sigmoid_loss(
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float = 0.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """DPO, Rafailov et al. 2023, arXiv 2305.18290, eq. 7: -log sigmoid(z), z = beta * (c - r).
+
+    With label_smoothing eps > 0 this is conservative DPO (Mitchell 2023): the expected loss when
+    each label is flipped with probability eps, (1 - eps) * softplus(-z) + eps * softplus(z).
+
+    Args:
+        chosen_logratio, rejected_logratio: (B,) summed log-ratios of y_w and y_l.
+        label_smoothing: eps in [0, 0.5); 0 gives plain DPO.
+
+    Returns:
+        (B,) losses and the detached (B,) reward metrics (module docstring).
+    Departure: none.
+    """
+    _check_pair(chosen_logratio, rejected_logratio, beta)
+    _check_label_smoothing(label_smoothing, "sigmoid")
+    logits = beta * (chosen_logratio - rejected_logratio)  # (B,)
+    losses = (1 - label_smoothing) * F.softplus(-logits) + label_smoothing * F.softplus(logits)
+    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+
+
+def cdpo_loss(
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Conservative DPO (Mitchell 2023 note, no arXiv id): `sigmoid_loss` with label smoothing required.
+
+    (1 - eps) * softplus(-z) + eps * softplus(z), z = beta * (c - r), eps in (0, 0.5). Shapes as in
+    `sigmoid_loss`. Its minimum sits at the finite margin z = log((1 - eps) / eps), unlike DPO's.
+    Departure: none.
+    """
+    _check_label_smoothing(label_smoothing, "cdpo", allow_zero=False)
+    return sigmoid_loss(chosen_logratio, rejected_logratio, beta, label_smoothing=label_smoothing)
+
+
+def robust_loss(
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float = 0.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """rDPO, Chowdhury et al. 2024, arXiv 2403.00409 (section 3, the de-biased DPO loss).
+
+    ((1 - eps) * softplus(-z) - eps * softplus(z)) / (1 - 2 eps), z = beta * (c - r), where eps in
+    [0, 0.5) is the known rate of flipped labels. Averaged over flips of rate eps it equals the clean
+    DPO loss (unbiased), whereas cDPO's smoothing changes the minimiser. It is not bounded below.
+
+    Args:
+        chosen_logratio, rejected_logratio: (B,) summed log-ratios of y_w and y_l.
+        label_smoothing: the flip rate eps; 0 gives plain DPO.
+
+    Returns:
+        (B,) losses and the detached (B,) reward metrics.
+    Departure: none.
+    """
+    _check_pair(chosen_logratio, rejected_logratio, beta)
+    _check_label_smoothing(label_smoothing, "robust")
+    logits = beta * (chosen_logratio - rejected_logratio)  # (B,)
+    losses = ((1 - label_smoothing) * F.softplus(-logits) - label_smoothing * F.softplus(logits)) / (
+        1 - 2 * label_smoothing
+    )
+    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+
+
+def ipo_loss(
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """IPO, Azar et al. 2023, arXiv 2310.12036, eq. 17: (h - 1 / (2 beta))^2, h = c - r; beta is tau.
+
+    The squared loss pulls the log-ratio gap h to 1 / (2 tau) instead of to infinity.
+
+    Args:
+        chosen_logratio, rejected_logratio: (B,) log-ratios summed over tokens, as in the paper.
+
+    Returns:
+        (B,) losses and the detached (B,) reward metrics (rewards = beta * log-ratio).
+    Departure: none. TRL divides each log-ratio by its response length before this loss; to get that
+    form the trainer passes per-token-mean log-ratios (the registry entry asks for summed ones).
+    """
+    _check_pair(chosen_logratio, rejected_logratio, beta)
+    gap = chosen_logratio - rejected_logratio  # (B,)
+    losses = (gap - 1 / (2 * beta)) ** 2
+    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+
+
+def hinge_loss(
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """SLiC-HF rank calibration, Zhao et al. 2023, arXiv 2305.10425: relu(1 - beta * (c - r)).
+
+    The paper's hinge is max(0, delta - log pi(y_w|x) + log pi(y_l|x)); ours equals
+    beta * max(0, 1/beta - h) with h = c - r: the margin is delta = 1/beta and the loss is scaled by beta.
+
+    Args:
+        chosen_logratio, rejected_logratio: (B,) summed log-ratios of y_w and y_l.
+
+    Returns:
+        (B,) losses and the detached (B,) reward metrics.
+    Departure: SLiC-HF compares policy log-probs without a reference; we use log-ratios (the form
+    TRL calls "hinge"), and leave out its regulariser -lambda log pi(y_ref|x) (add
+    `chosen_nll` with `combine_losses`; it uses y_w where the paper uses the SFT target).
+    """
+    _check_pair(chosen_logratio, rejected_logratio, beta)
+    losses = torch.relu(1 - beta * (chosen_logratio - rejected_logratio))
+    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+
+
+def simpo_loss(
+    chosen_logratio: Tensor,
+    rejected_logratio: Tensor,
+    beta: float,
+    *,
+    gamma: float,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """SimPO, Meng et al. 2024, arXiv 2405.14734, eq. 6: -log sigmoid(beta * (c - r) - gamma).
+
+    Reference-free: the slots hold the policy's per-token-mean log-probs (1/|y|) log pi(y|x), (B,),
+    not log-ratios. gamma is the target reward margin itself, in reward units (eq. 6); the paper
+    reports its hyper-parameters as the ratio gamma / beta, so pass gamma = ratio * beta.
+    label_smoothing eps mixes in the flipped pair as cDPO does: (1 - eps) * softplus(gamma - z) +
+    eps * softplus(gamma + z), z = beta * (c - r).
+
+    Returns:
+        (B,) losses and the detached (B,) metrics, rewards = beta * mean log-prob (the paper's reward).
+    Departure: label smoothing is not in the paper. The flipped pair keeps the margin (the rejected
+    response must win by gamma), so smoothing is the expected loss under label flips; TRL's CPO
+    trainer smooths with softplus(z - gamma) instead.
+    """
+    _check_pair(chosen_logratio, rejected_logratio, beta)
+    _check_label_smoothing(label_smoothing, "simpo")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}. It is the target reward margin.")
+    logits = beta * (chosen_logratio - rejected_logratio)  # (B,)
+    losses = (1 - label_smoothing) * F.softplus(gamma - logits) + label_smoothing * F.softplus(gamma + logits)
+    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+
+
+def sigmoid_norm_loss(
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float = 0.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Length-normalised DPO: `sigmoid_loss` on per-token-mean log-ratios.
+
+    The formula is DPO's (arXiv 2305.18290, eq. 7), with label smoothing as in `sigmoid_loss`; the
+    trainer passes (logps - ref_logps) / response length, (B,), for each response. Normalising
+    removes the pull towards longer responses that summed log-ratios give, as discussed in SimPO
+    (arXiv 2405.14734), which ablates length normalisation.
+    Departure: DPO uses summed log-ratios. A beta tuned for summed log-ratios is too small here.
+    """
+    _check_label_smoothing(label_smoothing, "sigmoid_norm")  # name this loss in the error
+    return sigmoid_loss(chosen_logratio, rejected_logratio, beta, label_smoothing=label_smoothing)
+
+
+def orpo_loss(
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """ORPO odds-ratio term, Hong et al. 2024, arXiv 2403.07691, eq. 7 (weighted by lambda in eq. 6).
+
+    -beta * log sigmoid(log odds(y_w) - log odds(y_l)), odds(y) = p / (1 - p), where beta is the
+    paper's lambda and log p is the policy's per-token-mean log-prob, (B,), given in the log-ratio
+    slots (reference-free). log(1 - p) is computed as log(-expm1(log p)), accurate as log p -> 0-;
+    log p must be < 0 (at 0 the odds are infinite).
+
+    Returns:
+        (B,) losses and detached (B,) metrics: rewards = beta * mean log-prob, and
+        "orpo/log_odds_ratio", log odds(y_w) - log odds(y_l).
+    Departure: none in this term. The NLL term of eq. 6 is separate: add `chosen_nll` with weight 1
+    and this term with weight 1 through `combine_losses`.
+    """
+    _check_pair(chosen_logratio, rejected_logratio, beta)
+    log_odds_chosen = chosen_logratio - torch.log(-torch.expm1(chosen_logratio))  # (B,)
+    log_odds_rejected = rejected_logratio - torch.log(-torch.expm1(rejected_logratio))  # (B,)
+    log_odds_ratio = log_odds_chosen - log_odds_rejected
+    losses = -beta * F.logsigmoid(log_odds_ratio)
+    metrics = _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+    metrics["orpo/log_odds_ratio"] = log_odds_ratio.detach()
+    return losses, metrics
+
+
+def chosen_nll(chosen_logps: Tensor, chosen_lengths: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Length-normalised NLL of the chosen response, -logps(y_w) / |y_w|: ORPO's L_SFT, RPO's NLL.
+
+    ORPO (arXiv 2403.07691, eq. 6) and RPO (Pang et al. 2024, arXiv 2404.19733) add this term to a
+    pairwise loss; combine them with `combine_losses`.
+
+    Args:
+        chosen_logps: (B,) log pi(y_w|x) summed over response tokens.
+        chosen_lengths: (B,) number of response tokens of y_w, each >= 1.
+
+    Returns:
+        (B,) losses and {"nll/chosen": the same values, detached}.
+    Departure: each pair is normalised by its own length; ORPO's code (and TRL's "sft" term) divide
+    the batch's summed NLL by its total token count, which weights long responses more.
+    """
+    if chosen_logps.shape != chosen_lengths.shape:
+        raise ValueError(
+            f"chosen_logps {tuple(chosen_logps.shape)} and chosen_lengths {tuple(chosen_lengths.shape)} "
+            "must have the same shape (B,)."
+        )
+    if bool(torch.any(chosen_lengths < 1)):
+        raise ValueError(
+            f"chosen_lengths must be >= 1, got {chosen_lengths.tolist()}. Drop pairs with an empty chosen "
+            "response when building the dataset."
+        )
+    losses = -chosen_logps / chosen_lengths
+    return losses, {"nll/chosen": losses.detach()}
+
+
+def combine_losses(
+    parts: dict[str, tuple[Tensor, dict[str, Tensor]]], weights: dict[str, float]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of per-pair losses, e.g. parts {"orpo": orpo_loss(...), "nll": chosen_nll(...)}.
+
+    parts maps a name to (losses (B,), metrics) as the losses here return them; weights maps the same
+    names to weights >= 0, not all 0. Returns the (B,) sum of weight * losses and metrics: the first
+    part's keys as they are, then each later part's keys (one already taken is stored as
+    "<name>/<key>"), and "loss/<name>" for every part, its unweighted losses, detached.
+    """
+    if not parts or set(weights) != set(parts):
+        raise ValueError(
+            f"weights {sorted(weights)} must name exactly the parts {sorted(parts)}, and there must be at "
+            "least one part; give one weight per part."
+        )
+    bad = {name: weight for name, weight in weights.items() if not (math.isfinite(weight) and weight >= 0)}
+    if bad or not any(weights.values()):
+        raise ValueError(
+            f"weights must be finite, >= 0 and not all 0, got {weights}. Leave a part out instead of "
+            "giving it a negative weight."
+        )
+    shapes = {name: tuple(losses.shape) for name, (losses, _) in parts.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"all parts must have per-pair losses of one shape, got {shapes}.")
+    total = torch.stack([weights[name] * losses for name, (losses, _) in parts.items()]).sum(dim=0)  # (B,)
+    metrics: dict[str, Tensor] = {}
+    for name, (losses, part_metrics) in parts.items():
+        for key, value in part_metrics.items():
+            metrics[f"{name}/{key}" if key in metrics else key] = value
+        metrics[f"loss/{name}"] = losses.detach()
+    return total, metrics
+
+
+def f_divergence_logratio(logratio: Tensor, divergence: FDivergence, alpha: float = 0.5) -> Tensor:
+    """f'(u) at u = pi / pi_ref, the value f-DPO puts where DPO has log(pi / pi_ref).
+
+    Wang et al. 2023, arXiv 2309.16240 (Table 1 lists f and f'). Apply it to both log-ratios, then call
+    a loss with `reference_free=False`; every such loss reads only chosen - rejected (up to the reward
+    metrics), so constants in f' cancel and are dropped. With u = exp(logratio):
+    - "reverse_kl": f'(u) = log u + 1 -> logratio (the +1 dropped; this is DPO);
+    - "forward_kl": f'(u) = -1/u -> -exp(-logratio);
+    - "js": f'(u) = log(2u / (1 + u)) -> log 2 + logsigmoid(logratio);
+    - "alpha": f'(u) = (1 - u^-alpha) / alpha, alpha in (0, 1) -> -expm1(-alpha * logratio) / alpha.
+    `alpha` is read only for "alpha". Returns a tensor of logratio's shape. Nothing is clamped: large
+    negative log-ratios overflow forward_kl and alpha to -inf rather than being silently cut.
+    Departure: none. TRL's forward KL adds 1 (cancels); TRL 1.16's alpha coefficient a gives
+    (u^(a-1) - 1) / (a - 1), which equals ours at alpha = 1 - a (the same only at 0.5).
+    """
+    if divergence == "reverse_kl":
+        return logratio
+    if divergence == "forward_kl":
+        return -torch.exp(-logratio)
+    if divergence == "js":
+        return math.log(2.0) + F.logsigmoid(logratio)  # log(2u / (1 + u)) without overflow
+    if divergence == "alpha":
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1) for the alpha divergence, got {alpha}. Try 0.5.")
+        return -torch.expm1(-alpha * logratio) / alpha
+    raise ValueError(f"Unknown divergence {divergence!r}; choose one of {F_DIVERGENCES}.")
+
+
+@dataclass(frozen=True)
+class PairwiseLoss:
+    """A registry entry: the loss and what the trainer must feed it."""
+
+    fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]
+    """NAME_loss(chosen, rejected, beta, **{p: config[p] for p in params}) -> (losses (B,), metrics)."""
+    reference_free: bool
+    """True: the slots take the policy's log-probs and no reference model is needed."""
+    length_normalized: bool
+    """True: the slots take per-token means (summed values divided by the response length)."""
+    params: tuple[str, ...]
+    """Names of the keyword-only parameters of `fn`, which the trainer passes from its config."""
+
+
+PAIRWISE_LOSSES: dict[str, PairwiseLoss] = {
+    "sigmoid": PairwiseLoss(sigmoid_loss, False, False, ("label_smoothing",)),
+    "cdpo": PairwiseLoss(cdpo_loss, False, False, ("label_smoothing",)),
+    "robust": PairwiseLoss(robust_loss, False, False, ("label_smoothing",)),
+    "ipo": PairwiseLoss(ipo_loss, False, False, ()),
+    "hinge": PairwiseLoss(hinge_loss, False, False, ()),
+    "simpo": PairwiseLoss(simpo_loss, True, True, ("gamma", "label_smoothing")),
+    "sigmoid_norm": PairwiseLoss(sigmoid_norm_loss, False, True, ("label_smoothing",)),
+    "orpo": PairwiseLoss(orpo_loss, True, True, ()),
+}

@@ -1,0 +1,66 @@
+"""Response-token log-probabilities of a causal LM, computed only where they are needed.
+
+`ResponseLogps` runs the backbone over the whole batch but applies the LM head only at
+the positions that predict response tokens (the flat `response_logit_index` of a pair or
+sequence batch), so neither the prompt's logits nor a full-vocabulary log-softmax of the
+batch is ever materialised: the float32 working set is (M, V) for M response tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftModel
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from preftune.ops.logprobs import gather_token_logps
+
+
+class ResponseLogps(torch.nn.Module):
+    """Token log-probs (M,) of a causal LM at flat positions; wraps the model for DDP."""
+
+    def __init__(self, model: PreTrainedModel | PeftModel, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.model = model
+        self.temperature = temperature
+        config = self.causal_lm.config.to_dict()
+        if config.get("final_logit_softcapping") or config.get("logit_scale"):
+            raise ValueError(
+                f"{type(self.causal_lm).__name__} post-processes its logits (soft-capping or scaling), which the "
+                "response-only log-prob path does not reproduce yet; use a model without it."
+            )
+
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The causal LM (under its LoRA wrapper, whose adapters stay active)."""
+        base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        assert isinstance(base, PreTrainedModel)
+        return base
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        logit_index: Tensor,
+        targets: Tensor,
+    ) -> Tensor:
+        """input_ids, position_ids (R, T); attention_mask (R, T) or (R, 1, T, T); logit_index, targets
+        (M,): flat positions into the R*T tokens whose logits predict `targets`. Returns (M,) float32."""
+        lm = self.causal_lm
+        hidden = lm.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (R, T, H)
+        picked = hidden.reshape(-1, hidden.shape[-1])[logit_index]  # (M, H)
+        head = lm.get_output_embeddings()
+        assert isinstance(head, torch.nn.Module), "a causal LM has an output embedding (the LM head)"
+        logits = head(picked)  # (M, V)
+        return gather_token_logps(logits[None], targets[None], self.temperature)[0]  # (M,)
+
+
+def sequence_sums(token_values: Tensor, sequence_index: Tensor, num_sequences: int) -> Tensor:
+    """(S,) sums of (M,) per-token values grouped by their (M,) sequence index."""
+    sums = torch.zeros(num_sequences, dtype=token_values.dtype, device=token_values.device)
+    return sums.index_add(0, sequence_index, token_values)

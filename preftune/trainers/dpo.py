@@ -1,0 +1,293 @@
+"""Direct preference optimisation and its family, on the prefix-shared packed pair batches.
+
+Paper: DPO (Rafailov et al. 2023, arXiv 2305.18290), eq. 7: the policy is trained on
+pairs so that beta * log(pi / pi_ref) acts as the reward of a Bradley-Terry model. The
+other objectives of the family (IPO, cDPO, rDPO, SimPO, ORPO, ...) are the pure functions
+of preftune/losses/pairwise.py, chosen with --loss_type and mixed with --loss_weights.
+What is implemented here: the reference is a frozen copy of --ref_model (default: the
+--model checkpoint) or, with --use_peft, the policy with its LoRA adapter disabled (one
+copy of the weights). Each pair runs as one [prompt][chosen][rejected] block with the
+prompt computed once; the LM head runs only at response positions.
+Departures: the loss is a weighted mean over the pairs of the global batch (the `weight`
+column, default 1), not a plain mean over the micro-batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from preftune.config import config_to_flat_dict
+from preftune.data import DataConfig, EncodedPair, encode_dataset, load_rows, parse_pairs
+from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded
+from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.losses.pairwise import PAIRWISE_LOSSES, chosen_nll
+from preftune.models.loading import (
+    ModelConfig,
+    attention_implementation,
+    check_model_path,
+    load_policy,
+    load_reference,
+    load_tokenizer,
+    save_final,
+    token_id,
+)
+from preftune.models.logps import ResponseLogps, sequence_sums
+
+logger = logging.getLogger(__name__)
+
+SFT_TERM = "sft"
+"""--loss_type entry for the NLL of the chosen response (RPO / ORPO's language-modelling term)."""
+
+
+@dataclass
+class DPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
+    ref_model: str | None = None
+    """Reference policy checkpoint (frozen). Default: --model itself, or with --use_peft the policy with
+    its adapter disabled (no second copy of the weights)."""
+    beta: float = 0.1
+    """KL strength: larger keeps the policy closer to the reference (0.01 to 0.5 is typical)."""
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    """Objectives to add up (see preftune/losses/pairwise.py), e.g. sigmoid, ipo, simpo, orpo; 'sft' adds
+    the chosen response's NLL (RPO)."""
+    loss_weights: list[float] | None = None
+    """Weight of each --loss_type entry (default: all 1)."""
+    label_smoothing: float = 0.0
+    """Assumed label-flip rate for cdpo/robust (and the smoothed sigmoid): in [0, 0.5)."""
+    gamma: float = 0.5
+    """SimPO's target reward margin."""
+    prefix_sharing: bool = True
+    """Run each pair as one [prompt][chosen][rejected] block (prompt once, rows packed, no padding)."""
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset)):
+            if not value:
+                raise ValueError(f"{flag} is required: pass {flag} PATH.")
+        if not self.train.output_dir:
+            raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
+        known = sorted([*PAIRWISE_LOSSES, SFT_TERM])
+        for name in self.loss_type:
+            if name not in known:
+                raise ValueError(f"Unknown loss_type {name!r}. Choose from: {', '.join(known)}.")
+        if not [name for name in self.loss_type if name != SFT_TERM]:
+            raise ValueError(
+                "loss_type needs a preference objective besides 'sft', e.g. --loss_type sigmoid sft."
+            )
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(
+                f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss types; "
+                "give one weight per --loss_type entry."
+            )
+        if self.ref_model and self.reference_free:
+            raise ValueError(
+                f"loss_type {self.loss_type} is reference-free, so --ref_model would be loaded for nothing; drop it."
+            )
+
+    @property
+    def reference_free(self) -> bool:
+        return all(PAIRWISE_LOSSES[name].reference_free for name in self.loss_type if name != SFT_TERM)
+
+    @property
+    def weights(self) -> list[float]:
+        return self.loss_weights or [1.0] * len(self.loss_type)
+
+
+class DPOTrainer:
+    """`DPOTrainer(config).train()` runs the whole job."""
+
+    def __init__(self, config: DPOConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        self.config = config
+        set_seed(config.train.seed)
+        check_model_path(config.model.model)
+        if config.ref_model:
+            check_model_path(config.ref_model, "--ref_model")
+        self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
+        # Data is read, validated and tokenized before any model loads, so bad rows fail fast.
+        self.train_pairs = self._encode(config.data.dataset, config.data.dataset_split, "train")
+        self.eval_pairs = (
+            self._encode(config.data.eval_dataset, config.data.eval_split, "eval")
+            if config.data.eval_dataset
+            else []
+        )
+        self.accelerator = build_accelerator(config.train)
+        policy = load_policy(config.model)
+        self.reference = self._load_reference(policy)
+        attention = attention_implementation(policy)
+        self.prefix_sharing = config.prefix_sharing and not attention.startswith("flash")
+        if config.prefix_sharing and not self.prefix_sharing:
+            logger.warning(
+                "Attention %r takes no custom masks: using padded batches, not prefix sharing.", attention
+            )
+        self.mask_dtype = torch.bool if attention == "sdpa" else torch.float32
+        self.engine = Engine(
+            config.train,
+            ResponseLogps(policy),
+            len(self.train_pairs),
+            config_to_flat_dict(config),
+            self.accelerator,
+        )
+        self.model = self.engine.model
+
+    def _encode(self, source: str, split: str, name: str) -> list[EncodedPair]:
+        cfg = self.config.data
+        parsed = parse_pairs(load_rows(source, split), skip_invalid=cfg.skip_invalid)
+        pairs, report = encode_dataset(
+            self.tokenizer, parsed, cfg.max_length, cfg.truncation, skip_invalid=cfg.skip_invalid
+        )
+        log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
+        log("%s pairs: %s", name, report.summary())
+        return pairs
+
+    def _load_reference(self, policy: torch.nn.Module) -> ResponseLogps | None:
+        """A frozen reference model, or None when it is the adapter-disabled policy or not needed."""
+        cfg = self.config
+        if cfg.reference_free:
+            return None
+        if cfg.model.use_peft and not cfg.ref_model:
+            logger.info("Reference: the policy with its LoRA adapter disabled.")
+            return None
+        path = cfg.ref_model or cfg.model.model
+        logger.info("Reference: a frozen copy of %s.", path)
+        device = str(self.accelerator.device)
+        return ResponseLogps(
+            load_reference(path, cfg.model.dtype, device, cfg.model.trust_remote_code)
+        ).eval()
+
+    def _collate(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
+        pad_id = token_id(self.tokenizer, "pad")
+        if self.prefix_sharing:
+            batch = collate_pairs_packed(pairs, pad_id, self.mask_dtype)
+        else:
+            batch = collate_pairs_padded(pairs, pad_id)
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(2B,) summed response log-probs: chosen sequences first, then rejected."""
+        token_logps = model(
+            batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+            batch["response_logit_index"], batch["response_target"],
+        )  # fmt: skip
+        return sequence_sums(token_logps, batch["response_seq"], 2 * batch["chosen_index"].shape[0])
+
+    @torch.no_grad()
+    def _ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if self.config.reference_free:
+            return None
+        if self.reference is not None:
+            return self._logps(self.reference, batch)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        peft_model = unwrapped.model
+        assert isinstance(peft_model, PeftModel), "without a reference model the policy is a LoRA adapter"
+        with peft_model.disable_adapter():
+            return self._logps(unwrapped, batch)
+
+    def pair_losses(
+        self, logps: torch.Tensor, ref_logps: torch.Tensor | None, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(B,) combined losses and (B,) metrics from (2B,) policy/reference log-probs and lengths."""
+        cfg = self.config
+        B = logps.shape[0] // 2
+        total = torch.zeros(B, device=logps.device)
+        metrics: dict[str, torch.Tensor] = {}
+        for name, weight in zip(cfg.loss_type, cfg.weights, strict=True):
+            if name == SFT_TERM:
+                losses, part = chosen_nll(logps[:B], lengths[:B])
+            else:
+                spec = PAIRWISE_LOSSES[name]
+                values = logps if ref_logps is None or spec.reference_free else logps - ref_logps
+                if spec.length_normalized:
+                    values = values / lengths
+                params = {"label_smoothing": cfg.label_smoothing, "gamma": cfg.gamma}
+                losses, part = spec.fn(
+                    values[:B], values[B:], cfg.beta, **{p: params[p] for p in spec.params}
+                )
+            total = total + weight * losses
+            metrics = {**part, **metrics, f"loss/{name}": losses.detach()}
+        metrics["logps/chosen"], metrics["logps/rejected"] = logps[:B].detach(), logps[B:].detach()
+        if ref_logps is not None:
+            metrics["ref_logps/chosen"], metrics["ref_logps/rejected"] = ref_logps[:B], ref_logps[B:]
+        return total, metrics
+
+    def _step_losses(self, pairs: Sequence[EncodedPair], model: torch.nn.Module):
+        batch = self._collate(pairs)
+        logps = self._logps(model, batch)
+        lengths = torch.bincount(batch["response_seq"], minlength=logps.shape[0]).to(logps.dtype)  # (2B,)
+        losses, metrics = self.pair_losses(logps, self._ref_logps(batch), lengths)
+        return batch, losses, metrics
+
+    def train(self) -> dict[str, Any]:
+        engine = self.engine
+        self.model.train()
+        for micro_indices in engine.steps():
+            micro_pairs = [[self.train_pairs[i] for i in idx] for idx in micro_indices]
+            total_weight = engine.global_sum(sum(_weight(p) for pairs in micro_pairs for p in pairs)).clamp(
+                min=1e-12
+            )
+            sums: dict[str, float] = {}
+            for i, pairs in enumerate(micro_pairs):
+                with engine.sync_context(i, len(micro_pairs)):
+                    batch, losses, metrics = self._step_losses(pairs, self.model)
+                    weights = torch.tensor([_weight(p) for p in pairs], device=losses.device)
+                    loss = (losses * weights).sum() / total_weight.float()
+                    engine.backward(loss)
+                _add(sums, "loss", loss.item())
+                _add(sums, "num_tokens", batch["num_tokens"].item())
+                _add(sums, "num_pairs", len(pairs))
+                for name, value in metrics.items():
+                    _add(sums, name, value.float().sum().item())
+            totals = dict(zip(sums, engine.global_sum(list(sums.values())).tolist(), strict=True))
+            loss = totals.pop("loss")
+            num_tokens, num_pairs = totals.pop("num_tokens"), totals.pop("num_pairs")
+            step_metrics = {name: value / num_pairs for name, value in totals.items()}
+            engine.optimizer_step(loss, num_tokens, step_metrics, self.evaluate if self.eval_pairs else None)
+        return self._finish()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean held-out loss, reward accuracy and margin (each process scores a share)."""
+        model = self.accelerator.unwrap_model(self.model)
+        self.model.eval()
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = self.eval_pairs[rank::world]
+        size = self.config.train.per_device_train_batch_size
+        sums = {"loss": 0.0, "rewards/accuracies": 0.0, "rewards/margins": 0.0}
+        for start in range(0, len(mine), size):
+            _, losses, metrics = self._step_losses(mine[start : start + size], model)
+            sums["loss"] += losses.sum().item()
+            for name in ("rewards/accuracies", "rewards/margins"):
+                sums[name] += metrics[name].sum().item()
+        self.model.train()
+        totals = self.engine.global_sum(list(sums.values())) / len(self.eval_pairs)
+        return {f"eval/{name}": value for name, value in zip(sums, totals.tolist(), strict=True)}
+
+    def _finish(self) -> dict[str, Any]:
+        final = Path(self.config.train.output_dir) / "final"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_final(self.accelerator.unwrap_model(self.model).model, self.tokenizer, final)
+        summary = self.engine.finish(
+            {"train_pairs": len(self.train_pairs), "loss_type": self.config.loss_type}
+        )
+        logger.info("DPO done in %.0f s: final model in %s", summary["wall_seconds"], final)
+        return summary
+
+
+def _weight(pair: EncodedPair) -> float:
+    return 1.0 if pair.weight is None else pair.weight
+
+
+def _add(sums: dict[str, float], name: str, value: float) -> None:
+    sums[name] = sums.get(name, 0.0) + value
