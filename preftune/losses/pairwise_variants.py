@@ -108,8 +108,8 @@ def aot_loss(
     given, so the result depends on how a global batch is split into micro-batches and processes.
 
     Departure: of the smooth relaxations of the dominance violation the paper considers, only the
-    logistic one is implemented; label smoothing is TRL's addition. Our name "aot" is TRL's "aot_unpaired" (TRL's "aot" is our
-    "aot_pair").
+    logistic one is implemented; label smoothing is TRL's addition. Registered as "aot_unpaired", TRL's name (TRL's "aot" is
+    `aot_pair_loss`).
     """
     _check_pair(chosen_logratio, rejected_logratio, beta)
     _check_label_smoothing(label_smoothing)
@@ -141,7 +141,7 @@ def aot_pair_loss(
     The losses are per sorted position i, not per original pair (see `aot_loss`); the metrics are per
     pair. With equal reference log-probs for both responses (g_ref = 0) this is DPO, reordered.
 
-    Departure: label smoothing is TRL's addition. Our name "aot_pair" is TRL's "aot".
+    Departure: label smoothing is TRL's addition. Registered as "aot", TRL's name.
     """
     _check_pair(chosen_logratio, rejected_logratio, beta)
     _check_label_smoothing(label_smoothing)
@@ -361,8 +361,9 @@ PairwiseLossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
 VARIANT_LOSS_FUNCTIONS: dict[str, tuple[PairwiseLossFn, tuple[str, ...]]] = {
     "sppo_hard": (sppo_hard_loss, ()),
-    "aot": (aot_loss, ("label_smoothing",)),
-    "aot_pair": (aot_pair_loss, ("ref_chosen_logps", "ref_rejected_logps", "label_smoothing")),
+    # TRL's names: "aot" is the paired form, "aot_unpaired" the other
+    "aot": (aot_pair_loss, ("ref_chosen_logps", "ref_rejected_logps", "label_smoothing")),
+    "aot_unpaired": (aot_loss, ("label_smoothing",)),
     "apo_zero": (apo_zero_loss, ()),
     "apo_down": (apo_down_loss, ()),
     "bco_pair": (bco_pair_loss, ("delta",)),

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate.utils import set_seed
@@ -29,7 +29,9 @@ from preftune.config import config_to_flat_dict
 from preftune.data import DataConfig, EncodedPair, encode_dataset, load_rows, parse_pairs
 from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded
 from preftune.engine import Engine, TrainConfig, build_accelerator
-from preftune.losses.pairwise import PAIRWISE_LOSSES, chosen_nll
+from preftune.losses.pairwise import F_DIVERGENCES, chosen_nll, f_divergence_logratio
+from preftune.losses.pairwise_variants import ld_logps, wpo_weights
+from preftune.losses.registry import LOSSES, SORTED_LOSSES
 from preftune.models.loading import (
     ModelConfig,
     attention_implementation,
@@ -67,6 +69,17 @@ class DPOConfig:
     """Assumed label-flip rate for cdpo/robust (and the smoothed sigmoid): in [0, 0.5)."""
     gamma: float = 0.5
     """SimPO's target reward margin."""
+    discopop_tau: float = 0.05
+    """DiscoPOP's temperature of the mix between the logistic and exponential losses."""
+    f_divergence_type: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
+    """Divergence to the reference (f-DPO, arXiv 2309.16240); reverse_kl is DPO's."""
+    f_alpha_divergence_coef: float = 0.5
+    """alpha of the alpha-divergence (--f_divergence_type alpha), in (0, 1)."""
+    ld_alpha: float | None = None
+    """LD-DPO (arXiv 2409.06411): weight in [0, 1] of response tokens past the shorter response's length;
+    None counts every token fully (plain DPO)."""
+    use_weighting: bool = False
+    """WPO (arXiv 2406.11827): weight each pair by the policy's probability of its two responses."""
     prefix_sharing: bool = True
     """Run each pair as one [prompt][chosen][rejected] block (prompt once, rows packed, no padding)."""
 
@@ -78,7 +91,7 @@ class DPOConfig:
             raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
-        known = sorted([*PAIRWISE_LOSSES, SFT_TERM])
+        known = sorted([*LOSSES, SFT_TERM])
         for name in self.loss_type:
             if name not in known:
                 raise ValueError(f"Unknown loss_type {name!r}. Choose from: {', '.join(known)}.")
@@ -95,10 +108,36 @@ class DPOConfig:
             raise ValueError(
                 f"loss_type {self.loss_type} is reference-free, so --ref_model would be loaded for nothing; drop it."
             )
+        self._check_variants()
+
+    def _check_variants(self) -> None:
+        """Options that only make sense with some losses fail here, before any model loads."""
+        assert set(F_DIVERGENCES) == {"reverse_kl", "forward_kl", "js", "alpha"}
+        if self.f_divergence_type != "reverse_kl" and self.reference_free:
+            raise ValueError(f"--f_divergence_type {self.f_divergence_type} needs a reference, but {self.loss_type} "
+                             "is reference-free; use a reference-based loss such as sigmoid.")  # fmt: skip
+        if not 0 < self.f_alpha_divergence_coef < 1:
+            raise ValueError(
+                f"f_alpha_divergence_coef must be in (0, 1), got {self.f_alpha_divergence_coef}."
+            )
+        if self.ld_alpha is not None and not 0 <= self.ld_alpha <= 1:
+            raise ValueError(
+                f"ld_alpha must be in [0, 1] (or unset), got {self.ld_alpha}. The paper uses 0.3 to 0.7."
+            )
+        if "cdpo" in self.loss_type and not 0 < self.label_smoothing < 0.5:
+            raise ValueError(f"cdpo needs --label_smoothing in (0, 0.5), the assumed label-flip rate (e.g. 0.1); "
+                             f"got {self.label_smoothing}. With clean labels use sigmoid.")  # fmt: skip
+        if "exo_pair" in self.loss_type and not 0 < self.label_smoothing < 1:
+            raise ValueError(f"exo_pair needs --label_smoothing in (0, 1) (its paper uses 1e-3); got "
+                             f"{self.label_smoothing}.")  # fmt: skip
+        sorted_losses = [name for name in self.loss_type if name in SORTED_LOSSES]
+        if sorted_losses and self.use_weighting:
+            raise ValueError(f"{sorted_losses} are computed per sorted position, not per pair, so WPO's per-pair "
+                             "weights (--use_weighting) cannot apply; drop one of them.")  # fmt: skip
 
     @property
     def reference_free(self) -> bool:
-        return all(PAIRWISE_LOSSES[name].reference_free for name in self.loss_type if name != SFT_TERM)
+        return all(LOSSES[name].reference_free for name in self.loss_type if name != SFT_TERM)
 
     @property
     def weights(self) -> list[float]:
@@ -122,6 +161,10 @@ class DPOTrainer:
             if config.data.eval_dataset
             else []
         )
+        sorted_losses = [name for name in config.loss_type if name in SORTED_LOSSES]
+        if sorted_losses and any(_weight(pair) != 1.0 for pair in self.train_pairs):
+            raise ValueError(f"{config.data.dataset} has a 'weight' column, but {sorted_losses} are computed per "
+                             "sorted position, not per pair, so the weights cannot apply; drop one of them.")  # fmt: skip
         self.accelerator = build_accelerator(config.train)
         policy = load_policy(config.model)
         self.reference = self._load_reference(policy)
@@ -180,7 +223,10 @@ class DPOTrainer:
             batch["input_ids"], batch["attention_mask"], batch["position_ids"],
             batch["response_logit_index"], batch["response_target"],
         )  # fmt: skip
-        return sequence_sums(token_logps, batch["response_seq"], 2 * batch["chosen_index"].shape[0])
+        S = 2 * batch["chosen_index"].shape[0]
+        if self.config.ld_alpha is None:
+            return sequence_sums(token_logps, batch["response_seq"], S)
+        return length_desensitized_logps(token_logps, batch["response_seq"], S, self.config.ld_alpha)
 
     @torch.no_grad()
     def _ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -206,14 +252,7 @@ class DPOTrainer:
             if name == SFT_TERM:
                 losses, part = chosen_nll(logps[:B], lengths[:B])
             else:
-                spec = PAIRWISE_LOSSES[name]
-                values = logps if ref_logps is None or spec.reference_free else logps - ref_logps
-                if spec.length_normalized:
-                    values = values / lengths
-                params = {"label_smoothing": cfg.label_smoothing, "gamma": cfg.gamma}
-                losses, part = spec.fn(
-                    values[:B], values[B:], cfg.beta, **{p: params[p] for p in spec.params}
-                )
+                losses, part = self._preference_loss(name, logps, ref_logps, lengths)
             total = total + weight * losses
             metrics = {**part, **metrics, f"loss/{name}": losses.detach()}
         metrics["logps/chosen"], metrics["logps/rejected"] = logps[:B].detach(), logps[B:].detach()
@@ -221,11 +260,39 @@ class DPOTrainer:
             metrics["ref_logps/chosen"], metrics["ref_logps/rejected"] = ref_logps[:B], ref_logps[B:]
         return total, metrics
 
+    def _preference_loss(
+        self, name: str, logps: torch.Tensor, ref_logps: torch.Tensor | None, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One --loss_type entry: fill its slots (log-ratios or policy log-probs) and its parameters."""
+        cfg, spec, B = self.config, LOSSES[name], logps.shape[0] // 2
+        if ref_logps is None or spec.reference_free:
+            values = logps
+        else:
+            values = f_divergence_logratio(
+                logps - ref_logps, cfg.f_divergence_type, cfg.f_alpha_divergence_coef
+            )
+        if spec.length_normalized:
+            values = values / lengths
+        params: dict[str, Any] = {
+            "label_smoothing": cfg.label_smoothing,
+            "gamma": cfg.gamma,
+            "tau": cfg.discopop_tau,
+        }
+        if ref_logps is not None:
+            params |= {"ref_chosen_logps": ref_logps[:B], "ref_rejected_logps": ref_logps[B:]}
+            # BCO's reward shift: the batch's mean implicit reward (the paper keeps a running mean)
+            params["delta"] = (cfg.beta * (logps - ref_logps)).mean().item()
+        return spec.fn(values[:B], values[B:], cfg.beta, **{p: params[p] for p in spec.params})
+
     def _step_losses(self, pairs: Sequence[EncodedPair], model: torch.nn.Module):
         batch = self._collate(pairs)
         logps = self._logps(model, batch)
         lengths = torch.bincount(batch["response_seq"], minlength=logps.shape[0]).to(logps.dtype)  # (2B,)
         losses, metrics = self.pair_losses(logps, self._ref_logps(batch), lengths)
+        if self.config.use_weighting:  # WPO: detached weights, the policy's probability of the pair
+            B = len(pairs)
+            wpo = wpo_weights(logps[:B].detach() / lengths[:B], logps[B:].detach() / lengths[B:])
+            losses, metrics = losses * wpo, {**metrics, "wpo/weight": wpo}
         return batch, losses, metrics
 
     def train(self) -> dict[str, Any]:
@@ -283,6 +350,25 @@ class DPOTrainer:
         )
         logger.info("DPO done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary
+
+
+def length_desensitized_logps(token_logps: torch.Tensor, sequence_index: torch.Tensor, num_sequences: int,
+                              alpha: float) -> torch.Tensor:  # fmt: skip
+    """LD-DPO's (S,) sequence log-probs from flat (M,) token log-probs of S = 2B sequences (chosen, then
+    rejected, each sequence's tokens contiguous and in order): tokens past the pair's shorter response
+    count alpha times (`ld_logps`)."""
+    lengths = torch.bincount(sequence_index, minlength=num_sequences)  # (S,)
+    starts = torch.cumsum(lengths, dim=0) - lengths  # (S,) first flat index of each sequence
+    position = (
+        torch.arange(sequence_index.shape[0], device=sequence_index.device) - starts[sequence_index]
+    )  # (M,)
+    matrix = token_logps.new_zeros(num_sequences, int(lengths.max()))  # (S, L)
+    matrix = matrix.index_put((sequence_index, position), token_logps)
+    mask = torch.zeros(matrix.shape, dtype=torch.bool, device=matrix.device)
+    mask[sequence_index, position] = True
+    B = num_sequences // 2
+    public = torch.minimum(lengths[:B], lengths[B:]).repeat(2)  # (S,) the shorter response of each pair
+    return ld_logps(matrix, mask, public, alpha)
 
 
 def _weight(pair: EncodedPair) -> float:

@@ -10,12 +10,14 @@ from transformers import AutoModelForCausalLM
 
 from preftune.data import DataConfig
 from preftune.engine import TrainConfig, read_metrics
+from preftune.losses.registry import LOSSES
 from preftune.models.loading import ModelConfig
 from preftune.trainers.dpo import DPOConfig, DPOTrainer
 
 
 def dpo_config(model, synth_world, output_dir, eval_data=False, model_options=None, **overrides) -> DPOConfig:
-    own = {k: overrides.pop(k) for k in ("beta", "loss_type", "loss_weights", "prefix_sharing", "ref_model", "gamma")
+    own = {k: overrides.pop(k) for k in ("beta", "loss_type", "loss_weights", "prefix_sharing", "ref_model", "gamma", "label_smoothing",
+               "f_divergence_type")
            if k in overrides}  # fmt: skip
     train = {"output_dir": str(output_dir), "learning_rate": 1e-3, "per_device_train_batch_size": 8,
              "max_steps": 3, "logging_steps": 1, "disable_tqdm": True, **overrides}  # fmt: skip
@@ -82,5 +84,68 @@ def test_bad_settings_fail_before_models_load(synth_world, tiny_base, tmp_path):
         dpo_config(tiny_base, synth_world, tmp_path, loss_type=["dpo"])
     with pytest.raises(ValueError, match="reference-free"):
         dpo_config(tiny_base, synth_world, tmp_path, loss_type=["simpo"], ref_model=tiny_base)
+    with pytest.raises(ValueError, match="cdpo needs --label_smoothing"):
+        dpo_config(tiny_base, synth_world, tmp_path, loss_type=["cdpo"])
+    with pytest.raises(ValueError, match="exo_pair needs --label_smoothing"):
+        dpo_config(tiny_base, synth_world, tmp_path, loss_type=["exo_pair"])
+    with pytest.raises(ValueError, match="needs a reference"):
+        dpo_config(tiny_base, synth_world, tmp_path, loss_type=["simpo"], f_divergence_type="js")
     with pytest.raises(ValueError, match="one weight per"):
         dpo_config(tiny_base, synth_world, tmp_path, loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_type_trains_and_starts_from_its_value_at_the_reference(
+    synth_world, tiny_base, tmp_path, name
+):
+    smoothing = {"cdpo": 0.1, "exo_pair": 1e-3}.get(name, 0.0)  # the two that need label noise
+    config = dpo_config(
+        tiny_base, synth_world, tmp_path, loss_type=[name], max_steps=2, label_smoothing=smoothing
+    )
+    DPOTrainer(config).train()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert all(math.isfinite(r["loss"]) for r in records)
+    spec = LOSSES[name]
+    if spec.reference_free:
+        return
+    # policy == reference at step 1: every log-ratio is 0 (and BCO's shift, the mean reward, too)
+    zeros = torch.zeros(8)
+    params = {"label_smoothing": smoothing, "gamma": 0.5, "tau": 0.05, "delta": 0.0,
+              "ref_chosen_logps": zeros, "ref_rejected_logps": zeros}  # fmt: skip
+    expected, _ = spec.fn(zeros, zeros, 0.1, **{p: params[p] for p in spec.params})
+    assert records[0]["loss"] == pytest.approx(expected.mean().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "js", "alpha"])
+def test_f_divergences_start_at_log_2_and_train(synth_world, tiny_base, tmp_path, divergence):
+    config = dpo_config(tiny_base, synth_world, tmp_path, max_steps=6)
+    config.f_divergence_type = divergence
+    DPOTrainer(config).train()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records[0]["loss"] == pytest.approx(
+        math.log(2), abs=1e-5
+    )  # f'(1) terms cancel between the responses
+    assert records[-1]["loss"] < records[0]["loss"]
+
+
+def test_ld_dpo_with_alpha_1_is_dpo_and_wpo_weights_are_logged(synth_world, tiny_base, tmp_path):
+    plain = dpo_config(tiny_base, synth_world, tmp_path / "plain")
+    DPOTrainer(plain).train()
+    ld = dpo_config(tiny_base, synth_world, tmp_path / "ld")
+    ld.ld_alpha = 1.0
+    DPOTrainer(ld).train()
+    a, b = read_metrics(tmp_path / "plain" / "metrics.jsonl"), read_metrics(tmp_path / "ld" / "metrics.jsonl")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    short = dpo_config(tiny_base, synth_world, tmp_path / "ld0")
+    short.ld_alpha = 0.0  # only the shorter response's length counts: smaller magnitudes
+    DPOTrainer(short).train()
+    c = read_metrics(tmp_path / "ld0" / "metrics.jsonl")
+    assert abs(c[0]["logps/chosen"]) + abs(c[0]["logps/rejected"]) < abs(a[0]["logps/chosen"]) + abs(
+        a[0]["logps/rejected"]
+    )
+    wpo = dpo_config(tiny_base, synth_world, tmp_path / "wpo")
+    wpo.use_weighting = True
+    DPOTrainer(wpo).train()
+    first = read_metrics(tmp_path / "wpo" / "metrics.jsonl")[0]
+    assert 0 < first["wpo/weight"] <= 1
+    assert first["loss"] == pytest.approx(math.log(2) * first["wpo/weight"], rel=1e-4)

@@ -34,7 +34,7 @@ def _t(*values: float) -> torch.Tensor:
 
 def _required_kwargs(name: str, chosen: torch.Tensor) -> dict:
     """Keyword arguments without a default, filled with neutral values."""
-    if name == "aot_pair":
+    if name == "aot":
         return {"ref_chosen_logps": torch.zeros_like(chosen), "ref_rejected_logps": torch.zeros_like(chosen)}
     if name == "bco_pair":
         return {"delta": 0.0}
@@ -54,7 +54,7 @@ ALL = sorted(VARIANT_LOSS_FUNCTIONS)
 
 def test_registry_lists_each_function_with_its_keyword_only_parameters():
     assert set(VARIANT_LOSS_FUNCTIONS) == {
-        "sppo_hard", "aot", "aot_pair", "apo_zero", "apo_down", "bco_pair", "exo_pair", "nca_pair", "discopop",
+        "sppo_hard", "aot_unpaired", "aot", "apo_zero", "apo_down", "bco_pair", "exo_pair", "nca_pair", "discopop",
     }  # fmt: skip
     for name, (fn, params) in VARIANT_LOSS_FUNCTIONS.items():
         signature = inspect.signature(fn).parameters.values()
@@ -62,7 +62,8 @@ def test_registry_lists_each_function_with_its_keyword_only_parameters():
         positional = tuple(p.name for p in signature if p.kind is not inspect.Parameter.KEYWORD_ONLY)
         assert params == keyword_only, name
         assert positional == ("chosen_logratio", "rejected_logratio", "beta"), name
-        assert fn.__name__ == f"{name}_loss"
+        trl_names = {"aot": "aot_pair_loss", "aot_unpaired": "aot_loss"}  # registered under TRL's names
+        assert fn.__name__ == trl_names.get(name, f"{name}_loss")
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -85,7 +86,7 @@ def test_gradients_match_finite_differences_in_float64(name):
     chosen = torch.randn(5, dtype=torch.float64, requires_grad=True)
     rejected = torch.randn(5, dtype=torch.float64, requires_grad=True)
     kwargs = _required_kwargs(name, chosen)
-    if name == "aot_pair":  # a reference that reorders the pairs, so that the sort matters
+    if name == "aot":  # a reference that reorders the pairs, so that the sort matters
         kwargs = {
             "ref_chosen_logps": torch.randn(5, dtype=torch.float64),
             "ref_rejected_logps": torch.zeros(5),
