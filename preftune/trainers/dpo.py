@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from peft import PeftModel
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
@@ -43,6 +44,13 @@ from preftune.models.loading import (
     token_id,
 )
 from preftune.models.logps import ResponseLogps, sequence_sums
+from preftune.models.ref_cache import (
+    cache_path,
+    checkpoint_fingerprint,
+    data_fingerprint,
+    read_cached,
+    write_cached,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +88,16 @@ class DPOConfig:
     None counts every token fully (plain DPO)."""
     use_weighting: bool = False
     """WPO (arXiv 2406.11827): weight each pair by the policy's probability of its two responses."""
+    precompute_ref_log_probs: bool = False
+    """Score every pair with the reference once before training and free the reference. The log-probs are
+    cached on disk ($PREFTUNE_CACHE/ref_logps, keyed by the reference's and the tokenized data's hashes),
+    so a later run on the same data and reference reads them instead."""
+    sync_ref_model: bool = False
+    """TR-DPO (arXiv 2404.09656): every --ref_model_sync_steps, move the reference towards the policy."""
+    ref_model_mixup_alpha: float = 0.6
+    """TR-DPO soft update: reference <- alpha * policy + (1 - alpha) * reference."""
+    ref_model_sync_steps: int = 512
+    """Optimizer steps between TR-DPO reference updates."""
     prefix_sharing: bool = True
     """Run each pair as one [prompt][chosen][rejected] block (prompt once, rows packed, no padding)."""
 
@@ -130,10 +148,34 @@ class DPOConfig:
         if "exo_pair" in self.loss_type and not 0 < self.label_smoothing < 1:
             raise ValueError(f"exo_pair needs --label_smoothing in (0, 1) (its paper uses 1e-3); got "
                              f"{self.label_smoothing}.")  # fmt: skip
+        if self.precompute_ref_log_probs and self.reference_free:
+            raise ValueError(
+                f"--precompute_ref_log_probs: {self.loss_type} is reference-free; drop the flag."
+            )
+        if self.sync_ref_model:
+            self._check_tr_dpo()
         sorted_losses = [name for name in self.loss_type if name in SORTED_LOSSES]
         if sorted_losses and self.use_weighting:
             raise ValueError(f"{sorted_losses} are computed per sorted position, not per pair, so WPO's per-pair "
                              "weights (--use_weighting) cannot apply; drop one of them.")  # fmt: skip
+
+    def _check_tr_dpo(self) -> None:
+        if (
+            self.reference_free
+            or self.precompute_ref_log_probs
+            or (self.model.use_peft and not self.ref_model)
+        ):
+            raise ValueError(
+                "--sync_ref_model updates a separate reference model during training, so it cannot be used with "
+                "reference-free losses, precomputed reference log-probs, or the adapter-disabled LoRA reference "
+                "(pass --ref_model PATH to have a separate copy)."
+            )
+        if not 0 < self.ref_model_mixup_alpha <= 1 or self.ref_model_sync_steps < 1:
+            raise ValueError(f"ref_model_mixup_alpha must be in (0, 1] and ref_model_sync_steps >= 1, got "
+                             f"{self.ref_model_mixup_alpha} and {self.ref_model_sync_steps}.")  # fmt: skip
+        if self.train.resume:
+            raise ValueError("--resume with --sync_ref_model: the moving reference is not saved in checkpoints "
+                             "yet, so a resumed run would not match; restart the run instead.")  # fmt: skip
 
     @property
     def reference_free(self) -> bool:
@@ -183,6 +225,48 @@ class DPOTrainer:
             self.accelerator,
         )
         self.model = self.engine.model
+        self.ref_cache: dict[str, torch.Tensor] = {}
+        if config.precompute_ref_log_probs:
+            self.ref_cache = {"train": self._precompute(self.train_pairs, "train")}
+            if self.eval_pairs:
+                self.ref_cache["eval"] = self._precompute(self.eval_pairs, "eval")
+            self.reference = None  # not needed any more: free its memory
+
+    def _precompute(self, pairs: list[EncodedPair], name: str) -> torch.Tensor:
+        """(N, 2) reference log-probs (chosen, rejected) of `pairs`, from the disk cache or computed now."""
+        cfg = self.config
+        model_key = checkpoint_fingerprint(cfg.ref_model or cfg.model.model)
+        sequences = (
+            ids
+            for p in pairs
+            for ids in (p.chosen.input_ids, p.rejected.input_ids, [p.chosen.num_prompt_tokens])
+        )
+        data_key = data_fingerprint(sequences, f"dtype={cfg.model.dtype};ld_alpha={cfg.ld_alpha}")
+        path = cache_path(model_key, data_key)
+        cached = read_cached(path)
+        if cached is not None:
+            logger.info("%s: reference log-probs of %d pairs read from %s.", name, len(pairs), path)
+            return cached
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        size = cfg.train.per_device_train_batch_size
+        mine = list(range(rank, len(pairs), world))
+        scored: list[tuple[int, float, float]] = []
+        for start in tqdm(
+            range(0, len(mine), size),
+            desc=f"reference log-probs ({name})",
+            disable=not self.accelerator.is_main_process or cfg.train.disable_tqdm,
+        ):
+            indices = mine[start : start + size]
+            ref = self._ref_logps(self._collate([pairs[i] for i in indices]))
+            assert ref is not None, "precompute_ref_log_probs needs a reference (checked in DPOConfig)"
+            B = len(indices)
+            scored += zip(indices, ref[:B].tolist(), ref[B:].tolist(), strict=True)
+        everything = sorted(gather_object(scored) if world > 1 else scored)
+        result = torch.tensor([[c, r] for _, c, r in everything])  # (N, 2)
+        if self.accelerator.is_main_process:
+            write_cached(path, result, {"reference": cfg.ref_model or cfg.model.model, "data": name})
+            logger.info("%s: reference log-probs of %d pairs cached in %s.", name, len(pairs), path)
+        return result
 
     def _encode(self, source: str, split: str, name: str) -> list[EncodedPair]:
         cfg = self.config.data
@@ -284,11 +368,18 @@ class DPOTrainer:
             params["delta"] = (cfg.beta * (logps - ref_logps)).mean().item()
         return spec.fn(values[:B], values[B:], cfg.beta, **{p: params[p] for p in spec.params})
 
-    def _step_losses(self, pairs: Sequence[EncodedPair], model: torch.nn.Module):
+    def _step_losses(
+        self, pairs: Sequence[EncodedPair], model: torch.nn.Module, cached: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        """Batch, (B,) losses and (B,) metrics; `cached` (B, 2) are precomputed reference log-probs."""
         batch = self._collate(pairs)
         logps = self._logps(model, batch)
         lengths = torch.bincount(batch["response_seq"], minlength=logps.shape[0]).to(logps.dtype)  # (2B,)
-        losses, metrics = self.pair_losses(logps, self._ref_logps(batch), lengths)
+        if cached is not None:
+            ref_logps: torch.Tensor | None = torch.cat([cached[:, 0], cached[:, 1]]).to(logps.device)
+        else:
+            ref_logps = self._ref_logps(batch)
+        losses, metrics = self.pair_losses(logps, ref_logps, lengths)
         if self.config.use_weighting:  # WPO: detached weights, the policy's probability of the pair
             B = len(pairs)
             wpo = wpo_weights(logps[:B].detach() / lengths[:B], logps[B:].detach() / lengths[B:])
@@ -304,9 +395,10 @@ class DPOTrainer:
                 min=1e-12
             )
             sums: dict[str, float] = {}
-            for i, pairs in enumerate(micro_pairs):
+            for i, (idx, pairs) in enumerate(zip(micro_indices, micro_pairs, strict=True)):
+                cached = self.ref_cache["train"][idx] if self.ref_cache else None
                 with engine.sync_context(i, len(micro_pairs)):
-                    batch, losses, metrics = self._step_losses(pairs, self.model)
+                    batch, losses, metrics = self._step_losses(pairs, self.model, cached)
                     weights = torch.tensor([_weight(p) for p in pairs], device=losses.device)
                     loss = (losses * weights).sum() / total_weight.float()
                     engine.backward(loss)
@@ -320,6 +412,8 @@ class DPOTrainer:
             num_tokens, num_pairs = totals.pop("num_tokens"), totals.pop("num_pairs")
             step_metrics = {name: value / num_pairs for name, value in totals.items()}
             engine.optimizer_step(loss, num_tokens, step_metrics, self.evaluate if self.eval_pairs else None)
+            if self.config.sync_ref_model and engine.step % self.config.ref_model_sync_steps == 0:
+                self._sync_reference()
         return self._finish()
 
     @torch.no_grad()
@@ -329,16 +423,30 @@ class DPOTrainer:
         self.model.eval()
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = self.eval_pairs[rank::world]
+        cache = self.ref_cache["eval"][rank::world] if self.ref_cache else None
         size = self.config.train.per_device_train_batch_size
         sums = {"loss": 0.0, "rewards/accuracies": 0.0, "rewards/margins": 0.0}
         for start in range(0, len(mine), size):
-            _, losses, metrics = self._step_losses(mine[start : start + size], model)
+            cached = cache[start : start + size] if cache is not None else None
+            _, losses, metrics = self._step_losses(mine[start : start + size], model, cached)
             sums["loss"] += losses.sum().item()
             for name in ("rewards/accuracies", "rewards/margins"):
                 sums[name] += metrics[name].sum().item()
         self.model.train()
         totals = self.engine.global_sum(list(sums.values())) / len(self.eval_pairs)
         return {f"eval/{name}": value for name, value in zip(sums, totals.tolist(), strict=True)}
+
+    @torch.no_grad()
+    def _sync_reference(self) -> None:
+        """TR-DPO soft update (arXiv 2404.09656, eq. 5): ref <- alpha * policy + (1 - alpha) * ref."""
+        assert self.reference is not None, "TR-DPO needs a separate reference (checked in DPOConfig)"
+        alpha = self.config.ref_model_mixup_alpha
+        policy = self.accelerator.unwrap_model(self.model).causal_lm.state_dict()
+        for name, value in self.reference.causal_lm.state_dict().items():
+            value.mul_(1 - alpha).add_(policy[name].to(value.dtype), alpha=alpha)
+        logger.info(
+            "step %d: reference moved towards the policy (TR-DPO, alpha=%g).", self.engine.step, alpha
+        )
 
     def _finish(self) -> dict[str, Any]:
         final = Path(self.config.train.output_dir) / "final"

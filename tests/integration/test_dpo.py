@@ -149,3 +149,41 @@ def test_ld_dpo_with_alpha_1_is_dpo_and_wpo_weights_are_logged(synth_world, tiny
     first = read_metrics(tmp_path / "wpo" / "metrics.jsonl")[0]
     assert 0 < first["wpo/weight"] <= 1
     assert first["loss"] == pytest.approx(math.log(2) * first["wpo/weight"], rel=1e-4)
+
+
+def test_precomputed_reference_log_probs_are_cached_and_give_the_same_run(
+    synth_world, tiny_base, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    live = dpo_config(tiny_base, synth_world, tmp_path / "live", eval_data=True)
+    DPOTrainer(live).train()
+    runs = []
+    for name in ("first", "second"):
+        config = dpo_config(tiny_base, synth_world, tmp_path / name, eval_data=True)
+        config.precompute_ref_log_probs = True
+        caplog.clear()
+        with caplog.at_level("INFO", logger="preftune"):
+            trainer = DPOTrainer(config)
+        assert trainer.reference is None  # freed after precomputing
+        assert ("read from" in caplog.text) == (name == "second")  # the second run reuses the file
+        trainer.train()
+        runs.append(read_metrics(tmp_path / name / "metrics.jsonl"))
+    files = list((tmp_path / "cache" / "ref_logps").glob("*.safetensors"))
+    assert len(files) == 2  # one per (reference, data): the train and the eval pairs
+    expected = read_metrics(tmp_path / "live" / "metrics.jsonl")
+    for run in runs:
+        for key in ("loss", "ref_logps/chosen", "eval/loss"):
+            assert [r.get(key) for r in run] == pytest.approx([r.get(key) for r in expected], rel=1e-5)
+
+
+def test_tr_dpo_with_full_mixup_keeps_the_reference_at_the_policy(synth_world, tiny_base, tmp_path):
+    config = dpo_config(tiny_base, synth_world, tmp_path, max_steps=4)
+    config.sync_ref_model, config.ref_model_mixup_alpha, config.ref_model_sync_steps = True, 1.0, 1
+    DPOTrainer(config).train()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    # alpha = 1 copies the policy into the reference after every step, so every step starts at log 2
+    assert [r["loss"] for r in records] == pytest.approx([math.log(2)] * 4, abs=1e-5)
+    bad = dpo_config(tiny_base, synth_world, tmp_path)
+    bad.precompute_ref_log_probs, bad.sync_ref_model = True, True
+    with pytest.raises(ValueError, match="sync_ref_model updates a separate reference"):
+        bad.__post_init__()  # the checks dataclass construction runs
