@@ -44,6 +44,12 @@ def _dpo() -> tuple[type, Callable[[Any], Any]]:
     return DPOConfig, lambda cfg: DPOTrainer(cfg).train()
 
 
+def _kto() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.trainers.kto import KTOConfig, KTOTrainer
+
+    return KTOConfig, lambda cfg: KTOTrainer(cfg).train()
+
+
 def _eval() -> tuple[type, Callable[[Any], Any]]:
     from preftune.eval.reward_model import RewardEvalConfig, run_reward_eval
 
@@ -93,7 +99,9 @@ COMMANDS: dict[str, Command] = {
     "dpo": Command(
         "DPO and its family (IPO, cDPO, rDPO, SimPO, ORPO, RPO, ...), prefix-shared packed pairs.", _dpo
     ),
-    "kto": Command("KTO on unpaired feedback.", planned="issue #4 (DPO family)"),
+    "kto": Command(
+        "KTO on unpaired feedback (desirable / undesirable labels; pairs are split in two).", _kto
+    ),
     "ppo": Command("RLHF with PPO.", planned="issue #5 (PPO, RLOO, GRPO)"),
     "rloo": Command("Critic-free RL with RLOO.", planned="issue #5 (PPO, RLOO, GRPO)"),
     "grpo": Command("Critic-free RL with GRPO.", planned="issue #5 (PPO, RLOO, GRPO)"),

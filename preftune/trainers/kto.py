@@ -1,0 +1,473 @@
+"""KTO: preference tuning from unpaired desirable / undesirable responses.
+
+Paper: Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization"
+(arXiv 2402.01306). With the implied reward r(x, y) = log pi(y|x) - log pi_ref(y|x) (the
+`logratio`, summed over response tokens) and the reference point z_ref = KL(pi || pi_ref),
+eq. 8 minimises
+
+    L_KTO = E_{x,y ~ D} [lambda_y - v(x, y)],
+    v(x, y) = lambda_D * sigmoid(beta * (r - z_ref))   if y is desirable,
+              lambda_U * sigmoid(beta * (z_ref - r))   if y is undesirable,
+
+with z_ref estimated from the batch (section 4.1): each prompt x_i is scored with the response
+of another example, z_ref = max(0, mean_i log pi(y_j|x_i) / pi_ref(y_j|x_i)), and no gradient
+flows through it. The math is in preftune/losses/unpaired.py (`kto_loss`,
+`kto_reference_point`, `kto_recommended_weights`).
+
+What is implemented here:
+- data: unpaired rows (`prompt`, `completion`, `label`), or preference pairs, each split into
+  two examples, chosen desirable and rejected undesirable (how the paper compares KTO with DPO
+  on the same data);
+- lambda_D, lambda_U: --desirable_weight / --undesirable_weight, or by default
+  `kto_recommended_weights` of the training set's class counts (logged);
+- the reference: a frozen copy of --ref_model (default: the --model checkpoint) or, with
+  --use_peft, the policy with its LoRA adapter disabled;
+- each optimizer step first scores the mismatched pairs of the whole step under no_grad
+  (policy and reference), all-reduces their log-ratio sum and count into z_ref, then runs
+  each micro-batch: `kto_loss` per example, summed and divided by the global number of
+  examples, backward.
+
+Departures:
+- z_ref comes from the whole global batch (all micro-batches of all processes, a global sum
+  over a global count), not from each micro-batch as in TRL, so it does not depend on how the
+  step is split into micro-batches or processes.
+- The mismatched pairs are formed within each process's share of the step: example i's prompt
+  with the response of the next example (cyclically) whose prompt differs, which is TRL's
+  shift by one except that it skips the other half of the same pair (or another rating of the
+  same prompt), whose response would not be unrelated to x_i. A mismatched sequence longer
+  than --max_length loses prompt tokens from the left (after a BOS), like the data layer.
+- Padded batches only (no packing or prefix sharing yet).
+- KTO's loss needs no pairs and is defined for one class alone, so a training set with only
+  desirable (or only undesirable) examples runs with a warning; the paper's experiments keep
+  both classes (down to 10% desirable).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from preftune.config import config_to_flat_dict
+from preftune.data import (
+    DataConfig,
+    EncodedExample,
+    EncodedUnpaired,
+    Parsed,
+    RowTable,
+    UnpairedExample,
+    detect_format,
+    encode_dataset,
+    load_rows,
+    parse_pairs,
+    parse_unpaired,
+)
+from preftune.data.formats import PAIR_FORMATS, UNPAIRED_FORMATS
+from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.losses.unpaired import kto_loss, kto_recommended_weights, kto_reference_point
+from preftune.models.loading import (
+    ModelConfig,
+    check_model_path,
+    load_policy,
+    load_reference,
+    load_tokenizer,
+    save_final,
+    token_id,
+)
+from preftune.models.logps import ResponseLogps, sequence_sums
+
+logger = logging.getLogger(__name__)
+
+CLASSES = ("desirable", "undesirable")
+_CLASS_SUMS = [f"{metric}/{name}" for name in CLASSES for metric in ("count", "rewards", "logps")]
+
+
+@dataclass
+class KTOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
+    ref_model: str | None = None
+    """Reference policy checkpoint (frozen). Default: --model itself, or with --use_peft the policy with
+    its adapter disabled (no second copy of the weights)."""
+    beta: float = 0.1
+    """KL strength: larger keeps the policy closer to the reference (0.01 to 0.5 is typical)."""
+    desirable_weight: float | None = None
+    """lambda_D, the weight of desirable examples. None (with undesirable_weight None): from the training
+    set's class counts, so that lambda_D n_D / (lambda_U n_U) is in [1, 4/3] (paper sec. 4.2; logged)."""
+    undesirable_weight: float | None = None
+    """lambda_U, the weight of undesirable examples; set both weights or neither."""
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset)):
+            if not value:
+                raise ValueError(f"{flag} is required: pass {flag} PATH.")
+        if not self.train.output_dir:
+            raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
+        weights = (self.desirable_weight, self.undesirable_weight)
+        if (weights[0] is None) != (weights[1] is None):
+            raise ValueError(
+                f"Set both desirable_weight and undesirable_weight, or neither (then they follow the data's "
+                f"class counts); got desirable_weight={weights[0]}, undesirable_weight={weights[1]}."
+            )
+        if weights[0] is not None and weights[1] is not None:
+            if not (weights[0] >= 0 and weights[1] >= 0):
+                raise ValueError(
+                    f"desirable_weight and undesirable_weight must be >= 0, got {weights[0]} and {weights[1]}."
+                )
+            if weights[0] == weights[1] == 0:
+                raise ValueError(
+                    "desirable_weight and undesirable_weight are both 0: nothing would be trained."
+                )
+        if self.train.per_device_train_batch_size * self.train.gradient_accumulation_steps < 2:
+            raise ValueError(
+                "KTO's reference point pairs each prompt with another example's response, so each process needs "
+                "at least 2 examples per step: raise --per_device_train_batch_size or "
+                "--gradient_accumulation_steps."
+            )
+
+
+class KTOTrainer:
+    """`KTOTrainer(config).train()` runs the whole job."""
+
+    def __init__(self, config: KTOConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        self.config = config
+        set_seed(config.train.seed)
+        check_model_path(config.model.model)
+        if config.ref_model:
+            check_model_path(config.ref_model, "--ref_model")
+        self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
+        # Data is read, validated and tokenized before any model loads, so bad rows fail fast.
+        self.train_examples = self._encode(config.data.dataset, config.data.dataset_split, "train")
+        self.eval_examples = (
+            self._encode(config.data.eval_dataset, config.data.eval_split, "eval")
+            if config.data.eval_dataset
+            else []
+        )
+        self.num_desirable = sum(example.label for example in self.train_examples)
+        self.num_undesirable = len(self.train_examples) - self.num_desirable
+        self.desirable_weight, self.undesirable_weight = self._class_weights()
+        self.accelerator = build_accelerator(config.train)
+        policy = load_policy(config.model)
+        self.reference = self._load_reference()
+        self.engine = Engine(
+            config.train,
+            ResponseLogps(policy),
+            len(self.train_examples),
+            config_to_flat_dict(config),
+            self.accelerator,
+        )
+        self.model = self.engine.model
+
+    def _encode(self, source: str, split: str, name: str) -> list[EncodedUnpaired]:
+        cfg = self.config.data
+        parsed = self._parse(load_rows(source, split))
+        examples, report = encode_dataset(
+            self.tokenizer, parsed, cfg.max_length, cfg.truncation, skip_invalid=cfg.skip_invalid
+        )
+        log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
+        log("%s examples: %s", name, report.summary())
+        num_desirable = sum(example.label for example in examples)
+        logger.info("%s: %d desirable, %d undesirable.", name, num_desirable, len(examples) - num_desirable)
+        return examples
+
+    def _parse(self, table: RowTable) -> Parsed[UnpairedExample]:
+        """Unpaired rows as they are; preference pairs as two examples (chosen desirable, rejected not)."""
+        formats = (detect_format(row) for row in table.rows)
+        kind = next((f for f in formats if f in UNPAIRED_FORMATS or f in PAIR_FORMATS), None)
+        if kind not in PAIR_FORMATS:  # also no known format: parse_unpaired names the missing columns
+            return parse_unpaired(table, skip_invalid=self.config.data.skip_invalid)
+        pairs = parse_pairs(table, skip_invalid=self.config.data.skip_invalid)
+        examples = [
+            UnpairedExample(pair.prompt, response, label, pair.row)
+            for pair in pairs.examples
+            for response, label in ((pair.chosen, True), (pair.rejected, False))
+        ]
+        logger.info(
+            "%s holds preference pairs: %d pairs -> %d KTO examples (chosen desirable, rejected undesirable).",
+            table.source,
+            len(pairs.examples),
+            len(examples),
+        )
+        if any(pair.weight is not None or pair.margin is not None for pair in pairs.examples):
+            logger.warning("%s: KTO ignores the pairs' 'weight' and 'margin' columns.", table.source)
+        return Parsed(examples, pairs.skipped, pairs.source, pairs.num_rows)
+
+    def _class_weights(self) -> tuple[float, float]:
+        """(lambda_D, lambda_U): the configured ones, or the paper's recommendation from the class counts."""
+        cfg = self.config
+        n_d, n_u = self.num_desirable, self.num_undesirable
+        if n_d == 0 or n_u == 0:
+            logger.warning(
+                "The training set has only %s examples (%d): KTO trains on one class, with z_ref as its only "
+                "anchor. The paper always keeps both classes; add %s examples if you have them.",
+                CLASSES[n_d == 0],
+                max(n_d, n_u),
+                CLASSES[n_d != 0],
+            )
+        if cfg.desirable_weight is None or cfg.undesirable_weight is None:
+            weights = kto_recommended_weights(n_d, n_u) if n_d and n_u else (1.0, 1.0)
+            logger.info(
+                "desirable_weight=%.4g, undesirable_weight=%.4g from %d desirable / %d undesirable examples "
+                "(lambda_D n_D / (lambda_U n_U) in [1, 4/3], arXiv 2402.01306 sec. 4.2).",
+                *weights,
+                n_d,
+                n_u,
+            )
+            return weights
+        undesirable_mass = cfg.undesirable_weight * n_u
+        ratio = cfg.desirable_weight * n_d / undesirable_mass if undesirable_mass else math.inf
+        if n_d and n_u and not 1.0 <= ratio <= 4.0 / 3.0:
+            logger.warning(
+                "desirable_weight * n_D / (undesirable_weight * n_U) = %.3g, outside the paper's recommended "
+                "[1, 4/3] (sec. 4.2); the recommendation for this data is %.4g, %.4g (leave both weights unset).",
+                ratio,
+                *kto_recommended_weights(n_d, n_u),
+            )
+        return cfg.desirable_weight, cfg.undesirable_weight
+
+    def _load_reference(self) -> ResponseLogps | None:
+        """A frozen reference model, or None when it is the adapter-disabled policy."""
+        cfg = self.config
+        if cfg.model.use_peft and not cfg.ref_model:
+            logger.info("Reference: the policy with its LoRA adapter disabled.")
+            return None
+        path = cfg.ref_model or cfg.model.model
+        logger.info("Reference: a frozen copy of %s.", path)
+        device = str(self.accelerator.device)
+        return ResponseLogps(
+            load_reference(path, cfg.model.dtype, device, cfg.model.trust_remote_code)
+        ).eval()
+
+    def _collate(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
+        batch = collate_responses(examples, token_id(self.tokenizer, "pad"))
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) summed response log-probs of the batch's sequences."""
+        token_logps = model(
+            batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+            batch["response_logit_index"], batch["response_target"],
+        )  # fmt: skip
+        return sequence_sums(token_logps, batch["response_seq"], batch["input_ids"].shape[0])
+
+    @torch.no_grad()
+    def _ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.reference is not None:
+            return self._logps(self.reference, batch)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        peft_model = unwrapped.model
+        assert isinstance(peft_model, PeftModel), "without a reference model the policy is a LoRA adapter"
+        with peft_model.disable_adapter():
+            return self._logps(unwrapped, batch)
+
+    @torch.no_grad()
+    def mismatched_logratio_sum(self, examples: Sequence[EncodedUnpaired]) -> torch.Tensor:
+        """() float64: sum over the examples' mismatched pairs (see `mismatched_examples`) of
+        log pi(y_j|x_i) - log pi_ref(y_j|x_i), on this process, without gradient."""
+        policy = self.accelerator.unwrap_model(self.model)
+        bos = self.tokenizer.bos_token_id
+        mismatched = mismatched_examples(
+            [example.example for example in examples],
+            self.config.data.max_length,
+            bos if isinstance(bos, int) else None,
+        )
+        size = self.config.train.per_device_train_batch_size
+        total = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
+        for start in range(0, len(mismatched), size):
+            batch = self._collate(mismatched[start : start + size])
+            total += (self._logps(policy, batch) - self._ref_logps(batch)).sum()
+        return total
+
+    def reference_point(self, examples: Sequence[EncodedUnpaired]) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_ref () over this process's `examples` and those of every other process (which must call this
+        too), and the global number of examples ()."""
+        local = [self.mismatched_logratio_sum(examples).item(), float(len(examples))]
+        logratio_sum, num_examples = self.engine.global_sum(local).unbind()
+        return kto_reference_point(logratio_sum, num_examples), num_examples
+
+    def _losses(
+        self, examples: Sequence[EncodedUnpaired], model: torch.nn.Module, reference_point: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch, (B,) KTO losses and (B,) metrics (with the policy's `logps`)."""
+        batch = self._collate([example.example for example in examples])
+        logps = self._logps(model, batch)
+        desirable = torch.tensor([example.label for example in examples], device=logps.device)
+        losses, metrics = kto_loss(
+            logps - self._ref_logps(batch),
+            desirable,
+            reference_point,
+            self.config.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=self.undesirable_weight,
+        )
+        return batch, losses, {**metrics, "logps": logps.detach()}
+
+    def train(self) -> dict[str, Any]:
+        engine = self.engine
+        self.model.train()
+        for micro_indices in engine.steps():
+            micro = [[self.train_examples[i] for i in idx] for idx in micro_indices]
+            # One detached z_ref for the whole global batch, before any backward pass (sec. 4.1).
+            z_ref, num_examples = self.reference_point(
+                [example for examples in micro for example in examples]
+            )
+            sums = dict.fromkeys(["loss", "num_tokens", *_CLASS_SUMS], 0.0)
+            for i, examples in enumerate(micro):
+                with engine.sync_context(i, len(micro)):
+                    batch, losses, metrics = self._losses(examples, self.model, z_ref)
+                    loss = losses.sum() / num_examples.float()
+                    engine.backward(loss)
+                local = {
+                    "loss": loss.item(),
+                    "num_tokens": batch["num_tokens"].item(),
+                    **_class_sums(metrics),
+                }
+                sums = {name: value + local[name] for name, value in sums.items()}
+            totals = dict(zip(sums, engine.global_sum(list(sums.values())).tolist(), strict=True))
+            loss, num_tokens = totals.pop("loss"), totals.pop("num_tokens")
+            step_metrics = {"kl/reference_point": z_ref.item(), **_class_means(totals)}
+            engine.optimizer_step(
+                loss, num_tokens, step_metrics, self.evaluate if self.eval_examples else None
+            )
+        return self._finish()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out KTO loss (z_ref from the held-out set's own mismatched pairs), rewards per class and
+        their gap `rewards/margins` (each process scores a share)."""
+        model = self.accelerator.unwrap_model(self.model)
+        self.model.eval()
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = self.eval_examples[rank::world]
+        z_ref, num_examples = self.reference_point(mine)
+        size = self.config.train.per_device_train_batch_size
+        sums = dict.fromkeys(["loss", *_CLASS_SUMS], 0.0)
+        for start in range(0, len(mine), size):
+            _, losses, metrics = self._losses(mine[start : start + size], model, z_ref)
+            local = {"loss": losses.sum().item(), **_class_sums(metrics)}
+            sums = {name: value + local[name] for name, value in sums.items()}
+        self.model.train()
+        totals = dict(zip(sums, self.engine.global_sum(list(sums.values())).tolist(), strict=True))
+        metrics = {"loss": totals.pop("loss") / num_examples.item(), "kl/reference_point": z_ref.item()}
+        return {f"eval/{name}": value for name, value in {**metrics, **_class_means(totals)}.items()}
+
+    def _finish(self) -> dict[str, Any]:
+        final = Path(self.config.train.output_dir) / "final"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_final(self.accelerator.unwrap_model(self.model).model, self.tokenizer, final)
+        summary = self.engine.finish(
+            {
+                "train_examples": len(self.train_examples),
+                "num_desirable": self.num_desirable,
+                "num_undesirable": self.num_undesirable,
+                "desirable_weight": self.desirable_weight,
+                "undesirable_weight": self.undesirable_weight,
+            }
+        )
+        logger.info("KTO done in %.0f s: final model in %s", summary["wall_seconds"], final)
+        return summary
+
+
+def collate_responses(examples: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """B right-padded prompt + response sequences, scored at their response tokens.
+
+    Returns input_ids (B, T), attention_mask (B, T) long, position_ids (B, T), num_tokens ()
+    (non-pad tokens), and per response token (M,): `response_logit_index` (flat index into the
+    B*T positions of the logits that predict it), `response_target` (its id) and `response_seq`
+    (its row b), as in preftune/data/pairs.py.
+    """
+    if not examples:
+        raise ValueError("Cannot build a batch from no examples.")
+    T = max(len(example) for example in examples)
+    input_ids = torch.full((len(examples), T), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), T), dtype=torch.long)
+    logit_index, targets, seq_of = [], [], []
+    for b, example in enumerate(examples):
+        n, start = len(example), example.num_prompt_tokens
+        if not 1 <= start < n:
+            raise ValueError(
+                f"Row {example.row}: needs at least one prompt and one response token, got {start} prompt "
+                f"tokens of {n} (encode with encode_prompt_response)."
+            )
+        input_ids[b, :n] = torch.tensor(example.input_ids)
+        attention_mask[b, :n] = 1
+        logit_index.extend(range(b * T + start - 1, b * T + n - 1))  # position t predicts token t + 1
+        targets.extend(example.input_ids[start:])
+        seq_of.extend([b] * (n - start))
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": (torch.arange(T).expand(len(examples), T) * attention_mask).contiguous(),
+        "response_logit_index": torch.tensor(logit_index, dtype=torch.long),
+        "response_target": torch.tensor(targets, dtype=torch.long),
+        "response_seq": torch.tensor(seq_of, dtype=torch.long),
+        "num_tokens": attention_mask.sum(),
+    }
+
+
+def mismatched_examples(
+    examples: Sequence[EncodedExample], max_length: int, bos_token_id: int | None
+) -> list[EncodedExample]:
+    """KTO's mismatched pairs (arXiv 2402.01306, sec. 4.1): example i's prompt + the response of the
+    next example j > i (cyclically) whose prompt tokens differ from i's (i + 1 if every prompt is the
+    same). A sequence longer than max_length loses prompt tokens from the left, after a leading BOS."""
+    mismatched = []
+    for i, example in enumerate(examples):
+        prompt = example.input_ids[: example.num_prompt_tokens]
+        others = (examples[(i + k) % len(examples)] for k in range(1, len(examples)))
+        other = next(
+            (o for o in others if o.input_ids[: o.num_prompt_tokens] != prompt),
+            examples[(i + 1) % len(examples)],
+        )
+        response = other.input_ids[other.num_prompt_tokens :]
+        drop = max(0, len(prompt) + len(response) - max_length)
+        assert drop < len(prompt), "an encoded response leaves room for at least one prompt token"
+        if drop:
+            keep_bos = bos_token_id is not None and prompt[0] == bos_token_id
+            prompt = [prompt[0], *prompt[1 + drop :]] if keep_bos else prompt[drop:]
+        mismatched.append(
+            EncodedExample(
+                input_ids=prompt + response,
+                loss_mask=[False] * len(prompt) + [True] * len(response),
+                num_prompt_tokens=len(prompt),
+                num_truncated=example.num_truncated + drop,
+                row=example.row,
+            )
+        )
+    return mismatched
+
+
+def _class_sums(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Local count, reward sum and logps sum of each class, named as in `_CLASS_SUMS`."""
+    desirable = metrics["mask/desirable"]
+    values = []
+    for mask in (desirable, ~desirable):
+        values += [mask.sum().float(), metrics["reward/implicit"][mask].sum(), metrics["logps"][mask].sum()]
+    return dict(zip(_CLASS_SUMS, torch.stack(values).tolist(), strict=True))
+
+
+def _class_means(totals: dict[str, float]) -> dict[str, float]:
+    """count/<class>, the mean rewards/<class> and logps/<class> of each class present, and
+    rewards/margins (desirable minus undesirable) when both are."""
+    means: dict[str, float] = {}
+    for name in CLASSES:
+        count = totals[f"count/{name}"]
+        means[f"count/{name}"] = count
+        if count > 0:
+            means[f"rewards/{name}"] = totals[f"rewards/{name}"] / count
+            means[f"logps/{name}"] = totals[f"logps/{name}"] / count
+    if "rewards/desirable" in means and "rewards/undesirable" in means:
+        means["rewards/margins"] = means["rewards/desirable"] - means["rewards/undesirable"]
+    return means
