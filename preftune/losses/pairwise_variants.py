@@ -329,6 +329,24 @@ def ld_logps(token_logps: Tensor, mask: Tensor, public_length: Tensor, alpha: fl
     return shared_logps + alpha * tail_logps
 
 
+def ld_logps_flat(token_logps: Tensor, sequence_index: Tensor, num_sequences: int, alpha: float) -> Tensor:
+    """LD-DPO's (S,) sequence log-probs from flat (M,) token log-probs of S = 2B sequences (chosen, then
+    rejected, each sequence's tokens contiguous and in order): tokens past the pair's shorter response
+    count alpha times (`ld_logps`)."""
+    lengths = torch.bincount(sequence_index, minlength=num_sequences)  # (S,)
+    starts = torch.cumsum(lengths, dim=0) - lengths  # (S,) first flat index of each sequence
+    position = (
+        torch.arange(sequence_index.shape[0], device=sequence_index.device) - starts[sequence_index]
+    )  # (M,)
+    matrix = token_logps.new_zeros(num_sequences, int(lengths.max()))  # (S, L)
+    matrix = matrix.index_put((sequence_index, position), token_logps)
+    mask = torch.zeros(matrix.shape, dtype=torch.bool, device=matrix.device)
+    mask[sequence_index, position] = True
+    B = num_sequences // 2
+    public = torch.minimum(lengths[:B], lengths[B:]).repeat(2)  # (S,) the shorter response of each pair
+    return ld_logps(matrix, mask, public, alpha)
+
+
 def wpo_weights(chosen_mean_logps: Tensor, rejected_mean_logps: Tensor) -> Tensor:
     """WPO per-pair weights: how likely the pair is under the current policy, per token.
 

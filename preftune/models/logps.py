@@ -39,6 +39,19 @@ class ResponseLogps(torch.nn.Module):
         assert isinstance(base, PreTrainedModel)
         return base
 
+    def logits_at(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, logit_index: Tensor
+    ) -> Tensor:
+        """(M, V) float32 logits (divided by the temperature) at flat positions `logit_index` (M,)."""
+        lm = self.causal_lm
+        hidden = lm.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (R, T, H)
+        picked = hidden.reshape(-1, hidden.shape[-1])[logit_index]  # (M, H)
+        head = lm.get_output_embeddings()
+        assert isinstance(head, torch.nn.Module), "a causal LM has an output embedding (the LM head)"
+        return head(picked).float() / self.temperature  # (M, V)
+
     def forward(
         self,
         input_ids: Tensor,
@@ -49,15 +62,8 @@ class ResponseLogps(torch.nn.Module):
     ) -> Tensor:
         """input_ids, position_ids (R, T); attention_mask (R, T) or (R, 1, T, T); logit_index, targets
         (M,): flat positions into the R*T tokens whose logits predict `targets`. Returns (M,) float32."""
-        lm = self.causal_lm
-        hidden = lm.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state  # (R, T, H)
-        picked = hidden.reshape(-1, hidden.shape[-1])[logit_index]  # (M, H)
-        head = lm.get_output_embeddings()
-        assert isinstance(head, torch.nn.Module), "a causal LM has an output embedding (the LM head)"
-        logits = head(picked)  # (M, V)
-        return gather_token_logps(logits[None], targets[None], self.temperature)[0]  # (M,)
+        logits = self.logits_at(input_ids, attention_mask, position_ids, logit_index)  # (M, V)
+        return gather_token_logps(logits[None], targets[None])[0]  # (M,)
 
 
 def sequence_sums(token_values: Tensor, sequence_index: Tensor, num_sequences: int) -> Tensor:

@@ -30,8 +30,9 @@ from preftune.config import config_to_flat_dict
 from preftune.data import DataConfig, EncodedPair, encode_dataset, load_rows, parse_pairs
 from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded
 from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.losses.kl import token_kl
 from preftune.losses.pairwise import F_DIVERGENCES, chosen_nll, f_divergence_logratio
-from preftune.losses.pairwise_variants import ld_logps, wpo_weights
+from preftune.losses.pairwise_variants import ld_logps_flat, wpo_weights
 from preftune.losses.registry import LOSSES, SORTED_LOSSES
 from preftune.models.loading import (
     ModelConfig,
@@ -310,7 +311,7 @@ class DPOTrainer:
         S = 2 * batch["chosen_index"].shape[0]
         if self.config.ld_alpha is None:
             return sequence_sums(token_logps, batch["response_seq"], S)
-        return length_desensitized_logps(token_logps, batch["response_seq"], S, self.config.ld_alpha)
+        return ld_logps_flat(token_logps, batch["response_seq"], S, self.config.ld_alpha)
 
     @torch.no_grad()
     def _ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -426,15 +427,42 @@ class DPOTrainer:
         cache = self.ref_cache["eval"][rank::world] if self.ref_cache else None
         size = self.config.train.per_device_train_batch_size
         sums = {"loss": 0.0, "rewards/accuracies": 0.0, "rewards/margins": 0.0}
+        with_kl = not self.config.reference_free and cache is None  # KL needs the reference's distribution
+        if with_kl:
+            sums["kl"] = 0.0
         for start in range(0, len(mine), size):
             cached = cache[start : start + size] if cache is not None else None
-            _, losses, metrics = self._step_losses(mine[start : start + size], model, cached)
+            batch, losses, metrics = self._step_losses(mine[start : start + size], model, cached)
             sums["loss"] += losses.sum().item()
             for name in ("rewards/accuracies", "rewards/margins"):
                 sums[name] += metrics[name].sum().item()
+            if with_kl:  # summed over the chosen and rejected responses, so /2 per response
+                assert isinstance(model, ResponseLogps)
+                sums["kl"] += self._response_kl(model, batch).sum().item() / 2
         self.model.train()
         totals = self.engine.global_sum(list(sums.values())) / len(self.eval_pairs)
         return {f"eval/{name}": value for name, value in zip(sums, totals.tolist(), strict=True)}
+
+    def _response_kl(self, model: ResponseLogps, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(2B,) KL(policy || reference) summed over each response's positions (teacher-forced)."""
+        inputs = (
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["position_ids"],
+            batch["response_logit_index"],
+        )
+        logprobs = model.logits_at(*inputs).log_softmax(dim=-1)  # (M, V)
+        if self.reference is not None:
+            ref_logprobs = self.reference.logits_at(*inputs).log_softmax(dim=-1)
+        else:
+            assert isinstance(model.model, PeftModel), (
+                "without a reference model the policy is a LoRA adapter"
+            )
+            with model.model.disable_adapter():
+                ref_logprobs = model.logits_at(*inputs).log_softmax(dim=-1)
+        return sequence_sums(
+            token_kl(logprobs, ref_logprobs), batch["response_seq"], 2 * batch["chosen_index"].shape[0]
+        )
 
     @torch.no_grad()
     def _sync_reference(self) -> None:
@@ -458,25 +486,6 @@ class DPOTrainer:
         )
         logger.info("DPO done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary
-
-
-def length_desensitized_logps(token_logps: torch.Tensor, sequence_index: torch.Tensor, num_sequences: int,
-                              alpha: float) -> torch.Tensor:  # fmt: skip
-    """LD-DPO's (S,) sequence log-probs from flat (M,) token log-probs of S = 2B sequences (chosen, then
-    rejected, each sequence's tokens contiguous and in order): tokens past the pair's shorter response
-    count alpha times (`ld_logps`)."""
-    lengths = torch.bincount(sequence_index, minlength=num_sequences)  # (S,)
-    starts = torch.cumsum(lengths, dim=0) - lengths  # (S,) first flat index of each sequence
-    position = (
-        torch.arange(sequence_index.shape[0], device=sequence_index.device) - starts[sequence_index]
-    )  # (M,)
-    matrix = token_logps.new_zeros(num_sequences, int(lengths.max()))  # (S, L)
-    matrix = matrix.index_put((sequence_index, position), token_logps)
-    mask = torch.zeros(matrix.shape, dtype=torch.bool, device=matrix.device)
-    mask[sequence_index, position] = True
-    B = num_sequences // 2
-    public = torch.minimum(lengths[:B], lengths[B:]).repeat(2)  # (S,) the shorter response of each pair
-    return ld_logps(matrix, mask, public, alpha)
 
 
 def _weight(pair: EncodedPair) -> float:

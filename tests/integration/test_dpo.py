@@ -37,13 +37,16 @@ def dpo_config(model, synth_world, output_dir, eval_data=False, model_options=No
 def test_first_loss_is_log_2_when_policy_equals_reference(synth_world, tiny_base, tmp_path, use_peft):
     options = {"use_peft": True, "lora_r": 4} if use_peft else None
     config = dpo_config(tiny_base, synth_world, tmp_path, model_options=options, eval_data=True, max_steps=6)
-    DPOTrainer(config).train()
+    trainer = DPOTrainer(config)
+    assert trainer.evaluate()["eval/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference
+    trainer.train()
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert records[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
     assert records[0]["logps/chosen"] == pytest.approx(records[0]["ref_logps/chosen"], abs=1e-4)
     assert records[-1]["loss"] < math.log(2) - 0.03  # the policy moves towards the chosen responses
     assert "eval/rewards/accuracies" in records[-1]
+    assert records[-1]["eval/kl"] > 0  # the policy moved away from the reference
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert not any("lora" in k for k in final.state_dict())
 

@@ -413,3 +413,19 @@ def test_wpo_weights_closed_form_range_and_no_gradient():
     assert ((random_weights > 0) & (random_weights <= 1)).all()
     with pytest.raises(ValueError, match="same shape"):
         wpo_weights(torch.zeros(2), torch.zeros(3))
+
+
+def test_ld_logps_flat_matches_the_padded_form():
+    from preftune.losses.pairwise_variants import ld_logps_flat
+
+    # 2 pairs: chosen lengths 3, 1; rejected lengths 2, 4 (sequences 0, 1 chosen; 2, 3 rejected)
+    lengths = [3, 1, 2, 4]
+    sequence_index = torch.tensor([s for s, n in enumerate(lengths) for _ in range(n)])
+    token_logps = -torch.arange(1.0, 11.0)  # -1 ... -10
+    alpha = 0.25
+    result = ld_logps_flat(token_logps, sequence_index, 4, alpha)
+    # public lengths: pair 0 -> min(3, 2) = 2, pair 1 -> min(1, 4) = 1
+    expected = [-1 - 2 + alpha * -3, -4.0, -5 - 6, -7 + alpha * (-8 - 9 - 10)]
+    torch.testing.assert_close(result, torch.tensor(expected))
+    torch.testing.assert_close(ld_logps_flat(token_logps, sequence_index, 4, 1.0),
+                               torch.tensor([-6.0, -4.0, -11.0, -34.0]))  # fmt: skip
