@@ -319,8 +319,8 @@ def f_divergence_logratio(logratio: Tensor, divergence: FDivergence, alpha: floa
     """f'(u) at u = pi / pi_ref, the value f-DPO puts where DPO has log(pi / pi_ref).
 
     Wang et al. 2023, arXiv 2309.16240 (Table 1 lists f and f'). Apply it to both log-ratios, then call
-    a loss with `reference_free=False`; every such loss reads only chosen - rejected (up to the reward
-    metrics), so constants in f' cancel and are dropped. With u = exp(logratio):
+    a loss of the margin chosen - rejected alone (sigmoid, cdpo, robust, ipo, hinge, ...), so that
+    constants in f' cancel and are dropped; losses that read each log-ratio on its own do not qualify. With u = exp(logratio):
     - "reverse_kl": f'(u) = log u + 1 -> logratio (the +1 dropped; this is DPO);
     - "forward_kl": f'(u) = -1/u -> -exp(-logratio);
     - "js": f'(u) = log(2u / (1 + u)) -> log 2 + logsigmoid(logratio);

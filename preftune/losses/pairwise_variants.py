@@ -202,11 +202,10 @@ def bco_pair_loss(
     Implemented: softplus(-(beta * c - delta)) + softplus(beta * r - delta).
 
     delta is in reward units (beta * logratio). The paper sets it to a running mean of the rewards of
-    both classes; the TRAINER keeps that mean (e.g. of the detached "rewards/chosen" and
-    "rewards/rejected") and passes it here as a float, so no gradient flows through it.
+    both classes; the caller computes it (preftune's DPO trainer: the micro-batch's mean reward) and
+    passes it here as a float, so no gradient flows through it.
 
-    Departure: pairs only, without the paper's density-ratio weights for unpaired data. TRL's
-    "bco_pair" has no shift; delta=0.0 reproduces it.
+    Departure: pairs only, without the paper's density-ratio weights for unpaired data.
     """
     _check_pair(chosen_logratio, rejected_logratio, beta)
     if not math.isfinite(delta):

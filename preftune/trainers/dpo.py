@@ -9,7 +9,10 @@ What is implemented here: the reference is a frozen copy of --ref_model (default
 copy of the weights). Each pair runs as one [prompt][chosen][rejected] block with the
 prompt computed once; the LM head runs only at response positions.
 Departures: the loss is a weighted mean over the pairs of the global batch (the `weight`
-column, default 1), not a plain mean over the micro-batch.
+column, default 1), not a plain mean over the micro-batch. BCO's reward shift delta is the
+mean implicit reward of each micro-batch, not the paper's running mean. WPO's weights are
+the plain policy probabilities (no sampled-alignment normalisation). The KL to the reference
+is logged at evaluation: the exact token-level KL summed along each held-out response.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ from preftune.models.ref_cache import (
 )
 
 logger = logging.getLogger(__name__)
+
+MARGIN_LOSSES = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "sigmoid_norm", "exo_pair", "discopop")
+"""Losses of the margin beta * (logratio_chosen - logratio_rejected) alone, where an f-divergence applies."""
 
 SFT_TERM = "sft"
 """--loss_type entry for the NLL of the chosen response (RPO / ORPO's language-modelling term)."""
@@ -135,6 +141,22 @@ class DPOConfig:
         if self.f_divergence_type != "reverse_kl" and self.reference_free:
             raise ValueError(f"--f_divergence_type {self.f_divergence_type} needs a reference, but {self.loss_type} "
                              "is reference-free; use a reference-based loss such as sigmoid.")  # fmt: skip
+        other = [n for n in self.loss_type if n not in (*MARGIN_LOSSES, SFT_TERM)]
+        if self.f_divergence_type != "reverse_kl" and other:
+            raise ValueError(f"--f_divergence_type replaces the log-ratio inside losses of the margin "
+                             f"r_chosen - r_rejected only ({', '.join(MARGIN_LOSSES)}); {other} are not.")  # fmt: skip
+        if self.ld_alpha is not None and (
+            self.use_weighting
+            or SFT_TERM in self.loss_type
+            or any(LOSSES[n].length_normalized for n in self.loss_type if n in LOSSES)
+        ):
+            raise ValueError("--ld_alpha reweights tokens inside the summed log-probs, so per-token means "
+                             "(length-normalised losses, the sft term, WPO) would be divided by the wrong length; "
+                             "use --ld_alpha with sum-based losses alone.")  # fmt: skip
+        if "orpo" in self.loss_type and SFT_TERM not in self.loss_type:
+            raise ValueError("ORPO is its odds-ratio term plus the NLL of the chosen response: pass "
+                             "--loss_type sft orpo (beta is ORPO's lambda).")  # fmt: skip
+        self._check_loss_params()
         if not 0 < self.f_alpha_divergence_coef < 1:
             raise ValueError(
                 f"f_alpha_divergence_coef must be in (0, 1), got {self.f_alpha_divergence_coef}."
@@ -160,16 +182,30 @@ class DPOConfig:
             raise ValueError(f"{sorted_losses} are computed per sorted position, not per pair, so WPO's per-pair "
                              "weights (--use_weighting) cannot apply; drop one of them.")  # fmt: skip
 
+    def _check_loss_params(self) -> None:
+        """Each loss's own parameters in range, and none set for losses that ignore it."""
+        params = {p for n in self.loss_type if n in LOSSES for p in LOSSES[n].params}
+        if self.label_smoothing and "label_smoothing" not in params:
+            raise ValueError(
+                f"--label_smoothing {self.label_smoothing} is not used by {self.loss_type}; drop it."
+            )
+        if not 0 <= self.label_smoothing < (1 if "exo_pair" in self.loss_type else 0.5):
+            raise ValueError(
+                f"label_smoothing must be in [0, 0.5) (exo_pair: (0, 1)), got {self.label_smoothing}."
+            )
+        if "gamma" in params and self.gamma < 0:
+            raise ValueError(f"gamma (SimPO's target margin) must be >= 0, got {self.gamma}.")
+        if "tau" in params and self.discopop_tau <= 0:
+            raise ValueError(f"discopop_tau must be > 0, got {self.discopop_tau}.")
+        if any(w < 0 for w in self.weights) or not any(self.weights):
+            raise ValueError(f"loss_weights must be >= 0 and not all 0, got {self.weights}.")
+
     def _check_tr_dpo(self) -> None:
-        if (
-            self.reference_free
-            or self.precompute_ref_log_probs
-            or (self.model.use_peft and not self.ref_model)
-        ):
+        if self.reference_free or self.precompute_ref_log_probs or self.model.use_peft:
             raise ValueError(
                 "--sync_ref_model updates a separate reference model during training, so it cannot be used with "
-                "reference-free losses, precomputed reference log-probs, or the adapter-disabled LoRA reference "
-                "(pass --ref_model PATH to have a separate copy)."
+                "reference-free losses, precomputed reference log-probs, or a LoRA policy (whose weights differ "
+                "from the reference's in layout); train all weights for TR-DPO."
             )
         if not 0 < self.ref_model_mixup_alpha <= 1 or self.ref_model_sync_steps < 1:
             raise ValueError(f"ref_model_mixup_alpha must be in (0, 1] and ref_model_sync_steps >= 1, got "
@@ -242,10 +278,12 @@ class DPOTrainer:
             for p in pairs
             for ids in (p.chosen.input_ids, p.rejected.input_ids, [p.chosen.num_prompt_tokens])
         )
-        data_key = data_fingerprint(sequences, f"dtype={cfg.model.dtype};ld_alpha={cfg.ld_alpha}")
-        path = cache_path(model_key, data_key)
+        settings = (
+            f"dtype={cfg.model.dtype};bf16={cfg.train.bf16};fp16={cfg.train.fp16};ld_alpha={cfg.ld_alpha}"
+        )
+        path = cache_path(model_key, data_fingerprint(sequences, settings))
         cached = read_cached(path)
-        if cached is not None:
+        if cached is not None and cached.shape == (len(pairs), 2):
             logger.info("%s: reference log-probs of %d pairs read from %s.", name, len(pairs), path)
             return cached
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
@@ -318,7 +356,8 @@ class DPOTrainer:
         if self.config.reference_free:
             return None
         if self.reference is not None:
-            return self._logps(self.reference, batch)
+            with self.accelerator.autocast():  # the same precision as the policy's forward
+                return self._logps(self.reference, batch)
         unwrapped = self.accelerator.unwrap_model(self.model)
         peft_model = unwrapped.model
         assert isinstance(peft_model, PeftModel), "without a reference model the policy is a LoRA adapter"
@@ -365,8 +404,10 @@ class DPOTrainer:
         }
         if ref_logps is not None:
             params |= {"ref_chosen_logps": ref_logps[:B], "ref_rejected_logps": ref_logps[B:]}
-            # BCO's reward shift: the batch's mean implicit reward (the paper keeps a running mean)
-            params["delta"] = (cfg.beta * (logps - ref_logps)).mean().item()
+            if (
+                "delta" in spec.params
+            ):  # BCO's shift: this micro-batch's mean implicit reward (see Departures)
+                params["delta"] = (cfg.beta * (logps - ref_logps)).mean().item()
         return spec.fn(values[:B], values[B:], cfg.beta, **{p: params[p] for p in spec.params})
 
     def _step_losses(
@@ -469,9 +510,10 @@ class DPOTrainer:
         """TR-DPO soft update (arXiv 2404.09656, eq. 5): ref <- alpha * policy + (1 - alpha) * ref."""
         assert self.reference is not None, "TR-DPO needs a separate reference (checked in DPOConfig)"
         alpha = self.config.ref_model_mixup_alpha
-        policy = self.accelerator.unwrap_model(self.model).causal_lm.state_dict()
-        for name, value in self.reference.causal_lm.state_dict().items():
-            value.mul_(1 - alpha).add_(policy[name].to(value.dtype), alpha=alpha)
+        policy = dict(self.accelerator.unwrap_model(self.model).causal_lm.named_parameters())
+        # named_parameters lists a tied tensor (embeddings = LM head) once, so it is mixed once
+        for name, value in self.reference.causal_lm.named_parameters():
+            value.mul_(1 - alpha).add_(policy[name].detach().to(value.dtype), alpha=alpha)
         logger.info(
             "step %d: reference moved towards the policy (TR-DPO, alpha=%g).", self.engine.step, alpha
         )

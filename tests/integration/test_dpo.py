@@ -102,8 +102,9 @@ def test_every_loss_type_trains_and_starts_from_its_value_at_the_reference(
     synth_world, tiny_base, tmp_path, name
 ):
     smoothing = {"cdpo": 0.1, "exo_pair": 1e-3}.get(name, 0.0)  # the two that need label noise
+    loss_type = ["sft", name] if name == "orpo" else [name]  # ORPO is its odds-ratio term plus the NLL
     config = dpo_config(
-        tiny_base, synth_world, tmp_path, loss_type=[name], max_steps=2, label_smoothing=smoothing
+        tiny_base, synth_world, tmp_path, loss_type=loss_type, max_steps=2, label_smoothing=smoothing
     )
     DPOTrainer(config).train()
     records = read_metrics(tmp_path / "metrics.jsonl")
@@ -191,3 +192,31 @@ def test_tr_dpo_with_full_mixup_keeps_the_reference_at_the_policy(synth_world, t
     bad.precompute_ref_log_probs, bad.sync_ref_model = True, True
     with pytest.raises(ValueError, match="sync_ref_model updates a separate reference"):
         bad.__post_init__()  # the checks dataclass construction runs
+
+
+def test_tr_dpo_mixes_each_weight_once_even_when_tied(synth_world, tiny_base, tmp_path):
+    config = dpo_config(tiny_base, synth_world, tmp_path, max_steps=1)
+    config.sync_ref_model, config.ref_model_mixup_alpha, config.ref_model_sync_steps = True, 0.5, 1
+    trainer = DPOTrainer(config)
+    assert trainer.reference is not None
+    before = {n: p.detach().clone() for n, p in trainer.reference.causal_lm.named_parameters()}
+    trainer.train()
+    policy = dict(trainer.accelerator.unwrap_model(trainer.model).causal_lm.named_parameters())
+    for name, value in trainer.reference.causal_lm.named_parameters():
+        torch.testing.assert_close(value, 0.5 * before[name] + 0.5 * policy[name].detach())
+
+
+def test_options_that_do_not_fit_the_loss_fail_early(synth_world, tiny_base, tmp_path):
+    for overrides, message in [
+        ({"loss_type": ["nca_pair"], "f_divergence_type": "js"}, "margin"),
+        ({"loss_type": ["orpo"]}, "sft orpo"),
+        ({"loss_type": ["ipo"], "label_smoothing": 0.1}, "not used by"),
+        ({"loss_type": ["simpo"], "gamma": -1.0}, "gamma"),
+        ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, -1.0]}, "loss_weights"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            dpo_config(tiny_base, synth_world, tmp_path, **overrides)
+    ld = dpo_config(tiny_base, synth_world, tmp_path, loss_type=["simpo"])
+    ld.ld_alpha = 0.5
+    with pytest.raises(ValueError, match="ld_alpha"):
+        ld.__post_init__()
