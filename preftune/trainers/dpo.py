@@ -240,13 +240,17 @@ class DPOTrainer:
             if config.data.eval_dataset
             else []
         )
+        if sum(_weight(pair) for pair in self.train_pairs) == 0:
+            raise ValueError(
+                f"Every pair of {config.data.dataset} has weight 0: nothing to train on. Fix the 'weight' column."
+            )
         sorted_losses = [name for name in config.loss_type if name in SORTED_LOSSES]
         if sorted_losses and any(_weight(pair) != 1.0 for pair in self.train_pairs):
             raise ValueError(f"{config.data.dataset} has a 'weight' column, but {sorted_losses} are computed per "
                              "sorted position, not per pair, so the weights cannot apply; drop one of them.")  # fmt: skip
         self.accelerator = build_accelerator(config.train)
         policy = load_policy(config.model)
-        self.reference = self._load_reference(policy)
+        self.reference = self._load_reference()
         attention = attention_implementation(policy)
         self.prefix_sharing = config.prefix_sharing and not attention.startswith("flash")
         if config.prefix_sharing and not self.prefix_sharing:
@@ -317,7 +321,7 @@ class DPOTrainer:
         log("%s pairs: %s", name, report.summary())
         return pairs
 
-    def _load_reference(self, policy: torch.nn.Module) -> ResponseLogps | None:
+    def _load_reference(self) -> ResponseLogps | None:
         """A frozen reference model, or None when it is the adapter-disabled policy or not needed."""
         cfg = self.config
         if cfg.reference_free:
@@ -404,9 +408,8 @@ class DPOTrainer:
         }
         if ref_logps is not None:
             params |= {"ref_chosen_logps": ref_logps[:B], "ref_rejected_logps": ref_logps[B:]}
-            if (
-                "delta" in spec.params
-            ):  # BCO's shift: this micro-batch's mean implicit reward (see Departures)
+            # BCO's shift: this micro-batch's mean implicit reward (see Departures)
+            if "delta" in spec.params:
                 params["delta"] = (cfg.beta * (logps - ref_logps)).mean().item()
         return spec.fn(values[:B], values[B:], cfg.beta, **{p: params[p] for p in spec.params})
 
