@@ -65,7 +65,8 @@ def _check_label_smoothing(label_smoothing: float, loss: str, *, allow_zero: boo
         )
 
 
-def _pair_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
+def pair_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
+    """The family's per-pair metrics, detached, (B,) each: rewards, their margin and 1 / 0.5 / 0 accuracy."""
     chosen, rejected = chosen_rewards.detach(), rejected_rewards.detach()
     accuracies = (chosen > rejected).to(chosen.dtype) + 0.5 * (chosen == rejected).to(chosen.dtype)
     return {
@@ -96,7 +97,7 @@ def sigmoid_loss(
     _check_label_smoothing(label_smoothing, "sigmoid")
     logits = beta * (chosen_logratio - rejected_logratio)  # (B,)
     losses = (1 - label_smoothing) * F.softplus(-logits) + label_smoothing * F.softplus(logits)
-    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+    return losses, pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
 
 
 def cdpo_loss(
@@ -135,7 +136,7 @@ def robust_loss(
     losses = ((1 - label_smoothing) * F.softplus(-logits) - label_smoothing * F.softplus(logits)) / (
         1 - 2 * label_smoothing
     )
-    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+    return losses, pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
 
 
 def ipo_loss(
@@ -156,7 +157,7 @@ def ipo_loss(
     _check_pair(chosen_logratio, rejected_logratio, beta)
     gap = chosen_logratio - rejected_logratio  # (B,)
     losses = (gap - 1 / (2 * beta)) ** 2
-    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+    return losses, pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
 
 
 def hinge_loss(
@@ -178,7 +179,7 @@ def hinge_loss(
     """
     _check_pair(chosen_logratio, rejected_logratio, beta)
     losses = torch.relu(1 - beta * (chosen_logratio - rejected_logratio))
-    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+    return losses, pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
 
 
 def simpo_loss(
@@ -209,7 +210,7 @@ def simpo_loss(
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma}. It is the target reward margin.")
     logits = beta * (chosen_logratio - rejected_logratio)  # (B,)
     losses = (1 - label_smoothing) * F.softplus(gamma - logits) + label_smoothing * F.softplus(gamma + logits)
-    return losses, _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+    return losses, pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
 
 
 def sigmoid_norm_loss(
@@ -248,7 +249,7 @@ def orpo_loss(
     log_odds_rejected = rejected_logratio - torch.log(-torch.expm1(rejected_logratio))  # (B,)
     log_odds_ratio = log_odds_chosen - log_odds_rejected
     losses = -beta * F.logsigmoid(log_odds_ratio)
-    metrics = _pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+    metrics = pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
     metrics["orpo/log_odds_ratio"] = log_odds_ratio.detach()
     return losses, metrics
 

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from preftune.losses.pairwise import pair_metrics
+
 
 def _check_pair(chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float) -> None:
     if chosen_logratio.shape != rejected_logratio.shape:
@@ -54,16 +56,8 @@ def _check_label_smoothing(label_smoothing: float) -> None:
 
 
 def _reward_metrics(chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float) -> dict[str, Tensor]:
-    """Implicit rewards beta * logratio of each pair, detached, (B,) each."""
-    chosen_rewards = beta * chosen_logratio.detach()
-    rejected_rewards = beta * rejected_logratio.detach()
-    margins = chosen_rewards - rejected_rewards
-    return {
-        "rewards/chosen": chosen_rewards,
-        "rewards/rejected": rejected_rewards,
-        "rewards/margins": margins,
-        "rewards/accuracies": (margins > 0).to(margins.dtype) + 0.5 * (margins == 0).to(margins.dtype),
-    }
+    """Implicit rewards beta * logratio of each pair, detached, (B,) each (the family's metrics)."""
+    return pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
 
 
 def sppo_hard_loss(
