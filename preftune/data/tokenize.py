@@ -91,6 +91,11 @@ class EncodedPair:
     def num_truncated(self) -> int:
         return self.chosen.num_truncated  # the prompt is shared, and so is what was cut from it
 
+    @property
+    def loss_weight(self) -> float:
+        """The pair's `weight` column, 1 when the data has none."""
+        return 1.0 if self.weight is None else self.weight
+
 
 @dataclass(frozen=True)
 class EncodedUnpaired:

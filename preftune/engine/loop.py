@@ -170,6 +170,15 @@ class Engine:
         assert isinstance(summed, torch.Tensor), "accelerate reduces a tensor to a tensor"
         return summed.reshape(tensor.shape)
 
+    def global_sums(self, values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """Named scalars (tensors on the device, or numbers) summed over all processes, with one
+        collective and one device-to-host copy: the per-step metric reduction of every trainer."""
+        device = self.accelerator.device
+        stacked = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values.values()]
+        )
+        return dict(zip(values, self.global_sum(stacked).tolist(), strict=True))
+
     def sync_context(self, micro_index: int, num_micro: int) -> contextlib.AbstractContextManager:
         """No gradient all-reduce except on the last micro-batch of the step."""
         if micro_index == num_micro - 1:

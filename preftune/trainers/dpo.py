@@ -18,6 +18,7 @@ is logged at evaluation: the exact token-level KL summed along each held-out res
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,12 +241,12 @@ class DPOTrainer:
             if config.data.eval_dataset
             else []
         )
-        if sum(_weight(pair) for pair in self.train_pairs) == 0:
+        if sum(pair.loss_weight for pair in self.train_pairs) == 0:
             raise ValueError(
                 f"Every pair of {config.data.dataset} has weight 0: nothing to train on. Fix the 'weight' column."
             )
         sorted_losses = [name for name in config.loss_type if name in SORTED_LOSSES]
-        if sorted_losses and any(_weight(pair) != 1.0 for pair in self.train_pairs):
+        if sorted_losses and any(pair.loss_weight != 1.0 for pair in self.train_pairs):
             raise ValueError(f"{config.data.dataset} has a 'weight' column, but {sorted_losses} are computed per "
                              "sorted position, not per pair, so the weights cannot apply; drop one of them.")  # fmt: skip
         self.accelerator = build_accelerator(config.train)
@@ -436,23 +437,23 @@ class DPOTrainer:
         self.model.train()
         for micro_indices in engine.steps():
             micro_pairs = [[self.train_pairs[i] for i in idx] for idx in micro_indices]
-            total_weight = engine.global_sum(sum(_weight(p) for pairs in micro_pairs for p in pairs)).clamp(
-                min=1e-12
-            )
-            sums: dict[str, float] = {}
+            total_weight = engine.global_sum(
+                sum(p.loss_weight for pairs in micro_pairs for p in pairs)
+            ).clamp(min=1e-12)
+            sums: defaultdict[str, torch.Tensor | float] = defaultdict(float)  # device tensors: no sync
             for i, (idx, pairs) in enumerate(zip(micro_indices, micro_pairs, strict=True)):
                 cached = self.ref_cache["train"][idx] if self.ref_cache else None
                 with engine.sync_context(i, len(micro_pairs)):
                     batch, losses, metrics = self._step_losses(pairs, self.model, cached)
-                    weights = torch.tensor([_weight(p) for p in pairs], device=losses.device)
+                    weights = torch.tensor([p.loss_weight for p in pairs], device=losses.device)
                     loss = (losses * weights).sum() / total_weight.float()
                     engine.backward(loss)
-                _add(sums, "loss", loss.item())
-                _add(sums, "num_tokens", batch["num_tokens"].item())
-                _add(sums, "num_pairs", len(pairs))
+                sums["loss"] += loss.detach()
+                sums["num_tokens"] += batch["num_tokens"]
+                sums["num_pairs"] += len(pairs)
                 for name, value in metrics.items():
-                    _add(sums, name, value.float().sum().item())
-            totals = dict(zip(sums, engine.global_sum(list(sums.values())).tolist(), strict=True))
+                    sums[name] += value.float().sum()
+            totals = engine.global_sums(sums)  # one collective, one sync
             loss = totals.pop("loss")
             num_tokens, num_pairs = totals.pop("num_tokens"), totals.pop("num_pairs")
             step_metrics = {name: value / num_pairs for name, value in totals.items()}
@@ -470,22 +471,26 @@ class DPOTrainer:
         mine = self.eval_pairs[rank::world]
         cache = self.ref_cache["eval"][rank::world] if self.ref_cache else None
         size = self.config.train.per_device_train_batch_size
-        sums = {"loss": 0.0, "rewards/accuracies": 0.0, "rewards/margins": 0.0}
+        sums: dict[str, torch.Tensor | float] = {
+            "loss": 0.0,
+            "rewards/accuracies": 0.0,
+            "rewards/margins": 0.0,
+        }
         with_kl = not self.config.reference_free and cache is None  # KL needs the reference's distribution
         if with_kl:
             sums["kl"] = 0.0
         for start in range(0, len(mine), size):
             cached = cache[start : start + size] if cache is not None else None
             batch, losses, metrics = self._step_losses(mine[start : start + size], model, cached)
-            sums["loss"] += losses.sum().item()
+            sums["loss"] += losses.sum()
             for name in ("rewards/accuracies", "rewards/margins"):
-                sums[name] += metrics[name].sum().item()
+                sums[name] += metrics[name].sum()
             if with_kl:  # summed over the chosen and rejected responses, so /2 per response
                 assert isinstance(model, ResponseLogps)
-                sums["kl"] += self._response_kl(model, batch).sum().item() / 2
+                sums["kl"] += self._response_kl(model, batch).sum() / 2
         self.model.train()
-        totals = self.engine.global_sum(list(sums.values())) / len(self.eval_pairs)
-        return {f"eval/{name}": value for name, value in zip(sums, totals.tolist(), strict=True)}
+        totals = self.engine.global_sums(sums)
+        return {f"eval/{name}": value / len(self.eval_pairs) for name, value in totals.items()}
 
     def _response_kl(self, model: ResponseLogps, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(2B,) KL(policy || reference) summed over each response's positions (teacher-forced)."""
@@ -531,11 +536,3 @@ class DPOTrainer:
         )
         logger.info("DPO done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary
-
-
-def _weight(pair: EncodedPair) -> float:
-    return 1.0 if pair.weight is None else pair.weight
-
-
-def _add(sums: dict[str, float], name: str, value: float) -> None:
-    sums[name] = sums.get(name, 0.0) + value

@@ -322,19 +322,15 @@ class KTOTrainer:
             z_ref, num_examples = self.reference_point(
                 [example for examples in micro for example in examples]
             )
-            sums = dict.fromkeys(["loss", "num_tokens", *_CLASS_SUMS], 0.0)
+            sums: dict[str, torch.Tensor | float] = dict.fromkeys(["loss", "num_tokens", *_CLASS_SUMS], 0.0)
             for i, examples in enumerate(micro):
                 with engine.sync_context(i, len(micro)):
                     batch, losses, metrics = self._losses(examples, self.model, z_ref)
                     loss = losses.sum() / num_examples.float()
                     engine.backward(loss)
-                local = {
-                    "loss": loss.item(),
-                    "num_tokens": batch["num_tokens"].item(),
-                    **_class_sums(metrics),
-                }
-                sums = {name: value + local[name] for name, value in sums.items()}
-            totals = dict(zip(sums, engine.global_sum(list(sums.values())).tolist(), strict=True))
+                local = {"loss": loss.detach(), "num_tokens": batch["num_tokens"], **_class_sums(metrics)}
+                sums = {name: value + local[name] for name, value in sums.items()}  # device tensors: no sync
+            totals = engine.global_sums(sums)  # one collective, one sync
             loss, num_tokens = totals.pop("loss"), totals.pop("num_tokens")
             step_metrics = {"kl/reference_point": z_ref.item(), **_class_means(totals)}
             engine.optimizer_step(
@@ -352,13 +348,13 @@ class KTOTrainer:
         mine = self.eval_examples[rank::world]
         z_ref, num_examples = self.reference_point(mine)
         size = self.config.train.per_device_train_batch_size
-        sums = dict.fromkeys(["loss", *_CLASS_SUMS], 0.0)
+        sums: dict[str, torch.Tensor | float] = dict.fromkeys(["loss", *_CLASS_SUMS], 0.0)
         for start in range(0, len(mine), size):
             _, losses, metrics = self._losses(mine[start : start + size], model, z_ref)
-            local = {"loss": losses.sum().item(), **_class_sums(metrics)}
+            local = {"loss": losses.sum(), **_class_sums(metrics)}
             sums = {name: value + local[name] for name, value in sums.items()}
         self.model.train()
-        totals = dict(zip(sums, self.engine.global_sum(list(sums.values())).tolist(), strict=True))
+        totals = self.engine.global_sums(sums)
         metrics = {"loss": totals.pop("loss") / num_examples.item(), "kl/reference_point": z_ref.item()}
         return {f"eval/{name}": value for name, value in {**metrics, **_class_means(totals)}.items()}
 
@@ -449,13 +445,13 @@ def mismatched_examples(
     return mismatched
 
 
-def _class_sums(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+def _class_sums(metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Local count, reward sum and logps sum of each class, named as in `_CLASS_SUMS`."""
     desirable = metrics["mask/desirable"]
     values = []
     for mask in (desirable, ~desirable):
         values += [mask.sum().float(), metrics["reward/implicit"][mask].sum(), metrics["logps"][mask].sum()]
-    return dict(zip(_CLASS_SUMS, torch.stack(values).tolist(), strict=True))
+    return dict(zip(_CLASS_SUMS, values, strict=True))
 
 
 def _class_means(totals: dict[str, float]) -> dict[str, float]:

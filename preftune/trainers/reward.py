@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,7 @@ class RewardTrainer:
             if config.data.eval_dataset
             else []
         )
-        if sum(_weight(pair) for pair in self.train_pairs) == 0:
+        if sum(pair.loss_weight for pair in self.train_pairs) == 0:
             raise ValueError(
                 f"Every pair of {config.data.dataset} has weight 0: nothing to train on. Fix the 'weight' column."
             )
@@ -215,7 +216,7 @@ class RewardTrainer:
             ]
             head_weight = engine.global_sum(torch.stack([w.sum(dim=0) for w in weights]).sum(dim=0))  # (K,)
             denominator = (head_weight.clamp(min=1e-12) * K).float()  # (K,)
-            sums: dict[str, float] = {}
+            sums: defaultdict[str, torch.Tensor | float] = defaultdict(float)  # device tensors: no sync
             for i, pairs in enumerate(micro_pairs):
                 with engine.sync_context(i, len(micro_pairs)):
                     batch = self._collate(pairs)
@@ -223,14 +224,12 @@ class RewardTrainer:
                     losses, metrics = self._loss(pairs, chosen, rejected)  # (B, K)
                     weighted = (losses * weights[i].to(losses.device)).sum(dim=0) / denominator  # (K,)
                     engine.backward(weighted.sum())
-                _add(sums, "loss", weighted.detach().sum().item())  # this micro-batch's share of the loss
-                _add(sums, "num_tokens", batch["num_tokens"].item())
-                _add(sums, "num_pairs", len(pairs))
+                sums["loss"] += weighted.detach().sum()  # this micro-batch's share of the loss
+                sums["num_tokens"] += batch["num_tokens"]
+                sums["num_pairs"] += len(pairs)
                 for name, value in {**metrics, **_ensemble_metrics(chosen)}.items():
-                    _add(sums, name, value.float().mean(dim=-1).sum().item())  # summed over pairs
-            totals = dict(
-                zip(sums, engine.global_sum(list(sums.values())).tolist(), strict=True)
-            )  # one collective
+                    sums[name] += value.float().mean(dim=-1).sum()  # summed over pairs
+            totals = engine.global_sums(sums)  # one collective, one sync
             loss = totals.pop("loss")
             num_tokens, num_pairs = totals.pop("num_tokens"), totals.pop("num_pairs")
             step_metrics = {name: value / num_pairs for name, value in totals.items()}
@@ -240,7 +239,7 @@ class RewardTrainer:
 
     def _weights(self, pairs: Sequence[EncodedPair], indices: Sequence[int]) -> torch.Tensor:
         """(B, K) weight of each pair for each head: its `weight` column x its bootstrap count."""
-        weight = torch.tensor([_weight(pair) for pair in pairs])[:, None]  # (B, 1)
+        weight = torch.tensor([pair.loss_weight for pair in pairs])[:, None]  # (B, 1)
         return weight * self.bootstrap[list(indices)]  # (B, K)
 
     @torch.no_grad()
@@ -298,14 +297,6 @@ class RewardTrainer:
         )
         logger.info("Reward model done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary
-
-
-def _weight(pair: EncodedPair) -> float:
-    return 1.0 if pair.weight is None else pair.weight
-
-
-def _add(sums: dict[str, float], name: str, value: float) -> None:
-    sums[name] = sums.get(name, 0.0) + value
 
 
 def _ensemble_metrics(chosen: torch.Tensor) -> dict[str, torch.Tensor]:
