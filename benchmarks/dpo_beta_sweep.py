@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from preftune.data import DataConfig, encode_prompt, load_rows
+from preftune.data import DataConfig, EncodedExample, encode_prompt, load_rows
+from preftune.data.pairs import collate_responses
 from preftune.engine import TrainConfig
 from preftune.eval.stats import bootstrap_mean_ci
 from preftune.models.loading import ModelConfig, load_policy, load_tokenizer, token_id
@@ -58,22 +59,16 @@ def response_logps(
 ) -> torch.Tensor:
     """(N,) summed log-probs of each response after its prompt under the checkpoint at `path`."""
     model = ResponseLogps(load_policy(ModelConfig(model=path))).eval()
+    examples = [
+        EncodedExample(p + r, [False] * len(p) + [True] * len(r), len(p), 0, i)
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
+    ]
     result = []
-    for start in range(0, len(prompts), 64):
-        chunk = list(zip(prompts[start : start + 64], responses[start : start + 64], strict=True))
-        T = max(len(p) + len(r) for p, r in chunk)
-        ids = torch.full((len(chunk), T), pad_id)
-        mask = torch.zeros((len(chunk), T), dtype=torch.long)
-        logit_index, targets, seq = [], [], []
-        for b, (p, r) in enumerate(chunk):
-            ids[b, : len(p) + len(r)] = torch.tensor(p + r)
-            mask[b, : len(p) + len(r)] = 1
-            logit_index += range(b * T + len(p) - 1, b * T + len(p) + len(r) - 1)  # t predicts t + 1
-            targets += r
-            seq += [b] * len(r)
-        positions = (torch.arange(T).expand(len(chunk), T) * mask).contiguous()
-        tokens = model(ids, mask, positions, torch.tensor(logit_index), torch.tensor(targets))
-        result.append(sequence_sums(tokens, torch.tensor(seq), len(chunk)))
+    for start in range(0, len(examples), 64):
+        batch = collate_responses(examples[start : start + 64], pad_id)
+        tokens = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                       batch["response_logit_index"], batch["response_target"])  # fmt: skip
+        result.append(sequence_sums(tokens, batch["response_seq"], batch["input_ids"].shape[0]))
     return torch.cat(result)
 
 

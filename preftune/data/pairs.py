@@ -9,7 +9,9 @@ same way whichever layout it got:
   token of all 2B sequences: the flat index of the logits that predict it, its token id,
   and its sequence (pair i's chosen is sequence i, its rejected is sequence B + i).
 
-Padded: 2B rows (chosen first, then rejected), right-padded to the longest.
+Padded: 2B rows (chosen first, then rejected), right-padded to the longest, laid out by
+`collate_responses`, which also batches single prompt + response sequences (KTO, scoring
+sampled responses) with the same response index tensors.
 Prefix-shared (DESIGN.md section 4): one block per pair, [prompt][chosen][rejected],
 where the rejected block attends to the prompt but not to the chosen block and its
 positions restart after the prompt, so the prompt is computed once and each response
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor
 
 from preftune.data.collate import first_fit
-from preftune.data.tokenize import EncodedPair
+from preftune.data.tokenize import EncodedExample, EncodedPair
 from preftune.ops.masks import prefix_sharing_mask
 
 
@@ -36,31 +38,54 @@ def pair_block_size(pair: EncodedPair) -> int:
 
 
 def collate_pairs_padded(pairs: Sequence[EncodedPair], pad_token_id: int) -> dict[str, Tensor]:
-    """2B right-padded rows, chosen sequences first.
+    """2B right-padded rows, chosen sequences first (`collate_responses` of chosen + rejected).
 
     Returns input_ids (2B, T), attention_mask (2B, T) long, position_ids (2B, T), the index
     tensors of the module docstring, and num_tokens () (non-pad tokens).
     """
     _check_pairs(pairs, pad_token_id)
-    sequences = [pair.chosen for pair in pairs] + [pair.rejected for pair in pairs]
-    T = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), T), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), T), dtype=torch.long)
-    last, logit_index, targets, seq_of = [], [], [], []
-    for s, sequence in enumerate(sequences):
-        n, start = len(sequence), sequence.num_prompt_tokens
-        input_ids[s, :n] = torch.tensor(sequence.input_ids)
-        attention_mask[s, :n] = 1
-        last.append(s * T + n - 1)
-        logit_index.extend(range(s * T + start - 1, s * T + n - 1))  # position t predicts token t + 1
-        targets.extend(sequence.input_ids[start:])
-        seq_of.extend([s] * (n - start))
+    batch = collate_responses(
+        [pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_token_id
+    )
+    rows, T = batch["input_ids"].shape
+    last = torch.arange(rows) * T + batch["attention_mask"].sum(dim=1) - 1  # (2B,) each row's last token
     B = len(pairs)
+    return {**batch, "chosen_index": last[:B], "rejected_index": last[B:]}
+
+
+def collate_responses(examples: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """B right-padded prompt + response sequences, scored at their response tokens.
+
+    Returns input_ids (B, T), attention_mask (B, T) long, position_ids (B, T), num_tokens ()
+    (non-pad tokens), and per response token (M,): `response_logit_index` (flat index into the
+    B*T positions of the logits that predict it), `response_target` (its id) and `response_seq`
+    (its row b), as in preftune/data/pairs.py.
+    """
+    if not examples:
+        raise ValueError("Cannot build a batch from no examples.")
+    T = max(len(example) for example in examples)
+    input_ids = torch.full((len(examples), T), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), T), dtype=torch.long)
+    logit_index, targets, seq_of = [], [], []
+    for b, example in enumerate(examples):
+        n, start = len(example), example.num_prompt_tokens
+        if not 1 <= start < n:
+            raise ValueError(
+                f"Row {example.row}: needs at least one prompt and one response token, got {start} prompt "
+                f"tokens of {n} (encode with encode_prompt_response)."
+            )
+        input_ids[b, :n] = torch.tensor(example.input_ids)
+        attention_mask[b, :n] = 1
+        logit_index.extend(range(b * T + start - 1, b * T + n - 1))  # position t predicts token t + 1
+        targets.extend(example.input_ids[start:])
+        seq_of.extend([b] * (n - start))
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "position_ids": (torch.arange(T).expand(len(sequences), T) * attention_mask).contiguous(),
-        **_indices(last[:B], last[B:], logit_index, targets, seq_of),
+        "position_ids": (torch.arange(T).expand(len(examples), T) * attention_mask).contiguous(),
+        "response_logit_index": torch.tensor(logit_index, dtype=torch.long),
+        "response_target": torch.tensor(targets, dtype=torch.long),
+        "response_seq": torch.tensor(seq_of, dtype=torch.long),
         "num_tokens": attention_mask.sum(),
     }
 

@@ -71,6 +71,7 @@ from preftune.data import (
     parse_unpaired,
 )
 from preftune.data.formats import PAIR_FORMATS, UNPAIRED_FORMATS
+from preftune.data.pairs import collate_responses
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.losses.unpaired import kto_loss, kto_recommended_weights, kto_reference_point
 from preftune.models.loading import (
@@ -374,43 +375,6 @@ class KTOTrainer:
         )
         logger.info("KTO done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary
-
-
-def collate_responses(examples: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """B right-padded prompt + response sequences, scored at their response tokens.
-
-    Returns input_ids (B, T), attention_mask (B, T) long, position_ids (B, T), num_tokens ()
-    (non-pad tokens), and per response token (M,): `response_logit_index` (flat index into the
-    B*T positions of the logits that predict it), `response_target` (its id) and `response_seq`
-    (its row b), as in preftune/data/pairs.py.
-    """
-    if not examples:
-        raise ValueError("Cannot build a batch from no examples.")
-    T = max(len(example) for example in examples)
-    input_ids = torch.full((len(examples), T), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), T), dtype=torch.long)
-    logit_index, targets, seq_of = [], [], []
-    for b, example in enumerate(examples):
-        n, start = len(example), example.num_prompt_tokens
-        if not 1 <= start < n:
-            raise ValueError(
-                f"Row {example.row}: needs at least one prompt and one response token, got {start} prompt "
-                f"tokens of {n} (encode with encode_prompt_response)."
-            )
-        input_ids[b, :n] = torch.tensor(example.input_ids)
-        attention_mask[b, :n] = 1
-        logit_index.extend(range(b * T + start - 1, b * T + n - 1))  # position t predicts token t + 1
-        targets.extend(example.input_ids[start:])
-        seq_of.extend([b] * (n - start))
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": (torch.arange(T).expand(len(examples), T) * attention_mask).contiguous(),
-        "response_logit_index": torch.tensor(logit_index, dtype=torch.long),
-        "response_target": torch.tensor(targets, dtype=torch.long),
-        "response_seq": torch.tensor(seq_of, dtype=torch.long),
-        "num_tokens": attention_mask.sum(),
-    }
 
 
 def mismatched_examples(
