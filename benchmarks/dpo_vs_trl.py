@@ -68,10 +68,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import platform
-import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -82,6 +78,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from common import current_rss_mib, environment, padding_share, peak_rss_mib
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +208,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "prompts_cut": sum(1 for p in pairs if p.num_truncated), "tokenizer_vocab": len(tokenizer),
         "real_tokens_per_pair": real_tokens / len(pairs),
         "prompt_share_of_real_tokens": sum(2 * p.chosen.num_prompt_tokens for p in pairs) / real_tokens,
-        "padded_batch_padding_share": padding_share(lengths, args.batch_size),
+        "padded_batch_padding_share": padding_share(lengths, args.batch_size, SEED),
     }  # fmt: skip
     return {"job": job, "shape": shape, "data": summary}
 
@@ -235,19 +232,6 @@ def write_pair_files(
         path.write_text("".join(json.dumps(line) + "\n" for line in lines))
         files[f"{name}_{kind}"] = str(path)
     return files
-
-
-def padding_share(lengths: list[tuple[int, int]], batch_size: int) -> float:
-    """Share of padding in batches padded to their longest sequence (TRL's collator), for the
-    pairs in one seeded random order: 1 - real tokens / (2 x pairs x longest), summed."""
-    order = list(range(len(lengths)))
-    random.Random(SEED).shuffle(order)
-    real = padded = 0
-    for start in range(0, len(order), batch_size):
-        batch = [lengths[i] for i in order[start : start + batch_size]]
-        real += sum(c + r for c, r in batch)
-        padded += 2 * len(batch) * max(max(c, r) for c, r in batch)
-    return 1.0 - real / padded
 
 
 def measure_matmul_peak() -> dict[str, Any]:
@@ -296,24 +280,6 @@ def run_child(run: str, mode: str, job: dict[str, Any], workdir: Path) -> dict[s
             f"{LABELS[run]} ({mode}) failed (exit {finished.returncode}); the end of {log_path}:\n{tail}"
         )
     return json.loads(result_path.read_text())
-
-
-def environment(threads: int) -> dict[str, Any]:
-    import transformers
-    import trl
-
-    cuda = torch.cuda.is_available()
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "device": torch.cuda.get_device_name(0)
-        if cuda
-        else f"cpu ({platform.processor() or platform.machine()})",
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads or torch.get_num_threads(),
-    }
 
 
 # ---------------------------------------------------------------- workers (one setup per process)
@@ -632,15 +598,6 @@ def profile_summary(profiler: torch.profiler.profile, wall_seconds: float, top: 
         "matmul_share_of_wall": matmul_seconds / wall_seconds,
         "matmul_flop_per_second": matmul_flops / matmul_seconds if matmul_seconds else None,
     }
-
-
-def current_rss_mib() -> float:
-    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return resident_pages * resource.getpagesize() / 2**20
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # ---------------------------------------------------------------- report

@@ -43,10 +43,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import platform
-import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -57,6 +53,7 @@ from statistics import mean
 from typing import Any
 
 import torch
+from common import current_rss_mib, environment, padding_share, peak_rss_mib
 from transformers import PreTrainedModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,22 +160,9 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rows_read": len(table), "pairs_kept": len(pairs), "rows_skipped": len(report.skipped),
         "pairs_truncated": report.num_truncated_examples,
         "tokens_per_pair": mean(c + r for c, r in lengths),
-        "padded_batch_padding_share": padding_share(lengths, args.batch_size),
+        "padded_batch_padding_share": padding_share(lengths, args.batch_size, SEED),
     }  # fmt: skip
     return {"job": job, "data": summary, "setup": {**vars(args), **job, "workdir": str(workdir)}}
-
-
-def padding_share(lengths: list[tuple[int, int]], batch_size: int) -> float:
-    """Share of padding in batches padded to their longest sequence (as TRL's collator does),
-    for the pairs in one seeded random order: 1 - real tokens / (2 x pairs x longest), summed."""
-    order = list(range(len(lengths)))
-    random.Random(SEED).shuffle(order)
-    real = padded = 0
-    for start in range(0, len(order), batch_size):
-        batch = [lengths[i] for i in order[start : start + batch_size]]
-        real += sum(c + r for c, r in batch)
-        padded += 2 * len(batch) * max(max(c, r) for c, r in batch)
-    return 1.0 - real / padded
 
 
 def run_child(name: str, job: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -216,24 +200,6 @@ def evaluate(final_dir: str, job: dict[str, Any]) -> dict[str, Any]:
         "eval_pairs": result["rm/num_pairs"],
         "prefer_longer_accuracy": result["length/prefer_longer_accuracy"],
         "length_correlation": result["length/length_correlation"],
-    }
-
-
-def environment(threads: int) -> dict[str, Any]:
-    import transformers
-    import trl
-
-    cuda = torch.cuda.is_available()
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "device": torch.cuda.get_device_name(0)
-        if cuda
-        else f"cpu ({platform.processor() or platform.machine()})",
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads or torch.get_num_threads(),
     }
 
 
@@ -395,15 +361,6 @@ def timed(train: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
         "train_rss_increase_mib": peak - rss_before,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
-
-
-def current_rss_mib() -> float:
-    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return resident_pages * resource.getpagesize() / 2**20
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # ---------------------------------------------------------------- report
