@@ -91,3 +91,12 @@ class TrainConfig:
             raise ValueError(f"Unknown --report_to {sorted(unknown)}; choose from {sorted(_TRACKERS)}.")
         if self.fp16 and not torch.cuda.is_available():
             raise ValueError("--fp16 needs a CUDA device (loss scaling); on CPU use --bf16 true or neither.")
+
+
+def require_run_inputs(model: str, dataset: str, train: TrainConfig) -> None:
+    """The flags every training command needs, checked before any file is read."""
+    for flag, value in (("--model", model), ("--dataset", dataset)):
+        if not value:
+            raise ValueError(f"{flag} is required: pass {flag} PATH.")
+    if not train.output_dir:
+        raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")

@@ -34,6 +34,7 @@ from preftune.config import config_to_flat_dict
 from preftune.data import DataConfig, EncodedPair, encode_dataset, load_rows, parse_pairs
 from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded
 from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.engine.config import require_run_inputs
 from preftune.losses.kl import token_kl
 from preftune.losses.pairwise import F_DIVERGENCES, chosen_nll, f_divergence_logratio
 from preftune.losses.pairwise_variants import ld_logps_flat, wpo_weights
@@ -110,11 +111,7 @@ class DPOConfig:
     """Run each pair as one [prompt][chosen][rejected] block (prompt once, rows packed, no padding)."""
 
     def __post_init__(self) -> None:
-        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset)):
-            if not value:
-                raise ValueError(f"{flag} is required: pass {flag} PATH.")
-        if not self.train.output_dir:
-            raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
+        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
         known = sorted([*LOSSES, SFT_TERM])

@@ -73,6 +73,7 @@ from preftune.data import (
 from preftune.data.formats import PAIR_FORMATS, UNPAIRED_FORMATS
 from preftune.data.pairs import collate_responses
 from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.engine.config import require_run_inputs
 from preftune.losses.unpaired import kto_loss, kto_recommended_weights, kto_reference_point
 from preftune.models.loading import (
     ModelConfig,
@@ -108,11 +109,7 @@ class KTOConfig:
     """lambda_U, the weight of undesirable examples; set both weights or neither."""
 
     def __post_init__(self) -> None:
-        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset)):
-            if not value:
-                raise ValueError(f"{flag} is required: pass {flag} PATH.")
-        if not self.train.output_dir:
-            raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
+        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
         weights = (self.desirable_weight, self.undesirable_weight)

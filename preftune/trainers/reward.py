@@ -35,6 +35,7 @@ from preftune.config import config_to_flat_dict
 from preftune.data import DataConfig, EncodedPair, encode_dataset, load_rows, parse_pairs
 from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded
 from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.engine.config import require_run_inputs
 from preftune.judges.reward_model import STATS_FILE, reward_statistics
 from preftune.losses import bradley_terry_loss
 from preftune.models.loading import (
@@ -70,11 +71,7 @@ class RewardConfig:
     no padding). False uses padded batches; flash attention always does."""
 
     def __post_init__(self) -> None:
-        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset)):
-            if not value:
-                raise ValueError(f"{flag} is required: pass {flag} PATH.")
-        if not self.train.output_dir:
-            raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
+        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {self.num_heads}.")
         if not 0.0 <= self.label_smoothing < 0.5:

@@ -35,6 +35,7 @@ from preftune.data import (
     parse_sft,
 )
 from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.engine.config import require_run_inputs
 from preftune.losses import sft_loss
 from preftune.models.loading import (
     ModelConfig,
@@ -64,11 +65,7 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         # Checked here, before any file is read, so a forgotten flag fails at once.
-        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset)):
-            if not value:
-                raise ValueError(f"{flag} is required: pass {flag} PATH.")
-        if not self.train.output_dir:
-            raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
+        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if self.packing and (self.model.attn_implementation or "").startswith("flash"):
             raise ValueError(
                 f"--packing needs custom 4D attention masks, which --attn_implementation "
