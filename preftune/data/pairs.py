@@ -23,13 +23,33 @@ block-diagonal mask between pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from preftune.data.collate import first_fit
-from preftune.data.tokenize import EncodedExample, EncodedPair
+from preftune.data.config import DataConfig
+from preftune.data.formats import parse_pairs
+from preftune.data.io import load_rows
+from preftune.data.tokenize import EncodedExample, EncodedPair, EncodeReport, encode_dataset
 from preftune.ops.masks import prefix_sharing_mask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def load_pairs(
+    tokenizer: PreTrainedTokenizerBase, source: str, split: str, config: DataConfig, name: str
+) -> tuple[list[EncodedPair], EncodeReport]:
+    """Read, validate and encode the preference pairs of `source` (split or slice `split`) by the
+    data config's length, truncation and skip rules; the report is logged under `name`."""
+    parsed = parse_pairs(load_rows(source, split), skip_invalid=config.skip_invalid)
+    pairs, report = encode_dataset(
+        tokenizer, parsed, config.max_length, config.truncation, skip_invalid=config.skip_invalid
+    )
+    report.log(f"{name} pairs")
+    return pairs, report
 
 
 def pair_block_size(pair: EncodedPair) -> int:

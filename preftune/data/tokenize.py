@@ -20,6 +20,7 @@ the right. "error" raises instead. Every dropped token is counted in `num_trunca
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -37,6 +38,8 @@ from preftune.data.formats import (
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 Truncation = Literal["left", "error"]
 TRUNCATIONS = ("left", "error")
@@ -120,6 +123,11 @@ class EncodeReport:
     num_truncated_examples: int
     num_truncated_tokens: int
     skipped: list[Skip] = field(default_factory=list)
+
+    def log(self, name: str) -> None:
+        """Log the summary as `name: ...`, as a warning when rows were skipped or truncated."""
+        log = logger.warning if self.skipped or self.num_truncated_examples else logger.info
+        log("%s: %s", name, self.summary())
 
     def summary(self) -> str:
         return (

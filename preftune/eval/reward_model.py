@@ -105,7 +105,7 @@ def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: Reward
     pairs, report = encode_dataset(
         judge.tokenizer, parsed, judge.max_length, options.truncation, skip_invalid=options.skip_invalid
     )
-    logger.info("eval pairs: %s", report.summary())
+    report.log("eval pairs")
     chosen = judge.score_encoded([pair.chosen for pair in pairs])  # (N, K)
     rejected = judge.score_encoded([pair.rejected for pair in pairs])
     margins = (chosen.mean(dim=-1) - rejected.mean(dim=-1)).numpy().astype(np.float64)

@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
-from preftune.data import DataConfig, EncodedPair, encode_dataset, load_rows, parse_pairs
-from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded
+from preftune.data import DataConfig, EncodedPair
+from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded, load_pairs
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
 from preftune.losses.kl import token_kl
@@ -310,14 +310,7 @@ class DPOTrainer:
         return result
 
     def _encode(self, source: str, split: str, name: str) -> list[EncodedPair]:
-        cfg = self.config.data
-        parsed = parse_pairs(load_rows(source, split), skip_invalid=cfg.skip_invalid)
-        pairs, report = encode_dataset(
-            self.tokenizer, parsed, cfg.max_length, cfg.truncation, skip_invalid=cfg.skip_invalid
-        )
-        log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
-        log("%s pairs: %s", name, report.summary())
-        return pairs
+        return load_pairs(self.tokenizer, source, split, self.config.data, name)[0]
 
     def _load_reference(self) -> ResponseLogps | None:
         """A frozen reference model, or None when it is the adapter-disabled policy or not needed."""

@@ -173,8 +173,7 @@ class KTOTrainer:
         examples, report = encode_dataset(
             self.tokenizer, parsed, cfg.max_length, cfg.truncation, skip_invalid=cfg.skip_invalid
         )
-        log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
-        log("%s examples: %s", name, report.summary())
+        report.log(f"{name} examples")
         num_desirable = sum(example.label for example in examples)
         logger.info("%s: %d desirable, %d undesirable.", name, num_desirable, len(examples) - num_desirable)
         return examples

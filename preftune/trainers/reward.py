@@ -32,8 +32,8 @@ from accelerate.utils import gather_object, set_seed
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
-from preftune.data import DataConfig, EncodedPair, encode_dataset, load_rows, parse_pairs
-from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded
+from preftune.data import DataConfig, EncodedPair
+from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded, load_pairs
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
 from preftune.judges.reward_model import STATS_FILE, reward_statistics
@@ -144,13 +144,7 @@ class RewardTrainer:
         self.model = self.engine.model
 
     def _encode(self, source: str, split: str, name: str) -> list[EncodedPair]:
-        cfg = self.config.data
-        parsed = parse_pairs(load_rows(source, split), skip_invalid=cfg.skip_invalid)
-        pairs, report = encode_dataset(
-            self.tokenizer, parsed, cfg.max_length, cfg.truncation, skip_invalid=cfg.skip_invalid
-        )
-        log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
-        log("%s pairs: %s", name, report.summary())
+        pairs, report = load_pairs(self.tokenizer, source, split, self.config.data, name)
         self.data_report[name] = {
             "rows": report.num_rows,
             "pairs": report.num_examples,

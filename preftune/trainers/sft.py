@@ -131,8 +131,7 @@ class SFTTrainer:
             completion_only=cfg.completion_only_loss,
             skip_invalid=cfg.data.skip_invalid,
         )
-        log = logger.warning if report.skipped or report.num_truncated_examples else logger.info
-        log("%s data: %s", name, report.summary())
+        report.log(f"{name} data")
         if not cfg.packing:
             return encoded
         rows = pack_examples(encoded, cfg.data.max_length)
