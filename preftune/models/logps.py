@@ -8,12 +8,19 @@ batch is ever materialised: the float32 working set is (M, V) for M response tok
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import torch
 from peft import PeftModel
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from preftune.models.loading import ModelConfig, load_reference
 from preftune.ops.logprobs import gather_token_logps
+
+logger = logging.getLogger(__name__)
 
 
 class ResponseLogps(torch.nn.Module):
@@ -70,3 +77,33 @@ def sequence_sums(token_values: Tensor, sequence_index: Tensor, num_sequences: i
     """(S,) sums of (M,) per-token values grouped by their (M,) sequence index."""
     sums = torch.zeros(num_sequences, dtype=token_values.dtype, device=token_values.device)
     return sums.index_add(0, sequence_index, token_values)
+
+
+def load_frozen_reference(config: ModelConfig, ref_model: str | None, device: str) -> ResponseLogps | None:
+    """The reference policy as a frozen copy of `ref_model` (default: `config.model`), or None when it
+    is the LoRA policy (`config.use_peft`, no `ref_model`) with its adapter disabled."""
+    if config.use_peft and not ref_model:
+        logger.info("Reference: the policy with its LoRA adapter disabled.")
+        return None
+    path = ref_model or config.model
+    logger.info("Reference: a frozen copy of %s.", path)
+    return ResponseLogps(load_reference(path, config.dtype, device, config.trust_remote_code)).eval()
+
+
+@contextlib.contextmanager
+def reference_view(
+    reference: ResponseLogps | None,
+    policy: ResponseLogps,
+    autocast: contextlib.AbstractContextManager,
+) -> Iterator[ResponseLogps]:
+    """The module that computes the reference's log-probs: the frozen copy, run under the same
+    `autocast` as the policy so both use one precision, or the (unwrapped) LoRA policy with its
+    adapter disabled, which the policy's forward already runs under."""
+    if reference is not None:
+        with autocast:
+            yield reference
+        return
+    if not isinstance(policy.model, PeftModel):
+        raise ValueError("Without a reference model the policy must be a LoRA adapter (--use_peft).")
+    with policy.model.disable_adapter():
+        yield policy

@@ -17,6 +17,7 @@ is logged at evaluation: the exact token-level KL summed along each held-out res
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,7 +27,6 @@ from typing import Any, Literal
 
 import torch
 from accelerate.utils import gather_object, set_seed
-from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -44,12 +44,11 @@ from preftune.models.loading import (
     attention_implementation,
     check_model_path,
     load_policy,
-    load_reference,
     load_tokenizer,
     save_final,
     token_id,
 )
-from preftune.models.logps import ResponseLogps, sequence_sums
+from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view, sequence_sums
 from preftune.models.ref_cache import (
     cache_path,
     checkpoint_fingerprint,
@@ -314,18 +313,14 @@ class DPOTrainer:
 
     def _load_reference(self) -> ResponseLogps | None:
         """A frozen reference model, or None when it is the adapter-disabled policy or not needed."""
-        cfg = self.config
-        if cfg.reference_free:
+        if self.config.reference_free:
             return None
-        if cfg.model.use_peft and not cfg.ref_model:
-            logger.info("Reference: the policy with its LoRA adapter disabled.")
-            return None
-        path = cfg.ref_model or cfg.model.model
-        logger.info("Reference: a frozen copy of %s.", path)
-        device = str(self.accelerator.device)
-        return ResponseLogps(
-            load_reference(path, cfg.model.dtype, device, cfg.model.trust_remote_code)
-        ).eval()
+        return load_frozen_reference(self.config.model, self.config.ref_model, str(self.accelerator.device))
+
+    def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
+        return reference_view(
+            self.reference, self.accelerator.unwrap_model(self.model), self.accelerator.autocast()
+        )
 
     def _collate(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
         pad_id = token_id(self.tokenizer, "pad")
@@ -350,14 +345,8 @@ class DPOTrainer:
     def _ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if self.config.reference_free:
             return None
-        if self.reference is not None:
-            with self.accelerator.autocast():  # the same precision as the policy's forward
-                return self._logps(self.reference, batch)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        peft_model = unwrapped.model
-        assert isinstance(peft_model, PeftModel), "without a reference model the policy is a LoRA adapter"
-        with peft_model.disable_adapter():
-            return self._logps(unwrapped, batch)
+        with self._reference() as reference:
+            return self._logps(reference, batch)
 
     def pair_losses(
         self, logps: torch.Tensor, ref_logps: torch.Tensor | None, lengths: torch.Tensor
@@ -491,14 +480,8 @@ class DPOTrainer:
             batch["response_logit_index"],
         )
         logprobs = model.logits_at(*inputs).log_softmax(dim=-1)  # (M, V)
-        if self.reference is not None:
-            ref_logprobs = self.reference.logits_at(*inputs).log_softmax(dim=-1)
-        else:
-            assert isinstance(model.model, PeftModel), (
-                "without a reference model the policy is a LoRA adapter"
-            )
-            with model.model.disable_adapter():
-                ref_logprobs = model.logits_at(*inputs).log_softmax(dim=-1)
+        with self._reference() as reference:
+            ref_logprobs = reference.logits_at(*inputs).log_softmax(dim=-1)
         return sequence_sums(
             token_kl(logprobs, ref_logprobs), batch["response_seq"], 2 * batch["chosen_index"].shape[0]
         )

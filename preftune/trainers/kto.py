@@ -53,7 +53,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
@@ -79,12 +78,11 @@ from preftune.models.loading import (
     ModelConfig,
     check_model_path,
     load_policy,
-    load_reference,
     load_tokenizer,
     save_final,
     token_id,
 )
-from preftune.models.logps import ResponseLogps, sequence_sums
+from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view, sequence_sums
 
 logger = logging.getLogger(__name__)
 
@@ -235,16 +233,7 @@ class KTOTrainer:
 
     def _load_reference(self) -> ResponseLogps | None:
         """A frozen reference model, or None when it is the adapter-disabled policy."""
-        cfg = self.config
-        if cfg.model.use_peft and not cfg.ref_model:
-            logger.info("Reference: the policy with its LoRA adapter disabled.")
-            return None
-        path = cfg.ref_model or cfg.model.model
-        logger.info("Reference: a frozen copy of %s.", path)
-        device = str(self.accelerator.device)
-        return ResponseLogps(
-            load_reference(path, cfg.model.dtype, device, cfg.model.trust_remote_code)
-        ).eval()
+        return load_frozen_reference(self.config.model, self.config.ref_model, str(self.accelerator.device))
 
     def _collate(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
         batch = collate_responses(examples, token_id(self.tokenizer, "pad"))
@@ -260,13 +249,9 @@ class KTOTrainer:
 
     @torch.no_grad()
     def _ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.reference is not None:
-            return self._logps(self.reference, batch)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        peft_model = unwrapped.model
-        assert isinstance(peft_model, PeftModel), "without a reference model the policy is a LoRA adapter"
-        with peft_model.disable_adapter():
-            return self._logps(unwrapped, batch)
+        policy = self.accelerator.unwrap_model(self.model)
+        with reference_view(self.reference, policy, self.accelerator.autocast()) as reference:
+            return self._logps(reference, batch)
 
     @torch.no_grad()
     def mismatched_logratio_sum(self, examples: Sequence[EncodedUnpaired]) -> torch.Tensor:
