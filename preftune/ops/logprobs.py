@@ -56,3 +56,24 @@ def masked_token_logps(logits: Tensor, labels: Tensor, mask: Tensor, temperature
     return torch.zeros(labels.shape, dtype=selected.dtype, device=logits.device).masked_scatter(
         mask, selected
     )
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) over the last dim: (..., V) -> (...) float32.
+
+    H = logsumexp(z) - sum_v p(v) z(v), p = softmax(z), which needs no log of a tiny
+    probability; z is first shifted by its max (H does not change) so that the two terms stay
+    small and their difference keeps its precision. Logits are taken as they are: divide by the
+    sampling temperature first. Entries of -inf (tokens masked out, as by top-k) have p = 0 and
+    add nothing, also to the gradient. Over a leading dim the rows are done one by one, as in `gather_token_logps`, so
+    the float32 working set is one row's, not the whole (..., V) tensor's.
+    """
+    if logits.ndim >= 3:
+        return torch.stack([entropy_from_logits(row) for row in logits])
+    logits = logits.float()
+    logits = logits - logits.amax(dim=-1, keepdim=True)  # (..., V), max 0
+    log_norm = torch.logsumexp(logits, dim=-1)  # (...)
+    probs = torch.softmax(logits, dim=-1)  # (..., V)
+    # p * z is 0 * -inf = NaN at masked-out tokens; put 0 there before multiplying (gradient too)
+    finite_logits = torch.where(probs > 0, logits, torch.zeros_like(logits))
+    return log_norm - (probs * finite_logits).sum(dim=-1)
