@@ -1,0 +1,265 @@
+"""Rollouts: sampling-time log-probs equal a teacher-forced forward, seeding, EOS cuts, k samples,
+LoRA, and the vLLM backend's import guard (vLLM itself needs a GPU and is not run here)."""
+
+import ast
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from preftune.rollout import (
+    RolloutBatch,
+    SamplingConfig,
+    TransformersBackend,
+    VLLMBackend,
+    load_backend,
+    sample_responses,
+)
+from preftune.rollout.vllm_backend import merged_weights
+
+PACKAGE = Path(__file__).resolve().parents[2] / "preftune"
+EOS_BIAS = 4.0
+"""Added to the EOS logit: p(EOS) is about 0.1 per step, so in 8 steps some responses end and some do not."""
+
+
+def _tiny_llama(tokenizer, eos_bias: float = EOS_BIAS) -> LlamaForCausalLM:
+    """A random 2-layer Llama (hidden 32) whose LM head has a bias towards EOS."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        head = torch.nn.Linear(32, len(tokenizer), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id] = eos_bias
+    model.lm_head = head
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_tokenizer):
+    return _tiny_llama(tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_tokenizer):
+    """Three prompts of different lengths, so the batch is left-padded."""
+    texts = ["hello", "what is two plus two", "the quick brown fox jumps over a lazy dog hello world"]
+    ids = [tiny_tokenizer(t)["input_ids"] for t in texts]
+    assert len({len(i) for i in ids}) == 3
+    return ids
+
+
+@torch.no_grad()
+def teacher_forced_logps(model, prompt: list[int], response: list[int], temperature: float) -> torch.Tensor:
+    """(len(response),) log softmax(logits / temperature) of each response token, one unpadded forward."""
+    ids = torch.tensor([prompt + response])
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()  # positions predicting the response
+    return torch.log_softmax(logits / temperature, dim=-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+def check_consistent(batch: RolloutBatch, eos: int, max_new_tokens: int) -> None:
+    """The RolloutBatch contract: cut after the first EOS, ended, mask, lengths, zeros outside the mask."""
+    assert batch.logps.dtype == torch.float32 and batch.mask.dtype == torch.bool
+    assert batch.mask.shape[1] == max(len(r) for r in batch.response_ids)
+    assert batch.lengths.tolist() == [len(r) for r in batch.response_ids]
+    assert torch.all(batch.logps[~batch.mask] == 0)
+    assert torch.all(batch.logps[batch.mask] < 0)
+    for response, ended in zip(batch.response_ids, batch.ended.tolist(), strict=True):
+        assert eos not in response[:-1]  # EOS, when present, is the last token
+        assert ended == (response[-1] == eos)
+        assert ended or len(response) == max_new_tokens
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "top_k"),
+    [(0.7, 1.0, 0), (0.7, 0.8, 20), (1.3, 1.0, 5), (0.0, 1.0, 0)],
+)
+def test_sampling_logps_equal_a_teacher_forced_forward(
+    policy, tiny_tokenizer, prompts, temperature, top_p, top_k
+):
+    """Left-padded, chunked (5 sequences per call), some rows ended early: every recorded log-prob is
+    log softmax(logits / T) of the full vocabulary at that token (T = 1 when greedy), even with top-p/k."""
+    config = SamplingConfig(
+        max_new_tokens=8, temperature=temperature, top_p=top_p, top_k=top_k, generation_batch_size=5
+    )
+    batch = TransformersBackend(policy, tiny_tokenizer).generate(prompts, config, seed=1, num_samples=3)
+    check_consistent(batch, tiny_tokenizer.eos_token_id, 8)
+    assert len(batch) == 9 and batch.ended.any()
+    for i, (prompt, response) in enumerate(zip(batch.prompt_ids, batch.response_ids, strict=True)):
+        expected = teacher_forced_logps(policy, prompt, response, temperature or 1.0)
+        torch.testing.assert_close(batch.logps[i, : len(response)], expected, atol=1e-4, rtol=0)
+
+
+def test_same_seed_same_samples_and_the_global_rng_is_untouched(policy, tiny_tokenizer, prompts):
+    backend, config = TransformersBackend(policy, tiny_tokenizer), SamplingConfig(max_new_tokens=8)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = backend.generate(prompts, config, seed=3, num_samples=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(999)  # the global seed does not matter, only `seed`
+    again = backend.generate(prompts, config, seed=3, num_samples=2)
+    assert first.response_ids == again.response_ids
+    torch.testing.assert_close(first.logps, again.logps)
+    other = backend.generate(prompts, config, seed=4, num_samples=2)
+    assert other.response_ids != first.response_ids
+
+
+def test_responses_are_cut_after_the_first_eos(policy, tiny_tokenizer, prompts):
+    eos = tiny_tokenizer.eos_token_id
+    config = SamplingConfig(max_new_tokens=8, generation_batch_size=7)
+    batch = TransformersBackend(policy, tiny_tokenizer).generate(prompts, config, seed=0, num_samples=8)
+    check_consistent(batch, eos, 8)
+    assert batch.ended.any() and not batch.ended.all(), "the EOS bias should give both kinds of rows"
+    assert batch.lengths[~batch.ended].eq(8).all()
+    assert batch.lengths[batch.ended].lt(8).any()  # some ended early, with pads after them in their chunk
+
+
+def test_num_samples_repeats_each_prompt_consecutively(policy, tiny_tokenizer, prompts):
+    config = SamplingConfig(max_new_tokens=6)
+    batch = TransformersBackend(policy, tiny_tokenizer).generate(prompts, config, seed=0, num_samples=4)
+    assert batch.prompt_ids == [p for p in prompts for _ in range(4)]
+    for start in range(0, 12, 4):
+        samples = {tuple(r) for r in batch.response_ids[start : start + 4]}
+        assert len(samples) == 4, "k samples of a prompt should differ"
+
+
+def test_top_k_1_is_greedy(policy, tiny_tokenizer, prompts):
+    backend = TransformersBackend(policy, tiny_tokenizer)
+    greedy = backend.generate(prompts, SamplingConfig(max_new_tokens=8, temperature=0), seed=0)
+    top1 = backend.generate(prompts, SamplingConfig(max_new_tokens=8, temperature=0.7, top_k=1), seed=5)
+    assert top1.response_ids == greedy.response_ids
+    assert (
+        greedy.response_ids
+        == backend.generate(prompts, SamplingConfig(max_new_tokens=8, temperature=0), 9).response_ids
+    )
+
+
+def test_the_checkpoints_generation_config_does_not_change_the_samples(tiny_tokenizer, prompts):
+    """A generation_config.json with repetition_penalty / top_k must not distort sampling or the log-probs,
+    also under a LoRA wrapper (peft copies the generation config into the base model in generate())."""
+    model = _tiny_llama(tiny_tokenizer)
+    config = SamplingConfig(max_new_tokens=8, temperature=0.8)
+    plain = TransformersBackend(model, tiny_tokenizer).generate(prompts, config, seed=2)
+    model.generation_config.repetition_penalty = 5.0
+    model.generation_config.top_k = 3
+    model.generation_config.no_repeat_ngram_size = 1
+    identity_lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj"]))  # B = 0
+    for policy in (model, identity_lora):
+        tuned = TransformersBackend(policy, tiny_tokenizer).generate(prompts, config, seed=2)
+        assert tuned.response_ids == plain.response_ids
+        torch.testing.assert_close(tuned.logps, plain.logps)
+    assert model.generation_config.repetition_penalty == 5.0  # restored
+    assert identity_lora.get_base_model().generation_config.repetition_penalty == 5.0
+
+
+def test_lora_model_in_training_mode(policy, tiny_tokenizer, prompts):
+    """LoRA dropout is on in training mode: logps match an eval-mode forward only if generation ran in eval.
+    Each module's mode is restored (including a submodule left in eval) and no gradient is recorded."""
+    lora = get_peft_model(
+        copy.deepcopy(policy),
+        LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        ),
+    )
+    lora.train()
+    frozen = lora.get_base_model().model.layers[0].mlp
+    frozen.eval()
+    modes = {name: module.training for name, module in lora.named_modules()}
+    config = SamplingConfig(max_new_tokens=6, temperature=0.9)
+    batch = TransformersBackend(lora, tiny_tokenizer).generate(prompts, config, seed=0, num_samples=2)
+    assert {name: module.training for name, module in lora.named_modules()} == modes
+    assert not batch.logps.requires_grad
+    assert all(p.grad is None for p in lora.parameters())
+    lora.eval()
+    base_logps = teacher_forced_logps(policy, batch.prompt_ids[0], batch.response_ids[0], 0.9)
+    for i, (prompt, response) in enumerate(zip(batch.prompt_ids, batch.response_ids, strict=True)):
+        expected = teacher_forced_logps(lora, prompt, response, 0.9)
+        torch.testing.assert_close(batch.logps[i, : len(response)], expected, atol=1e-4, rtol=0)
+    assert not torch.allclose(batch.logps[0, : len(batch.response_ids[0])], base_logps)  # the adapter is used
+
+
+def test_sample_responses_and_load_backend(policy, tiny_tokenizer, prompts):
+    config = SamplingConfig(max_new_tokens=6)
+    backend = load_backend("transformers", policy, tiny_tokenizer)
+    assert (
+        sample_responses(policy, tiny_tokenizer, prompts, config, seed=4)
+        == backend.generate(prompts, config, 4).response_ids
+    )
+    with pytest.raises(ValueError, match="Unknown generation backend"):
+        load_backend("sglang", policy, tiny_tokenizer)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="no options"):
+        load_backend("transformers", policy, tiny_tokenizer, gpu_memory_utilization=0.5)
+
+
+def test_concat_pads_and_validation():
+    a = RolloutBatch.from_lists([[1]], [[5, 6, 2]], [[-1.0, -2.0, -0.5]], [True])
+    b = RolloutBatch.from_lists([[1, 2], [3]], [[7], [8, 9]], [[-3.0], [-0.1, -0.2]], [False, False])
+    both = RolloutBatch.concat([a, b])
+    assert both.mask.shape == (3, 3) and both.lengths.tolist() == [3, 1, 2]
+    torch.testing.assert_close(both.logps[1], torch.tensor([-3.0, 0.0, 0.0]))
+    assert both.ended.tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="mask must be True exactly"):
+        RolloutBatch([[1]], [[5, 6]], torch.zeros(1, 2), torch.tensor([[True, False]]), torch.tensor([False]))
+    with pytest.raises(ValueError, match="num_samples"):
+        TransformersBackend.generate(None, [[1]], SamplingConfig(), seed=0, num_samples=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="generation_batch_size"):
+        SamplingConfig(generation_batch_size=0)
+
+
+def test_merged_weights_equal_peft_merge_and_leave_the_model_unchanged(policy):
+    lora = get_peft_model(
+        copy.deepcopy(policy),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
+    )
+    before = {name: p.detach().clone() for name, p in lora.named_parameters()}
+    merged = dict(merged_weights(lora))
+    expected = copy.deepcopy(lora).merge_and_unload().state_dict()
+    assert merged.keys() == expected.keys() == policy.state_dict().keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(merged[name], value)
+    assert not torch.equal(
+        merged["model.layers.0.self_attn.q_proj.weight"], policy.model.layers[0].self_attn.q_proj.weight
+    )
+    assert all(torch.equal(p, before[name]) for name, p in lora.named_parameters())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_vllm_backend_without_vllm_says_how_to_get_it(tiny_tokenizer):
+    with pytest.raises(ImportError, match=r"pip install .*vllm.*CUDA GPU"):
+        VLLMBackend("some/model", tiny_tokenizer)
+    with pytest.raises(ImportError, match="pip install"):
+        load_backend("vllm", "some/model", tiny_tokenizer)
+
+
+def test_vllm_is_imported_only_inside_the_vllm_backend():
+    """Importing preftune never imports vllm: no module-level vllm import anywhere in the package."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] == "vllm" for n in names):
+                found.append((path.name, node in tree.body))
+    assert found and all(name == "vllm_backend.py" and not top_level for name, top_level in found), found
