@@ -30,7 +30,7 @@ from preftune.data import EncodedPair, PairExample, Parsed, encode_dataset, load
 from preftune.eval import reward_metrics as rm_metrics
 from preftune.judges import STATS_FILE, RewardModelJudge, load_judge
 from preftune.judges.reward_model import reward_statistics
-from preftune.tasks import get_task
+from preftune.tasks import detect_task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +83,6 @@ class RewardEvalConfig:
                 )
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}.")
-
-
-def detect_task(dataset: str, task: str) -> str | None:
-    """The synthetic task whose gold reward applies: `task` itself, or with "auto" the one named
-    in a task.json beside the dataset (written by `preftune synth`); None for "none" or no task."""
-    if task == "none":
-        return None
-    if task != "auto":
-        get_task(task)  # raises with the available names
-        return task
-    meta = Path(dataset).parent / "task.json"
-    if not meta.is_file():
-        return None
-    return json.loads(meta.read_text()).get("task")
 
 
 def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: RewardEvalConfig) -> dict[str, Any]:

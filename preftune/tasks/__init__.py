@@ -12,7 +12,7 @@ deterministic gold reward, the stand-in for "what people really prefer".
 
 from preftune.tasks.kindness import GoldWeights, KindnessTask, ParsedResponse, parse_response, render_response
 from preftune.tasks.panel import PanelConfig, choice_probability, flip_probability, rate_pairs
-from preftune.tasks.registry import TASKS, Task, get_task
+from preftune.tasks.registry import TASKS, Task, detect_task, get_task
 from preftune.tasks.synth import SynthConfig, write_task
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "SynthConfig",
     "Task",
     "choice_probability",
+    "detect_task",
     "flip_probability",
     "get_task",
     "parse_response",

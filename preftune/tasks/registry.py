@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
 import numpy as np
@@ -48,3 +50,17 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"Unknown task {name!r}. Available tasks: {', '.join(sorted(TASKS))}.")
     return TASKS[name]
+
+
+def detect_task(dataset: str, task: str) -> str | None:
+    """The synthetic task whose gold reward applies: `task` itself, or with "auto" the one named
+    in a task.json beside the dataset (written by `preftune synth`); None for "none" or no task."""
+    if task == "none":
+        return None
+    if task != "auto":
+        get_task(task)  # raises with the available names
+        return task
+    meta = Path(dataset).parent / "task.json"
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("task")

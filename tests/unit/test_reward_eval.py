@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from preftune.eval.reward_model import detect_task, json_safe
+from preftune.eval.reward_model import json_safe
+from preftune.tasks import detect_task
 
 
 def test_json_safe_writes_null_for_nan_and_infinity():
