@@ -53,3 +53,77 @@ def padding_share(lengths: list[tuple[int, int]], batch_size: int, seed: int) ->
         real += sum(c + r for c, r in batch)
         padded += 2 * len(batch) * max(max(c, r) for c, r in batch)
     return 1.0 - real / padded
+
+
+@torch.no_grad()
+def response_logps(
+    path: str, prompts: list[list[int]], responses: list[list[int]], pad_id: int
+) -> torch.Tensor:
+    """(N,) summed log-probs of each response after its prompt under the checkpoint at `path`."""
+    from preftune.data import EncodedExample
+    from preftune.data.pairs import collate_responses
+    from preftune.models.loading import ModelConfig, load_policy
+    from preftune.models.logps import ResponseLogps, sequence_sums
+
+    model = ResponseLogps(load_policy(ModelConfig(model=path))).eval()
+    examples = [
+        EncodedExample(p + r, [False] * len(p) + [True] * len(r), len(p), 0, i)
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
+    ]
+    result = []
+    for start in range(0, len(examples), 64):
+        batch = collate_responses(examples[start : start + 64], pad_id)
+        tokens = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                       batch["response_logit_index"], batch["response_target"])  # fmt: skip
+        result.append(sequence_sums(tokens, batch["response_seq"], batch["input_ids"].shape[0]))
+    return torch.cat(result)
+
+
+def evaluate_policy(
+    path: str,
+    reference: str,
+    prompts: list[str],
+    samples_per_prompt: int,
+    max_new_tokens: int = 24,
+    proxy: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Samples of the checkpoint at `path` on the synthetic world's held-out `prompts`: mean gold
+    reward (95% bootstrap interval), KL(policy || reference) estimated from the samples (mean of the
+    sequence log-ratio, with its standard error), length in words, and the proxy judge's mean score."""
+    import math
+
+    from preftune.data import encode_prompt
+    from preftune.eval.stats import bootstrap_mean_ci
+    from preftune.models.loading import ModelConfig, load_policy, load_tokenizer, token_id
+    from preftune.rollout.generate import SamplingConfig, sample_responses
+    from preftune.tasks import get_task
+
+    tokenizer = load_tokenizer(path)
+    encoded = [encode_prompt(tokenizer, p) for p in prompts for _ in range(samples_per_prompt)]
+    texts = [p for p in prompts for _ in range(samples_per_prompt)]
+    ids = sample_responses(
+        load_policy(ModelConfig(model=path)),
+        tokenizer,
+        encoded,
+        SamplingConfig(max_new_tokens=max_new_tokens),
+        seed,
+    )
+    responses = [str(tokenizer.decode(r, skip_special_tokens=True)) for r in ids]
+    task = get_task("kindness")
+    gold, low, high = bootstrap_mean_ci(
+        [task.gold_reward(p, r) for p, r in zip(texts, responses, strict=True)]
+    )
+    pad = token_id(tokenizer, "pad")
+    logratio = response_logps(path, encoded, ids, pad) - response_logps(reference, encoded, ids, pad)  # (N,)
+    result = {
+        "gold_reward": gold,
+        "gold_reward_ci": [low, high],
+        "kl": logratio.mean().item(),
+        "kl_se": (logratio.std() / math.sqrt(len(logratio))).item(),
+        "length": sum(len(r.split()) for r in responses) / len(responses),
+        "example": responses[0],
+    }
+    if proxy is not None:
+        result["proxy_reward"] = proxy.score(texts, responses).mean().item()
+    return result

@@ -18,22 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import torch
+from common import evaluate_policy
 
-from preftune.data import DataConfig, EncodedExample, encode_prompt, load_rows
-from preftune.data.pairs import collate_responses
+from preftune.data import DataConfig, load_rows
 from preftune.engine import TrainConfig
-from preftune.eval.stats import bootstrap_mean_ci
-from preftune.models.loading import ModelConfig, load_policy, load_tokenizer, token_id
-from preftune.models.logps import ResponseLogps, sequence_sums
+from preftune.models.loading import ModelConfig
 from preftune.models.tiny import make_tiny, texts_of_row
-from preftune.rollout.generate import SamplingConfig, sample_responses
-from preftune.tasks import SynthConfig, get_task, write_task
+from preftune.tasks import SynthConfig, write_task
 from preftune.trainers.dpo import DPOConfig, DPOTrainer
 from preftune.trainers.sft import SFTConfig, SFTTrainer
 
@@ -53,49 +47,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-@torch.no_grad()
-def response_logps(
-    path: str, prompts: list[list[int]], responses: list[list[int]], pad_id: int
-) -> torch.Tensor:
-    """(N,) summed log-probs of each response after its prompt under the checkpoint at `path`."""
-    model = ResponseLogps(load_policy(ModelConfig(model=path))).eval()
-    examples = [
-        EncodedExample(p + r, [False] * len(p) + [True] * len(r), len(p), 0, i)
-        for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
-    ]
-    result = []
-    for start in range(0, len(examples), 64):
-        batch = collate_responses(examples[start : start + 64], pad_id)
-        tokens = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-                       batch["response_logit_index"], batch["response_target"])  # fmt: skip
-        result.append(sequence_sums(tokens, batch["response_seq"], batch["input_ids"].shape[0]))
-    return torch.cat(result)
-
-
-def evaluate_policy(path: str, sft: str, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    tokenizer = load_tokenizer(path)
-    encoded = [encode_prompt(tokenizer, p) for p in prompts for _ in range(args.samples_per_prompt)]
-    texts = [p for p in prompts for _ in range(args.samples_per_prompt)]
-    ids = sample_responses(
-        load_policy(ModelConfig(model=path)), tokenizer, encoded, SamplingConfig(max_new_tokens=24)
-    )
-    responses = [str(tokenizer.decode(r, skip_special_tokens=True)) for r in ids]
-    task = get_task("kindness")
-    gold, low, high = bootstrap_mean_ci(
-        [task.gold_reward(p, r) for p, r in zip(texts, responses, strict=True)]
-    )
-    pad = token_id(tokenizer, "pad")
-    logratio = response_logps(path, encoded, ids, pad) - response_logps(sft, encoded, ids, pad)  # (N,)
-    return {
-        "gold_reward": gold,
-        "gold_reward_ci": [low, high],
-        "kl": logratio.mean().item(),
-        "kl_se": (logratio.std() / math.sqrt(len(logratio))).item(),
-        "length": sum(len(r.split()) for r in responses) / len(responses),
-        "example": responses[0],
-    }
-
-
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -110,7 +61,7 @@ def main() -> None:
                          sft_train)).train()  # fmt: skip
     sft = str(work / "sft" / "final")
     prompts = [r["prompt"] for r in load_rows(str(files["eval_prompts"])).rows][: args.num_prompts]
-    results = {"sft": evaluate_policy(sft, sft, prompts, args)}
+    results = {"sft": evaluate_policy(sft, sft, prompts, args.samples_per_prompt)}
     for beta in args.betas:
         out = work / f"dpo-{beta}"
         train = TrainConfig(output_dir=str(out), learning_rate=args.learning_rate, per_device_train_batch_size=32,
@@ -118,7 +69,9 @@ def main() -> None:
                             overwrite_output_dir=True, disable_tqdm=True)  # fmt: skip
         data = DataConfig(dataset=str(files["pairs"]), eval_dataset=str(files["eval_pairs"]), max_length=128)
         DPOTrainer(DPOConfig(ModelConfig(model=sft), data, train, beta=beta)).train()
-        results[f"dpo beta={beta}"] = evaluate_policy(str(out / "final"), sft, prompts, args)
+        results[f"dpo beta={beta}"] = evaluate_policy(
+            str(out / "final"), sft, prompts, args.samples_per_prompt
+        )
     print(f"{'policy':<16}{'gold reward':>12}{'95% CI':>20}{'KL to SFT':>18}{'length':>8}")  # noqa: T201
     for name, r in results.items():
         ci = f"[{r['gold_reward_ci'][0]:.3f}, {r['gold_reward_ci'][1]:.3f}]"

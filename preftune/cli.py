@@ -50,6 +50,24 @@ def _kto() -> tuple[type, Callable[[Any], Any]]:
     return KTOConfig, lambda cfg: KTOTrainer(cfg).train()
 
 
+def _ppo() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.trainers.ppo import PPOConfig, PPOTrainer
+
+    return PPOConfig, lambda cfg: PPOTrainer(cfg).train()
+
+
+def _rloo() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.trainers.rloo_grpo import RLOOConfig, RLOOTrainer
+
+    return RLOOConfig, lambda cfg: RLOOTrainer(cfg).train()
+
+
+def _grpo() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.trainers.rloo_grpo import GRPOConfig, GRPOTrainer
+
+    return GRPOConfig, lambda cfg: GRPOTrainer(cfg).train()
+
+
 def _eval() -> tuple[type, Callable[[Any], Any]]:
     from preftune.eval.reward_model import RewardEvalConfig, run_reward_eval
 
@@ -60,6 +78,27 @@ def _eval() -> tuple[type, Callable[[Any], Any]]:
         return result
 
     return RewardEvalConfig, run
+
+
+def _bon() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.rollout.best_of_n import BoNConfig, run_best_of_n
+
+    def run(cfg: BoNConfig) -> Any:
+        result = run_best_of_n(cfg)
+        table = Table(title=escape(f"best-of-n: {cfg.model.model} judged by {cfg.judge}"), show_header=True)
+        gold_column = ["gold reward"] if result["task"] else []
+        for column in ["n", "judge reward", *gold_column, "KL bound", "KL measured"]:
+            table.add_column(column, justify="right")
+        for point in result["curve"]:
+            values = [point["judge_reward"], *([point["gold_reward"]] if result["task"] else [])]
+            values += [point["kl_bound"], point["kl_measured"]]
+            table.add_row(str(point["n"]), *(f"{value:.4f}" for value in values))
+        console.print(table)
+        scalars = {k: v for k, v in result.items() if k != "curve"}  # the curve is in bon.json
+        show_metrics_table(scalars, f"files in {cfg.output_dir}")
+        return result
+
+    return BoNConfig, run
 
 
 def _synth() -> tuple[type, Callable[[Any], Any]]:
@@ -102,10 +141,14 @@ COMMANDS: dict[str, Command] = {
     "kto": Command(
         "KTO on unpaired feedback (desirable / undesirable labels; pairs are split in two).", _kto
     ),
-    "ppo": Command("RLHF with PPO.", planned="issue #5 (PPO, RLOO, GRPO)"),
-    "rloo": Command("Critic-free RL with RLOO.", planned="issue #5 (PPO, RLOO, GRPO)"),
-    "grpo": Command("Critic-free RL with GRPO.", planned="issue #5 (PPO, RLOO, GRPO)"),
-    "bon": Command("Best-of-n / rejection sampling with a judge.", planned="issue #5 (best-of-n)"),
+    "ppo": Command(
+        "RLHF with PPO: policy, reference, judge and value model; KL penalty, GAE, clipping.", _ppo
+    ),
+    "rloo": Command("Critic-free RL with RLOO (leave-one-out baseline over k samples per prompt).", _rloo),
+    "grpo": Command("Critic-free RL with GRPO (group-standardised advantages; Dr. GRPO option).", _grpo),
+    "bon": Command(
+        "Best-of-n / rejection sampling with any judge: SFT data, best-vs-worst pairs, reward-KL curve.", _bon
+    ),
     "eval": Command(
         "Evaluate a reward model on pairs: accuracy, calibration, length probe (policies: issue #6).", _eval
     ),

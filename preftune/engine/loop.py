@@ -87,7 +87,11 @@ class Engine:
         num_items: int,
         run_config: dict[str, Any],
         accelerator: Accelerator | None = None,
+        items_per_step: int | None = None,
     ) -> None:
+        """`items_per_step`: items (examples, pairs, prompts) of the global batch of one step; default
+        per-device batch x accumulation x processes. RL trainers take a batch of prompts per step
+        and make several optimizer updates from it (see `update` and `end_step`)."""
         if not config.output_dir:
             raise ValueError("output_dir is empty: pass --output_dir DIR.")
         self.config = config
@@ -96,7 +100,12 @@ class Engine:
         self.checkpoint_root = self.out / "checkpoints"
         set_seed(config.seed)
         per_process = config.per_device_train_batch_size * config.gradient_accumulation_steps
-        self.global_batch_size = per_process * self.accelerator.num_processes
+        self.global_batch_size = items_per_step or per_process * self.accelerator.num_processes
+        if self.global_batch_size % self.accelerator.num_processes:
+            raise ValueError(
+                f"The global batch of {self.global_batch_size} items per step does not split evenly over "
+                f"{self.accelerator.num_processes} processes; make it a multiple of the number of processes."
+            )
         if num_items < 1:
             raise ValueError("The training set has no examples: check --dataset (every row was skipped?).")
         self.num_items = num_items
@@ -120,6 +129,9 @@ class Engine:
         self._total_tokens = 0.0
         self._window_tokens = 0.0
         self.last_record: dict[str, Any] = {}
+        self.trainer_state: dict[str, Any] = {}
+        """JSON-safe state of the method (e.g. PPO's adaptive KL coefficient), saved in checkpoints and
+        restored on resume; a trainer sets its entries before the first step and reads them after."""
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
         if config.resume:
             self._resume(run_config)
@@ -152,7 +164,7 @@ class Engine:
         """For each remaining optimizer step: this process's micro-batches, as lists of item indices."""
         cfg = self.config
         stream = index_stream(self.num_items, cfg.seed, start=self.step * self.global_batch_size)
-        per_process = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+        per_process = self.global_batch_size // self.accelerator.num_processes
         rank = self.accelerator.process_index
         while not self.done:
             global_batch = [next(stream) for _ in range(self.global_batch_size)]
@@ -200,28 +212,46 @@ class Engine:
         metrics: dict[str, float],
         evaluate: Callable[[], dict[str, float]] | None = None,
     ) -> None:
-        """Clip, step, schedule; then the NaN guard, evaluation, logging and checkpointing.
+        """One optimizer update, then the end of the step (`update` + `end_step`)."""
+        grad_norm = self.update(loss)
+        metrics = {**metrics, "train/grad_norm": grad_norm} if math.isfinite(grad_norm) else metrics
+        self.end_step(loss, num_tokens, metrics, evaluate)
 
-        `evaluate` (returning `eval/...` metrics) runs every eval_steps and at the last step;
-        its metrics go into that step's metrics.jsonl line and its time stays out of tokens/s.
+    def update(self, loss: float) -> float:
+        """Clip, check, step the optimizer and zero the gradients; returns the gradient norm before clipping.
+
+        A step is normally one update; RL trainers make several per step (PPO epochs x mini-batches).
+        With fp16 loss scaling an inf gradient is an overflow: the scaler skips the update and
+        lowers the scale. Anything else non-finite is divergence.
         """
         grad_norm = self._clip()
-        # With fp16 loss scaling an inf gradient is an overflow: the scaler skips the update and
-        # lowers the scale. Anything else non-finite is divergence.
         overflow = (
             self.accelerator.scaler is not None and math.isfinite(loss) and not math.isfinite(grad_norm)
         )
         if not overflow and not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self._diverged(loss, grad_norm)
         self.optimizer.step()
-        self._last_lr = self.scheduler.get_last_lr()[0]  # the rate this update used
         if overflow:
             self.skipped_steps += 1
-            metrics = {**metrics, "train/skipped_steps": float(self.skipped_steps)}
-        else:
-            metrics = {**metrics, "train/grad_norm": grad_norm}  # an overflow's inf would poison the mean
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def end_step(
+        self,
+        loss: float,
+        num_tokens: float,
+        metrics: dict[str, float],
+        evaluate: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        """Schedule, count the step; then evaluation, logging and checkpointing.
+
+        `evaluate` (returning `eval/...` metrics) runs every eval_steps and at the last step;
+        its metrics go into that step's metrics.jsonl line and its time stays out of tokens/s.
+        """
+        self._last_lr = self.scheduler.get_last_lr()[0]  # the rate this step's updates used
+        if self.skipped_steps:
+            metrics = {**metrics, "train/skipped_steps": float(self.skipped_steps)}
+        self.scheduler.step()
         self.step += 1
         self._window_tokens += num_tokens
         self._total_tokens += num_tokens
@@ -298,6 +328,7 @@ class Engine:
                 "wall_seconds": time.perf_counter() - self._start_time,
                 "skipped_steps": self.skipped_steps,
                 "scaler": self._scaler_state(),
+                "trainer_state": self.trainer_state,
             }
             save_checkpoint(
                 self.checkpoint_root,
@@ -356,6 +387,7 @@ class Engine:
         self.last_record = state["last_record"]
         self.metrics.load_state_dict(state["metrics_window"])
         self.skipped_steps = state["skipped_steps"]
+        self.trainer_state = state.get("trainer_state", {})
         if self.accelerator.scaler is not None and state["scaler"] is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.metrics.truncate_after(step)

@@ -79,15 +79,20 @@ def sequence_sums(token_values: Tensor, sequence_index: Tensor, num_sequences: i
     return sums.index_add(0, sequence_index, token_values)
 
 
-def load_frozen_reference(config: ModelConfig, ref_model: str | None, device: str) -> ResponseLogps | None:
+def load_frozen_reference(
+    config: ModelConfig, ref_model: str | None, device: str, temperature: float = 1.0
+) -> ResponseLogps | None:
     """The reference policy as a frozen copy of `ref_model` (default: `config.model`), or None when it
-    is the LoRA policy (`config.use_peft`, no `ref_model`) with its adapter disabled."""
+    is the LoRA policy (`config.use_peft`, no `ref_model`) with its adapter disabled. Its log-probs
+    use `temperature`, which must be the policy's (RL: the sampling temperature)."""
     if config.use_peft and not ref_model:
         logger.info("Reference: the policy with its LoRA adapter disabled.")
         return None
     path = ref_model or config.model
     logger.info("Reference: a frozen copy of %s.", path)
-    return ResponseLogps(load_reference(path, config.dtype, device, config.trust_remote_code)).eval()
+    return ResponseLogps(
+        load_reference(path, config.dtype, device, config.trust_remote_code), temperature
+    ).eval()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,78 @@
+"""Held-out evaluation of a policy during RL training: sample, judge, gold reward, KL, length.
+
+Each process samples its share of the held-out prompts with a fixed seed (the same noise at
+every evaluation, so successive evaluations differ only by the policy) and returns sums; the
+trainer adds them over processes and divides by the count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from preftune.data.prompts import PromptSet
+from preftune.judges import GoldJudge, Judge
+from preftune.models.logps import ResponseLogps
+from preftune.rollout.backends import TransformersBackend
+from preftune.rollout.experience import judge_scores, model_inputs, per_token, rollout_examples
+from preftune.rollout.generate import SamplingConfig
+
+
+@dataclass
+class HeldOutEvaluator:
+    """Samples one response per held-out prompt and measures it."""
+
+    prompts: PromptSet
+    judge: Judge
+    gold: GoldJudge | None
+    """The synthetic task's gold reward, when the prompts come from one."""
+    tokenizer: PreTrainedTokenizerBase
+    sampling: SamplingConfig
+    seed: int
+    chunk_size: int
+    pad_token_id: int
+
+    @torch.no_grad()
+    def sums(
+        self,
+        policy: ResponseLogps,
+        reference: Callable[[], contextlib.AbstractContextManager[ResponseLogps]],
+        rank: int,
+        world: int,
+    ) -> dict[str, Tensor | float]:
+        """Sums over this process's prompts: `reward` (judge), `gold_reward`, `kl` (sequence-level
+        log pi/pi_ref of the samples, a k1 estimate of KL(pi || pi_ref)), `length` (tokens), `count`."""
+        mine = list(range(rank, len(self.prompts), world))
+        if not mine:
+            return {"reward": 0.0, "kl": 0.0, "length": 0.0, "count": 0.0, "gold_reward": 0.0}
+        device = next(policy.parameters()).device
+        backend = TransformersBackend(policy.model, self.tokenizer)
+        rollout = backend.generate([self.prompts.ids[i] for i in mine], self.sampling, self.seed + rank)
+        examples = rollout_examples(rollout)
+
+        def logps_of(model: ResponseLogps) -> Tensor:
+            return per_token(
+                lambda b: {"logps": model(*model_inputs(b))},
+                examples, rollout.mask, self.chunk_size, self.pad_token_id, device,
+            )["logps"]  # fmt: skip
+
+        logps = logps_of(policy)
+        with reference() as ref:
+            ref_logps = logps_of(ref)
+        prompts = [self.prompts.prompts[i] for i in mine]
+        raw, texts = judge_scores(self.judge, self.tokenizer, prompts, rollout)
+        sums: dict[str, Tensor | float] = {
+            "reward": raw.sum(),
+            "kl": (logps - ref_logps)[rollout.mask].sum(),
+            "length": rollout.lengths.sum().float(),
+            "count": float(len(mine)),
+            "gold_reward": 0.0,
+        }
+        if self.gold is not None:
+            sums["gold_reward"] = self.gold.score(prompts, texts).sum()
+        return sums

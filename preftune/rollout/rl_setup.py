@@ -1,0 +1,155 @@
+"""What every RL trainer (PPO, RLOO, GRPO) sets up the same way: prompts, judge, held-out
+evaluation, the judge's statistics on the starting policy, sampling seeds, global whitening."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from preftune.data import DataConfig
+from preftune.data.prompts import PromptSet, load_prompts
+from preftune.judges import GoldJudge, Judge, load_judge
+from preftune.models.loading import token_id
+from preftune.models.logps import ResponseLogps
+from preftune.ops.whiten import whiten
+from preftune.rollout.backends import TransformersBackend
+from preftune.rollout.experience import ScoringConfig, judge_scores
+from preftune.rollout.generate import SamplingConfig
+from preftune.rollout.heldout import HeldOutEvaluator
+from preftune.tasks import detect_task
+
+logger = logging.getLogger(__name__)
+
+EVAL_SEED_OFFSET = 7_777
+"""Held-out samples use seed + this at every evaluation (not the training stream)."""
+
+
+def check_rl_sampling(sampling: SamplingConfig) -> None:
+    """RL learns from the policy's own samples: temperature > 0, and a warning when top-k/top-p
+    make the sampling distribution differ from the one the log-probs are computed under."""
+    if sampling.temperature <= 0:
+        raise ValueError(
+            f"--temperature must be > 0 for RL (the policy learns from its own samples), got "
+            f"{sampling.temperature}. Use 1.0 to sample the policy as it is."
+        )
+    if sampling.top_p < 1 or sampling.top_k > 0:
+        logger.warning(
+            "top_p=%s / top_k=%s: responses are sampled from a truncated distribution, but log-probs and the KL "
+            "use the full one (at the temperature), so updates are slightly off-policy.",
+            sampling.top_p,
+            sampling.top_k,
+        )
+
+
+@dataclass
+class RLSetup:
+    prompts: PromptSet
+    judge: Judge
+    evaluator: HeldOutEvaluator | None
+    sampling: SamplingConfig
+    scoring: ScoringConfig
+    tokenizer: PreTrainedTokenizerBase
+    accelerator: Accelerator
+    chunk_size: int
+    seed: int
+
+    @classmethod
+    def load(
+        cls,
+        data: DataConfig,
+        sampling: SamplingConfig,
+        scoring: ScoringConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        accelerator: Accelerator,
+        chunk_size: int,
+        seed: int,
+        judge: Judge | None = None,
+    ) -> RLSetup:
+        """Read and encode the prompts (before any model loads), then load the judge named by
+        --judge, unless a `judge` object (anything with `score(prompts, responses)`) is given."""
+        max_prompt = data.max_length - sampling.max_new_tokens
+        prompts = load_prompts(tokenizer, data.dataset, data.dataset_split, max_prompt, data, "train")
+        eval_prompts = (
+            load_prompts(tokenizer, data.eval_dataset, data.eval_split, max_prompt, data, "eval")
+            if data.eval_dataset
+            else None
+        )
+        device = str(accelerator.device)
+        if judge is None:
+            judge = load_judge(scoring.judge, device=device, batch_size=scoring.judge_batch_size)
+        evaluator = None
+        if eval_prompts is not None:
+            task = detect_task(data.eval_dataset or "", scoring.task)
+            evaluator = HeldOutEvaluator(
+                eval_prompts, judge, GoldJudge(task) if task else None, tokenizer, sampling,
+                seed + EVAL_SEED_OFFSET, chunk_size, token_id(tokenizer, "pad"),
+            )  # fmt: skip
+        return cls(prompts, judge, evaluator, sampling, scoring, tokenizer, accelerator, chunk_size, seed)
+
+    def sample_seed(self, step: int) -> int:
+        """The sampling seed of a step on this process (distinct per step and process, reproducible)."""
+        return self.seed * 1_000_003 + step * 1_009 + self.accelerator.process_index
+
+    @torch.no_grad()
+    def score_statistics(
+        self, policy: ResponseLogps, global_sum: Callable[[Tensor], Tensor]
+    ) -> dict[str, float]:
+        """The judge's mean and std on the starting policy's samples (`reward_norm_samples` prompts),
+        or mean 0 and std 1 with --reward_normalization none."""
+        if self.scoring.reward_normalization == "none":
+            return {"reward_mean": 0.0, "reward_std": 1.0}
+        order = torch.randperm(len(self.prompts), generator=torch.Generator().manual_seed(self.seed))
+        chosen = order[: self.scoring.reward_norm_samples].tolist()
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = chosen[rank::world]
+        raw = torch.zeros(0)
+        if mine:
+            rollout = TransformersBackend(policy.model, self.tokenizer).generate(
+                [self.prompts.ids[i] for i in mine], self.sampling, self.seed * 31 + rank
+            )
+            raw, _ = judge_scores(
+                self.judge, self.tokenizer, [self.prompts.prompts[i] for i in mine], rollout
+            )
+        total, square, count = global_sum(
+            torch.stack([raw.sum(), (raw**2).sum(), torch.tensor(float(len(raw)))]).double()
+        ).tolist()
+        mean = total / count
+        std = max(square / count - mean**2, 0.0) ** 0.5
+        if std < 1e-6:
+            raise ValueError(
+                f"The judge gives every sample of the starting policy the same score ({mean:.4g}), so scores "
+                "cannot be standardised and there is no signal to learn from. Check --judge, or pass "
+                "--reward_normalization none."
+            )
+        logger.info("Judge on %d samples of the starting policy: mean %.4f, std %.4f.", int(count), mean, std)
+        return {"reward_mean": mean, "reward_std": std}
+
+    def global_whiten(self, values: Tensor, mask: Tensor, max_width: int) -> Tensor:
+        """`whiten` over the batches of all processes (each holds the same number of rows), so the
+        result does not depend on how the global batch is split."""
+        N, T = values.shape
+        if self.accelerator.num_processes == 1:
+            return whiten(values, mask)
+        padded = torch.zeros(N, max_width)
+        padded[:, :T] = values
+        padded_mask = torch.zeros(N, max_width, dtype=torch.bool)
+        padded_mask[:, :T] = mask
+        device = self.accelerator.device
+        everything = self.accelerator.gather(padded.to(device))  # (P * N, max_width)
+        every_mask = self.accelerator.gather(padded_mask.to(device))
+        assert isinstance(everything, Tensor) and isinstance(every_mask, Tensor), "gather of a tensor"
+        rank = self.accelerator.process_index
+        return whiten(everything.cpu(), every_mask.cpu())[rank * N : (rank + 1) * N, :T]
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """`eval/...` means from global sums of HeldOutEvaluator.sums."""
+        count = max(sums.pop("count"), 1.0)
+        if self.evaluator is None or self.evaluator.gold is None:
+            sums.pop("gold_reward", None)
+        return {f"eval/{name}": value / count for name, value in sums.items()}

@@ -1,0 +1,396 @@
+"""RLHF with PPO: policy, frozen reference, judge (reward model) and value model.
+
+Papers: PPO (Schulman et al. 2017, arXiv 1707.06347, eq. 7 clipped surrogate), GAE (Schulman
+et al. 2015, arXiv 1506.02438, eq. 16), RLHF for language models (Ziegler et al. 2019, arXiv
+1909.08593: per-token KL penalty in the reward, adaptive KL controller, reward normalisation;
+Ouyang et al. 2022, arXiv 2203.02155), and the implementation details collected by Huang et
+al. 2024 ("The N+ implementation details of RLHF with PPO", arXiv 2403.17031).
+
+Each step (one PPO iteration):
+1. sample one response per prompt of the batch from the policy (`rollout/`), cut at EOS;
+2. with no gradient: the policy's log-probs (at the sampling temperature), the reference's,
+   the value of each state, and the judge's score of each response;
+3. the score is standardised (judge mean/std on the starting policy's samples), clipped, and
+   penalised when the response has no EOS; it is placed on the last response token, and each
+   token gets -kl_coef * (logp - ref_logp) (k1); with --kl_estimator k2/k3 the KL is a loss
+   term instead;
+4. GAE gives advantages (whitened over the global batch) and returns;
+5. ppo_epochs passes over shuffled mini-batches: clipped policy loss + vf_coef * clipped value
+   loss (+ kl_coef * KL term), one optimizer update per mini-batch, gradient clipping;
+6. the adaptive controller (when --target_kl is set) updates kl_coef from the measured KL.
+Departures: one optimizer and one learning rate for policy and value model (one module); the
+value of a state is read at the position that predicts the next token (so V(s_t) sits beside
+logp(a_t)); the loss is normalised by the global number of tokens in each mini-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate.utils import set_seed
+from torch import Tensor
+
+from preftune.config import config_to_flat_dict
+from preftune.data import DataConfig
+from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.engine.config import require_run_inputs
+from preftune.judges import Judge, RewardModelJudge
+from preftune.losses.kl import KL_ESTIMATORS
+from preftune.losses.policy_gradient import (
+    adaptive_kl_coef,
+    gae,
+    kl_penalized_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from preftune.models.actor_critic import VALUE_ADAPTER, ActorCritic, SharedBackboneActorCritic
+from preftune.models.loading import (
+    ModelConfig,
+    check_model_path,
+    load_policy,
+    load_scalar_model,
+    load_tokenizer,
+    save_final,
+    token_id,
+)
+from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view
+from preftune.models.scalar import PooledScorer
+from preftune.ops.reduce import masked_sum
+from preftune.rollout.backends import TransformersBackend
+from preftune.rollout.experience import (
+    ScoringConfig,
+    collate_on,
+    judge_scores,
+    model_inputs,
+    per_token,
+    rollout_examples,
+    shape_scores,
+)
+from preftune.rollout.generate import RolloutBatch, SamplingConfig
+from preftune.rollout.rl_setup import RLSetup, check_rl_sampling
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(learning_rate=1e-5, max_steps=200, per_device_train_batch_size=16)
+    )
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    ref_model: str | None = None
+    """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
+    value_model: str | None = None
+    """Initial value model: default the reward model of --judge (rm:PATH), else --model (a new head)."""
+    share_backbone: bool = False
+    """One copy of the base weights: the policy is a LoRA adapter, the value model a second adapter with
+    a value head, the reference the base with adapters disabled (needs --use_peft)."""
+    num_mini_batches: int = 1
+    """Optimizer updates per PPO epoch; the rollout batch per process is per_device_train_batch_size x
+    gradient_accumulation_steps x num_mini_batches sequences."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch."""
+    clip_range: float = 0.2
+    """PPO's epsilon: the policy ratio is clipped to [1 - clip_range, 1 + clip_range]."""
+    clip_range_value: float = 0.2
+    """Values are clipped to old value +- this in the value loss; 0 turns value clipping off."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    gamma: float = 1.0
+    """Discount factor of GAE."""
+    lam: float = 0.95
+    """GAE's lambda (bias-variance trade-off of the advantage)."""
+    kl_coef: float = 0.05
+    """Weight of the KL to the reference (initial value when --target_kl is set)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """k1: -kl_coef * (logp - ref_logp) per token in the reward; k2 or k3: a KL term in the loss instead."""
+    target_kl: float | None = None
+    """Adaptive KL controller (Ziegler et al. 2019): the sequence-level KL it steers kl_coef towards; None
+    keeps kl_coef fixed."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive controller, in samples."""
+    whiten_advantages: bool = True
+    """Standardise advantages over the global batch."""
+
+    def __post_init__(self) -> None:
+        require_run_inputs(self.model.model, self.data.dataset, self.train)
+        if not self.scoring.judge:
+            raise ValueError("--judge is required: gold, rm:PATH (a reward model) or rm:PATH1,PATH2.")
+        check_rl_sampling(self.sampling)
+        for name, value in (("num_mini_batches", self.num_mini_batches), ("ppo_epochs", self.ppo_epochs)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        if not 0 < self.clip_range < 1 or self.clip_range_value < 0 or self.vf_coef < 0:
+            raise ValueError(
+                f"clip_range must be in (0, 1), clip_range_value and vf_coef >= 0; got {self.clip_range}, "
+                f"{self.clip_range_value}, {self.vf_coef}."
+            )
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}.")
+        if self.kl_coef < 0 or (self.target_kl is not None and self.target_kl <= 0) or self.kl_horizon < 1:
+            raise ValueError(f"kl_coef must be >= 0, target_kl > 0 (or unset), kl_horizon >= 1; got "
+                             f"{self.kl_coef}, {self.target_kl}, {self.kl_horizon}.")  # fmt: skip
+        if self.share_backbone and not self.model.use_peft:
+            raise ValueError(
+                "--share_backbone puts policy and value adapters on one base model: add --use_peft true."
+            )
+        if self.share_backbone and (self.value_model or self.ref_model):
+            raise ValueError("--share_backbone uses the base model as reference and a new value adapter on it; "
+                             "drop --value_model and --ref_model.")  # fmt: skip
+
+    @property
+    def rollout_size(self) -> int:
+        """Sequences sampled per process per step."""
+        return (
+            self.train.per_device_train_batch_size
+            * self.train.gradient_accumulation_steps
+            * self.num_mini_batches
+        )
+
+
+class PPOTrainer:
+    """`PPOTrainer(config).train()` runs the whole job."""
+
+    def __init__(self, config: PPOConfig, judge: Judge | None = None) -> None:
+        """`judge` replaces the one named by --judge (any object with `score(prompts, responses) -> (N,)`)."""
+        self.config = config
+        cfg = config
+        set_seed(cfg.train.seed)
+        for path, flag in (
+            (cfg.model.model, "--model"),
+            (cfg.ref_model, "--ref_model"),
+            (cfg.value_model, "--value_model"),
+        ):
+            if path:
+                check_model_path(path, flag)  # fmt: skip
+        self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
+        self.pad_id = token_id(self.tokenizer, "pad")
+        self.accelerator = build_accelerator(cfg.train)
+        self.setup = RLSetup.load(
+            cfg.data, cfg.sampling, cfg.scoring, self.tokenizer, self.accelerator,
+            cfg.train.per_device_train_batch_size, cfg.train.seed, judge,
+        )  # fmt: skip
+        policy = ResponseLogps(load_policy(cfg.model), cfg.sampling.temperature)
+        if cfg.share_backbone:
+            model: torch.nn.Module = SharedBackboneActorCritic(policy, self._lora_config(policy))
+            self.reference = None
+        else:
+            model = ActorCritic(policy, self._load_value_model())
+            self.reference = load_frozen_reference(
+                cfg.model, cfg.ref_model, str(self.accelerator.device), cfg.sampling.temperature
+            )
+        self.engine = Engine(
+            cfg.train, model, len(self.setup.prompts), config_to_flat_dict(cfg), self.accelerator,
+            items_per_step=cfg.rollout_size * self.accelerator.num_processes,
+        )  # fmt: skip
+        self.model = self.engine.model
+        state = self.engine.trainer_state  # restored on resume
+        if "reward_mean" not in state:
+            state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
+        state.setdefault("kl_coef", cfg.kl_coef)
+
+    def _lora_config(self, policy: ResponseLogps) -> Any:
+        from peft import PeftModel
+
+        assert isinstance(policy.model, PeftModel), "checked in PPOConfig: --share_backbone needs --use_peft"
+        return policy.model.peft_config["default"]
+
+    def _load_value_model(self) -> PooledScorer:
+        cfg = self.config
+        judge = self.setup.judge
+        from_judge = judge.paths[0] if isinstance(judge, RewardModelJudge) and len(judge.paths) == 1 else None
+        path = cfg.value_model or from_judge or cfg.model.model
+        value = load_scalar_model(
+            path, cfg.model.dtype, None, cfg.model.trust_remote_code, "--value_model", 1, self.pad_id
+        )
+        if load_tokenizer(path, cfg.model.trust_remote_code).get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(
+                f"The value model would start from {path}, whose tokenizer differs from the policy's, so it cannot "
+                f"read the policy's tokens. Pass --value_model {cfg.model.model} (the policy gets a new value head)."
+            )
+        logger.info("Value model: initialised from %s.", path)
+        return PooledScorer(value)
+
+    @property
+    def policy(self) -> ResponseLogps:
+        return self.accelerator.unwrap_model(self.model).policy
+
+    def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
+        return reference_view(self.reference, self.policy, self.accelerator.autocast())
+
+    def train(self) -> dict[str, Any]:
+        engine = self.engine
+        for micro_indices in engine.steps():
+            prompts = [i for micro in micro_indices for i in micro]
+            experience, metrics = self.make_experience(prompts)
+            loss, update_metrics, num_tokens = self.ppo_update(experience)
+            metrics.update(update_metrics)
+            if self.config.target_kl is not None:
+                state = engine.trainer_state
+                state["kl_coef"] = adaptive_kl_coef(
+                    state["kl_coef"], metrics["kl/mean"], self.config.target_kl, self.config.kl_horizon,
+                    len(prompts) * self.accelerator.num_processes,
+                )  # fmt: skip
+            engine.end_step(loss, num_tokens, metrics, self.evaluate if self.setup.evaluator else None)
+        return self._finish()
+
+    @torch.no_grad()
+    def make_experience(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
+        """Sample, score and compute advantages for this process's prompts (steps 1-4 of the docstring)."""
+        cfg, engine, device = self.config, self.engine, self.accelerator.device
+        setup, state = self.setup, engine.trainer_state
+        rollout = TransformersBackend(self.policy.model, self.tokenizer).generate(
+            [setup.prompts.ids[i] for i in prompt_indices], cfg.sampling, setup.sample_seed(engine.step)
+        )
+        examples, mask = rollout_examples(rollout), rollout.mask  # N sequences, (N, T)
+        actor_critic = self.accelerator.unwrap_model(self.model)
+        old = per_token(
+            lambda b: actor_critic(*model_inputs(b))._asdict(), examples, mask,
+            cfg.train.per_device_train_batch_size, self.pad_id, device,
+        )  # fmt: skip
+        with self._reference() as reference:
+            ref_logps = per_token(
+                lambda b: {"logps": reference(*model_inputs(b))}, examples, mask,
+                cfg.train.per_device_train_batch_size, self.pad_id, device,
+            )["logps"]  # fmt: skip
+        prompts = [setup.prompts.prompts[i] for i in prompt_indices]
+        raw, _ = judge_scores(setup.judge, self.tokenizer, prompts, rollout)
+        scores = shape_scores(
+            raw, rollout.ended, state["reward_mean"], state["reward_std"],
+            cfg.scoring.reward_clip, cfg.scoring.missing_eos_penalty,
+        )  # fmt: skip
+        logratio = torch.where(mask, old["logps"] - ref_logps, 0.0)  # (N, T)
+        kl_in_reward = state["kl_coef"] if cfg.kl_estimator == "k1" else 0.0
+        rewards = kl_penalized_rewards(scores, logratio, mask, kl_in_reward)
+        advantages, returns = gae(rewards, old["values"], mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = setup.global_whiten(advantages, mask, cfg.sampling.max_new_tokens)
+        experience = {
+            "examples": examples, "mask": mask, "logps": old["logps"], "values": old["values"],
+            "ref_logps": ref_logps, "advantages": advantages, "returns": returns,
+        }  # fmt: skip
+        return experience, self._rollout_metrics(rollout, old, logratio, raw, scores, returns)
+
+    def _rollout_metrics(
+        self,
+        rollout: RolloutBatch,
+        old: dict[str, Tensor],
+        logratio: Tensor,
+        raw: Tensor,
+        scores: Tensor,
+        returns: Tensor,
+    ) -> dict[str, float]:
+        """Rollout-time metrics averaged over the global batch (one collective)."""
+        mask, state = rollout.mask, self.engine.trainer_state
+        residual = returns - old["values"]
+        sums = self.engine.global_sums({
+            "num_sequences": float(len(raw)), "num_tokens": mask.sum().float(),
+            "reward/raw": raw.sum(), "reward/normalized": scores.sum(),
+            "kl/mean": logratio.sum(), "response/length": mask.sum().float(),
+            "response/ended": rollout.ended.float().sum(),
+            "rollout/logp_gap": masked_sum((rollout.logps - old["logps"]).abs(), mask),
+            "returns_sum": masked_sum(returns, mask), "returns_sq": masked_sum(returns**2, mask),
+            "residual_sum": masked_sum(residual, mask), "residual_sq": masked_sum(residual**2, mask),
+        })  # fmt: skip
+        n, tokens = sums.pop("num_sequences"), sums.pop("num_tokens")
+        var_returns = sums.pop("returns_sq") / tokens - (sums.pop("returns_sum") / tokens) ** 2
+        var_residual = sums.pop("residual_sq") / tokens - (sums.pop("residual_sum") / tokens) ** 2
+        metrics = {name: value / n for name, value in sums.items()}
+        metrics["rollout/logp_gap"] = sums["rollout/logp_gap"] / tokens
+        metrics["kl/per_token"] = sums["kl/mean"] / tokens
+        metrics["kl/coef"] = state["kl_coef"]
+        metrics["value/explained_variance"] = 1 - var_residual / max(var_returns, 1e-12)
+        metrics["rollout/num_tokens"] = tokens
+        return metrics
+
+    def ppo_update(self, experience: dict[str, Any]) -> tuple[float, dict[str, float], float]:
+        """ppo_epochs x num_mini_batches optimizer updates on one rollout batch (step 5).
+
+        Returns the mean loss, token-averaged update metrics and the tokens trained on.
+        """
+        cfg, engine = self.config, self.engine
+        N, size = len(experience["examples"]), cfg.train.per_device_train_batch_size
+        mini = N // cfg.num_mini_batches
+        sums: defaultdict[str, Tensor | float] = defaultdict(float)
+        losses: list[float] = []
+        for epoch in range(cfg.ppo_epochs):
+            generator = torch.Generator().manual_seed(cfg.train.seed * 7919 + engine.step * 101 + epoch)
+            order = torch.randperm(N, generator=generator)
+            for m in range(cfg.num_mini_batches):
+                rows = order[m * mini : (m + 1) * mini]
+                num_tokens = engine.global_sum(experience["mask"][rows].sum()).item()
+                micros = [rows[i : i + size] for i in range(0, mini, size)]
+                loss = torch.zeros((), device=self.accelerator.device)
+                for i, micro in enumerate(micros):
+                    with engine.sync_context(i, len(micros)):
+                        micro_loss, metrics = self._micro_loss(experience, micro, num_tokens)
+                        engine.backward(micro_loss)
+                    loss += micro_loss.detach()
+                    for name, value in metrics.items():
+                        sums[name] += value
+                losses.append(engine.global_sum(loss).item())
+                sums["train/grad_norm"] += engine.update(losses[-1])
+        totals = engine.global_sums(sums)
+        updates, tokens = cfg.ppo_epochs * cfg.num_mini_batches, totals.pop("tokens")
+        metrics = {name: value / tokens for name, value in totals.items()}
+        metrics["train/grad_norm"] = totals["train/grad_norm"] / updates / self.accelerator.num_processes
+        return sum(losses) / len(losses), metrics, tokens / cfg.ppo_epochs
+
+    def _micro_loss(
+        self, experience: dict[str, Any], rows: Tensor, num_tokens: float
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of the sequences `rows` (divided by the mini-batch's global token count) and metric sums."""
+        cfg, device = self.config, self.accelerator.device
+        batch = collate_on([experience["examples"][i] for i in rows.tolist()], self.pad_id, device)
+        out = self.model(*model_inputs(batch))  # per response token (M,)
+        mask = experience["mask"][rows]
+
+        def flat(name: str) -> Tensor:  # (N, T) -> (M,), the order of the model's outputs
+            return experience[name][rows][mask].to(device)
+
+        ones = torch.ones_like(out.logps, dtype=torch.bool)
+        pg, pg_metrics = ppo_policy_loss(out.logps, flat("logps"), flat("advantages"), ones, cfg.clip_range)
+        vf, vf_metrics = ppo_value_loss(
+            out.values, flat("values"), flat("returns"), ones, cfg.clip_range_value
+        )
+        token_loss = pg + cfg.vf_coef * vf
+        metrics = {**pg_metrics, **vf_metrics, "policy/loss": pg.detach(), "value/loss": vf.detach()}
+        if cfg.kl_estimator != "k1":
+            kl = KL_ESTIMATORS[cfg.kl_estimator](out.logps - flat("ref_logps"))
+            token_loss = token_loss + self.engine.trainer_state["kl_coef"] * kl
+            metrics["kl/loss_term"] = kl.detach()
+        metrics["policy/entropy"] = out.entropy
+        sums = {name: value.float().sum() for name, value in metrics.items()}
+        sums["tokens"] = torch.tensor(float(out.logps.numel()), device=device)
+        return token_loss.sum() / num_tokens, sums
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Judge score, gold reward (synthetic task), KL and length on the held-out prompts."""
+        assert self.setup.evaluator is not None
+        sums = self.setup.evaluator.sums(
+            self.policy, self._reference, self.accelerator.process_index, self.accelerator.num_processes
+        )
+        return self.setup.eval_metrics(self.engine.global_sums(sums))
+
+    def _finish(self) -> dict[str, Any]:
+        final = Path(self.config.train.output_dir) / "final"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if self.config.share_backbone:  # only the policy adapter is merged into final/
+                self.policy.model.delete_adapter(VALUE_ADAPTER)
+            save_final(self.policy.model, self.tokenizer, final)
+        summary = self.engine.finish(
+            {"train_prompts": len(self.setup.prompts), "judge": self.config.scoring.judge}
+        )
+        logger.info("PPO done in %.0f s: final policy in %s", summary["wall_seconds"], final)
+        return summary

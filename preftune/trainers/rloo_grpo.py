@@ -1,0 +1,328 @@
+"""Critic-free RL: RLOO and GRPO (k samples per prompt, the other samples as the baseline).
+
+Papers: RLOO (Ahmadian et al. 2024, arXiv 2402.14740, eq. 10: REINFORCE with the leave-one-out
+mean of the other k-1 rewards as baseline, the KL penalty in the sequence reward); GRPO (Shao
+et al. 2024, arXiv 2402.03300, eq. 3 and section 4.1.2: rewards standardised within each
+group, a k3 KL term in the loss); Dr. GRPO (Liu et al. 2025, arXiv 2503.20783: no division
+by the group's std, --scale_rewards false).
+
+Each step: sample k responses for each prompt of the batch; with no gradient the policy's and
+the reference's log-probs and the judge's scores (standardised on the starting policy's
+samples, clipped, missing-EOS penalty as in PPO); the sequence reward is the score minus
+kl_coef * sum(logp - ref_logp) with --kl_estimator k1, or the score alone with k3 (then
+kl_coef * k3 per token is added to the loss); advantages from the group (leave-one-out or
+standardised) are given to every token of the response; then ppo_epochs passes of the clipped
+surrogate over shuffled mini-batches (with one epoch the ratio is 1: plain REINFORCE with a
+baseline, as in the RLOO paper).
+Departures: the loss is normalised by the global number of response tokens of each
+mini-batch (as DAPO and TRL's default), not per sequence; GRPO's std uses Bessel's
+correction as in TRL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate.utils import set_seed
+from torch import Tensor
+
+from preftune.config import config_to_flat_dict
+from preftune.data import DataConfig
+from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.engine.config import require_run_inputs
+from preftune.judges import Judge
+from preftune.losses.kl import KL_ESTIMATORS
+from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rloo_advantages
+from preftune.models.actor_critic import ActorCritic
+from preftune.models.loading import (
+    ModelConfig,
+    check_model_path,
+    load_policy,
+    load_tokenizer,
+    save_final,
+    token_id,
+)
+from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view
+from preftune.ops.reduce import masked_sum
+from preftune.rollout.backends import TransformersBackend
+from preftune.rollout.experience import (
+    ScoringConfig,
+    collate_on,
+    judge_scores,
+    model_inputs,
+    per_token,
+    rollout_examples,
+    shape_scores,
+)
+from preftune.rollout.generate import SamplingConfig
+from preftune.rollout.rl_setup import RLSetup, check_rl_sampling
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RLOOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(learning_rate=1e-5, max_steps=200, per_device_train_batch_size=16)
+    )
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    ref_model: str | None = None
+    """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
+    advantage_estimator: Literal["rloo", "grpo"] = "rloo"
+    """rloo: reward minus the mean of the other samples' rewards; grpo: standardised within the group."""
+    num_generations: int = 4
+    """Samples per prompt (k >= 2); the rollout batch must be a multiple of it."""
+    scale_rewards: bool = True
+    """GRPO: divide by the group's std; false is Dr. GRPO (mean-centred only)."""
+    num_mini_batches: int = 1
+    """Optimizer updates per epoch; the rollout batch per process is per_device_train_batch_size x
+    gradient_accumulation_steps x num_mini_batches sequences."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch (1: on-policy REINFORCE; more reuse samples with clipping)."""
+    clip_range: float = 0.2
+    """The policy ratio is clipped to [1 - clip_range, 1 + clip_range] (active from the second update)."""
+    kl_coef: float = 0.05
+    """Weight of the KL to the reference."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """k1: kl_coef * sum(logp - ref_logp) is subtracted from the sequence reward (RLOO); k3: kl_coef * k3 per
+    token is added to the loss (GRPO)."""
+
+    def __post_init__(self) -> None:
+        require_run_inputs(self.model.model, self.data.dataset, self.train)
+        if not self.scoring.judge:
+            raise ValueError("--judge is required: gold, rm:PATH (a reward model) or rm:PATH1,PATH2.")
+        check_rl_sampling(self.sampling)
+        if self.num_generations < 2:
+            raise ValueError(
+                f"num_generations must be >= 2 (the others are the baseline), got {self.num_generations}."
+            )
+        if self.rollout_size % self.num_generations:
+            raise ValueError(
+                f"The rollout batch per process ({self.rollout_size} sequences = per_device_train_batch_size x "
+                f"gradient_accumulation_steps x num_mini_batches) must be a multiple of num_generations "
+                f"({self.num_generations})."
+            )
+        if (
+            self.num_mini_batches < 1
+            or self.ppo_epochs < 1
+            or not 0 < self.clip_range < 1
+            or self.kl_coef < 0
+        ):
+            raise ValueError(
+                f"num_mini_batches and ppo_epochs must be >= 1, clip_range in (0, 1), kl_coef >= 0; got "
+                f"{self.num_mini_batches}, {self.ppo_epochs}, {self.clip_range}, {self.kl_coef}."
+            )
+        if not self.scale_rewards and self.advantage_estimator != "grpo":
+            raise ValueError("--scale_rewards false (Dr. GRPO) applies to --advantage_estimator grpo only.")
+
+    @property
+    def rollout_size(self) -> int:
+        """Sequences sampled per process per step."""
+        return (
+            self.train.per_device_train_batch_size
+            * self.train.gradient_accumulation_steps
+            * self.num_mini_batches
+        )
+
+
+@dataclass
+class GRPOConfig(RLOOConfig):
+    """RLOOConfig with GRPO's defaults: group-standardised advantages and a k3 KL term in the loss."""
+
+    advantage_estimator: Literal["rloo", "grpo"] = "grpo"
+    """rloo: reward minus the mean of the other samples' rewards; grpo: standardised within the group."""
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    """k1: kl_coef * sum(logp - ref_logp) is subtracted from the sequence reward (RLOO); k3: kl_coef * k3 per
+    token is added to the loss (GRPO)."""
+
+
+class RLOOTrainer:
+    """`RLOOTrainer(config).train()` runs RLOO or GRPO (by config.advantage_estimator)."""
+
+    def __init__(self, config: RLOOConfig, judge: Judge | None = None) -> None:
+        """`judge` replaces the one named by --judge (any object with `score(prompts, responses) -> (N,)`)."""
+        self.config = cfg = config
+        set_seed(cfg.train.seed)
+        check_model_path(cfg.model.model)
+        if cfg.ref_model:
+            check_model_path(cfg.ref_model, "--ref_model")
+        self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
+        self.pad_id = token_id(self.tokenizer, "pad")
+        self.accelerator = build_accelerator(cfg.train)
+        self.setup = RLSetup.load(
+            cfg.data, cfg.sampling, cfg.scoring, self.tokenizer, self.accelerator,
+            cfg.train.per_device_train_batch_size, cfg.train.seed, judge,
+        )  # fmt: skip
+        policy = ResponseLogps(load_policy(cfg.model), cfg.sampling.temperature)
+        self.reference = load_frozen_reference(
+            cfg.model, cfg.ref_model, str(self.accelerator.device), cfg.sampling.temperature
+        )
+        self.prompts_per_process = cfg.rollout_size // cfg.num_generations
+        self.engine = Engine(
+            cfg.train, ActorCritic(policy), len(self.setup.prompts), config_to_flat_dict(cfg), self.accelerator,
+            items_per_step=self.prompts_per_process * self.accelerator.num_processes,
+        )  # fmt: skip
+        self.model = self.engine.model
+        if "reward_mean" not in self.engine.trainer_state:  # restored on resume
+            self.engine.trainer_state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
+
+    @property
+    def policy(self) -> ResponseLogps:
+        return self.accelerator.unwrap_model(self.model).policy
+
+    def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
+        return reference_view(self.reference, self.policy, self.accelerator.autocast())
+
+    def train(self) -> dict[str, Any]:
+        engine = self.engine
+        for micro_indices in engine.steps():
+            experience, metrics = self.make_experience([i for micro in micro_indices for i in micro])
+            loss, update_metrics, num_tokens = self.update(experience)
+            engine.end_step(
+                loss,
+                num_tokens,
+                {**metrics, **update_metrics},
+                self.evaluate if self.setup.evaluator else None,
+            )
+        return self._finish()
+
+    @torch.no_grad()
+    def make_experience(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
+        """k samples per prompt, their log-probs, scores and group advantages."""
+        cfg, setup, state = self.config, self.setup, self.engine.trainer_state
+        k, device, chunk = cfg.num_generations, self.accelerator.device, cfg.train.per_device_train_batch_size
+        rollout = TransformersBackend(self.policy.model, self.tokenizer).generate(
+            [setup.prompts.ids[i] for i in prompt_indices],
+            cfg.sampling,
+            setup.sample_seed(self.engine.step),
+            k,
+        )
+        examples, mask = rollout_examples(rollout), rollout.mask  # N = P * k sequences, (N, T)
+        logps = per_token(
+            lambda b: {"logps": self.policy(*model_inputs(b))}, examples, mask, chunk, self.pad_id, device
+        )
+        with self._reference() as reference:
+            ref = per_token(
+                lambda b: {"logps": reference(*model_inputs(b))}, examples, mask, chunk, self.pad_id, device
+            )
+        prompts = [setup.prompts.prompts[i] for i in prompt_indices for _ in range(k)]
+        raw, _ = judge_scores(setup.judge, self.tokenizer, prompts, rollout)
+        scores = shape_scores(
+            raw, rollout.ended, state["reward_mean"], state["reward_std"],
+            cfg.scoring.reward_clip, cfg.scoring.missing_eos_penalty,
+        )  # fmt: skip
+        kl = masked_sum(logps["logps"] - ref["logps"], mask, dim=1)  # (N,) sequence log-ratio, k1
+        rewards = scores - cfg.kl_coef * kl if cfg.kl_estimator == "k1" else scores
+        groups = rewards.view(-1, k)  # (P, k): the k samples of a prompt are consecutive
+        if cfg.advantage_estimator == "rloo":
+            advantages = rloo_advantages(groups).reshape(-1)
+        else:
+            advantages = grpo_advantages(groups, scale_rewards=cfg.scale_rewards).reshape(-1)
+        experience = {
+            "examples": examples, "mask": mask, "logps": logps["logps"], "ref_logps": ref["logps"],
+            "advantages": advantages[:, None].expand_as(mask) * mask,
+        }  # fmt: skip
+        sums = self.engine.global_sums({
+            "num_sequences": float(len(raw)), "num_tokens": mask.sum().float(),
+            "reward/raw": raw.sum(), "reward/normalized": scores.sum(), "reward/total": rewards.sum(),
+            "kl/mean": kl.sum(), "response/length": mask.sum().float(),
+            "response/ended": rollout.ended.float().sum(),
+            "rollout/logp_gap": masked_sum((rollout.logps - logps["logps"]).abs(), mask),
+            "reward/group_std": groups.std(dim=1).sum() * k,
+        })  # fmt: skip
+        n, tokens = sums.pop("num_sequences"), sums.pop("num_tokens")
+        metrics = {name: value / n for name, value in sums.items()}
+        metrics["rollout/logp_gap"] = sums["rollout/logp_gap"] / tokens
+        metrics["kl/per_token"] = sums["kl/mean"] / tokens
+        metrics["rollout/num_tokens"] = tokens
+        return experience, metrics
+
+    def update(self, experience: dict[str, Any]) -> tuple[float, dict[str, float], float]:
+        """ppo_epochs x num_mini_batches optimizer updates; mean loss, token-averaged metrics, tokens."""
+        cfg, engine = self.config, self.engine
+        N, size = len(experience["examples"]), cfg.train.per_device_train_batch_size
+        mini = N // cfg.num_mini_batches
+        sums: defaultdict[str, Tensor | float] = defaultdict(float)
+        losses: list[float] = []
+        for epoch in range(cfg.ppo_epochs):
+            generator = torch.Generator().manual_seed(cfg.train.seed * 7919 + engine.step * 101 + epoch)
+            order = torch.randperm(N, generator=generator)
+            for m in range(cfg.num_mini_batches):
+                rows = order[m * mini : (m + 1) * mini]
+                num_tokens = engine.global_sum(experience["mask"][rows].sum()).item()
+                micros = [rows[i : i + size] for i in range(0, mini, size)]
+                loss = torch.zeros((), device=self.accelerator.device)
+                for i, micro in enumerate(micros):
+                    with engine.sync_context(i, len(micros)):
+                        micro_loss, metrics = self._micro_loss(experience, micro, num_tokens)
+                        engine.backward(micro_loss)
+                    loss += micro_loss.detach()
+                    for name, value in metrics.items():
+                        sums[name] += value
+                losses.append(engine.global_sum(loss).item())
+                sums["train/grad_norm"] += engine.update(losses[-1])
+        totals = engine.global_sums(sums)
+        updates, tokens = cfg.ppo_epochs * cfg.num_mini_batches, totals.pop("tokens")
+        metrics = {name: value / tokens for name, value in totals.items()}
+        metrics["train/grad_norm"] = totals["train/grad_norm"] / updates / self.accelerator.num_processes
+        return sum(losses) / len(losses), metrics, tokens / cfg.ppo_epochs
+
+    def _micro_loss(
+        self, experience: dict[str, Any], rows: Tensor, num_tokens: float
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Clipped surrogate (+ k3 KL) of the sequences `rows`, / the mini-batch's global token count."""
+        cfg, device = self.config, self.accelerator.device
+        batch = collate_on([experience["examples"][i] for i in rows.tolist()], self.pad_id, device)
+        out = self.model(*model_inputs(batch))  # per response token (M,)
+        mask = experience["mask"][rows]
+
+        def flat(name: str) -> Tensor:  # (N, T) -> (M,), the order of the model's outputs
+            return experience[name][rows][mask].to(device)
+
+        ones = torch.ones_like(out.logps, dtype=torch.bool)
+        token_loss, metrics = ppo_policy_loss(
+            out.logps, flat("logps"), flat("advantages"), ones, cfg.clip_range
+        )
+        metrics = {**metrics, "policy/loss": token_loss.detach(), "policy/entropy": out.entropy}
+        if cfg.kl_estimator == "k3":
+            kl = KL_ESTIMATORS["k3"](out.logps - flat("ref_logps"))
+            token_loss = token_loss + cfg.kl_coef * kl
+            metrics["kl/loss_term"] = kl.detach()
+        sums = {name: value.float().sum() for name, value in metrics.items()}
+        sums["tokens"] = torch.tensor(float(out.logps.numel()), device=device)
+        return token_loss.sum() / num_tokens, sums
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Judge score, gold reward (synthetic task), KL and length on the held-out prompts."""
+        assert self.setup.evaluator is not None
+        sums = self.setup.evaluator.sums(
+            self.policy, self._reference, self.accelerator.process_index, self.accelerator.num_processes
+        )
+        return self.setup.eval_metrics(self.engine.global_sums(sums))
+
+    def _finish(self) -> dict[str, Any]:
+        final = Path(self.config.train.output_dir) / "final"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_final(self.policy.model, self.tokenizer, final)
+        summary = self.engine.finish(
+            {"train_prompts": len(self.setup.prompts), "judge": self.config.scoring.judge,
+             "advantage_estimator": self.config.advantage_estimator}
+        )  # fmt: skip
+        logger.info("%s done in %.0f s: final policy in %s", self.config.advantage_estimator.upper(),
+                    summary["wall_seconds"], final)  # fmt: skip
+        return summary
+
+
+GRPOTrainer = RLOOTrainer
+"""GRPO is RLOOTrainer with a GRPOConfig (group-standardised advantages, k3 KL in the loss)."""

@@ -1,0 +1,187 @@
+"""PPO, RLOO and GRPO end to end on a tiny model: a learnable reward rises, first steps are exact,
+resume reproduces, the shared-backbone layout works, the value model starts from the reward model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from preftune.cli import main
+from preftune.data import DataConfig
+from preftune.engine import TrainConfig, read_metrics
+from preftune.models.loading import ModelConfig
+from preftune.rollout.experience import ScoringConfig
+from preftune.rollout.generate import SamplingConfig
+from preftune.trainers.ppo import PPOConfig, PPOTrainer
+from preftune.trainers.rloo_grpo import GRPOConfig, RLOOConfig, RLOOTrainer
+
+
+class LetterJudge:
+    """A trivially learnable reward: the share of a response's letters that are in a-m. Every token's
+    text has a fixed share, so the policy only has to move probability towards some tokens."""
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        shares = []
+        for text in responses:
+            letters = [c for c in text.lower() if c.isalpha()]
+            shares.append(sum(c in "abcdefghijklm" for c in letters) / max(len(letters), 1))
+        return torch.tensor(shares)
+
+
+def _train(output_dir, steps: int, batch: int, **overrides) -> TrainConfig:
+    return TrainConfig(
+        output_dir=str(output_dir), learning_rate=overrides.pop("learning_rate", 2e-3), max_steps=steps,
+        per_device_train_batch_size=batch, logging_steps=1, disable_tqdm=True, **overrides,
+    )  # fmt: skip
+
+
+def _common(
+    tiny_base, synth_world, output_dir, steps, batch, judge="custom", eval_data=False, model=None, **train
+):
+    return {
+        "model": ModelConfig(model=tiny_base, **(model or {})),
+        "data": DataConfig(
+            dataset=str(synth_world["prompts"]), max_length=64,
+            eval_dataset=str(synth_world["eval_prompts"]) if eval_data else None,
+        ),
+        "train": _train(output_dir, steps, batch, **train),
+        "sampling": SamplingConfig(max_new_tokens=8),
+        # the random-init model never writes a well-formed response: its gold reward is always -1
+        "scoring": ScoringConfig(judge=judge, reward_norm_samples=32,
+                                 reward_normalization="none" if judge == "gold" else "initial_policy"),
+    }  # fmt: skip
+
+
+def _first_last(records, key, window=3):
+    first = sum(r[key] for r in records[:window]) / window
+    last = sum(r[key] for r in records[-window:]) / window
+    return first, last
+
+
+# A random-init model samples nearly uniformly from its vocabulary; a large constant learning rate
+# lets 8-10 steps show the rise (measured: share 0.54 -> 0.95-1.0 in 10 steps for all three).
+FAST = {"learning_rate": 3e-2, "lr_scheduler_type": "constant"}
+
+
+def test_ppo_raises_a_learnable_reward(synth_world, tiny_base, tmp_path):
+    config = PPOConfig(**_common(tiny_base, synth_world, tmp_path, steps=8, batch=32, **FAST), ppo_epochs=2,
+                       kl_coef=0.01)  # fmt: skip
+    PPOTrainer(config, judge=LetterJudge()).train()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    first, last = _first_last(records, "reward/raw")
+    assert last > first + 0.15, (first, last)
+
+
+@pytest.mark.parametrize("config_cls", [RLOOConfig, GRPOConfig], ids=["rloo", "grpo"])
+def test_critic_free_raises_a_learnable_reward(synth_world, tiny_base, tmp_path, config_cls):
+    config = config_cls(**_common(tiny_base, synth_world, tmp_path, steps=10, batch=32, **FAST),
+                        num_generations=4, kl_coef=0.01)  # fmt: skip
+    RLOOTrainer(config, judge=LetterJudge()).train()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    first, last = _first_last(records, "reward/raw")
+    assert last > first + 0.15, (first, last)
+
+
+def test_ppo_first_update_is_on_policy_and_metrics_are_logged(synth_world, tiny_base, tmp_path):
+    config = PPOConfig(**_common(tiny_base, synth_world, tmp_path, steps=2, batch=8, eval_data=True,
+                                 judge="gold"), ppo_epochs=1)  # fmt: skip
+    trainer = PPOTrainer(config)
+    before = trainer.evaluate()
+    assert before["eval/kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference
+    assert "eval/gold_reward" in before  # the prompts come from the synthetic world
+    trainer.train()
+    first = read_metrics(tmp_path / "metrics.jsonl")[0]
+    # one epoch, one mini-batch: the update's policy is the sampling policy
+    assert first["policy/ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert first["policy/clipfrac"] == 0.0
+    assert first["policy/approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert first["kl/mean"] == pytest.approx(0.0, abs=1e-5)  # reference == starting policy
+    assert first["rollout/logp_gap"] < 1e-4  # sampling-time and training-time log-probs agree
+    expected = {
+        "reward/raw", "reward/normalized", "kl/per_token", "kl/coef", "policy/entropy", "value/clipfrac",
+        "value/error", "value/explained_variance", "response/length", "response/ended", "train/grad_norm",
+    }  # fmt: skip
+    assert expected <= set(first)
+    assert first["policy/entropy"] > 0
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert final.config.vocab_size > 0
+
+
+def test_ppo_resume_reproduces_the_uninterrupted_run(synth_world, tiny_base, tmp_path):
+    def run(out, steps, resume=False):
+        # a constant learning rate: the 2-step run's first steps are the 4-step run's
+        config = PPOConfig(**_common(tiny_base, synth_world, out, steps=steps, batch=8, save_steps=2,
+                                     resume=resume, judge="gold", lr_scheduler_type="constant"),
+                           target_kl=1.0)  # fmt: skip
+        PPOTrainer(config).train()
+
+    run(tmp_path / "full", 4)
+    run(tmp_path / "cut", 2)
+    run(tmp_path / "cut", 4, resume=True)
+    full = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    cut = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in cut] == [1, 2, 3, 4]
+    for key in ("loss", "reward/raw", "kl/coef", "value/error"):
+        assert [r[key] for r in cut] == pytest.approx([r[key] for r in full], rel=1e-4, abs=1e-6), key
+
+
+def test_ppo_shared_backbone_has_one_copy_of_the_weights(synth_world, tiny_base, tmp_path):
+    config = PPOConfig(
+        **_common(tiny_base, synth_world, tmp_path, steps=2, batch=8, judge="gold",
+                  model={"use_peft": True, "lora_r": 4}),
+        share_backbone=True, ppo_epochs=2,
+    )  # fmt: skip
+    trainer = PPOTrainer(config)
+    assert trainer.reference is None  # the base with adapters disabled
+    base_weights = [
+        n for n, _ in trainer.model.named_parameters() if "lora_" not in n and "value_head" not in n
+    ]
+    assert len(base_weights) == len({n.replace("base_layer.", "") for n in base_weights})
+    trainer.train()
+    first = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert first["kl/mean"] == pytest.approx(0.0, abs=1e-5)
+    assert first["value/error"] > 0
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert not any("lora" in k for k in final.state_dict())
+
+
+def test_value_model_starts_from_the_reward_model(synth_world, tiny_base, tmp_path):
+    reward_model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+    reward_model.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_base).pad_token_id
+    reward_model.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(tmp_path / "rm")
+    config = PPOConfig(**_common(tiny_base, synth_world, tmp_path / "run", steps=1, batch=8,
+                                 judge=f"rm:{tmp_path / 'rm'}"))  # fmt: skip
+    trainer = PPOTrainer(config)
+    value = trainer.accelerator.unwrap_model(trainer.model).value
+    assert value is not None
+    torch.testing.assert_close(value.classifier.score.weight.cpu(), reward_model.score.weight)
+
+
+def test_bad_rl_settings_fail_before_loading(synth_world, tiny_base, tmp_path):
+    common = _common(tiny_base, synth_world, tmp_path, steps=1, batch=6)
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        RLOOConfig(**common, num_generations=4)
+    with pytest.raises(ValueError, match="use_peft"):
+        PPOConfig(**_common(tiny_base, synth_world, tmp_path, steps=1, batch=8), share_backbone=True)
+    with pytest.raises(ValueError, match="temperature"):
+        PPOConfig(**{**_common(tiny_base, synth_world, tmp_path, steps=1, batch=8),
+                     "sampling": SamplingConfig(temperature=0.0)})  # fmt: skip
+    with pytest.raises(ValueError, match="Dr. GRPO"):
+        RLOOConfig(**_common(tiny_base, synth_world, tmp_path, steps=1, batch=8), scale_rewards=False)
+
+
+def test_grpo_command_line(synth_world, tiny_base, tmp_path):
+    code = main([
+        "grpo", "--model", tiny_base, "--dataset", str(synth_world["prompts"]), "--judge", "gold",
+        "--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--num_generations", "4", "--max_new_tokens", "8", "--max_length", "64", "--reward_normalization", "none",
+        "--disable_tqdm", "true", "--scale_rewards", "false",
+    ])  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "final" / "config.json").exists()
+    config = (tmp_path / "config.yaml").read_text()
+    assert "advantage_estimator: grpo" in config and "kl_estimator: k3" in config
