@@ -8,6 +8,7 @@ samples from the live model and needs nothing).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from peft import PeftModel
@@ -24,9 +25,15 @@ BACKENDS = ("transformers", "vllm")
 @runtime_checkable
 class GenerationBackend(Protocol):
     def generate(
-        self, prompts: list[list[int]], config: SamplingConfig, seed: int, num_samples: int = 1
+        self,
+        prompts: list[list[int]],
+        config: SamplingConfig,
+        seed: int,
+        num_samples: int = 1,
+        prompt_keys: Sequence[int] | None = None,
     ) -> RolloutBatch:
-        """`num_samples` responses per prompt, a prompt's samples consecutive; reproducible for a seed."""
+        """`num_samples` responses per prompt, a prompt's samples consecutive; reproducible for a seed.
+        With `prompt_keys`, a prompt's samples depend only on (seed, its key), not on the batch."""
         ...
 
 

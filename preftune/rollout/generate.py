@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
 import torch
 from peft import PeftModel
 from torch import Tensor
@@ -29,6 +30,9 @@ from transformers import (
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
 
 from preftune.models.loading import token_id
@@ -210,6 +214,36 @@ class _SampledTokenLogps(LogitsProcessor):
         return torch.stack(self.picked[:steps], dim=1)
 
 
+def request_seed(seed: int, key: int) -> int:
+    """A well-mixed 32-bit seed for the prompt with `key` in a call seeded `seed`."""
+    return int(np.random.SeedSequence([seed, key]).generate_state(1)[0])
+
+
+class _RowSeededSampler(LogitsProcessor):
+    """Samples each row with its own generator: Gumbel-max over the warped logits.
+
+    argmax(logits / temperature, top-k and top-p filtered, + Gumbel noise) is an exact draw from the
+    filtered softmax, so generate() runs greedily on these scores. Row r's token at step t depends
+    only on its own seed and its prefix, never on the other rows of the batch.
+    """
+
+    def __init__(self, seeds: list[int], config: SamplingConfig) -> None:
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(config.temperature)]
+        if config.top_k > 0:
+            warpers.append(TopKLogitsWarper(config.top_k))
+        if config.top_p < 1:
+            warpers.append(TopPLogitsWarper(config.top_p))
+        self.warpers = LogitsProcessorList(warpers)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        warped = self.warpers(input_ids, scores.float())  # (B, V)
+        V = warped.shape[-1]
+        uniform = torch.stack([torch.rand(V, generator=g) for g in self.generators])  # (B, V) in [0, 1)
+        gumbel = -torch.log(-torch.log(uniform))  # u = 0 gives -inf: never picked, never NaN
+        return cast(torch.FloatTensor, warped + gumbel.to(warped.device))
+
+
 def _causal_lm(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     assert isinstance(base, PreTrainedModel)
@@ -250,30 +284,57 @@ class TransformersBackend:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[list[int]], config: SamplingConfig, seed: int, num_samples: int = 1
+        self,
+        prompts: list[list[int]],
+        config: SamplingConfig,
+        seed: int,
+        num_samples: int = 1,
+        prompt_keys: Sequence[int] | None = None,
     ) -> RolloutBatch:
         """`num_samples` responses per prompt (a prompt's samples consecutive); the same seed gives
-        the same samples for the same prompts, config and generation_batch_size."""
+        the same samples for the same prompts, config and generation_batch_size.
+
+        With `prompt_keys` (one int per prompt, e.g. its position in the global batch), each row draws
+        from its own generator seeded by (seed, key, sample index): a prompt's samples then do not
+        depend on the batch around it, on generation_batch_size or on the process that samples it.
+        """
         check_rollout_request(prompts, seed, num_samples)
         repeated = [p for p in prompts for _ in range(num_samples)]
+        row_seeds: list[int] | None = None
+        if prompt_keys is not None:
+            if len(prompt_keys) != len(prompts):
+                raise ValueError(f"Got {len(prompt_keys)} prompt_keys for {len(prompts)} prompts.")
+            row_seeds = [
+                request_seed(seed, key * num_samples + j) for key in prompt_keys for j in range(num_samples)
+            ]
         size = config.generation_batch_size
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=devices), _rollout_mode(self.model):
             torch.manual_seed(seed)  # generate() samples with the global RNG; fork_rng restores it
             chunks = [
-                self._generate_chunk(repeated[i : i + size], config) for i in range(0, len(repeated), size)
+                self._generate_chunk(
+                    repeated[i : i + size], config, None if row_seeds is None else row_seeds[i : i + size]
+                )
+                for i in range(0, len(repeated), size)
             ]
         return RolloutBatch.concat(chunks)
 
-    def _generate_chunk(self, prompts: list[list[int]], config: SamplingConfig) -> RolloutBatch:
+    def _generate_chunk(
+        self, prompts: list[list[int]], config: SamplingConfig, row_seeds: list[int] | None
+    ) -> RolloutBatch:
         greedy = config.temperature == 0
         recorder = _SampledTokenLogps(1.0 if greedy else config.temperature)
+        processors: list[LogitsProcessor] = [recorder]
+        sample = not greedy
+        if row_seeds is not None and not greedy:  # the sampler draws the tokens; generate() takes its argmax
+            processors.append(_RowSeededSampler(row_seeds, config))
+            sample = False
         settings = GenerationConfig(
             max_new_tokens=config.max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else config.temperature,
-            top_p=None if greedy else config.top_p,
-            top_k=None if greedy else config.top_k,
+            do_sample=sample,
+            temperature=config.temperature if sample else None,
+            top_p=config.top_p if sample else None,
+            top_k=config.top_k if sample else None,
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
         )
@@ -285,7 +346,7 @@ class TransformersBackend:
             input_ids=ids.to(device),
             attention_mask=attention.to(device),
             generation_config=settings,
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList(processors),
         )
         tokens = out[:, ids.shape[1] :]  # (B, S) generated tokens; pads after a row's EOS
         is_eos = tokens == self.eos_token_id

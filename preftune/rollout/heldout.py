@@ -52,7 +52,9 @@ class HeldOutEvaluator:
             return {"reward": 0.0, "kl": 0.0, "length": 0.0, "count": 0.0, "gold_reward": 0.0}
         device = next(policy.parameters()).device
         backend = TransformersBackend(policy.model, self.tokenizer)
-        rollout = backend.generate([self.prompts.ids[i] for i in mine], self.sampling, self.seed + rank)
+        rollout = backend.generate(
+            [self.prompts.ids[i] for i in mine], self.sampling, self.seed, prompt_keys=mine
+        )
         examples = rollout_examples(rollout)
 
         def logps_of(model: ResponseLogps) -> Tensor:

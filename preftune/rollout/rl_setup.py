@@ -93,8 +93,15 @@ class RLSetup:
         return cls(prompts, judge, evaluator, sampling, scoring, tokenizer, accelerator, chunk_size, seed)
 
     def sample_seed(self, step: int) -> int:
-        """The sampling seed of a step on this process (distinct per step and process, reproducible)."""
-        return self.seed * 1_000_003 + step * 1_009 + self.accelerator.process_index
+        """The sampling seed of a step (with the prompt keys of `global_keys`, samples do not depend
+        on how the global batch is split over processes)."""
+        return self.seed * 1_000_003 + step
+
+    def global_keys(self, count: int) -> list[int]:
+        """Positions in the global batch of this process's `count` prompts (each process holds the
+        same number, in rank order): the keys that seed each prompt's samples."""
+        start = self.accelerator.process_index * count
+        return list(range(start, start + count))
 
     @torch.no_grad()
     def score_statistics(
@@ -111,8 +118,9 @@ class RLSetup:
         raw = torch.zeros(0)
         if mine:
             rollout = TransformersBackend(policy.model, self.tokenizer).generate(
-                [self.prompts.ids[i] for i in mine], self.sampling, self.seed * 31 + rank
-            )
+                [self.prompts.ids[i] for i in mine], self.sampling, self.seed * 31,
+                prompt_keys=list(range(rank, len(chosen), world)),
+            )  # fmt: skip
             raw, _ = judge_scores(
                 self.judge, self.tokenizer, [self.prompts.prompts[i] for i in mine], rollout
             )

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from packaging.version import Version
 from peft import PeftModel
@@ -42,7 +41,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from preftune.models.loading import token_id
-from preftune.rollout.generate import RolloutBatch, SamplingConfig, check_rollout_request
+from preftune.rollout.generate import RolloutBatch, SamplingConfig, check_rollout_request, request_seed
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +102,18 @@ class VLLMBackend:
         self.llm.reset_prefix_cache()
 
     def generate(
-        self, prompts: list[list[int]], config: SamplingConfig, seed: int, num_samples: int = 1
+        self,
+        prompts: list[list[int]],
+        config: SamplingConfig,
+        seed: int,
+        num_samples: int = 1,
+        prompt_keys: Sequence[int] | None = None,
     ) -> RolloutBatch:
-        """`num_samples` responses per prompt (a prompt's samples consecutive), as TransformersBackend."""
+        """`num_samples` responses per prompt (a prompt's samples consecutive), as TransformersBackend;
+        each prompt's request is seeded from (seed, its key), so `prompt_keys` make samples
+        independent of the batch."""
         check_rollout_request(prompts, seed, num_samples)
+        keys = list(range(len(prompts))) if prompt_keys is None else list(prompt_keys)
         if config.temperature > 0 and (config.top_p < 1 or config.top_k > 0):
             raise ValueError(
                 f"top_p={config.top_p} / top_k={config.top_k}: vLLM's processed log-probs are renormalised "
@@ -125,7 +132,7 @@ class VLLMBackend:
                 top_k=-1 if greedy or config.top_k == 0 else config.top_k,
                 max_tokens=config.max_new_tokens,
                 logprobs=0,
-                seed=request_seed(seed, index),
+                seed=request_seed(seed, keys[index]),
                 stop_token_ids=[self.eos_token_id],
                 detokenize=False,
             )
@@ -146,11 +153,6 @@ class VLLMBackend:
                 token_logps.append(logps[:length])
                 ended.append(self.eos_token_id in ids)
         return RolloutBatch.from_lists(prompt_ids, response_ids, token_logps, ended)
-
-
-def request_seed(seed: int, index: int) -> int:
-    """A well-mixed 32-bit seed for request `index` of a call seeded `seed` (vLLM adds j for sample j)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 @torch.no_grad()

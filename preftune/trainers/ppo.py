@@ -249,7 +249,10 @@ class PPOTrainer:
         cfg, engine, device = self.config, self.engine, self.accelerator.device
         setup, state = self.setup, engine.trainer_state
         rollout = TransformersBackend(self.policy.model, self.tokenizer).generate(
-            [setup.prompts.ids[i] for i in prompt_indices], cfg.sampling, setup.sample_seed(engine.step)
+            [setup.prompts.ids[i] for i in prompt_indices],
+            cfg.sampling,
+            setup.sample_seed(engine.step),
+            prompt_keys=setup.global_keys(len(prompt_indices)),
         )
         examples, mask = rollout_examples(rollout), rollout.mask  # N sequences, (N, T)
         actor_critic = self.accelerator.unwrap_model(self.model)

@@ -205,6 +205,7 @@ class RLOOTrainer:
             cfg.sampling,
             setup.sample_seed(self.engine.step),
             k,
+            prompt_keys=setup.global_keys(len(prompt_indices)),
         )
         examples, mask = rollout_examples(rollout), rollout.mask  # N = P * k sequences, (N, T)
         logps = per_token(

@@ -87,3 +87,48 @@ def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
     assert stats[1]["count"] == stats[0]["count"] and stats[1]["mean"] == pytest.approx(
         stats[0]["mean"], rel=1e-5
     )
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
+    """Samples are keyed by their position in the global batch, advantages whitened over all
+    processes and losses normalised by global token counts: the split does not change the run."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+    reward_model.config.pad_token_id = tokenizer.pad_token_id
+    reward_model.save_pretrained(tmp_path / "rm")  # a random head: scores vary, so advantages do
+    tokenizer.save_pretrained(tmp_path / "rm")
+    env = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+
+    def args(out, batch):
+        return [
+            "ppo", "--model", tiny_base, "--dataset", str(synth_world["prompts"]), "--judge", f"rm:{tmp_path / 'rm'}",
+            "--output_dir", str(out), "--eval_dataset", str(synth_world["eval_prompts"]), "--max_steps", "2",
+            "--logging_steps", "1", "--learning_rate", "1e-3", "--per_device_train_batch_size", str(batch),
+            "--max_new_tokens", "8", "--max_length", "64", "--reward_norm_samples", "16", "--ppo_epochs", "1",
+            "--target_kl", "0.5", "--disable_tqdm", "true",
+        ]  # fmt: skip
+
+    subprocess.run([sys.executable, "-m", "preftune.cli", *args(tmp_path / "one", 8)], check=True, env=env,
+                   timeout=300)  # fmt: skip
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
+    result = subprocess.run([*launch, *args(tmp_path / "two", 4)], env=env, timeout=300, capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    two = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert len(one) == len(two) == 2
+    keys = ("loss", "reward/raw", "reward/normalized", "kl/mean", "kl/coef", "value/error", "policy/entropy",
+            "train/grad_norm", "rollout/num_tokens")  # fmt: skip
+    for key in keys:
+        torch.testing.assert_close(
+            torch.tensor([r[key] for r in two], dtype=torch.float64),
+            torch.tensor([r[key] for r in one], dtype=torch.float64),
+            rtol=1e-4, atol=1e-6, msg=key,
+        )  # fmt: skip
+    for key in ("eval/reward", "eval/kl", "eval/length"):  # held-out prompts split over the processes
+        assert two[-1][key] == pytest.approx(one[-1][key], rel=1e-4, abs=1e-6), key

@@ -263,3 +263,38 @@ def test_vllm_is_imported_only_inside_the_vllm_backend():
             if any(n.split(".")[0] == "vllm" for n in names):
                 found.append((path.name, node in tree.body))
     assert found and all(name == "vllm_backend.py" and not top_level for name, top_level in found), found
+
+
+def test_prompt_keys_make_samples_independent_of_the_batch(policy, tiny_tokenizer, prompts):
+    """Keyed rows draw from their own generators: the same (seed, key) gives the same sample whether the
+    prompt is sampled with others, alone, in another chunking, or (as under several processes) split."""
+    backend = TransformersBackend(policy, tiny_tokenizer)
+    config = SamplingConfig(max_new_tokens=8, temperature=0.9, generation_batch_size=6)
+    together = backend.generate(prompts, config, seed=5, num_samples=2, prompt_keys=[10, 11, 12])
+    alone = backend.generate(prompts[2:], SamplingConfig(max_new_tokens=8, temperature=0.9, generation_batch_size=1),
+                             seed=5, num_samples=2, prompt_keys=[12])  # fmt: skip
+    assert together.response_ids[4:] == alone.response_ids
+    torch.testing.assert_close(together.logps[4:, : alone.logps.shape[1]], alone.logps, atol=1e-5, rtol=0)
+    assert together.response_ids[0] != together.response_ids[1]  # a prompt's samples differ
+    other_key = backend.generate(prompts[2:], config, seed=5, num_samples=2, prompt_keys=[13])
+    assert other_key.response_ids != alone.response_ids
+    for row in range(len(together)):  # the recorded log-probs are still the policy's, at the temperature
+        expected = teacher_forced_logps(policy, together.prompt_ids[row], together.response_ids[row], 0.9)
+        torch.testing.assert_close(together.logps[row, : len(expected)], expected, atol=1e-4, rtol=0)
+
+
+def test_keyed_sampling_follows_the_filtered_distribution(policy, tiny_tokenizer, prompts):
+    backend = TransformersBackend(policy, tiny_tokenizer)
+    greedy = backend.generate(prompts, SamplingConfig(max_new_tokens=6, temperature=0.0), seed=0)
+    top1 = backend.generate(prompts, SamplingConfig(max_new_tokens=6, temperature=1.3, top_k=1), seed=3,
+                            prompt_keys=[0, 1, 2])  # fmt: skip
+    assert top1.response_ids == greedy.response_ids
+    # first-token frequencies over many keyed draws match the softmax (Gumbel-max is exact)
+    config = SamplingConfig(max_new_tokens=1, temperature=1.0, generation_batch_size=400)
+    draws = backend.generate(prompts[:1] * 400, config, seed=1, prompt_keys=list(range(400)))
+    with torch.no_grad():
+        logits = policy(input_ids=torch.tensor([prompts[0]])).logits[0, -1].float()
+    p = torch.softmax(logits, dim=-1)
+    counts = torch.bincount(torch.tensor([r[0] for r in draws.response_ids]), minlength=p.numel()).float()
+    top = p.topk(3).indices
+    assert torch.allclose(counts[top] / 400, p[top], atol=0.06), (counts[top] / 400, p[top])
