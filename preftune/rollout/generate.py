@@ -219,16 +219,48 @@ def request_seed(seed: int, key: int) -> int:
     return int(np.random.SeedSequence([seed, key]).generate_state(1)[0])
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, constant: int) -> Tensor:
+    """x * constant mod 2**32 for int64 `x` in [0, 2**32), without int64 overflow (16-bit halves)."""
+    low, high = constant & 0xFFFF, constant >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
+
+
+def _hash32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (the "lowbias32" mixer) of int64 values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keyed_uniform(seeds: Tensor, step: int, vocab_size: int) -> Tensor:
+    """(B, V) float64 uniforms in (0, 1), a pure function of (row seed, step, token id).
+
+    A counter-based generator: no state, computed on the seeds' device in one batched call, and
+    a row's numbers never depend on the other rows.
+    """
+    counter = _hash32((seeds[:, None] + _hash32(torch.tensor(step & _MASK32, device=seeds.device))) & _MASK32)
+    tokens = torch.arange(vocab_size, device=seeds.device)[None, :]  # (1, V)
+    bits = _hash32((counter + _hash32(tokens)) & _MASK32)  # (B, V)
+    return (bits.double() + 0.5) / 2**32
+
+
 class _RowSeededSampler(LogitsProcessor):
-    """Samples each row with its own generator: Gumbel-max over the warped logits.
+    """Samples each row from its own random stream: Gumbel-max over the warped logits.
 
     argmax(logits / temperature, top-k and top-p filtered, + Gumbel noise) is an exact draw from the
-    filtered softmax, so generate() runs greedily on these scores. Row r's token at step t depends
-    only on its own seed and its prefix, never on the other rows of the batch.
+    filtered softmax, so generate() runs greedily on these scores. The noise of row r at step t is
+    `keyed_uniform` of (its seed, t): its tokens depend only on its own seed and prefix, never on
+    the other rows of the batch.
     """
 
     def __init__(self, seeds: list[int], config: SamplingConfig) -> None:
-        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.seeds = torch.tensor([seed & _MASK32 for seed in seeds], dtype=torch.long)
+        self.step = 0
         warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(config.temperature)]
         if config.top_k > 0:
             warpers.append(TopKLogitsWarper(config.top_k))
@@ -238,10 +270,10 @@ class _RowSeededSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         warped = self.warpers(input_ids, scores.float())  # (B, V)
-        V = warped.shape[-1]
-        uniform = torch.stack([torch.rand(V, generator=g) for g in self.generators])  # (B, V) in [0, 1)
-        gumbel = -torch.log(-torch.log(uniform))  # u = 0 gives -inf: never picked, never NaN
-        return cast(torch.FloatTensor, warped + gumbel.to(warped.device))
+        uniform = keyed_uniform(self.seeds.to(warped.device), self.step, warped.shape[-1])
+        self.step += 1
+        gumbel = -torch.log(-torch.log(uniform))  # (B, V) float64
+        return cast(torch.FloatTensor, warped + gumbel.to(warped.dtype))
 
 
 def _causal_lm(model: PreTrainedModel | PeftModel) -> PreTrainedModel:

@@ -298,3 +298,27 @@ def test_keyed_sampling_follows_the_filtered_distribution(policy, tiny_tokenizer
     counts = torch.bincount(torch.tensor([r[0] for r in draws.response_ids]), minlength=p.numel()).float()
     top = p.topk(3).indices
     assert torch.allclose(counts[top] / 400, p[top], atol=0.06), (counts[top] / 400, p[top])
+
+
+def _lowbias32(x: int) -> int:
+    """Plain-Python reference of the mixer, with exact integers."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_keyed_uniform_is_a_well_spread_pure_function_of_seed_step_and_token():
+    from preftune.rollout.generate import _hash32, keyed_uniform
+
+    values = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1]
+    assert _hash32(torch.tensor(values)).tolist() == [_lowbias32(v) for v in values]  # no int64 overflow
+    seeds = torch.tensor([7, 8, 2**32 - 5])
+    u = keyed_uniform(seeds, step=3, vocab_size=20_000)
+    assert u.shape == (3, 20_000) and 0 < u.min() and u.max() < 1
+    torch.testing.assert_close(keyed_uniform(seeds[1:2], 3, 20_000), u[1:2])  # a row ignores the others
+    assert not torch.equal(keyed_uniform(seeds, 4, 20_000), u)  # the next step draws new numbers
+    deciles = torch.histc(u.float(), bins=10, min=0, max=1) / u.numel()
+    torch.testing.assert_close(deciles, torch.full((10,), 0.1), atol=0.005, rtol=0)
+    assert abs(torch.corrcoef(torch.stack([u[0], u[1]]))[0, 1]) < 0.03  # rows are not correlated
