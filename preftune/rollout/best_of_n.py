@@ -50,10 +50,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from preftune.config import save_config
-from preftune.data import Completion, DataConfig, Parsed, Prompt, encode_dataset, load_rows, parse_prompts
+from preftune.data import Completion, DataConfig, Prompt
+from preftune.data.prompts import PromptSet, load_prompts
 from preftune.judges import GoldJudge, Judge, load_judge
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
 from preftune.ops.best_of_n import best_of_n_kl, best_of_n_probabilities, expected_best_of_n, kl_bound
+from preftune.rollout.experience import response_completions
 from preftune.rollout.generate import SamplingConfig, sample_responses
 from preftune.tasks import detect_task, get_task
 from preftune.tasks.synth import write_jsonl
@@ -197,31 +199,16 @@ def distinct_response_ids(texts: list[str], num_samples: int) -> Tensor:
 # The command
 
 
-@dataclass(frozen=True)
-class _Prompts:
-    prompts: list[Prompt]
-    ids: list[list[int]]
-    rows: list[int]
-
-
-def _load_prompts(config: BoNConfig, tokenizer: PreTrainedTokenizerBase) -> _Prompts:
+def _load_prompts(config: BoNConfig, tokenizer: PreTrainedTokenizerBase) -> PromptSet:
     """The validated prompts (first --max_prompts) and their token ids, cut to leave room to generate."""
     data = config.data
-    parsed = parse_prompts(load_rows(data.dataset, data.dataset_split), skip_invalid=data.skip_invalid)
-    if config.max_prompts:
-        parsed = Parsed(parsed.examples[: config.max_prompts], parsed.skipped, parsed.source, parsed.num_rows)
-    encoded, report = encode_dataset(
-        tokenizer,
-        parsed,
-        data.max_length - config.max_new_tokens,
-        data.truncation,
-        skip_invalid=data.skip_invalid,
+    prompts = load_prompts(
+        tokenizer, data.dataset, data.dataset_split, data.max_length - config.max_new_tokens, data, "bon"
     )
-    report.log("bon prompts")
-    by_row = {example.row: example.prompt for example in parsed.examples}
-    return _Prompts(
-        [by_row[e.row] for e in encoded], [e.input_ids for e in encoded], [e.row for e in encoded]
-    )
+    if not config.max_prompts:
+        return prompts
+    keep = config.max_prompts
+    return PromptSet(prompts.prompts[:keep], prompts.ids[:keep], prompts.rows[:keep])
 
 
 def _gold_task(config: BoNConfig, prompts: list[Prompt]) -> str | None:
@@ -304,7 +291,7 @@ def run_best_of_n(config: BoNConfig) -> dict[str, Any]:
         for r in _sample(policy, tokenizer, data.ids, config)
     ]
     prompts = [p for p in data.prompts for _ in range(N)]
-    completions = [_completion(p, t) for p, t in zip(prompts, texts, strict=True)]
+    completions = response_completions(prompts, texts)
     scores = _score(judge, prompts, completions, config, config.judge).reshape(P, N)
     gold = (
         None if task is None else _score(GoldJudge(task), prompts, completions, config, "gold").reshape(P, N)
@@ -337,13 +324,8 @@ def run_best_of_n(config: BoNConfig) -> dict[str, Any]:
     return result
 
 
-def _completion(prompt: Prompt, text: str) -> Completion:
-    """A response in the prompt's style: text, or one assistant message for a conversational prompt."""
-    return text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
-
-
 def _write_rows(
-    out: Path, data: _Prompts, completions: list[Completion], scores: Tensor, gold: Tensor | None
+    out: Path, data: PromptSet, completions: list[Completion], scores: Tensor, gold: Tensor | None
 ) -> int:
     """Write samples.jsonl, best.jsonl and pairs.jsonl; returns the number of pairs written."""
     N = scores.shape[1]
