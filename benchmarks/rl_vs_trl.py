@@ -124,6 +124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--learning_rate", type=float, default=1e-5, help="AdamW learning rate (constant).")
     add("--kl_coef", type=float, default=0.05, help="KL coefficient (TRL's beta), k1 in the reward.")
+    add(
+        "--rollout_logps",
+        choices=("recompute", "sampling"),
+        default="recompute",
+        help="preftune: recompute the policy's log-probs of its samples (as TRL does) or use the sampling-time ones.",
+    )
     add("--warmup_steps", type=int, default=2, help="First steps left out of the timings.")
     add("--timed_steps", type=int, default=8, help="Steps timed after the warmup.")
     add(
@@ -187,7 +193,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "micro_batch": args.micro_batch, "gradient_accumulation_steps": rollout // args.micro_batch,
         "rollout_batch": rollout, "max_new_tokens": args.max_new_tokens, "max_length": args.max_length,
         "learning_rate": args.learning_rate, "kl_coef": args.kl_coef, "steps": steps,
-        "warmup_steps": args.warmup_steps,
+        "warmup_steps": args.warmup_steps, "rollout_logps": args.rollout_logps,
     }  # fmt: skip
     workload = {
         "task": TASK, "prompts": len(prompts), "prompt_tokens_mean": statistics.fmean(prompt_tokens),
@@ -303,7 +309,7 @@ def run_preftune(job: dict[str, Any]) -> dict[str, Any]:
         ),  # fmt: skip
         scoring=ScoringConfig(judge="gold", reward_normalization="none", reward_clip=0.0, missing_eos_penalty=0.0),
         advantage_estimator="rloo", num_generations=job["num_generations"], num_mini_batches=1, ppo_epochs=1,
-        kl_coef=job["kl_coef"], kl_estimator="k1",
+        kl_coef=job["kl_coef"], kl_estimator="k1", rollout_logps=job["rollout_logps"],
     )  # fmt: skip
     clock = StepClock()
     sampled: list[float] = []  # tokens per generate call, counted from the rollout's mask
@@ -370,6 +376,7 @@ def run_preftune(job: dict[str, Any]) -> dict[str, Any]:
             "max_new_tokens": config.sampling.max_new_tokens,
             "kl_coef": config.kl_coef,
             "kl_estimator": config.kl_estimator,
+            "rollout_logps": config.rollout_logps,
             "optimizer": "torch.optim.AdamW",
             "lr_scheduler_type": config.train.lr_scheduler_type,
         },

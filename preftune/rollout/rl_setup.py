@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from preftune.data import DataConfig
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.judges import GoldJudge, Judge, load_judge
-from preftune.models.loading import token_id
+from preftune.models.loading import ModelConfig, token_id
 from preftune.models.logps import ResponseLogps
 from preftune.ops.whiten import whiten
 from preftune.rollout.backends import TransformersBackend
@@ -30,9 +30,15 @@ EVAL_SEED_OFFSET = 7_777
 """Held-out samples use seed + this at every evaluation (not the training stream)."""
 
 
-def check_rl_sampling(sampling: SamplingConfig) -> None:
-    """RL learns from the policy's own samples: temperature > 0, and a warning when top-k/top-p
-    make the sampling distribution differ from the one the log-probs are computed under."""
+def check_rl_sampling(sampling: SamplingConfig, model: ModelConfig) -> None:
+    """RL learns from the policy's own samples: temperature > 0, no dropout in a LoRA adapter (the
+    log-probs of sampling and of the update must come from the same function), and a warning when
+    top-k/top-p make the sampling distribution differ from the one the log-probs are computed under."""
+    if model.use_peft and model.lora_dropout > 0:
+        raise ValueError(
+            f"--lora_dropout {model.lora_dropout}: RL compares log-probs of the same tokens at sampling and at "
+            "the update, so dropout must be off in every model. Use --lora_dropout 0."
+        )
     if sampling.temperature <= 0:
         raise ValueError(
             f"--temperature must be > 0 for RL (the policy learns from its own samples), got "

@@ -125,7 +125,7 @@ class PPOConfig:
         require_run_inputs(self.model.model, self.data.dataset, self.train)
         if not self.scoring.judge:
             raise ValueError("--judge is required: gold, rm:PATH (a reward model) or rm:PATH1,PATH2.")
-        check_rl_sampling(self.sampling)
+        check_rl_sampling(self.sampling, self.model)
         for name, value in (("num_mini_batches", self.num_mini_batches), ("ppo_epochs", self.ppo_epochs)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")

@@ -170,6 +170,9 @@ def test_bad_rl_settings_fail_before_loading(synth_world, tiny_base, tmp_path):
     with pytest.raises(ValueError, match="temperature"):
         PPOConfig(**{**_common(tiny_base, synth_world, tmp_path, steps=1, batch=8),
                      "sampling": SamplingConfig(temperature=0.0)})  # fmt: skip
+    with pytest.raises(ValueError, match="lora_dropout"):
+        PPOConfig(**_common(tiny_base, synth_world, tmp_path, steps=1, batch=8,
+                            model={"use_peft": True, "lora_dropout": 0.1}))  # fmt: skip
     with pytest.raises(ValueError, match="Dr. GRPO"):
         RLOOConfig(**_common(tiny_base, synth_world, tmp_path, steps=1, batch=8), scale_rewards=False)
 
@@ -185,3 +188,18 @@ def test_grpo_command_line(synth_world, tiny_base, tmp_path):
     assert (tmp_path / "final" / "config.json").exists()
     config = (tmp_path / "config.yaml").read_text()
     assert "advantage_estimator: grpo" in config and "kl_estimator: k3" in config
+
+
+def test_sampling_time_log_probs_give_the_same_update_as_recomputed_ones(synth_world, tiny_base, tmp_path):
+    runs = {}
+    for mode in ("recompute", "sampling"):
+        config = RLOOConfig(**_common(tiny_base, synth_world, tmp_path / mode, steps=2, batch=16),
+                            num_generations=4, rollout_logps=mode)  # fmt: skip
+        RLOOTrainer(config, judge=LetterJudge()).train()
+        runs[mode] = read_metrics(tmp_path / mode / "metrics.jsonl")
+    for mode, records in runs.items():
+        assert records[0]["rollout/logp_gap"] < 1e-4, mode  # float32, transformers backend
+        assert records[0]["policy/ratio"] == pytest.approx(1.0, abs=1e-5), mode
+    for key in ("loss", "reward/raw", "kl/mean", "train/grad_norm"):
+        assert [r[key] for r in runs["sampling"]] == pytest.approx([r[key] for r in runs["recompute"]],
+                                                                   rel=1e-4, abs=1e-6), key  # fmt: skip
