@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
 import difflib
 import enum
@@ -183,11 +184,20 @@ def _leaves(config_cls: type) -> tuple[_Leaf, ...]:
     leaves: list[_Leaf] = []
     declared_in: dict[str, str] = {}
 
-    def visit(cls: type, group: tuple[str, ...]) -> None:
+    def visit(cls: type, group: tuple[str, ...], defaults: Any) -> None:
+        """`defaults`: the group's default instance when its parent sets one (e.g. `train:
+        TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))`), whose values
+        then replace the group class's own field defaults."""
         for f, annotation in _init_fields(cls):
             where = ".".join((config_cls.__name__, *group, f.name))
             if _is_group(annotation):
-                visit(annotation, (*group, f.name))
+                if defaults is not None:
+                    child = getattr(defaults, f.name)
+                elif f.default_factory is not dataclasses.MISSING:
+                    child = f.default_factory()
+                else:
+                    child = None
+                visit(annotation, (*group, f.name), child)
                 continue
             if any(_is_group(arg) for arg in get_args(annotation)):
                 raise TypeError(f"{where}: a group must be typed as a plain dataclass, got {annotation}.")
@@ -202,10 +212,22 @@ def _leaves(config_cls: type) -> tuple[_Leaf, ...]:
                     "and its groups; rename one."
                 )
             declared_in[f.name] = where
-            leaves.append(_Leaf(f.name, annotation, f, group, cls))
+            own = f if defaults is None else _with_default(f, getattr(defaults, f.name))
+            leaves.append(_Leaf(f.name, annotation, own, group, cls))
 
-    visit(config_cls, ())
+    visit(config_cls, (), None)
     return tuple(leaves)
+
+
+def _with_default(f: dataclasses.Field, value: Any) -> dataclasses.Field:
+    """A copy of field `f` whose default is `value` (lists and dicts through a factory)."""
+    if isinstance(value, list | dict):
+        made = dataclasses.field(default_factory=lambda: copy.deepcopy(value), metadata=f.metadata)
+    else:
+        made = dataclasses.field(default=value, metadata=f.metadata)
+    new = cast(dataclasses.Field, made)  # field() is typed as returning the value, for class bodies
+    new.name, new.type = f.name, f.type
+    return new
 
 
 def flat_field_names(config_cls: type) -> list[str]:

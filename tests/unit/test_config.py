@@ -383,3 +383,24 @@ def test_mapping_field_rejects_non_object_json(capsys):
         parse_config(_WithMapping, ["--weights", "[1, 2]"])
     assert exit_info.value.code == 2
     assert "--weights takes a JSON object" in capsys.readouterr().err
+
+
+@dataclass
+class ToyWithGroupDefaults:
+    """A command whose groups start from its own defaults (like PPOConfig's TrainConfig(learning_rate=1e-5))."""
+
+    model: ToyModel = field(default_factory=lambda: ToyModel(model="sft", lora_target_modules=["q_proj"]))
+    train: ToyTrain = field(default_factory=lambda: ToyTrain(learning_rate=1e-6, max_steps=200))
+
+
+def test_a_groups_default_instance_sets_the_flag_defaults(tmp_path):
+    """Regression: flags used the group class's own defaults (1e-4), not the command's (1e-6)."""
+    config = parse_config(ToyWithGroupDefaults, [])
+    assert config.train.learning_rate == 1e-6 and config.train.max_steps == 200
+    assert config.model.model == "sft" and config.model.lora_target_modules == ["q_proj"]
+    assert config.model.dtype == "float32"  # fields the factory leaves alone keep the class default
+    overridden = parse_config(ToyWithGroupDefaults, ["--learning_rate", "3e-4"])
+    assert overridden.train.learning_rate == 3e-4 and overridden.train.max_steps == 200
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 5\n")
+    assert load_config(ToyWithGroupDefaults, path).train.learning_rate == 1e-6
