@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from preftune.config import config_to_flat_dict
 from preftune.data import DataConfig
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
+from preftune.engine.minibatch import minibatch_updates
 from preftune.judges import Judge, RewardModelJudge
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import (
@@ -320,33 +320,14 @@ class PPOTrainer:
 
         Returns the mean loss, token-averaged update metrics and the tokens trained on.
         """
-        cfg, engine = self.config, self.engine
-        N, size = len(experience["examples"]), cfg.train.per_device_train_batch_size
-        mini = N // cfg.num_mini_batches
-        sums: defaultdict[str, Tensor | float] = defaultdict(float)
-        losses: list[float] = []
-        for epoch in range(cfg.ppo_epochs):
-            generator = torch.Generator().manual_seed(cfg.train.seed * 7919 + engine.step * 101 + epoch)
-            order = torch.randperm(N, generator=generator)
-            for m in range(cfg.num_mini_batches):
-                rows = order[m * mini : (m + 1) * mini]
-                num_tokens = engine.global_sum(experience["mask"][rows].sum()).item()
-                micros = [rows[i : i + size] for i in range(0, mini, size)]
-                loss = torch.zeros((), device=self.accelerator.device)
-                for i, micro in enumerate(micros):
-                    with engine.sync_context(i, len(micros)):
-                        micro_loss, metrics = self._micro_loss(experience, micro, num_tokens)
-                        engine.backward(micro_loss)
-                    loss += micro_loss.detach()
-                    for name, value in metrics.items():
-                        sums[name] += value
-                losses.append(engine.global_sum(loss).item())
-                sums["train/grad_norm"] += engine.update(losses[-1])
-        totals = engine.global_sums(sums)
-        updates, tokens = cfg.ppo_epochs * cfg.num_mini_batches, totals.pop("tokens")
-        metrics = {name: value / tokens for name, value in totals.items()}
-        metrics["train/grad_norm"] = totals["train/grad_norm"] / updates / self.accelerator.num_processes
-        return sum(losses) / len(losses), metrics, tokens / cfg.ppo_epochs
+        cfg = self.config
+
+        def micro_loss(rows: Tensor, num_tokens: float, first: bool) -> tuple[Tensor, dict[str, Tensor]]:
+            return self._micro_loss(experience, rows, num_tokens)
+
+        return minibatch_updates(
+            self.engine, experience["mask"], cfg.ppo_epochs, cfg.num_mini_batches, micro_loss
+        )
 
     def _micro_loss(
         self, experience: dict[str, Any], rows: Tensor, num_tokens: float

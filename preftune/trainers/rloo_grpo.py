@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from preftune.config import config_to_flat_dict
 from preftune.data import DataConfig
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
+from preftune.engine.minibatch import minibatch_updates
 from preftune.judges import Judge
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rloo_advantages
@@ -259,39 +259,19 @@ class RLOOTrainer:
 
     def update(self, experience: dict[str, Any]) -> tuple[float, dict[str, float], float]:
         """ppo_epochs x num_mini_batches optimizer updates; mean loss, token-averaged metrics, tokens."""
-        cfg, engine = self.config, self.engine
-        N, size = len(experience["examples"]), cfg.train.per_device_train_batch_size
-        mini = N // cfg.num_mini_batches
-        sums: defaultdict[str, Tensor | float] = defaultdict(float)
-        losses: list[float] = []
-        for epoch in range(cfg.ppo_epochs):
-            generator = torch.Generator().manual_seed(cfg.train.seed * 7919 + engine.step * 101 + epoch)
-            order = torch.randperm(N, generator=generator)
-            for m in range(cfg.num_mini_batches):
-                rows = order[m * mini : (m + 1) * mini]
-                num_tokens = engine.global_sum(experience["mask"][rows].sum()).item()
-                micros = [rows[i : i + size] for i in range(0, mini, size)]
-                loss = torch.zeros((), device=self.accelerator.device)
-                # with sampling-time log-probs, the first mini-batch (still the sampling policy) measures their gap
-                measure_gap = cfg.rollout_logps == "sampling" and epoch == 0 and m == 0
-                for i, micro in enumerate(micros):
-                    with engine.sync_context(i, len(micros)):
-                        micro_loss, metrics = self._micro_loss(experience, micro, num_tokens, measure_gap)
-                        engine.backward(micro_loss)
-                    loss += micro_loss.detach()
-                    for name, value in metrics.items():
-                        sums[name] += value
-                losses.append(engine.global_sum(loss).item())
-                sums["train/grad_norm"] += engine.update(losses[-1])
-        totals = engine.global_sums(sums)
-        updates, tokens = cfg.ppo_epochs * cfg.num_mini_batches, totals.pop("tokens")
-        metrics = {name: value / tokens for name, value in totals.items()}
-        metrics["train/grad_norm"] = totals["train/grad_norm"] / updates / self.accelerator.num_processes
-        if "gap_tokens" in totals:
-            metrics["rollout/logp_gap"] = totals["gap_sum"] / max(totals["gap_tokens"], 1.0)
-            for name in ("gap_sum", "gap_tokens"):
-                metrics.pop(name)
-        return sum(losses) / len(losses), metrics, tokens / cfg.ppo_epochs
+        cfg = self.config
+        # with sampling-time log-probs, the first mini-batch (still the sampling policy) measures their gap
+        measure = cfg.rollout_logps == "sampling"
+
+        def micro_loss(rows: Tensor, num_tokens: float, first: bool) -> tuple[Tensor, dict[str, Tensor]]:
+            return self._micro_loss(experience, rows, num_tokens, measure and first)
+
+        loss, metrics, tokens = minibatch_updates(
+            self.engine, experience["mask"], cfg.ppo_epochs, cfg.num_mini_batches, micro_loss
+        )
+        if measure:  # both are divided by all tokens; their ratio is the gap per measured token
+            metrics["rollout/logp_gap"] = metrics.pop("gap_sum") / max(metrics.pop("gap_tokens"), 1e-12)
+        return loss, metrics, tokens
 
     def _micro_loss(
         self, experience: dict[str, Any], rows: Tensor, num_tokens: float, measure_gap: bool = False
