@@ -3,6 +3,7 @@ evaluation, the judge's statistics on the starting policy, sampling seeds, globa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,9 +162,19 @@ class RLSetup:
         rank = self.accelerator.process_index
         return whiten(everything.cpu(), every_mask.cpu())[rank * N : (rank + 1) * N, :T]
 
-    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        """`eval/...` means from global sums of HeldOutEvaluator.sums."""
+    @torch.no_grad()
+    def evaluate(
+        self,
+        policy: ResponseLogps,
+        reference: Callable[[], contextlib.AbstractContextManager[ResponseLogps]],
+        global_sums: Callable[[dict[str, Tensor | float]], dict[str, float]],
+    ) -> dict[str, float]:
+        """`eval/...` means over the held-out prompts (each process samples its share): judge score,
+        gold reward (synthetic task), KL to the reference and length."""
+        assert self.evaluator is not None, "the trainers evaluate only with --eval_dataset"
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        sums = global_sums(self.evaluator.sums(policy, reference, rank, world))
         count = max(sums.pop("count"), 1.0)
-        if self.evaluator is None or self.evaluator.gold is None:
-            sums.pop("gold_reward", None)
+        if self.evaluator.gold is None:
+            sums.pop("gold_reward")
         return {f"eval/{name}": value / count for name, value in sums.items()}

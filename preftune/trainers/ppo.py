@@ -357,14 +357,9 @@ class PPOTrainer:
         sums["tokens"] = torch.tensor(float(out.logps.numel()), device=device)
         return token_loss.sum() / num_tokens, sums
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Judge score, gold reward (synthetic task), KL and length on the held-out prompts."""
-        assert self.setup.evaluator is not None
-        sums = self.setup.evaluator.sums(
-            self.policy, self._reference, self.accelerator.process_index, self.accelerator.num_processes
-        )
-        return self.setup.eval_metrics(self.engine.global_sums(sums))
+        return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
 
     def _finish(self) -> dict[str, Any]:
         final = Path(self.config.train.output_dir) / "final"
