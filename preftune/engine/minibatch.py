@@ -36,6 +36,10 @@ def minibatch_updates(
     Returns:
         The mean loss over updates, the metric sums over all updates divided by their tokens
         (`train/grad_norm`: the mean over updates), and the tokens of one epoch.
+
+    Each process shuffles its own rows. With one mini-batch the update is the same however the
+    global batch is split over processes (tested); with several, a mini-batch holds other rows
+    under N processes than under 1, so runs agree in distribution but not step for step.
     """
     N, size = mask.shape[0], engine.config.per_device_train_batch_size
     mini = N // num_mini_batches

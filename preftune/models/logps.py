@@ -101,14 +101,14 @@ def reference_view(
     policy: ResponseLogps,
     autocast: contextlib.AbstractContextManager,
 ) -> Iterator[ResponseLogps]:
-    """The module that computes the reference's log-probs: the frozen copy, run under the same
-    `autocast` as the policy so both use one precision, or the (unwrapped) LoRA policy with its
-    adapter disabled, which the policy's forward already runs under."""
+    """The module that computes the reference's log-probs, run under the same `autocast` as the
+    policy so both use one precision: the frozen copy, or the (unwrapped) LoRA policy with its
+    adapter disabled."""
     if reference is not None:
         with autocast:
             yield reference
         return
     if not isinstance(policy.model, PeftModel):
         raise ValueError("Without a reference model the policy must be a LoRA adapter (--use_peft).")
-    with policy.model.disable_adapter():
+    with policy.model.disable_adapter(), autocast:
         yield policy

@@ -95,10 +95,23 @@ def decode_responses(tokenizer: PreTrainedTokenizerBase, rollout: RolloutBatch) 
 def judge_scores(
     judge: Judge, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], rollout: RolloutBatch
 ) -> tuple[Tensor, list[str]]:
-    """(N,) float32 judge scores of the rollout's responses to `prompts` (one per response), and the texts."""
+    """(N,) float32 judge scores (on the CPU) of the rollout's responses to `prompts` (one per
+    response), and the texts. A judge that returns another shape or a non-finite score is an error."""
     texts = decode_responses(tokenizer, rollout)
-    scores = judge.score(list(prompts), response_completions(prompts, texts))
-    return torch.as_tensor(scores, dtype=torch.float32).reshape(-1), texts
+    scores = torch.as_tensor(judge.score(list(prompts), response_completions(prompts, texts)))
+    scores = scores.detach().to("cpu", torch.float32)
+    if scores.shape != (len(texts),):
+        raise ValueError(
+            f"The judge {type(judge).__name__} returned scores of shape {tuple(scores.shape)} for {len(texts)} "
+            "responses; a judge's score() must return one number per response, shape (N,)."
+        )
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        raise ValueError(
+            f"The judge {type(judge).__name__} returned {bad} non-finite scores (NaN or inf) for {len(texts)} "
+            "responses; check the reward model (e.g. load it in float32) or the judge function."
+        )
+    return scores, texts
 
 
 def shape_scores(

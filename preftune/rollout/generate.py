@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ class SamplingConfig:
     """Sample among the k most likely tokens; 0 turns this off."""
     generation_batch_size: int = 64
     """Sequences (prompts x samples per prompt) per generate() call; lower it if generation runs out of memory."""
+    generation_backend: Literal["transformers", "vllm"] = "transformers"
+    """RL rollouts: transformers' generate on the live policy, or vLLM (CUDA, `pip install vllm`; its copy of
+    the weights is refreshed from the policy before each rollout)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.generation_batch_size < 1:
@@ -276,6 +279,14 @@ class _RowSeededSampler(LogitsProcessor):
         return cast(torch.FloatTensor, warped + gumbel.to(warped.dtype))
 
 
+def stop_token_ids(model: PreTrainedModel | PeftModel, eos_token_id: int) -> list[int]:
+    """The tokenizer's EOS and every end token of the checkpoint's generation config (chat models end a
+    turn with their own token, e.g. <|im_end|> or <|eot_id|>): a response ends at the first of them."""
+    configured = _causal_lm(model).generation_config.eos_token_id
+    extra = configured if isinstance(configured, list) else [] if configured is None else [configured]
+    return [eos_token_id, *(i for i in extra if i != eos_token_id)]
+
+
 def _causal_lm(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     assert isinstance(base, PreTrainedModel)
@@ -312,6 +323,7 @@ class TransformersBackend:
     def __init__(self, model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> None:
         self.model = model
         self.eos_token_id = token_id(tokenizer, "eos")
+        self.stop_token_ids = stop_token_ids(model, self.eos_token_id)
         self.pad_token_id = token_id(tokenizer, "pad")
 
     @torch.no_grad()
@@ -367,7 +379,7 @@ class TransformersBackend:
             temperature=config.temperature if sample else None,
             top_p=config.top_p if sample else None,
             top_k=config.top_k if sample else None,
-            eos_token_id=self.eos_token_id,
+            eos_token_id=self.stop_token_ids,
             pad_token_id=self.pad_token_id,
         )
         ids, attention = left_pad(prompts, self.pad_token_id)  # (B, P)
@@ -381,7 +393,7 @@ class TransformersBackend:
             logits_processor=LogitsProcessorList(processors),
         )
         tokens = out[:, ids.shape[1] :]  # (B, S) generated tokens; pads after a row's EOS
-        is_eos = tokens == self.eos_token_id
+        is_eos = torch.isin(tokens, torch.tensor(self.stop_token_ids, device=tokens.device))
         ended = is_eos.any(dim=-1)  # (B,)
         lengths = torch.where(ended, is_eos.int().argmax(dim=-1) + 1, tokens.shape[1])  # up to the first EOS
         width = int(lengths.max())

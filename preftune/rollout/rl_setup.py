@@ -19,9 +19,9 @@ from preftune.judges import GoldJudge, Judge, load_judge
 from preftune.models.loading import ModelConfig, token_id
 from preftune.models.logps import ResponseLogps
 from preftune.ops.whiten import whiten
-from preftune.rollout.backends import TransformersBackend
+from preftune.rollout.backends import GenerationBackend, TransformersBackend, VLLMBackend, load_backend
 from preftune.rollout.experience import ScoringConfig, judge_scores
-from preftune.rollout.generate import SamplingConfig
+from preftune.rollout.generate import RolloutBatch, SamplingConfig
 from preftune.rollout.heldout import HeldOutEvaluator
 from preftune.tasks import detect_task
 
@@ -65,6 +65,8 @@ class RLSetup:
     accelerator: Accelerator
     chunk_size: int
     seed: int
+    backend: GenerationBackend | None = None
+    """Set by start_backend once the policy is loaded."""
 
     @classmethod
     def load(
@@ -99,6 +101,26 @@ class RLSetup:
             )  # fmt: skip
         return cls(prompts, judge, evaluator, sampling, scoring, tokenizer, accelerator, chunk_size, seed)
 
+    def start_backend(self, policy: ResponseLogps) -> None:
+        """The generation backend of the training rollouts (--generation_backend), on the policy."""
+        self.backend = load_backend(self.sampling.generation_backend, policy.model, self.tokenizer)
+
+    @torch.no_grad()
+    def rollout(
+        self, policy: ResponseLogps, prompt_ids: list[list[int]], step: int, num_samples: int = 1
+    ) -> RolloutBatch:
+        """This process's samples of a training step, `num_samples` per prompt, keyed by their position in
+        the global batch, under the same autocast as the policy's forward (so the sampling-time log-probs
+        are computed in the training precision)."""
+        assert self.backend is not None, "start_backend runs in the trainer's constructor"
+        if isinstance(self.backend, VLLMBackend):
+            self.backend.sync_weights(policy.model)  # vLLM samples from its own copy of the weights
+        with self.accelerator.autocast():
+            return self.backend.generate(
+                prompt_ids, self.sampling, self.sample_seed(step), num_samples,
+                prompt_keys=self.global_keys(len(prompt_ids)),
+            )  # fmt: skip
+
     def sample_seed(self, step: int) -> int:
         """The sampling seed of a step (with the prompt keys of `global_keys`, samples do not depend
         on how the global batch is split over processes)."""
@@ -124,10 +146,11 @@ class RLSetup:
         mine = chosen[rank::world]
         raw = torch.zeros(0)
         if mine:
-            rollout = TransformersBackend(policy.model, self.tokenizer).generate(
-                [self.prompts.ids[i] for i in mine], self.sampling, self.seed * 31,
-                prompt_keys=list(range(rank, len(chosen), world)),
-            )  # fmt: skip
+            with self.accelerator.autocast():
+                rollout = TransformersBackend(policy.model, self.tokenizer).generate(
+                    [self.prompts.ids[i] for i in mine], self.sampling, self.seed * 31,
+                    prompt_keys=list(range(rank, len(chosen), world)),
+                )  # fmt: skip
             raw, _ = judge_scores(
                 self.judge, self.tokenizer, [self.prompts.prompts[i] for i in mine], rollout
             )
@@ -173,7 +196,9 @@ class RLSetup:
         gold reward (synthetic task), KL to the reference and length."""
         assert self.evaluator is not None, "the trainers evaluate only with --eval_dataset"
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        sums = global_sums(self.evaluator.sums(policy, reference, rank, world))
+        with self.accelerator.autocast():  # the training precision, as the policy's forward
+            local = self.evaluator.sums(policy, reference, rank, world)
+        sums = global_sums(local)
         count = max(sums.pop("count"), 1.0)
         if self.evaluator.gold is None:
             sums.pop("gold_reward")

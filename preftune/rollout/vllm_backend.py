@@ -38,7 +38,7 @@ from packaging.version import Version
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from preftune.models.loading import token_id
 from preftune.rollout.generate import RolloutBatch, SamplingConfig, check_rollout_request, request_seed
@@ -85,6 +85,7 @@ class VLLMBackend:
             )
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.eos_token_id = token_id(tokenizer, "eos")
+        self.stop_token_ids = [self.eos_token_id, *checkpoint_end_tokens(model_path, self.eos_token_id)]
         self.llm: Any = vllm.LLM(
             model=model_path,
             dtype=dtype,
@@ -133,7 +134,7 @@ class VLLMBackend:
                 max_tokens=config.max_new_tokens,
                 logprobs=0,
                 seed=request_seed(seed, keys[index]),
-                stop_token_ids=[self.eos_token_id],
+                stop_token_ids=self.stop_token_ids,
                 detokenize=False,
             )
             for index in range(len(prompts))
@@ -147,12 +148,23 @@ class VLLMBackend:
                 if completion.logprobs is None:
                     raise RuntimeError("vLLM returned no log-probs although logprobs=0 was requested.")
                 logps = [step[token].logprob for step, token in zip(completion.logprobs, ids, strict=True)]
-                length = ids.index(self.eos_token_id) + 1 if self.eos_token_id in ids else len(ids)
+                stops = [i for i, token in enumerate(ids) if token in self.stop_token_ids]
+                length = stops[0] + 1 if stops else len(ids)
                 prompt_ids.append(prompt)
                 response_ids.append(ids[:length])
                 token_logps.append(logps[:length])
-                ended.append(self.eos_token_id in ids)
+                ended.append(bool(stops))
         return RolloutBatch.from_lists(prompt_ids, response_ids, token_logps, ended)
+
+
+def checkpoint_end_tokens(model_path: str, eos_token_id: int) -> list[int]:
+    """End tokens of the checkpoint's generation_config.json other than `eos_token_id` (none without one)."""
+    try:
+        configured = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json
+        return []
+    extra = configured if isinstance(configured, list) else [] if configured is None else [configured]
+    return [i for i in extra if i != eos_token_id]
 
 
 @torch.no_grad()

@@ -62,7 +62,6 @@ from preftune.models.loading import (
 from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view
 from preftune.models.scalar import PooledScorer
 from preftune.ops.reduce import masked_sum
-from preftune.rollout.backends import TransformersBackend
 from preftune.rollout.experience import (
     ScoringConfig,
     collate_on,
@@ -184,6 +183,11 @@ class PPOTrainer:
             model: torch.nn.Module = SharedBackboneActorCritic(policy, self._lora_config(policy))
             self.reference = None
         else:
+            if cfg.model.use_peft:
+                logger.warning(
+                    "--use_peft without --share_backbone: the value model is a full, trainable copy of its "
+                    "checkpoint (with its own optimizer state). --share_backbone true keeps one copy of the base."
+                )
             model = ActorCritic(policy, self._load_value_model())
             self.reference = load_frozen_reference(
                 cfg.model, cfg.ref_model, str(self.accelerator.device), cfg.sampling.temperature
@@ -193,6 +197,7 @@ class PPOTrainer:
             items_per_step=cfg.rollout_size * self.accelerator.num_processes,
         )  # fmt: skip
         self.model = self.engine.model
+        self.setup.start_backend(self.policy)
         state = self.engine.trainer_state  # restored on resume
         if "reward_mean" not in state:
             state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
@@ -248,18 +253,14 @@ class PPOTrainer:
         """Sample, score and compute advantages for this process's prompts (steps 1-4 of the docstring)."""
         cfg, engine, device = self.config, self.engine, self.accelerator.device
         setup, state = self.setup, engine.trainer_state
-        rollout = TransformersBackend(self.policy.model, self.tokenizer).generate(
-            [setup.prompts.ids[i] for i in prompt_indices],
-            cfg.sampling,
-            setup.sample_seed(engine.step),
-            prompt_keys=setup.global_keys(len(prompt_indices)),
-        )
+        rollout = setup.rollout(self.policy, [setup.prompts.ids[i] for i in prompt_indices], engine.step)
         examples, mask = rollout_examples(rollout), rollout.mask  # N sequences, (N, T)
         actor_critic = self.accelerator.unwrap_model(self.model)
-        old = per_token(
-            lambda b: actor_critic(*model_inputs(b))._asdict(), examples, mask,
-            cfg.train.per_device_train_batch_size, self.pad_id, device,
-        )  # fmt: skip
+        with self.accelerator.autocast():  # the precision of the update's forward
+            old = per_token(
+                lambda b: actor_critic(*model_inputs(b))._asdict(), examples, mask,
+                cfg.train.per_device_train_batch_size, self.pad_id, device,
+            )  # fmt: skip
         with self._reference() as reference:
             ref_logps = per_token(
                 lambda b: {"logps": reference(*model_inputs(b))}, examples, mask,

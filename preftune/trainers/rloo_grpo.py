@@ -50,7 +50,6 @@ from preftune.models.loading import (
 )
 from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view
 from preftune.ops.reduce import masked_sum
-from preftune.rollout.backends import TransformersBackend
 from preftune.rollout.experience import (
     ScoringConfig,
     collate_on,
@@ -177,6 +176,7 @@ class RLOOTrainer:
             items_per_step=self.prompts_per_process * self.accelerator.num_processes,
         )  # fmt: skip
         self.model = self.engine.model
+        self.setup.start_backend(self.policy)
         if "reward_mean" not in self.engine.trainer_state:  # restored on resume
             self.engine.trainer_state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
 
@@ -205,20 +205,22 @@ class RLOOTrainer:
         """k samples per prompt, their log-probs, scores and group advantages."""
         cfg, setup, state = self.config, self.setup, self.engine.trainer_state
         k, device, chunk = cfg.num_generations, self.accelerator.device, cfg.train.per_device_train_batch_size
-        rollout = TransformersBackend(self.policy.model, self.tokenizer).generate(
-            [setup.prompts.ids[i] for i in prompt_indices],
-            cfg.sampling,
-            setup.sample_seed(self.engine.step),
-            k,
-            prompt_keys=setup.global_keys(len(prompt_indices)),
+        rollout = setup.rollout(
+            self.policy, [setup.prompts.ids[i] for i in prompt_indices], self.engine.step, k
         )
         examples, mask = rollout_examples(rollout), rollout.mask  # N = P * k sequences, (N, T)
         if cfg.rollout_logps == "sampling":
             logps = {"logps": rollout.logps}
         else:
-            logps = per_token(
-                lambda b: {"logps": self.policy(*model_inputs(b))}, examples, mask, chunk, self.pad_id, device
-            )
+            with self.accelerator.autocast():  # the precision of the update's forward
+                logps = per_token(
+                    lambda b: {"logps": self.policy(*model_inputs(b))},
+                    examples,
+                    mask,
+                    chunk,
+                    self.pad_id,
+                    device,
+                )
         with self._reference() as reference:
             ref = per_token(
                 lambda b: {"logps": reference(*model_inputs(b))}, examples, mask, chunk, self.pad_id, device

@@ -203,3 +203,39 @@ def test_sampling_time_log_probs_give_the_same_update_as_recomputed_ones(synth_w
     for key in ("loss", "reward/raw", "kl/mean", "train/grad_norm"):
         assert [r[key] for r in runs["sampling"]] == pytest.approx([r[key] for r in runs["recompute"]],
                                                                    rel=1e-4, abs=1e-6), key  # fmt: skip
+
+
+@pytest.mark.parametrize("use_peft", [False, True], ids=["frozen-copy", "adapter-disabled"])
+def test_bf16_autocast_scores_policy_and_reference_in_one_precision(synth_world, tiny_base, tmp_path, use_peft):
+    """Regression: under --bf16 the rollout scoring ran partly in float32, so a policy equal to its
+    reference showed a KL of about 3e-4 and a first ratio of 0.99995."""
+    model = {"use_peft": True, "lora_r": 4} if use_peft else None
+    common = _common(tiny_base, synth_world, tmp_path / "ppo", steps=1, batch=8, judge="gold", eval_data=True,
+                     model=model, bf16=True)  # fmt: skip
+    trainer = PPOTrainer(PPOConfig(**common, ppo_epochs=1))
+    assert trainer.evaluate()["eval/kl"] == pytest.approx(0.0, abs=1e-6)
+    trainer.train()
+    assert read_metrics(tmp_path / "ppo" / "metrics.jsonl")[0]["kl/mean"] == pytest.approx(0.0, abs=1e-6)
+    common = _common(tiny_base, synth_world, tmp_path / "rloo", steps=1, batch=8, model=model, bf16=True)
+    RLOOTrainer(RLOOConfig(**common, num_generations=4), judge=LetterJudge()).train()
+    first = read_metrics(tmp_path / "rloo" / "metrics.jsonl")[0]
+    assert first["kl/mean"] == pytest.approx(0.0, abs=1e-6)
+    assert first["policy/ratio"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_judge_that_returns_bad_scores_is_named(synth_world, tiny_base, tmp_path):
+    class OneScore:
+        def score(self, prompts, responses):
+            return torch.tensor([0.5])
+
+    class NotANumber:
+        def score(self, prompts, responses):
+            return torch.full((len(responses),), float("nan"))
+
+    # the first scores are the 32 samples that measure the judge's mean and std on the starting policy
+    with pytest.raises(ValueError, match=r"OneScore returned scores of shape \(1,\) for 32 responses"):
+        RLOOTrainer(RLOOConfig(**_common(tiny_base, synth_world, tmp_path / "a", steps=1, batch=8),
+                               num_generations=4), judge=OneScore())  # fmt: skip
+    with pytest.raises(ValueError, match="NotANumber returned 32 non-finite scores"):
+        RLOOTrainer(RLOOConfig(**_common(tiny_base, synth_world, tmp_path / "b", steps=1, batch=8),
+                               num_generations=4), judge=NotANumber())  # fmt: skip

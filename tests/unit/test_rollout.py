@@ -322,3 +322,21 @@ def test_keyed_uniform_is_a_well_spread_pure_function_of_seed_step_and_token():
     deciles = torch.histc(u.float(), bins=10, min=0, max=1) / u.numel()
     torch.testing.assert_close(deciles, torch.full((10,), 0.1), atol=0.005, rtol=0)
     assert abs(torch.corrcoef(torch.stack([u[0], u[1]]))[0, 1]) < 0.03  # rows are not correlated
+
+
+def test_a_checkpoints_own_end_tokens_also_end_a_response(tiny_tokenizer, prompts):
+    """Chat checkpoints end a turn with their own token (generation_config.eos_token_id lists it)."""
+    model = _tiny_llama(tiny_tokenizer, eos_bias=0.0)
+    end_of_turn = tiny_tokenizer.convert_tokens_to_ids("world")
+    with torch.no_grad():
+        model.lm_head.bias[end_of_turn] = 4.0  # about 0.1 per step, as EOS_BIAS does for EOS
+    model.generation_config.eos_token_id = [tiny_tokenizer.eos_token_id, end_of_turn]
+    batch = TransformersBackend(model, tiny_tokenizer).generate(
+        prompts * 4, SamplingConfig(max_new_tokens=8, temperature=1.0), seed=0
+    )
+    ended_rows = batch.ended.nonzero()[:, 0].tolist()
+    assert ended_rows, "some responses should end within 8 tokens"
+    for row in ended_rows:
+        assert batch.response_ids[row][-1] == end_of_turn
+        assert end_of_turn not in batch.response_ids[row][:-1]
+    assert model.generation_config.eos_token_id == [tiny_tokenizer.eos_token_id, end_of_turn]  # restored
