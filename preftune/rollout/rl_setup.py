@@ -4,6 +4,7 @@ evaluation, the judge's statistics on the starting policy, sampling seeds, globa
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,13 @@ def check_rl_sampling(sampling: SamplingConfig, model: ModelConfig) -> None:
     """RL learns from the policy's own samples: temperature > 0, no dropout in a LoRA adapter (the
     log-probs of sampling and of the update must come from the same function), and a warning when
     top-k/top-p make the sampling distribution differ from the one the log-probs are computed under."""
+    if sampling.generation_backend == "vllm" and (
+        importlib.util.find_spec("vllm") is None or not torch.cuda.is_available()
+    ):
+        raise ValueError(
+            "--generation_backend vllm needs a CUDA GPU and the vllm package (pip install -e '.[vllm]'); "
+            "use --generation_backend transformers here."
+        )
     if model.use_peft and model.lora_dropout > 0:
         raise ValueError(
             f"--lora_dropout {model.lora_dropout}: RL compares log-probs of the same tokens at sampling and at "

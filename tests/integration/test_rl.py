@@ -173,6 +173,10 @@ def test_bad_rl_settings_fail_before_loading(synth_world, tiny_base, tmp_path):
     with pytest.raises(ValueError, match="lora_dropout"):
         PPOConfig(**_common(tiny_base, synth_world, tmp_path, steps=1, batch=8,
                             model={"use_peft": True, "lora_dropout": 0.1}))  # fmt: skip
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="generation_backend vllm needs a CUDA GPU"):
+            PPOConfig(**{**_common(tiny_base, synth_world, tmp_path, steps=1, batch=8),
+                         "sampling": SamplingConfig(generation_backend="vllm")})  # fmt: skip
     with pytest.raises(ValueError, match="Dr. GRPO"):
         RLOOConfig(**_common(tiny_base, synth_world, tmp_path, steps=1, batch=8), scale_rewards=False)
 
@@ -206,7 +210,9 @@ def test_sampling_time_log_probs_give_the_same_update_as_recomputed_ones(synth_w
 
 
 @pytest.mark.parametrize("use_peft", [False, True], ids=["frozen-copy", "adapter-disabled"])
-def test_bf16_autocast_scores_policy_and_reference_in_one_precision(synth_world, tiny_base, tmp_path, use_peft):
+def test_bf16_autocast_scores_policy_and_reference_in_one_precision(
+    synth_world, tiny_base, tmp_path, use_peft
+):
     """Regression: under --bf16 the rollout scoring ran partly in float32, so a policy equal to its
     reference showed a KL of about 3e-4 and a first ratio of 0.99995."""
     model = {"use_peft": True, "lora_r": 4} if use_peft else None
