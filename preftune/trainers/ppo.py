@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate.utils import set_seed
+from peft import PeftModel
 from torch import Tensor
 
 from preftune.config import config_to_flat_dict
@@ -170,7 +171,7 @@ class PPOTrainer:
             (cfg.value_model, "--value_model"),
         ):
             if path:
-                check_model_path(path, flag)  # fmt: skip
+                check_model_path(path, flag)
         self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
         self.pad_id = token_id(self.tokenizer, "pad")
         self.accelerator = build_accelerator(cfg.train)
@@ -204,8 +205,6 @@ class PPOTrainer:
         state.setdefault("kl_coef", cfg.kl_coef)
 
     def _lora_config(self, policy: ResponseLogps) -> Any:
-        from peft import PeftModel
-
         assert isinstance(policy.model, PeftModel), "checked in PPOConfig: --share_backbone needs --use_peft"
         return policy.model.peft_config["default"]
 
