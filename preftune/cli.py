@@ -69,15 +69,19 @@ def _grpo() -> tuple[type, Callable[[Any], Any]]:
 
 
 def _eval() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.eval.reward_model import RewardEvalConfig, run_reward_eval
+    from preftune.eval.command import EvalConfig, run_eval
 
-    def run(cfg: RewardEvalConfig) -> Any:
-        result = run_reward_eval(cfg)
-        scalars = {k: v for k, v in result.items() if not isinstance(v, dict)}  # nested ones are in eval.json
-        show_metrics_table(scalars, f"reward model {cfg.reward_model} on {cfg.dataset}")
+    def run(cfg: EvalConfig) -> Any:
+        result = run_eval(cfg)
+        scalars = {k: v for k, v in result.items() if not isinstance(v, dict) and not k.endswith("/examples")}
+        if cfg.reward.reward_model:
+            title = f"reward model {cfg.reward.reward_model} on {cfg.reward.dataset}"
+        else:
+            title = f"policies against {cfg.policies.reference} on {cfg.policies.prompts}"
+        show_metrics_table(scalars, title)  # nested values are in eval.json
         return result
 
-    return RewardEvalConfig, run
+    return EvalConfig, run
 
 
 def _bon() -> tuple[type, Callable[[Any], Any]]:
@@ -150,7 +154,9 @@ COMMANDS: dict[str, Command] = {
         "Best-of-n / rejection sampling with any judge: SFT data, best-vs-worst pairs, reward-KL curve.", _bon
     ),
     "eval": Command(
-        "Evaluate a reward model on pairs: accuracy, calibration, length probe (policies: issue #6).", _eval
+        "Evaluate a reward model (accuracy, calibration, length probe) or policies against a reference "
+        "(reward, win rate, length-controlled win rate, KL, diversity).",
+        _eval,
     ),
     "loop": Command(
         "Iterative online DPO: generate, rate, tune, repeat.", planned="issue #7 (practice loop)"

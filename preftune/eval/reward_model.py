@@ -44,18 +44,19 @@ class RewardEvalConfig:
     dataset: str = ""
     """Preference pairs (prompt/chosen/rejected, or chosen/rejected with an implicit prompt)."""
     output_dir: str = ""
-    """Folder for eval.json and reward_stats.json."""
+    """Folder for eval.json (reward models: also reward_stats.json; policies: also samples.jsonl)."""
     dataset_split: str = "train"
     """Split or slice of --dataset, e.g. 'train[1500:]'."""
     max_length: int | None = None
     """Longest tokenized prompt + response (longer pairs follow --truncation); default: the max_length the
-    reward model was trained with (from its reward_stats.json), else 1024."""
+    reward model was trained with (from its reward_stats.json), else 1024 (policies: 512)."""
     truncation: Literal["left", "error"] = "left"
     """'left' drops prompt tokens from the left (counted); 'error' stops."""
     skip_invalid: bool = False
     """Skip rows that fail validation (counted and reported) instead of stopping."""
     task: str = "auto"
-    """Synthetic task for gold agreement: 'auto' reads task.json beside --dataset; 'none' turns it off."""
+    """Synthetic task for gold agreement / gold reward: 'auto' reads task.json beside --dataset (or
+    --prompts); 'none' turns it off."""
     batch_size: int = 32
     """Sequences scored per forward pass."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -71,16 +72,6 @@ class RewardEvalConfig:
     wrote, so PPO normalises rewards with the statistics of these pairs. It is always written to --output_dir."""
 
     def __post_init__(self) -> None:
-        for flag, value in (
-            ("--reward_model", self.reward_model),
-            ("--dataset", self.dataset),
-            ("--output_dir", self.output_dir),
-        ):
-            if not value:
-                raise ValueError(
-                    f"{flag} is required: preftune eval --reward_model PATH --dataset PAIRS --output_dir OUT "
-                    "(policy evaluation, --policy, is planned in issue #6)."
-                )
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}.")
 
@@ -196,6 +187,15 @@ def json_safe(value: Any) -> Any:
 
 def run_reward_eval(config: RewardEvalConfig) -> dict[str, Any]:
     """The `preftune eval` command for a reward model: writes eval.json (and reward_stats.json)."""
+    for flag, value in (
+        ("--reward_model", config.reward_model),
+        ("--dataset", config.dataset),
+        ("--output_dir", config.output_dir),
+    ):
+        if not value:
+            raise ValueError(
+                f"{flag} is required: preftune eval --reward_model PATH --dataset PAIRS --output_dir OUT."
+            )
     judge = load_judge(config.reward_model, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
                        max_length=config.max_length, truncation=config.truncation)  # fmt: skip
     if not isinstance(judge, RewardModelJudge):

@@ -1,0 +1,266 @@
+"""Evaluate policies against a reference: judge and gold reward, win rate, length control, KL, diversity.
+
+`preftune eval --policy NAME=PATH [--policy ...] --reference PATH --prompts FILE --judge SPEC
+--output_dir OUT` samples every policy and the reference on the same prompts with the same
+seeds (a prompt's k-th sample uses the same random stream in every policy), scores each
+response with the judge (and the synthetic task's gold reward when the prompts come from
+it), and reports per policy (keys `policy/<NAME>/<metric>` of eval.json):
+- `judge_reward`, `gold_reward`: means with 95% bootstrap intervals (`..._ci`);
+- `win_rate`: share of (prompt, sample) pairs where the policy's response scores higher with the
+  judge than the reference's, ties counted half, with a paired bootstrap interval; and
+  `lc_win_rate`, the win rate at zero length difference from a logistic fit of the outcome
+  on the length difference (a judge that likes long answers cannot be won by length alone);
+- `kl`, `kl_se`: KL(policy || reference) estimated from the policy's samples (mean of the
+  sequence log-ratios, with its standard error);
+- `length` (tokens), `distinct_1`, `distinct_2`; and a few sample responses.
+A bare PATH is named by its folder (the parent folder for a `final/` checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from preftune.data import DataConfig, EncodedExample
+from preftune.data.prompts import PromptSet, load_prompts
+from preftune.eval import policy_metrics as pm
+from preftune.judges import GoldJudge, Judge, load_judge
+from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer, token_id
+from preftune.models.logps import ResponseLogps
+from preftune.rollout.experience import judge_scores, model_inputs, per_token, rollout_examples
+from preftune.rollout.generate import RolloutBatch, SamplingConfig, TransformersBackend
+from preftune.tasks import detect_task
+
+logger = logging.getLogger(__name__)
+
+NUM_EXAMPLES = 5
+"""Sample responses kept per policy in eval.json."""
+
+
+@dataclass
+class PolicyEvalConfig:
+    """The policy-evaluation flags of `preftune eval` (the shared ones are in RewardEvalConfig)."""
+
+    policy: list[str] = field(default_factory=list)
+    """Policies to evaluate, as NAME=PATH or PATH (named by its folder); repeat the flag or list several."""
+    reference: str = ""
+    """Reference policy (usually the SFT model): the baseline of the win rate and the anchor of the KL."""
+    prompts: str = ""
+    """Prompt-only data (a `prompt` column) the policies answer."""
+    prompts_split: str = "train"
+    """Split or slice of --prompts, e.g. 'train[:200]'."""
+    judge: str = ""
+    """Judge spec: gold, rm:PATH (a reward model; a bare PATH too) or rm:PATH1,PATH2."""
+    samples_per_prompt: int = 1
+    """Responses sampled per prompt and policy."""
+    max_new_tokens: int = 32
+    """Longest sampled response."""
+    temperature: float = 1.0
+    """Sampling temperature (0 = greedy)."""
+    seed: int = 0
+    """Seed of the sampling streams (the same for every policy)."""
+    max_prompts: int = 0
+    """Evaluate the first this many prompts; 0 = all."""
+    num_resamples: int = 2000
+    """Bootstrap resamples of the intervals."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 1 or self.max_new_tokens < 1 or self.num_resamples < 100:
+            raise ValueError(
+                f"samples_per_prompt and max_new_tokens must be >= 1 and num_resamples >= 100, got "
+                f"{self.samples_per_prompt}, {self.max_new_tokens} and {self.num_resamples}."
+            )
+        if self.max_prompts < 0 or self.seed < 0:
+            raise ValueError(f"max_prompts and seed must be >= 0, got {self.max_prompts} and {self.seed}.")
+
+    def check(self) -> None:
+        """The flags policy evaluation needs (checked when --policy is given)."""
+        for flag, value in (
+            ("--reference", self.reference),
+            ("--prompts", self.prompts),
+            ("--judge", self.judge),
+        ):
+            if not value:
+                raise ValueError(
+                    f"{flag} is required with --policy: preftune eval --policy NAME=PATH --reference SFT_PATH "
+                    "--prompts PROMPTS --judge SPEC --output_dir OUT."
+                )
+        names = [name for name, _ in self.named_policies()]
+        duplicates = sorted({n for n in names if names.count(n) > 1} | ({"reference"} & set(names)))
+        if duplicates:
+            raise ValueError(
+                f"Policy names must be unique and not 'reference' (the baseline), got {duplicates}; name them "
+                "with NAME=PATH."
+            )
+
+    def named_policies(self) -> list[tuple[str, str]]:
+        """(name, path) of each --policy entry."""
+        named = []
+        for spec in self.policy:
+            name, sep, path = spec.partition("=")
+            if not sep:
+                path = spec
+                folder = Path(spec.rstrip("/"))
+                name = folder.parent.name if folder.name == "final" and folder.parent.name else folder.name
+            if not name or not path:
+                raise ValueError(f"--policy {spec!r}: give NAME=PATH or a checkpoint folder.")
+            named.append((name, path))
+        return named
+
+
+@dataclass
+class _Samples:
+    """One policy's samples of every (prompt, k) and what was measured on them, all (N,)."""
+
+    texts: list[str]
+    judge: np.ndarray
+    gold: np.ndarray | None
+    lengths: np.ndarray
+    logratio: np.ndarray
+
+
+def _sample(
+    path: str, prompts_of: PromptSet, config: PolicyEvalConfig, device: str
+) -> tuple[RolloutBatch, Any]:
+    model = load_policy(ModelConfig(model=path))
+    torch.nn.Module.to(model, torch.device(device))
+    tokenizer = load_tokenizer(path)
+    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+    rollout = TransformersBackend(model, tokenizer).generate(
+        prompts_of.ids,
+        sampling,
+        config.seed,
+        config.samples_per_prompt,
+        prompt_keys=list(range(len(prompts_of))),
+    )
+    return rollout, (model, tokenizer)
+
+
+@torch.no_grad()
+def _logps(
+    model: ResponseLogps, examples: list[EncodedExample], rollout: RolloutBatch, pad: int, device: str
+) -> np.ndarray:
+    """(N,) summed log-probs of each sampled response (temperature 1)."""
+    token_logps = per_token(
+        lambda b: {"logps": model(*model_inputs(b))}, examples, rollout.mask, 32, pad, torch.device(device)
+    )["logps"]
+    return token_logps.sum(dim=1).double().numpy()
+
+
+def evaluate_policy(
+    path: str, prompts: PromptSet, config: PolicyEvalConfig, judge: Judge, gold: GoldJudge | None,
+    reference: ResponseLogps, device: str,
+) -> _Samples:  # fmt: skip
+    """Sample `path` on the prompts and measure every sample. The KL is that of the distributions
+    sampled from: both models' log-probs at the sampling temperature (the models' own at 1.0)."""
+    rollout, (model, tokenizer) = _sample(path, prompts, config, device)
+    repeated = [p for p in prompts.prompts for _ in range(config.samples_per_prompt)]
+    scores, texts = judge_scores(judge, tokenizer, repeated, rollout)
+    examples, pad = rollout_examples(rollout), token_id(tokenizer, "pad")
+    logratio = _logps(
+        ResponseLogps(model, reference.temperature).eval(), examples, rollout, pad, device
+    ) - _logps(reference, examples, rollout, pad, device)
+    return _Samples(
+        texts=texts,
+        judge=scores.double().numpy(),
+        gold=None if gold is None else gold.score(repeated, texts).double().numpy(),
+        lengths=rollout.lengths.double().numpy(),
+        logratio=logratio,
+    )
+
+
+def policy_metrics(samples: _Samples, baseline: _Samples, config: PolicyEvalConfig) -> dict[str, Any]:
+    """Every metric of one policy against the reference's samples (the module docstring)."""
+    resamples = config.num_resamples
+    judge, judge_ci = pm.mean_ci(samples.judge, num_resamples=resamples, seed=config.seed)
+    win, win_ci = pm.win_rate_ci(samples.judge, baseline.judge, num_resamples=resamples, seed=config.seed)
+    lc, lc_ci = pm.length_controlled_win_rate_ci(
+        samples.judge,
+        baseline.judge,
+        samples.lengths,
+        baseline.lengths,
+        num_resamples=resamples,
+        seed=config.seed,
+    )
+    kl, kl_se = pm.sequence_kl(samples.logratio)
+    result: dict[str, Any] = {
+        "judge_reward": judge, "judge_reward_ci": list(judge_ci), "win_rate": win, "win_rate_ci": list(win_ci),
+        "lc_win_rate": lc, "lc_win_rate_ci": list(lc_ci), "kl": kl, "kl_se": kl_se,
+        "length": float(samples.lengths.mean()), "distinct_1": pm.distinct_n(samples.texts, 1),
+        "distinct_2": pm.distinct_n(samples.texts, 2),
+    }  # fmt: skip
+    if samples.gold is not None:
+        gold, gold_ci = pm.mean_ci(samples.gold, num_resamples=resamples, seed=config.seed)
+        result |= {"gold_reward": gold, "gold_reward_ci": list(gold_ci)}
+    return result
+
+
+def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig, task: str, device: str | None,
+                    judge_batch_size: int) -> dict[str, Any]:  # fmt: skip
+    """`preftune eval --policy ...`: writes eval.json and samples.jsonl into `output_dir`."""
+    config.check()
+    named = config.named_policies()
+    for _, path in [*named, ("reference", config.reference)]:
+        check_model_path(path, "--policy" if path != config.reference else "--reference")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(config.reference)
+    prompts = load_prompts(
+        tokenizer, config.prompts, config.prompts_split, data.max_length - config.max_new_tokens, data, "eval"
+    )
+    if config.max_prompts:
+        keep = config.max_prompts
+        prompts = PromptSet(prompts.prompts[:keep], prompts.ids[:keep], prompts.rows[:keep])
+    judge = load_judge(config.judge, device=device, batch_size=judge_batch_size)
+    task_name = detect_task(config.prompts, task)
+    gold = GoldJudge(task_name) if task_name else None
+    temperature = config.temperature if config.temperature > 0 else 1.0
+    reference = ResponseLogps(load_policy(ModelConfig(model=config.reference)), temperature).eval()
+    torch.nn.Module.to(reference, torch.device(device))
+    for name, path in named:
+        if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"--policy {name}={path} has another tokenizer than --reference {config.reference}, so the KL to the "
+                "reference cannot be computed from token log-probs; evaluate policies tuned from the reference."
+            )
+    baseline = evaluate_policy(config.reference, prompts, config, judge, gold, reference, device)
+    results = {"reference": policy_metrics(baseline, baseline, config)}
+    samples = {"reference": baseline}
+    for name, path in named:
+        logger.info("Evaluating %s (%s) on %d prompts.", name, path, len(prompts))
+        samples[name] = evaluate_policy(path, prompts, config, judge, gold, reference, device)
+        results[name] = policy_metrics(samples[name], baseline, config)
+    return _write(Path(output_dir), results, samples, prompts, config)
+
+
+def _write(
+    out: Path, results: dict[str, dict[str, Any]], samples: dict[str, _Samples], prompts: PromptSet,
+    config: PolicyEvalConfig,
+) -> dict[str, Any]:  # fmt: skip
+    """eval.json (flat `policy/<NAME>/<metric>` keys plus examples) and samples.jsonl."""
+    from preftune.eval.reward_model import json_safe
+
+    out.mkdir(parents=True, exist_ok=True)
+    k = config.samples_per_prompt
+    flat: dict[str, Any] = {"reference": config.reference, "prompts": config.prompts, "judge": config.judge,
+                            "num_prompts": len(prompts), "samples_per_prompt": k}  # fmt: skip
+    for name, metrics in results.items():
+        flat |= {f"policy/{name}/{metric}": value for metric, value in metrics.items()}
+        flat[f"policy/{name}/examples"] = samples[name].texts[:NUM_EXAMPLES]
+    (out / "eval.json").write_text(json.dumps(json_safe(flat), indent=2, allow_nan=False) + "\n")
+    with (out / "samples.jsonl").open("w") as f:
+        for name, s in samples.items():
+            for i, text in enumerate(s.texts):
+                row = {"policy": name, "prompt": prompts.prompts[i // k], "sample": i % k, "response": text,
+                       "judge_score": float(s.judge[i]), "length": int(s.lengths[i]),
+                       "logratio": float(s.logratio[i])}  # fmt: skip
+                if s.gold is not None:
+                    row["gold_score"] = float(s.gold[i])
+                f.write(json.dumps(row) + "\n")
+    logger.info("Wrote %s and %s", out / "eval.json", out / "samples.jsonl")
+    return flat

@@ -1,0 +1,71 @@
+"""`preftune eval --policy ...`: policies sampled on the same prompts and seeds as the reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from preftune.cli import main
+
+
+@pytest.fixture(scope="module")
+def models(tiny_base, tmp_path_factory):
+    """A reward model with a random head (scores vary), and a policy whose LM head was perturbed."""
+    root = tmp_path_factory.mktemp("policy_eval")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+    reward_model.config.pad_token_id = tokenizer.pad_token_id
+    reward_model.save_pretrained(root / "rm")
+    tokenizer.save_pretrained(root / "rm")
+    policy = AutoModelForCausalLM.from_pretrained(tiny_base)
+    with torch.no_grad():
+        for param in policy.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    policy.save_pretrained(root / "noisy" / "final")
+    tokenizer.save_pretrained(root / "noisy" / "final")
+    return {"rm": str(root / "rm"), "noisy": str(root / "noisy" / "final")}
+
+
+def test_policies_are_compared_with_the_reference(synth_world, tiny_base, models, tmp_path):
+    code = main([
+        "eval", "--policy", f"same={tiny_base}", models["noisy"], "--reference", tiny_base,
+        "--prompts", str(synth_world["eval_prompts"]), "--judge", f"rm:{models['rm']}", "--output_dir", str(tmp_path),
+        "--samples_per_prompt", "2", "--max_new_tokens", "8", "--num_resamples", "200",
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    same, noisy, reference = (
+        "policy/same/",
+        "policy/noisy/",
+        "policy/reference/",
+    )  # a final/ folder takes its parent's name
+    metrics = ("judge_reward", "judge_reward_ci", "gold_reward", "gold_reward_ci", "win_rate", "win_rate_ci",
+               "lc_win_rate", "kl", "kl_se", "length", "distinct_2")  # fmt: skip
+    for prefix in (same, noisy, reference):
+        assert all(prefix + m in result for m in metrics), [
+            prefix + m for m in metrics if prefix + m not in result
+        ]
+    # the same model with the same sampling streams: identical samples, every comparison a tie
+    assert result[same + "win_rate"] == 0.5 and result[same + "lc_win_rate"] == pytest.approx(0.5, abs=1e-6)
+    assert result[same + "kl"] == pytest.approx(0.0, abs=1e-6)
+    assert result[same + "judge_reward"] == pytest.approx(result[reference + "judge_reward"])
+    assert result[noisy + "kl"] > 0 and result[noisy + "kl_se"] > 0
+    low, high = result[noisy + "win_rate_ci"]
+    assert low <= result[noisy + "win_rate"] <= high
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert {row["policy"] for row in rows} == {"reference", "same", "noisy"}
+    assert len(rows) == 3 * 2 * result["num_prompts"]
+
+
+def test_eval_needs_one_mode(tmp_path, tiny_base, capsys):
+    for argv, message in (
+        (["--policy", tiny_base, "--reward_model", "rm:x"], "Evaluate either a reward model"),
+        (["--policy", tiny_base], "--reference is required with --policy"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:  # config errors are usage errors: exit code 2
+            main(["eval", *argv, "--output_dir", str(tmp_path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
