@@ -431,3 +431,22 @@ class HackingMonitor:
         self._streak = int(state["streak"])
         self._streak_start = state["streak_start"]
         self._findings = [Finding(**finding) for finding in state["findings"]]
+
+
+def observe_evaluation(
+    monitor: HackingMonitor, step: int, eval_metrics: dict[str, float]
+) -> dict[str, float]:
+    """Feed a trainer's held-out evaluation (`eval/reward` = the proxy being optimised, `eval/gold_reward`
+    or `eval/heldout_reward` = the held-out judge, `eval/length`, `eval/kl`) to the monitor; returns
+    its `hacking/...` metrics for that step's metrics.jsonl line. Raises RewardHackingDetected when
+    the config says to stop."""
+    heldout = eval_metrics.get("eval/gold_reward", eval_metrics.get("eval/heldout_reward"))
+    observation = Observation(
+        step=step,
+        proxy=eval_metrics["eval/reward"],
+        heldout=heldout,
+        length=eval_metrics["eval/length"],
+        kl=eval_metrics["eval/kl"],
+    )
+    monitor.observe(observation)
+    return monitor.metrics()

@@ -151,6 +151,9 @@ class ScoringConfig:
     task: str = "auto"
     """Synthetic task whose gold reward is logged at evaluation: auto (from task.json beside the
     prompts), none, or a task name."""
+    heldout_judge: str = ""
+    """A second judge (e.g. rm:OTHER_RM) scored on the held-out prompts, which the reward-hacking monitor
+    compares the optimised judge with; the synthetic task's gold reward takes this role when it applies."""
 
     def __post_init__(self) -> None:
         if self.reward_norm_samples < 2:

@@ -29,13 +29,19 @@ class HeldOutEvaluator:
 
     prompts: PromptSet
     judge: Judge
-    gold: GoldJudge | None
-    """The synthetic task's gold reward, when the prompts come from one."""
+    heldout: Judge | None
+    """The held-out judge the proxy is compared with: the synthetic task's gold reward when the prompts come
+    from one, else --heldout_judge (None: no held-out judge)."""
     tokenizer: PreTrainedTokenizerBase
     sampling: SamplingConfig
     seed: int
     chunk_size: int
     pad_token_id: int
+
+    @property
+    def heldout_key(self) -> str:
+        """`gold_reward` for the synthetic task's gold judge, `heldout_reward` for another judge."""
+        return "gold_reward" if isinstance(self.heldout, GoldJudge) else "heldout_reward"
 
     @torch.no_grad()
     def sums(
@@ -45,11 +51,11 @@ class HeldOutEvaluator:
         rank: int,
         world: int,
     ) -> dict[str, Tensor | float]:
-        """Sums over this process's prompts: `reward` (judge), `gold_reward`, `kl` (sequence-level
+        """Sums over this process's prompts: `reward` (judge), `heldout_key` (held-out judge), `kl` (sequence-level
         log pi/pi_ref of the samples, a k1 estimate of KL(pi || pi_ref)), `length` (tokens), `count`."""
         mine = list(range(rank, len(self.prompts), world))
         if not mine:
-            return {"reward": 0.0, "kl": 0.0, "length": 0.0, "count": 0.0, "gold_reward": 0.0}
+            return {"reward": 0.0, "kl": 0.0, "length": 0.0, "count": 0.0, self.heldout_key: 0.0}
         device = next(policy.parameters()).device
         backend = TransformersBackend(policy.model, self.tokenizer)
         rollout = backend.generate(
@@ -73,8 +79,8 @@ class HeldOutEvaluator:
             "kl": (logps - ref_logps)[rollout.mask].sum(),
             "length": rollout.lengths.sum().float(),
             "count": float(len(mine)),
-            "gold_reward": 0.0,
+            self.heldout_key: 0.0,
         }
-        if self.gold is not None:
-            sums["gold_reward"] = self.gold.score(prompts, texts).sum()
+        if self.heldout is not None:
+            sums[self.heldout_key] = self.heldout.score(prompts, texts).sum()
         return sums

@@ -87,6 +87,7 @@ class RLSetup:
         chunk_size: int,
         seed: int,
         judge: Judge | None = None,
+        heldout_judge: Judge | None = None,
     ) -> RLSetup:
         """Read and encode the prompts (before any model loads), then load the judge named by
         --judge, unless a `judge` object (anything with `score(prompts, responses)`) is given."""
@@ -103,8 +104,14 @@ class RLSetup:
         evaluator = None
         if eval_prompts is not None:
             task = detect_task(data.eval_dataset or "", scoring.task)
+            if task:
+                heldout_judge = GoldJudge(task)
+            elif heldout_judge is None and scoring.heldout_judge:
+                heldout_judge = load_judge(
+                    scoring.heldout_judge, device=device, batch_size=scoring.judge_batch_size
+                )
             evaluator = HeldOutEvaluator(
-                eval_prompts, judge, GoldJudge(task) if task else None, tokenizer, sampling,
+                eval_prompts, judge, heldout_judge, tokenizer, sampling,
                 seed + EVAL_SEED_OFFSET, chunk_size, token_id(tokenizer, "pad"),
             )  # fmt: skip
         return cls(prompts, judge, evaluator, sampling, scoring, tokenizer, accelerator, chunk_size, seed)
@@ -208,6 +215,6 @@ class RLSetup:
             local = self.evaluator.sums(policy, reference, rank, world)
         sums = global_sums(local)
         count = max(sums.pop("count"), 1.0)
-        if self.evaluator.gold is None:
-            sums.pop("gold_reward")
+        if self.evaluator.heldout is None:
+            sums.pop(self.evaluator.heldout_key)
         return {f"eval/{name}": value / count for name, value in sums.items()}

@@ -36,6 +36,7 @@ from preftune.data import DataConfig
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
 from preftune.engine.minibatch import minibatch_updates
+from preftune.eval.hacking import HackingConfig, HackingMonitor, RewardHackingDetected, observe_evaluation
 from preftune.judges import Judge
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rloo_advantages
@@ -74,6 +75,7 @@ class RLOOConfig:
     )
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    hacking: HackingConfig = field(default_factory=HackingConfig)
     ref_model: str | None = None
     """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
     advantage_estimator: Literal["rloo", "grpo"] = "rloo"
@@ -152,8 +154,11 @@ class GRPOConfig(RLOOConfig):
 class RLOOTrainer:
     """`RLOOTrainer(config).train()` runs RLOO or GRPO (by config.advantage_estimator)."""
 
-    def __init__(self, config: RLOOConfig, judge: Judge | None = None) -> None:
-        """`judge` replaces the one named by --judge (any object with `score(prompts, responses) -> (N,)`)."""
+    def __init__(
+        self, config: RLOOConfig, judge: Judge | None = None, heldout_judge: Judge | None = None
+    ) -> None:
+        """`judge` and `heldout_judge` replace the judges named by --judge and --heldout_judge (any object with
+        `score(prompts, responses) -> (N,)`)."""
         self.config = cfg = config
         set_seed(cfg.train.seed)
         check_model_path(cfg.model.model)
@@ -164,7 +169,7 @@ class RLOOTrainer:
         self.accelerator = build_accelerator(cfg.train)
         self.setup = RLSetup.load(
             cfg.data, cfg.sampling, cfg.scoring, self.tokenizer, self.accelerator,
-            cfg.train.per_device_train_batch_size, cfg.train.seed, judge,
+            cfg.train.per_device_train_batch_size, cfg.train.seed, judge, heldout_judge,
         )  # fmt: skip
         policy = ResponseLogps(load_policy(cfg.model), cfg.sampling.temperature)
         self.reference = load_frozen_reference(
@@ -177,6 +182,9 @@ class RLOOTrainer:
         )  # fmt: skip
         self.model = self.engine.model
         self.setup.start_backend(self.policy)
+        self.monitor = HackingMonitor(config.hacking)
+        if "hacking" in self.engine.trainer_state:  # restored on resume
+            self.monitor.load_state_dict(self.engine.trainer_state["hacking"])
         if "reward_mean" not in self.engine.trainer_state:  # restored on resume
             self.engine.trainer_state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
 
@@ -189,15 +197,15 @@ class RLOOTrainer:
 
     def train(self) -> dict[str, Any]:
         engine = self.engine
-        for micro_indices in engine.steps():
-            experience, metrics = self.make_experience([i for micro in micro_indices for i in micro])
-            loss, update_metrics, num_tokens = self.update(experience)
-            engine.end_step(
-                loss,
-                num_tokens,
-                {**metrics, **update_metrics},
-                self.evaluate if self.setup.evaluator else None,
-            )
+        self._start_monitor()
+        try:
+            for micro_indices in engine.steps():
+                experience, metrics = self.make_experience([i for micro in micro_indices for i in micro])
+                loss, update_metrics, num_tokens = self.update(experience)
+                evaluate = self.evaluate if self.setup.evaluator else None
+                engine.end_step(loss, num_tokens, {**metrics, **update_metrics}, evaluate)
+        except RewardHackingDetected as stop:  # --stop_on_hacking: keep the policy as it is now
+            logger.error("Stopping at step %d: %s", engine.step, stop)
         return self._finish()
 
     @torch.no_grad()
@@ -304,8 +312,23 @@ class RLOOTrainer:
         return token_loss.sum() / num_tokens, sums
 
     def evaluate(self) -> dict[str, float]:
-        """Judge score, gold reward (synthetic task), KL and length on the held-out prompts."""
-        return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
+        """Judge score, gold reward (synthetic task), KL and length on the held-out prompts, and the
+        reward-hacking monitor's verdict on them."""
+        metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
+        hacking = observe_evaluation(self.monitor, self.engine.step, metrics)
+        self.engine.trainer_state["hacking"] = self.monitor.state_dict()
+        return {**metrics, **hacking}
+
+    def _start_monitor(self) -> None:
+        """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
+        if "hacking" in self.engine.trainer_state or self.setup.evaluator is None:
+            return
+        metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
+        observe_evaluation(self.monitor, 0, metrics)
+        self.engine.trainer_state["hacking"] = self.monitor.state_dict()
+        logger.info(
+            "Starting policy on the held-out prompts: %s", {k: round(v, 4) for k, v in metrics.items()}
+        )
 
     def _finish(self) -> dict[str, Any]:
         final = Path(self.config.train.output_dir) / "final"
@@ -314,7 +337,7 @@ class RLOOTrainer:
             save_final(self.policy.model, self.tokenizer, final)
         summary = self.engine.finish(
             {"train_prompts": len(self.setup.prompts), "judge": self.config.scoring.judge,
-             "advantage_estimator": self.config.advantage_estimator}
+             "advantage_estimator": self.config.advantage_estimator, "hacking": self.monitor.summary()}
         )  # fmt: skip
         logger.info("%s done in %.0f s: final policy in %s", self.config.advantage_estimator.upper(),
                     summary["wall_seconds"], final)  # fmt: skip

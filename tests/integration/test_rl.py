@@ -3,6 +3,7 @@ resume reproduces, the shared-backbone layout works, the value model starts from
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -245,3 +246,35 @@ def test_a_judge_that_returns_bad_scores_is_named(synth_world, tiny_base, tmp_pa
     with pytest.raises(ValueError, match="NotANumber returned 32 non-finite scores"):
         RLOOTrainer(RLOOConfig(**_common(tiny_base, synth_world, tmp_path / "b", steps=1, batch=8),
                                num_generations=4), judge=NotANumber())  # fmt: skip
+
+
+class OtherHalfJudge:
+    """The share of letters in n-z: what LetterJudge's optimum gives up (a proxy's blind spot)."""
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        return 1 - LetterJudge().score(prompts, responses)
+
+
+@pytest.mark.parametrize("gamed", [True, False], ids=["gamed-proxy", "aligned-judges"])
+def test_the_hacking_monitor_flags_a_gamed_proxy_and_stays_quiet_otherwise(
+    synth_world, tiny_base, tmp_path, gamed
+):
+    common = _common(
+        tiny_base, synth_world, tmp_path, steps=10, batch=32, eval_data=True, eval_steps=2, **FAST
+    )
+    common["scoring"].task = "none"  # the held-out judge is the one given below, not the gold reward
+    trainer = RLOOTrainer(RLOOConfig(**common, num_generations=4, kl_coef=0.01), judge=LetterJudge(),
+                          heldout_judge=OtherHalfJudge() if gamed else LetterJudge())  # fmt: skip
+    trainer.train()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    evaluated = [r for r in records if "eval/heldout_reward" in r]
+    assert len(evaluated) == 5 and all("hacking/flagged" in r for r in evaluated)
+    proxy_gain = evaluated[-1]["eval/reward"] - evaluated[0]["eval/reward"]
+    assert proxy_gain > 0.1  # the policy learned the proxy in both runs
+    hacking = json.loads((tmp_path / "summary.json").read_text())["hacking"]
+    assert hacking["flagged"] is gamed, hacking["evidence"]
+    assert evaluated[-1]["hacking/flagged"] == float(gamed)
+    if gamed:
+        assert "held-out" in hacking["evidence"] and any(
+            f["kind"] == "divergence" for f in hacking["findings"]
+        )
