@@ -1,7 +1,11 @@
-"""`preftune demo`: the embedded default, end to end on the synthetic world.
+"""`preftune demo`: the embedded default, end to end on the synthetic world, no arguments, no network.
 
-At this stage: synthesise the task -> build a tiny model -> SFT -> sample from the base
-and SFT policies on held-out prompts and score them with the gold reward.
+synth (a panel-rated world, and a copy rated by a strongly length-biased panel) -> tiny model
+-> SFT -> a proxy reward model on the panel's labels -> DPO, PPO and RLOO against the proxy,
+and best-of-n with it -> evaluation of every policy against SFT on held-out prompts (gold
+reward, proxy reward, win rate, KL, length) -> one deliberate case of reward hacking: PPO on
+the length-biased reward model, watched by the reward-hacking monitor.
+Writes summary.json (shaped as in DESIGN.md), report.md, and the data, models and runs.
 """
 
 from __future__ import annotations
@@ -13,17 +17,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from preftune.data import encode_prompt, load_rows
-from preftune.data.config import DataConfig
+from preftune.data import DataConfig, encode_prompt, load_rows
 from preftune.engine import TrainConfig
+from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
 from preftune.eval.stats import bootstrap_mean_ci
 from preftune.models.loading import ModelConfig, load_policy, load_tokenizer
 from preftune.models.tiny import make_tiny, texts_of_row
+from preftune.rollout.best_of_n import BoNConfig, run_best_of_n
+from preftune.rollout.experience import ScoringConfig
 from preftune.rollout.generate import SamplingConfig, sample_responses
-from preftune.tasks import SynthConfig, get_task, write_task
+from preftune.tasks import PanelConfig, SynthConfig, get_task, write_task
+from preftune.trainers.dpo import DPOConfig, DPOTrainer
+from preftune.trainers.ppo import PPOConfig, PPOTrainer
+from preftune.trainers.reward import RewardConfig, RewardTrainer
+from preftune.trainers.rloo_grpo import RLOOConfig, RLOOTrainer
 from preftune.trainers.sft import SFTConfig, SFTTrainer
 
 logger = logging.getLogger(__name__)
+
+TUNED = ("dpo", "ppo", "rloo")
+"""Policies trained from SFT and evaluated against it (best-of-n is reported from its samples)."""
 
 
 @dataclass
@@ -40,17 +53,26 @@ class DemoConfig:
     """SFT learning rate (tiny random-init models need a large one)."""
     sft_batch_size: int = 32
     """SFT examples per step."""
+    rl_steps: int = 40
+    """PPO and RLOO steps (and the reward-hacking case's)."""
+    best_of_n: int = 16
+    """Samples per prompt of best-of-n."""
     num_eval_prompts: int = 128
     """Held-out prompts sampled from each policy."""
     max_new_tokens: int = 24
     """Longest sampled response."""
+    quick: bool = False
+    """A shorter run for CI: fewer SFT and RL steps and held-out prompts (the numbers are noisier)."""
     seed: int = 0
     """Seed of data, model initialisation, training and sampling."""
 
     def __post_init__(self) -> None:
-        for name, value in (("sft_steps", self.sft_steps), ("num_eval_prompts", self.num_eval_prompts)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}.")
+        for name in ("sft_steps", "rl_steps", "best_of_n", "num_eval_prompts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.quick:
+            self.sft_steps, self.rl_steps = min(self.sft_steps, 400), min(self.rl_steps, 20)
+            self.num_eval_prompts, self.best_of_n = min(self.num_eval_prompts, 64), min(self.best_of_n, 8)
 
 
 def gold_scores(task_name: str, prompts: list[str], responses: list[str]) -> dict[str, Any]:
@@ -72,58 +94,174 @@ def sample_policy(path: str, prompts: list[str], config: DemoConfig) -> list[str
     return [str(tokenizer.decode(r, skip_special_tokens=True)) for r in ids]
 
 
+def _train(out: Path, config: DemoConfig, **fields: Any) -> TrainConfig:
+    return TrainConfig(output_dir=str(out), seed=config.seed, overwrite_output_dir=True, **fields)
+
+
+def _reward_model(base: str, files: dict[str, Path], out: Path, config: DemoConfig) -> str:
+    """A reward model on the panel's pairs (the recipe of configs/rm/synthetic.yaml)."""
+    data = DataConfig(dataset=str(files["pairs"]), eval_dataset=str(files["eval_pairs"]), max_length=128)
+    train = _train(out, config, learning_rate=3e-3, per_device_train_batch_size=32, num_train_epochs=2,
+                   logging_steps=20)  # fmt: skip
+    RewardTrainer(RewardConfig(model=ModelConfig(model=base), data=data, train=train)).train()
+    return str(out / "final")
+
+
+def _rl_common(
+    sft: str, files: dict[str, Path], out: Path, judge: str, config: DemoConfig, **train: Any
+) -> dict:
+    data = DataConfig(dataset=str(files["prompts"]), eval_dataset=str(files["eval_prompts"]), max_length=128)
+    settings = {"learning_rate": 2e-4, "lr_scheduler_type": "constant", "max_steps": config.rl_steps,
+                "logging_steps": 5, "eval_steps": 10, **train}  # fmt: skip
+    return {
+        "model": ModelConfig(model=sft), "data": data, "train": _train(out, config, **settings),
+        "sampling": SamplingConfig(max_new_tokens=config.max_new_tokens),
+        "scoring": ScoringConfig(judge=judge),
+    }  # fmt: skip
+
+
+def train_methods(sft: str, rm: str, files: dict[str, Path], out: Path, config: DemoConfig) -> dict[str, str]:
+    """DPO on the panel's pairs; PPO and RLOO against the proxy reward model. Returns the final folders."""
+    data = DataConfig(dataset=str(files["pairs"]), eval_dataset=str(files["eval_pairs"]), max_length=128)
+    dpo_train = _train(out / "dpo", config, learning_rate=5e-4, per_device_train_batch_size=32, warmup_ratio=0.1,
+                       logging_steps=20)  # fmt: skip
+    DPOTrainer(DPOConfig(model=ModelConfig(model=sft), data=data, train=dpo_train, beta=0.1)).train()
+    judge = f"rm:{rm}"
+    ppo = _rl_common(sft, files, out / "ppo", judge, config, per_device_train_batch_size=32)
+    PPOTrainer(PPOConfig(**ppo, num_mini_batches=2, ppo_epochs=4, kl_coef=0.1)).train()
+    rloo = _rl_common(sft, files, out / "rloo", judge, config, per_device_train_batch_size=64)
+    RLOOTrainer(RLOOConfig(**rloo, num_generations=4, ppo_epochs=2, kl_coef=0.1)).train()
+    return {name: str(out / name / "final") for name in TUNED}
+
+
+def reward_hacking_case(
+    sft: str, biased_rm: str, files: dict[str, Path], out: Path, config: DemoConfig
+) -> dict:
+    """PPO on a reward model trained on a strongly length-biased panel, with a small KL coefficient, the
+    gold reward watched every 5 steps: the monitor's summary (flagged, evidence, findings)."""
+    common = _rl_common(
+        sft, files, out, f"rm:{biased_rm}", config, per_device_train_batch_size=32, eval_steps=5
+    )
+    PPOTrainer(PPOConfig(**common, value_model=sft, num_mini_batches=2, ppo_epochs=4, kl_coef=0.01)).train()
+    return json.loads((out / "summary.json").read_text())["hacking"]
+
+
+def best_of_n(sft: str, rm: str, files: dict[str, Path], out: Path, config: DemoConfig) -> dict[str, Any]:
+    """Best-of-n with the proxy reward model: the gold reward of the responses it picks."""
+    report = run_best_of_n(BoNConfig(
+        model=ModelConfig(model=sft), data=DataConfig(dataset=str(files["eval_prompts"]), max_length=128),
+        judge=f"rm:{rm}", n=config.best_of_n, max_new_tokens=config.max_new_tokens, output_dir=str(out),
+        max_prompts=config.num_eval_prompts, seed=config.seed, disable_tqdm=True,
+    ))  # fmt: skip
+    best = [json.loads(line) for line in (out / "best.jsonl").read_text().splitlines()]
+    scores = gold_scores(config.task, [r["prompt"] for r in best], [r["completion"] for r in best])
+    last = report["curve"][-1]
+    return {**scores, "proxy_reward": last["judge_reward"], "kl": last["kl_measured"],
+            "kl_bound": last["kl_bound"], "win_rate_vs_sft": None}  # fmt: skip
+
+
+def evaluate_methods(sft: str, rm: str, policies: dict[str, str], files: dict[str, Path], out: Path,
+                     config: DemoConfig) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """`preftune eval --policy` of the tuned policies against SFT, with the proxy as judge."""
+    eval_config = PolicyEvalConfig(
+        policy=[f"{name}={path}" for name, path in policies.items()], reference=sft, prompts=str(files["eval_prompts"]),
+        judge=f"rm:{rm}", samples_per_prompt=2, max_new_tokens=config.max_new_tokens, seed=config.seed,
+        max_prompts=config.num_eval_prompts,
+    )  # fmt: skip
+    data = DataConfig(dataset=str(files["eval_prompts"]), max_length=128)
+    flat = run_policy_eval(eval_config, str(out), data, "auto", None, 64)
+    words: dict[str, list[int]] = {}  # lengths in words, as for the base model and best-of-n
+    for line in (out / "samples.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        words.setdefault(row["policy"], []).append(len(row["response"].split()))
+    methods = {}
+    for name in ("sft", *policies):
+        key = f"policy/{'reference' if name == 'sft' else name}/"
+        methods[name] = {
+            "gold_reward": flat[key + "gold_reward"], "gold_reward_ci": flat[key + "gold_reward_ci"],
+            "proxy_reward": flat[key + "judge_reward"], "win_rate_vs_sft": flat[key + "win_rate"],
+            "lc_win_rate_vs_sft": flat[key + "lc_win_rate"], "kl": flat[key + "kl"], "kl_se": flat[key + "kl_se"],
+            "length": sum(words[key.split("/")[1]]) / len(words[key.split("/")[1]]),
+            "example": flat[key + "examples"][0],
+        }  # fmt: skip
+    return methods
+
+
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(config.output_dir)
-    data_dir = out / "data"
-    files = write_task(SynthConfig(task=config.task, out=str(data_dir), seed=config.seed))
+    files = write_task(SynthConfig(task=config.task, out=str(out / "data"), seed=config.seed))
+    biased_panel = PanelConfig(length_bias=0.2)  # configs/synth/kindness.yaml: 0.2 utility per word
+    biased = write_task(SynthConfig(task=config.task, out=str(out / "data-length-biased"), seed=config.seed,
+                                    panel=biased_panel))  # fmt: skip
     texts = (text for row in load_rows(str(files["sft"])).rows for text in texts_of_row(row))
-    base = make_tiny(texts, out / "base", size=config.size, seed=config.seed)
+    base = str(make_tiny(texts, out / "base", size=config.size, seed=config.seed))
 
-    sft_config = SFTConfig(
-        model=ModelConfig(model=str(base)),
-        data=DataConfig(dataset=str(files["sft"]), max_length=128),
-        train=TrainConfig(
-            output_dir=str(out / "sft"),
-            learning_rate=config.sft_learning_rate,
-            per_device_train_batch_size=config.sft_batch_size,
-            max_steps=config.sft_steps,
-            warmup_ratio=0.05,
-            logging_steps=25,
-            seed=config.seed,
-            overwrite_output_dir=True,  # the demo owns its folder: a rerun replaces it
-        ),
-    )
-    SFTTrainer(sft_config).train()
+    sft_train = _train(out / "sft", config, learning_rate=config.sft_learning_rate,
+                       per_device_train_batch_size=config.sft_batch_size, max_steps=config.sft_steps,
+                       warmup_ratio=0.05, logging_steps=25)  # fmt: skip
+    SFTTrainer(SFTConfig(model=ModelConfig(model=base), data=DataConfig(dataset=str(files["sft"]), max_length=128),
+                         train=sft_train)).train()  # fmt: skip
+    sft = str(out / "sft" / "final")
+    rm = _reward_model(base, files, out / "rm", config)
+    biased_rm = _reward_model(base, biased, out / "rm-length-biased", config)
+
+    policies = train_methods(sft, rm, files, out, config)
+    methods = evaluate_methods(sft, rm, policies, files, out / "eval", config)
+    methods["bon"] = best_of_n(sft, rm, files, out / "bon", config)
+    hacking = reward_hacking_case(sft, biased_rm, files, out / "ppo-length-biased-rm", config)
 
     prompts = [row["prompt"] for row in load_rows(str(files["eval_prompts"])).rows][: config.num_eval_prompts]
     task = get_task(config.task)
     corpus = [row for row in load_rows(str(files["sft"])).rows if task.is_task_prompt(row["prompt"])]
-    methods = {
-        "base": gold_scores(config.task, prompts, sample_policy(str(base), prompts, config)),
-        "sft": gold_scores(config.task, prompts, sample_policy(str(out / "sft" / "final"), prompts, config)),
+    summary = {
+        "methods": {
+            "base": gold_scores(config.task, prompts, sample_policy(base, prompts, config)),
+            **methods,
+        },
+        "sft_corpus": gold_scores(
+            config.task, [r["prompt"] for r in corpus], [r["completion"] for r in corpus]
+        ),
+        "hacking": hacking,
+        "wall_seconds": time.perf_counter() - start,
     }
-    corpus_scores = gold_scores(config.task, [r["prompt"] for r in corpus], [r["completion"] for r in corpus])
-    summary = {"methods": methods, "sft_corpus": corpus_scores, "wall_seconds": time.perf_counter() - start}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(render_markdown(summary))
     return summary
 
 
+def _cell(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
-    """The gold-reward table of the demo as Markdown."""
-    rows = [("base (random init)", summary["methods"]["base"]), ("sft", summary["methods"]["sft"])]
-    rows.append(("SFT corpus (demonstrations)", summary["sft_corpus"]))
+    """The demo's table (gold reward, proxy reward, win rate vs SFT, KL, length) and the hacking case."""
+    names = {"base": "base (random init)", "sft": "sft", "dpo": "dpo", "ppo": "ppo (proxy RM)",
+             "rloo": "rloo (proxy RM)", "bon": "best-of-n (proxy RM)"}  # fmt: skip
     lines = [
         "# preftune demo",
         "",
-        "| policy | gold reward | 95% CI | mean length (words) |",
-        "|---|---|---|---|",
+        "Held-out prompts of the synthetic world. Gold reward: what people 'really' prefer (95% CI); proxy: the",
+        "reward model learned from the panel's labels; win rate and KL against the SFT policy.",
+        "",
+        "| policy | gold reward | 95% CI | proxy reward | win rate vs SFT | KL to SFT | length (words) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, scores in rows:
-        low, high = scores["gold_reward_ci"]
+    for key, name in names.items():
+        row = summary["methods"].get(key)
+        if row is None:
+            continue
+        low, high = row["gold_reward_ci"]
         lines.append(
-            f"| {name} | {scores['gold_reward']:.3f} | [{low:.3f}, {high:.3f}] | {scores['length']:.1f} |"
+            f"| {name} | {row['gold_reward']:.3f} | [{low:.3f}, {high:.3f}] | {_cell(row.get('proxy_reward'))} | "
+            f"{_cell(row.get('win_rate_vs_sft'))} | {_cell(row.get('kl'), 2)} | {row['length']:.1f} |"
         )
-    lines += ["", f"Wall time: {summary['wall_seconds']:.0f} s."]
+    corpus = summary["sft_corpus"]
+    lines.append(f"| SFT corpus (demonstrations) | {corpus['gold_reward']:.3f} | [{corpus['gold_reward_ci'][0]:.3f}, "
+                 f"{corpus['gold_reward_ci'][1]:.3f}] | - | - | - | {corpus['length']:.1f} |")  # fmt: skip
+    hacking = summary["hacking"]
+    verdict = "flagged" if hacking["flagged"] else "not flagged"
+    lines += ["", "## Reward hacking", "",
+              f"PPO against a reward model trained on a length-biased panel: **{verdict}** by the monitor.", "",
+              hacking["evidence"], "", f"Wall time: {summary['wall_seconds']:.0f} s."]  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""`preftune demo` with its defaults (the README's first command): SFT must clearly beat the base model."""
+"""`preftune demo` (the README's first command) end to end: every tuned method beats SFT on gold reward,
+and the deliberate reward-hacking case is flagged."""
 
 import json
 
@@ -8,17 +9,23 @@ from preftune.cli import main
 
 
 @pytest.mark.slow
-def test_demo_defaults_learn_the_task(tmp_path, capsys):
+def test_demo_tunes_evaluates_and_flags_the_hacking_case(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--output_dir", str(out)]) == 0
+    assert main(["demo", "--quick", "true", "--output_dir", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    base, sft, corpus = summary["methods"]["base"], summary["methods"]["sft"], summary["sft_corpus"]
-    for scores in (base, sft, corpus):
-        low, high = scores["gold_reward_ci"]
-        assert low <= scores["gold_reward"] <= high
-    assert sft["gold_reward"] > base["gold_reward"] + 0.5, summary
-    # SFT imitates its corpus: within a few tenths of the corpus' mean gold reward
-    assert abs(sft["gold_reward"] - corpus["gold_reward"]) < 0.3, summary
+    methods = summary["methods"]
+    assert set(methods) == {"base", "sft", "dpo", "ppo", "rloo", "bon"}
+    for name, row in methods.items():
+        low, high = row["gold_reward_ci"]
+        assert low <= row["gold_reward"] <= high, name
+    assert methods["sft"]["gold_reward"] > methods["base"]["gold_reward"] + 0.5, summary
+    for name in ("dpo", "ppo", "rloo", "bon"):  # preference tuning beats the SFT policy it started from
+        assert methods[name]["gold_reward"] > methods["sft"]["gold_reward"], (name, methods[name])
+    for name in ("dpo", "ppo", "rloo"):
+        assert methods[name]["kl"] > 0 and methods[name]["win_rate_vs_sft"] > 0.5, (name, methods[name])
+    assert methods["sft"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["hacking"]["flagged"] is True, summary["hacking"]
+    assert "held-out gold score fell" in summary["hacking"]["evidence"]
     assert "gold reward" in capsys.readouterr().out
-    assert "| sft |" in (out / "report.md").read_text()
-    assert (out / "sft" / "final" / "model.safetensors").exists()
+    report = (out / "report.md").read_text()
+    assert "| ppo (proxy RM) |" in report and "**flagged**" in report
