@@ -5,7 +5,8 @@ synth (a panel-rated world, and a copy rated by a strongly length-biased panel) 
 and best-of-n with it -> evaluation of every policy against SFT on held-out prompts (gold
 reward, proxy reward, win rate, KL, length) -> one deliberate case of reward hacking: PPO on
 the length-biased reward model, watched by the reward-hacking monitor.
-Writes summary.json (shaped as in DESIGN.md), report.md, and the data, models and runs.
+Writes summary.json (shaped as in DESIGN.md), report.md, report.html with its PNG plots, and the
+data, models and runs.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from preftune.data import DataConfig, encode_prompt, load_rows
-from preftune.engine import TrainConfig
+from preftune.engine import TrainConfig, read_metrics
 from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
+from preftune.eval.report import write_report
 from preftune.eval.stats import bootstrap_mean_ci
 from preftune.models.loading import ModelConfig, load_policy, load_tokenizer
 from preftune.models.tiny import make_tiny, texts_of_row
@@ -227,6 +229,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(render_markdown(summary))
+    history = read_metrics(out / "ppo-length-biased-rm" / "metrics.jsonl")
+    write_report(summary, out, [row for row in history if "eval/gold_reward" in row])
     return summary
 
 

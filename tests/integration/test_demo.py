@@ -2,6 +2,8 @@
 and the deliberate reward-hacking case is flagged."""
 
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -26,6 +28,19 @@ def test_demo_tunes_evaluates_and_flags_the_hacking_case(tmp_path, capsys):
     assert methods["sft"]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert summary["hacking"]["flagged"] is True, summary["hacking"]
     assert "held-out gold score fell" in summary["hacking"]["evidence"]
-    assert "gold reward" in capsys.readouterr().out
+    assert "Reward hacking" in capsys.readouterr().out  # the table and the verdict are printed
     report = (out / "report.md").read_text()
     assert "| ppo (proxy RM) |" in report and "**flagged**" in report
+    html = (out / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 3  # self-contained: the plots are embedded
+    for name in ("gold_reward.png", "reward_kl.png", "hacking.png"):
+        assert (out / name).stat().st_size > 5_000, name
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium to render report.html (apt-get install chromium)")
+    rendered = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (out / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    assert 'data-rendered="3"' in rendered.stdout  # the browser decoded all three plots

@@ -1,0 +1,132 @@
+"""A self-contained HTML report (plots embedded as PNG data) of a set of evaluated policies.
+
+`write_report(summary, out_dir, hacking_history)` writes `report.html` and its plots as PNG
+files beside it:
+- `gold_reward.png`: each method's mean gold reward with its 95% interval;
+- `reward_kl.png`: gold reward against KL to the reference, the price each method paid;
+- `hacking.png` (when a run's held-out history is given): the optimised (proxy) reward and the
+  held-out gold reward over training steps, and the response length: reward hacking made visible.
+`summary` is shaped as the demo's summary.json ({"methods": {...}, "hacking": {...}}). Once loaded in a
+browser, the page's body gets `data-rendered` = the number of images that decoded (a test reads it).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _png(figure: Figure, path: Path) -> str:
+    """Save `figure` to `path` and return it as a base64 data URI."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    path.write_bytes(buffer.getvalue())
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def gold_reward_plot(methods: dict[str, dict[str, Any]]) -> Figure:
+    """Horizontal bars: mean gold reward per method with its interval."""
+    names = list(methods)
+    means = [methods[n]["gold_reward"] for n in names]
+    lows = [m - methods[n]["gold_reward_ci"][0] for n, m in zip(names, means, strict=True)]
+    highs = [methods[n]["gold_reward_ci"][1] - m for n, m in zip(names, means, strict=True)]
+    figure = Figure(figsize=(6, 0.45 * len(names) + 1.2))
+    axes = figure.add_subplot()
+    axes.barh(names, means, xerr=[lows, highs], color="#4c72b0", capsize=3)
+    axes.axvline(0, color="black", linewidth=0.6)
+    axes.invert_yaxis()
+    axes.set_xlabel("gold reward (mean, 95% CI)")
+    return figure
+
+
+def reward_kl_plot(methods: dict[str, dict[str, Any]]) -> Figure:
+    """Gold reward against KL to the reference, one point per method that has a KL."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    for name, row in methods.items():
+        if row.get("kl") is None:
+            continue
+        axes.scatter(row["kl"], row["gold_reward"], color="#dd8452")
+        axes.annotate(name, (row["kl"], row["gold_reward"]), textcoords="offset points", xytext=(4, 4))
+    axes.set_xlabel("KL to the reference (nats per response)")
+    axes.set_ylabel("gold reward")
+    return figure
+
+
+def hacking_plot(history: list[dict[str, float]]) -> Figure:
+    """Proxy and gold reward (left axis) and response length (right axis) over training steps."""
+    steps = [row["step"] for row in history]
+    figure = Figure(figsize=(6.5, 4))
+    axes = figure.add_subplot()
+    axes.plot(steps, [row["eval/reward"] for row in history], marker="o", label="proxy reward (optimised)")
+    axes.plot(steps, [row["eval/gold_reward"] for row in history], marker="o", label="gold reward (held out)")
+    axes.set_xlabel("training step")
+    axes.set_ylabel("reward")
+    lengths = axes.twinx()
+    lengths.plot(steps, [row["eval/length"] for row in history], color="gray", linestyle="--", label="length")
+    lengths.set_ylabel("response length (tokens)")
+    axes.legend(loc="upper left", fontsize=8)
+    return figure
+
+
+def _table(methods: dict[str, dict[str, Any]]) -> str:
+    def cell(value: Any, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    rows = []
+    for name, row in methods.items():
+        low, high = row["gold_reward_ci"]
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{row['gold_reward']:.3f}</td><td>[{low:.3f}, {high:.3f}]</td>"
+            f"<td>{cell(row.get('proxy_reward'))}</td><td>{cell(row.get('win_rate_vs_sft'))}</td>"
+            f"<td>{cell(row.get('kl'), 2)}</td><td>{cell(row.get('length'), 1)}</td></tr>"
+        )
+    header = ("<tr><th>policy</th><th>gold reward</th><th>95% CI</th><th>proxy reward</th>"
+              "<th>win rate vs SFT</th><th>KL to SFT</th><th>length</th></tr>")  # fmt: skip
+    return f"<table>{header}{''.join(rows)}</table>"
+
+
+def write_report(
+    summary: dict[str, Any], out_dir: Path, hacking_history: list[dict[str, float]] | None = None
+) -> Path:
+    """report.html (and the PNGs) in `out_dir`; returns the HTML's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    methods = summary["methods"]
+    images = {
+        "Gold reward by method": _png(gold_reward_plot(methods), out_dir / "gold_reward.png"),
+        "Gold reward against KL to the reference": _png(reward_kl_plot(methods), out_dir / "reward_kl.png"),
+    }
+    if hacking_history:
+        images["Reward hacking: proxy vs gold reward during PPO"] = _png(
+            hacking_plot(hacking_history), out_dir / "hacking.png"
+        )
+    hacking = summary.get("hacking", {})
+    verdict = "flagged" if hacking.get("flagged") else "not flagged"
+    figures = "".join(
+        f'<figure><img alt="{html.escape(title)}" src="{uri}"><figcaption>{html.escape(title)}</figcaption></figure>'
+        for title, uri in images.items()
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>preftune report</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}
+img{{max-width:100%}}</style></head>
+<body onload="document.body.dataset.rendered=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length">
+<h1>preftune report</h1>
+<p>Held-out prompts; gold reward is the synthetic world's "what people really prefer", with 95% intervals.</p>
+{_table(methods)}
+<h2>Reward hacking: {verdict}</h2>
+<p>{html.escape(str(hacking.get("evidence", "")))}</p>
+{figures}
+</body></html>
+"""
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path
