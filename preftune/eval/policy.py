@@ -30,6 +30,7 @@ import torch
 from preftune.data import DataConfig, EncodedExample
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.eval import policy_metrics as pm
+from preftune.eval.report import write_report
 from preftune.judges import GoldJudge, Judge, load_judge
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer, token_id
 from preftune.models.logps import ResponseLogps
@@ -242,7 +243,8 @@ def _write(
     out: Path, results: dict[str, dict[str, Any]], samples: dict[str, _Samples], prompts: PromptSet,
     config: PolicyEvalConfig,
 ) -> dict[str, Any]:  # fmt: skip
-    """eval.json (flat `policy/<NAME>/<metric>` keys plus examples) and samples.jsonl."""
+    """eval.json (flat `policy/<NAME>/<metric>` keys plus examples), samples.jsonl and report.html (the
+    gold reward, or the judge's reward where there is no gold, by policy and against KL)."""
     from preftune.eval.reward_model import json_safe
 
     out.mkdir(parents=True, exist_ok=True)
@@ -253,6 +255,14 @@ def _write(
         flat |= {f"policy/{name}/{metric}": value for metric, value in metrics.items()}
         flat[f"policy/{name}/examples"] = samples[name].texts[:NUM_EXAMPLES]
     (out / "eval.json").write_text(json.dumps(json_safe(flat), indent=2, allow_nan=False) + "\n")
+    table = {
+        name: {"gold_reward": m.get("gold_reward", m["judge_reward"]),
+               "gold_reward_ci": m.get("gold_reward_ci", m["judge_reward_ci"]), "proxy_reward": m["judge_reward"],
+               "win_rate_vs_sft": m["win_rate"], "kl": m["kl"], "length": m["length"]}
+        for name, m in results.items()
+    }  # fmt: skip
+    gold = all("gold_reward" in m for m in results.values())
+    write_report({"methods": table}, out, reward_label="gold reward" if gold else "judge reward")
     with (out / "samples.jsonl").open("w") as f:
         for name, s in samples.items():
             for i, text in enumerate(s.texts):

@@ -31,7 +31,7 @@ def _png(figure: Figure, path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def gold_reward_plot(methods: dict[str, dict[str, Any]]) -> Figure:
+def gold_reward_plot(methods: dict[str, dict[str, Any]], label: str = "gold reward") -> Figure:
     """Horizontal bars: mean gold reward per method with its interval."""
     names = list(methods)
     means = [methods[n]["gold_reward"] for n in names]
@@ -42,11 +42,11 @@ def gold_reward_plot(methods: dict[str, dict[str, Any]]) -> Figure:
     axes.barh(names, means, xerr=[lows, highs], color="#4c72b0", capsize=3)
     axes.axvline(0, color="black", linewidth=0.6)
     axes.invert_yaxis()
-    axes.set_xlabel("gold reward (mean, 95% CI)")
+    axes.set_xlabel(f"{label} (mean, 95% CI)")
     return figure
 
 
-def reward_kl_plot(methods: dict[str, dict[str, Any]]) -> Figure:
+def reward_kl_plot(methods: dict[str, dict[str, Any]], label: str = "gold reward") -> Figure:
     """Gold reward against KL to the reference, one point per method that has a KL."""
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
@@ -56,7 +56,7 @@ def reward_kl_plot(methods: dict[str, dict[str, Any]]) -> Figure:
         axes.scatter(row["kl"], row["gold_reward"], color="#dd8452")
         axes.annotate(name, (row["kl"], row["gold_reward"]), textcoords="offset points", xytext=(4, 4))
     axes.set_xlabel("KL to the reference (nats per response)")
-    axes.set_ylabel("gold reward")
+    axes.set_ylabel(label)
     return figure
 
 
@@ -76,7 +76,7 @@ def hacking_plot(history: list[dict[str, float]]) -> Figure:
     return figure
 
 
-def _table(methods: dict[str, dict[str, Any]]) -> str:
+def _table(methods: dict[str, dict[str, Any]], reward_label: str) -> str:
     def cell(value: Any, digits: int = 3) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
@@ -88,27 +88,38 @@ def _table(methods: dict[str, dict[str, Any]]) -> str:
             f"<td>{cell(row.get('proxy_reward'))}</td><td>{cell(row.get('win_rate_vs_sft'))}</td>"
             f"<td>{cell(row.get('kl'), 2)}</td><td>{cell(row.get('length'), 1)}</td></tr>"
         )
-    header = ("<tr><th>policy</th><th>gold reward</th><th>95% CI</th><th>proxy reward</th>"
-              "<th>win rate vs SFT</th><th>KL to SFT</th><th>length</th></tr>")  # fmt: skip
+    header = (f"<tr><th>policy</th><th>{html.escape(reward_label)}</th><th>95% CI</th><th>judge reward</th>"
+              "<th>win rate vs reference</th><th>KL to reference</th><th>length</th></tr>")  # fmt: skip
     return f"<table>{header}{''.join(rows)}</table>"
 
 
 def write_report(
-    summary: dict[str, Any], out_dir: Path, hacking_history: list[dict[str, float]] | None = None
+    summary: dict[str, Any],
+    out_dir: Path,
+    hacking_history: list[dict[str, float]] | None = None,
+    reward_label: str = "gold reward",
 ) -> Path:
-    """report.html (and the PNGs) in `out_dir`; returns the HTML's path."""
+    """report.html (and the PNGs) in `out_dir`; returns the HTML's path. `reward_label` names the reward of
+    the methods' `gold_reward` entries (e.g. "judge reward" when the prompts have no gold reward)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = summary["methods"]
     images = {
-        "Gold reward by method": _png(gold_reward_plot(methods), out_dir / "gold_reward.png"),
-        "Gold reward against KL to the reference": _png(reward_kl_plot(methods), out_dir / "reward_kl.png"),
+        f"{reward_label.capitalize()} by method": _png(
+            gold_reward_plot(methods, reward_label), out_dir / "gold_reward.png"
+        ),
+        f"{reward_label.capitalize()} against KL to the reference": _png(
+            reward_kl_plot(methods, reward_label), out_dir / "reward_kl.png"
+        ),
     }
     if hacking_history:
         images["Reward hacking: proxy vs gold reward during PPO"] = _png(
             hacking_plot(hacking_history), out_dir / "hacking.png"
         )
-    hacking = summary.get("hacking", {})
-    verdict = "flagged" if hacking.get("flagged") else "not flagged"
+    hacking_section = ""
+    if "hacking" in summary:
+        hacking = summary["hacking"]
+        verdict = "flagged" if hacking["flagged"] else "not flagged"
+        hacking_section = f"<h2>Reward hacking: {verdict}</h2><p>{html.escape(str(hacking['evidence']))}</p>"
     figures = "".join(
         f'<figure><img alt="{html.escape(title)}" src="{uri}"><figcaption>{html.escape(title)}</figcaption></figure>'
         for title, uri in images.items()
@@ -120,10 +131,10 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 img{{max-width:100%}}</style></head>
 <body onload="document.body.dataset.rendered=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length">
 <h1>preftune report</h1>
-<p>Held-out prompts; gold reward is the synthetic world's "what people really prefer", with 95% intervals.</p>
-{_table(methods)}
-<h2>Reward hacking: {verdict}</h2>
-<p>{html.escape(str(hacking.get("evidence", "")))}</p>
+<p>Held-out prompts; {html.escape(reward_label)} with 95% intervals (gold reward: the synthetic world's "what
+people really prefer"); win rate and KL against the reference policy.</p>
+{_table(methods, reward_label)}
+{hacking_section}
 {figures}
 </body></html>
 """

@@ -59,6 +59,9 @@ def test_policies_are_compared_with_the_reference(synth_world, tiny_base, models
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert {row["policy"] for row in rows} == {"reference", "same", "noisy"}
     assert len(rows) == 3 * 2 * result["num_prompts"]
+    report = (tmp_path / "report.html").read_text()
+    assert report.count('src="data:image/png;base64,') == 2 and "<td>noisy</td>" in report
+    assert "Reward hacking" not in report  # no training run here, so no verdict to show
 
 
 def test_eval_needs_one_mode(tmp_path, tiny_base, capsys):
