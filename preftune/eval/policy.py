@@ -12,7 +12,9 @@ it), and reports per policy (keys `policy/<NAME>/<metric>` of eval.json):
   on the length difference (a judge that likes long answers cannot be won by length alone);
 - `kl`, `kl_se`: KL(policy || reference) estimated from the policy's samples (mean of the
   sequence log-ratios, with its standard error);
-- `length` (tokens), `distinct_1`, `distinct_2`; and a few sample responses.
+- `length` (tokens), `distinct_1`, `distinct_2`; and a few sample responses;
+- `hacking_flagged`, `hacking_evidence`: the reward-hacking monitor on (reference, policy): the judge's
+  reward up while the gold reward is down, or the length drifted by more than half.
 A bare PATH is named by its folder (the parent folder for a `final/` checkpoint).
 """
 
@@ -30,6 +32,7 @@ import torch
 from preftune.data import DataConfig, EncodedExample
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.eval import policy_metrics as pm
+from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.report import write_report
 from preftune.judges import GoldJudge, Judge, load_judge
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer, token_id
@@ -202,6 +205,15 @@ def policy_metrics(samples: _Samples, baseline: _Samples, config: PolicyEvalConf
     return result
 
 
+def hacking_check(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """The reward-hacking monitor on two points, the reference as step 0 and the policy as step 1: is
+    the judge's reward up while the gold reward is down, or has the length drifted? (monitor summary)"""
+    monitor = HackingMonitor(HackingConfig(hacking_window=2))
+    for step, m in ((0, reference), (1, policy)):
+        monitor.observe(Observation(step, m["judge_reward"], m.get("gold_reward"), m["length"], m["kl"]))
+    return monitor.summary()
+
+
 def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig, task: str, device: str | None,
                     judge_batch_size: int) -> dict[str, Any]:  # fmt: skip
     """`preftune eval --policy ...`: writes eval.json and samples.jsonl into `output_dir`."""
@@ -236,6 +248,8 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
         logger.info("Evaluating %s (%s) on %d prompts.", name, path, len(prompts))
         samples[name] = evaluate_policy(path, prompts, config, judge, gold, reference, device)
         results[name] = policy_metrics(samples[name], baseline, config)
+        verdict = hacking_check(results[name], results["reference"])
+        results[name] |= {"hacking_flagged": verdict["flagged"], "hacking_evidence": verdict["evidence"]}
     return _write(Path(output_dir), results, samples, prompts, config)
 
 
@@ -262,7 +276,14 @@ def _write(
         for name, m in results.items()
     }  # fmt: skip
     gold = all("gold_reward" in m for m in results.values())
-    write_report({"methods": table}, out, reward_label="gold reward" if gold else "judge reward")
+    shown = {
+        name: [{"prompt": prompts.prompts[i // k], "response": s.texts[i], "judge": float(s.judge[i]),
+                **({} if s.gold is None else {"gold": float(s.gold[i])})} for i in range(min(NUM_EXAMPLES, len(s.texts)))]
+        for name, s in samples.items()
+    }  # fmt: skip
+    write_report(
+        {"methods": table}, out, reward_label="gold reward" if gold else "judge reward", samples=shown
+    )
     with (out / "samples.jsonl").open("w") as f:
         for name, s in samples.items():
             for i, text in enumerate(s.texts):

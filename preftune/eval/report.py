@@ -93,14 +93,28 @@ def _table(methods: dict[str, dict[str, Any]], reward_label: str) -> str:
     return f"<table>{header}{''.join(rows)}</table>"
 
 
+def _samples_table(samples: dict[str, list[dict[str, Any]]]) -> str:
+    """A few responses of each policy: prompt, response and their scores."""
+    rows = []
+    for name, items in samples.items():
+        for item in items:
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in item.items() if isinstance(v, float))
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(item['prompt']))}</td>"
+                        f"<td>{html.escape(str(item['response']))}</td><td>{html.escape(scores)}</td></tr>")  # fmt: skip
+    header = "<tr><th>policy</th><th>prompt</th><th>response</th><th>scores</th></tr>"
+    return f"<h2>Samples</h2><table>{header}{''.join(rows)}</table>"
+
+
 def write_report(
     summary: dict[str, Any],
     out_dir: Path,
     hacking_history: list[dict[str, float]] | None = None,
     reward_label: str = "gold reward",
+    samples: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Path:
     """report.html (and the PNGs) in `out_dir`; returns the HTML's path. `reward_label` names the reward of
-    the methods' `gold_reward` entries (e.g. "judge reward" when the prompts have no gold reward)."""
+    the methods' `gold_reward` entries (e.g. "judge reward" when the prompts have no gold reward);
+    `samples`, by policy, are shown in a table (dicts with prompt, response and float scores)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = summary["methods"]
     images = {
@@ -136,6 +150,7 @@ people really prefer"); win rate and KL against the reference policy.</p>
 {_table(methods, reward_label)}
 {hacking_section}
 {figures}
+{_samples_table(samples) if samples else ""}
 </body></html>
 """
     path = out_dir / "report.html"

@@ -189,15 +189,33 @@ def evaluate_methods(sft: str, rm: str, policies: dict[str, str], files: dict[st
     return methods
 
 
+PHASES = ("synthetic world", "tiny model", "SFT", "reward models", "DPO, PPO and RLOO", "evaluation against SFT",
+          "best-of-n", "reward-hacking case", "report")  # fmt: skip
+
+
+def _phase(number: int, start: float) -> None:
+    """The demo's progress line (each trainer also shows its own progress bar)."""
+    logger.info(
+        "demo [%d/%d] %s (%.0f s so far)",
+        number,
+        len(PHASES),
+        PHASES[number - 1],
+        time.perf_counter() - start,
+    )
+
+
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(config.output_dir)
+    _phase(1, start)
     files = write_task(SynthConfig(task=config.task, out=str(out / "data"), seed=config.seed))
     biased_panel = PanelConfig(length_bias=0.2)  # configs/synth/kindness.yaml: 0.2 utility per word
     biased = write_task(SynthConfig(task=config.task, out=str(out / "data-length-biased"), seed=config.seed,
                                     panel=biased_panel))  # fmt: skip
+    _phase(2, start)
     texts = (text for row in load_rows(str(files["sft"])).rows for text in texts_of_row(row))
     base = str(make_tiny(texts, out / "base", size=config.size, seed=config.seed))
+    _phase(3, start)
 
     sft_train = _train(out / "sft", config, learning_rate=config.sft_learning_rate,
                        per_device_train_batch_size=config.sft_batch_size, max_steps=config.sft_steps,
@@ -205,13 +223,19 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     SFTTrainer(SFTConfig(model=ModelConfig(model=base), data=DataConfig(dataset=str(files["sft"]), max_length=128),
                          train=sft_train)).train()  # fmt: skip
     sft = str(out / "sft" / "final")
+    _phase(4, start)
     rm = _reward_model(base, files, out / "rm", config)
     biased_rm = _reward_model(base, biased, out / "rm-length-biased", config)
 
+    _phase(5, start)
     policies = train_methods(sft, rm, files, out, config)
+    _phase(6, start)
     methods = evaluate_methods(sft, rm, policies, files, out / "eval", config)
+    _phase(7, start)
     methods["bon"] = best_of_n(sft, rm, files, out / "bon", config)
+    _phase(8, start)
     hacking = reward_hacking_case(sft, biased_rm, files, out / "ppo-length-biased-rm", config)
+    _phase(9, start)
 
     prompts = [row["prompt"] for row in load_rows(str(files["eval_prompts"])).rows][: config.num_eval_prompts]
     task = get_task(config.task)

@@ -62,6 +62,8 @@ def test_policies_are_compared_with_the_reference(synth_world, tiny_base, models
     report = (tmp_path / "report.html").read_text()
     assert report.count('src="data:image/png;base64,') == 2 and "<td>noisy</td>" in report
     assert "Reward hacking" not in report  # no training run here, so no verdict to show
+    assert "<h2>Samples</h2>" in report
+    assert result[same + "hacking_flagged"] is False  # the same policy: nothing moved
 
 
 def test_eval_needs_one_mode(tmp_path, tiny_base, capsys):

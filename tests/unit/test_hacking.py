@@ -370,3 +370,16 @@ def test_observation_validation(kwargs, match):
 def test_heldout_name_must_be_given():
     with pytest.raises(ValueError, match="heldout_name must be a non-empty string"):
         HackingMonitor(HackingConfig(), heldout_name=" ")
+
+
+def test_eval_compares_a_policy_with_its_reference():
+    """`preftune eval --policy` runs the monitor on two points: the reference, then the policy."""
+    from preftune.eval.policy import hacking_check
+
+    reference = {"judge_reward": 0.5, "gold_reward": 0.5, "length": 10.0, "kl": 0.0}
+    gamed = {"judge_reward": 1.0, "gold_reward": 0.2, "length": 11.0, "kl": 2.0}
+    better = {"judge_reward": 1.0, "gold_reward": 0.8, "length": 11.0, "kl": 2.0}
+    longer = {"judge_reward": 0.6, "gold_reward": 0.55, "length": 17.0, "kl": 1.0}
+    assert hacking_check(gamed, reference)["flagged"] is True
+    assert hacking_check(better, reference)["flagged"] is False
+    assert hacking_check(longer, reference)["flagged"] is True  # 1.7x the reference's length
