@@ -437,10 +437,13 @@ def observe_evaluation(
     monitor: HackingMonitor, step: int, eval_metrics: dict[str, float]
 ) -> dict[str, float]:
     """Feed a trainer's held-out evaluation (`eval/reward` = the proxy being optimised, `eval/gold_reward`
-    or `eval/heldout_reward` = the held-out judge, `eval/length`, `eval/kl`) to the monitor; returns
+    or `eval/heldout_reward` = the held-out judge, else minus `eval/ensemble_std`, the ensemble judge's
+    disagreement, `eval/length`, `eval/kl`) to the monitor; returns
     its `hacking/...` metrics for that step's metrics.jsonl line. Raises RewardHackingDetected when
     the config says to stop."""
     heldout = eval_metrics.get("eval/gold_reward", eval_metrics.get("eval/heldout_reward"))
+    if heldout is None and "eval/ensemble_std" in eval_metrics:  # growing disagreement counts as a fall
+        heldout = -eval_metrics["eval/ensemble_std"]
     observation = Observation(
         step=step,
         proxy=eval_metrics["eval/reward"],

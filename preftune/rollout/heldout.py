@@ -16,10 +16,16 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from preftune.data.prompts import PromptSet
-from preftune.judges import GoldJudge, Judge
+from preftune.judges import GoldJudge, Judge, RewardModelJudge
 from preftune.models.logps import ResponseLogps
 from preftune.rollout.backends import TransformersBackend
-from preftune.rollout.experience import judge_scores, model_inputs, per_token, rollout_examples
+from preftune.rollout.experience import (
+    judge_scores,
+    model_inputs,
+    per_token,
+    response_completions,
+    rollout_examples,
+)
 from preftune.rollout.generate import SamplingConfig
 
 
@@ -40,7 +46,10 @@ class HeldOutEvaluator:
 
     @property
     def heldout_key(self) -> str:
-        """`gold_reward` for the synthetic task's gold judge, `heldout_reward` for another judge."""
+        """`gold_reward` for the synthetic task's gold judge, `heldout_reward` for another judge; without
+        one, an ensemble judge's disagreement (`ensemble_std`, the std over its heads) stands in."""
+        if self.heldout is None and isinstance(self.judge, RewardModelJudge) and self.judge.num_heads > 1:
+            return "ensemble_std"
         return "gold_reward" if isinstance(self.heldout, GoldJudge) else "heldout_reward"
 
     @torch.no_grad()
@@ -83,4 +92,9 @@ class HeldOutEvaluator:
         }
         if self.heldout is not None:
             sums[self.heldout_key] = self.heldout.score(prompts, texts).sum()
+        elif self.heldout_key == "ensemble_std":
+            assert isinstance(self.judge, RewardModelJudge)
+            sums["ensemble_std"] = self.judge.score_ensemble(
+                prompts, response_completions(prompts, texts)
+            ).std.sum()
         return sums

@@ -215,6 +215,6 @@ class RLSetup:
             local = self.evaluator.sums(policy, reference, rank, world)
         sums = global_sums(local)
         count = max(sums.pop("count"), 1.0)
-        if self.evaluator.heldout is None:
+        if self.evaluator.heldout is None and self.evaluator.heldout_key != "ensemble_std":
             sums.pop(self.evaluator.heldout_key)
         return {f"eval/{name}": value / count for name, value in sums.items()}

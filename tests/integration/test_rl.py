@@ -278,3 +278,20 @@ def test_the_hacking_monitor_flags_a_gamed_proxy_and_stays_quiet_otherwise(
         assert "held-out" in hacking["evidence"] and any(
             f["kind"] == "divergence" for f in hacking["findings"]
         )
+
+
+def test_an_ensemble_judges_disagreement_is_the_held_out_signal_without_gold(
+    synth_world, tiny_base, tmp_path
+):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    ensemble = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=2)  # two random heads
+    ensemble.config.pad_token_id = tokenizer.pad_token_id
+    ensemble.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    common = _common(tiny_base, synth_world, tmp_path / "run", steps=4, batch=8, judge=f"rm:{tmp_path / 'rm'}",
+                     eval_data=True, eval_steps=2)  # fmt: skip
+    common["scoring"].task = "none"
+    RLOOTrainer(RLOOConfig(**common, num_generations=4)).train()
+    evaluated = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/reward" in r]
+    assert len(evaluated) == 2 and all(r["eval/ensemble_std"] > 0 for r in evaluated)
+    assert "eval/gold_reward" not in evaluated[-1] and "hacking/heldout_slope" in evaluated[-1]
