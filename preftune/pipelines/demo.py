@@ -149,7 +149,8 @@ def reward_hacking_case(
 
 
 def best_of_n(sft: str, rm: str, files: dict[str, Path], out: Path, config: DemoConfig) -> dict[str, Any]:
-    """Best-of-n with the proxy reward model: the gold reward of the responses it picks."""
+    """Best-of-n with the proxy reward model: the gold and proxy reward of the responses it picks, and the
+    analytical KL of best-of-n to the SFT policy."""
     report = run_best_of_n(BoNConfig(
         model=ModelConfig(model=sft), data=DataConfig(dataset=str(files["eval_prompts"]), max_length=128),
         judge=f"rm:{rm}", n=config.best_of_n, max_new_tokens=config.max_new_tokens, output_dir=str(out),
@@ -157,9 +158,12 @@ def best_of_n(sft: str, rm: str, files: dict[str, Path], out: Path, config: Demo
     ))  # fmt: skip
     best = [json.loads(line) for line in (out / "best.jsonl").read_text().splitlines()]
     scores = gold_scores(config.task, [r["prompt"] for r in best], [r["completion"] for r in best])
-    last = report["curve"][-1]
-    return {**scores, "proxy_reward": last["judge_reward"], "kl": last["kl_measured"],
-            "kl_bound": last["kl_bound"], "win_rate_vs_sft": None}  # fmt: skip
+    last = report["curve"][
+        -1
+    ]  # n = best_of_n: KL to SFT is log n - (n - 1)/n (the plug-in estimate beside it)
+    proxy = sum(r["score"] for r in best) / len(best)
+    return {**scores, "proxy_reward": proxy, "kl": last["kl_bound"], "kl_measured": last["kl_measured"],
+            "win_rate_vs_sft": None}  # fmt: skip
 
 
 def evaluate_methods(sft: str, rm: str, policies: dict[str, str], files: dict[str, Path], out: Path,
