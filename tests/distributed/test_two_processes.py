@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -22,6 +23,14 @@ def _args(base: str, dataset: str, out, batch: int, accumulation: int) -> list[s
     ]  # fmt: skip
 
 
+def _port() -> list[str]:
+    """A free port for the processes to meet on: a fixed default (29500) can still be held by the
+    previous test's processes, and the launch then hangs."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return ["--main_process_port", str(probe.getsockname()[1])]
+
+
 @pytest.mark.distributed
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_two_processes_match_one_process_with_accumulation(synth_world, tiny_base, tmp_path):
@@ -31,7 +40,7 @@ def test_two_processes_match_one_process_with_accumulation(synth_world, tiny_bas
     subprocess.run(single, check=True, env=env, timeout=300)
     # accelerate names its multi-process launcher --multi_gpu; on a machine without CUDA the engine
     # asks for the CPU and the processes join over gloo.
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
     result = subprocess.run(
         [*launch, *_args(tiny_base, dataset, tmp_path / "two", 4, 1)],
@@ -67,7 +76,7 @@ def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
 
     subprocess.run([sys.executable, "-m", "preftune.cli", *args(tmp_path / "one", 4, 2)], check=True, env=env,
                    timeout=300)  # fmt: skip
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
     result = subprocess.run([*launch, *args(tmp_path / "two", 4, 1)], env=env, timeout=300, capture_output=True,
                             text=True)  # fmt: skip
@@ -114,7 +123,7 @@ def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
 
     subprocess.run([sys.executable, "-m", "preftune.cli", *args(tmp_path / "one", 8)], check=True, env=env,
                    timeout=300)  # fmt: skip
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
     result = subprocess.run([*launch, *args(tmp_path / "two", 4)], env=env, timeout=300, capture_output=True,
                             text=True)  # fmt: skip
