@@ -453,3 +453,13 @@ def observe_evaluation(
     )
     monitor.observe(observation)
     return monitor.metrics()
+
+
+def watch_evaluation(
+    monitor: HackingMonitor, state: dict[str, Any], step: int, eval_metrics: dict[str, float]
+) -> dict[str, float]:
+    """`observe_evaluation`, then the monitor's state into a trainer's checkpointed `state["hacking"]`;
+    returns the evaluation's metrics with the monitor's `hacking/...` ones."""
+    hacking = observe_evaluation(monitor, step, eval_metrics)
+    state["hacking"] = monitor.state_dict()
+    return {**eval_metrics, **hacking}

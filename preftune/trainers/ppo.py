@@ -41,7 +41,7 @@ from preftune.data import DataConfig
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
 from preftune.engine.minibatch import minibatch_updates
-from preftune.eval.hacking import HackingConfig, HackingMonitor, RewardHackingDetected, observe_evaluation
+from preftune.eval.hacking import HackingConfig, HackingMonitor, RewardHackingDetected, watch_evaluation
 from preftune.judges import Judge, RewardModelJudge
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import (
@@ -373,17 +373,14 @@ class PPOTrainer:
         """Judge score, gold reward (synthetic task), KL and length on the held-out prompts, and the
         reward-hacking monitor's verdict on them."""
         metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-        hacking = observe_evaluation(self.monitor, self.engine.step, metrics)
-        self.engine.trainer_state["hacking"] = self.monitor.state_dict()
-        return {**metrics, **hacking}
+        return watch_evaluation(self.monitor, self.engine.trainer_state, self.engine.step, metrics)
 
     def _start_monitor(self) -> None:
         """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
         if "hacking" in self.engine.trainer_state or self.setup.evaluator is None:
             return
         metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-        observe_evaluation(self.monitor, 0, metrics)
-        self.engine.trainer_state["hacking"] = self.monitor.state_dict()
+        watch_evaluation(self.monitor, self.engine.trainer_state, 0, metrics)
         logger.info(
             "Starting policy on the held-out prompts: %s", {k: round(v, 4) for k, v in metrics.items()}
         )
