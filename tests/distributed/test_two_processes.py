@@ -131,13 +131,14 @@ def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert len(one) == len(two) == 2
-    keys = ("loss", "reward/raw", "reward/normalized", "kl/mean", "kl/coef", "value/error", "policy/entropy",
+    keys = ("loss", "reward/raw", "reward/normalized", "kl/coef", "value/error", "policy/entropy",
             "train/grad_norm", "rollout/num_tokens")  # fmt: skip
     for key in keys:
-        torch.testing.assert_close(
-            torch.tensor([r[key] for r in two], dtype=torch.float64),
-            torch.tensor([r[key] for r in one], dtype=torch.float64),
-            rtol=1e-4, atol=1e-6, msg=key,
-        )  # fmt: skip
-    for key in ("eval/reward", "eval/kl", "eval/length"):  # held-out prompts split over the processes
+        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-4, abs=1e-6), key
+    # The KL is a difference of two sums of float32 log-probs (8 responses x 8 tokens, a few hundred
+    # nats in all): the reduction order of the all-reduced update moves it by ~1e-5 nats, which can be a
+    # relative 1e-4 of a KL near 0.1 (seen on a CI machine). A different sample would move it by ~0.1.
+    for key in ("kl/mean", "eval/kl"):
+        assert [r.get(key) for r in two] == pytest.approx([r.get(key) for r in one], abs=1e-3), key
+    for key in ("eval/reward", "eval/length"):  # held-out prompts split over the processes
         assert two[-1][key] == pytest.approx(one[-1][key], rel=1e-4, abs=1e-6), key
