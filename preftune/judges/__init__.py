@@ -7,20 +7,36 @@ from the spec string used everywhere on the command line (DESIGN.md section 2):
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
-from torch import Tensor
-
+from preftune.judges.base import (
+    GroupRanking,
+    Judge,
+    PairVerdicts,
+    PairwiseJudge,
+    compare,
+    is_pairwise,
+    rank_groups,
+)
 from preftune.judges.gold import GoldJudge
 from preftune.judges.reward_model import STATS_FILE, EnsembleScores, RewardModelJudge
 
-__all__ = ["STATS_FILE", "EnsembleScores", "GoldJudge", "Judge", "RewardModelJudge", "load_judge"]
+__all__ = [
+    "STATS_FILE",
+    "EnsembleScores",
+    "GoldJudge",
+    "GroupRanking",
+    "Judge",
+    "PairVerdicts",
+    "PairwiseJudge",
+    "RewardModelJudge",
+    "compare",
+    "is_pairwise",
+    "load_judge",
+    "rank_groups",
+]
 
 _PLANNED = {"panel": "the simulated-panel judge", "llm": "LLM-as-judge", "http": "the HTTP judge"}
-
-
-class Judge(Protocol):
-    def score(self, prompts: Any, responses: Any) -> Tensor: ...
 
 
 def load_judge(spec: str, **reward_model_options: Any) -> GoldJudge | RewardModelJudge:
