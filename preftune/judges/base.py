@@ -66,7 +66,9 @@ class PairVerdicts:
         if bool(((judged < 0) | (judged > 1)).any()):
             raise ValueError("prob_first must be probabilities in [0, 1] (or NaN for 'could not judge').")
         if self.consistent is not None and self.consistent.shape != p.shape:
-            raise ValueError(f"consistent has shape {tuple(self.consistent.shape)}, prob_first {tuple(p.shape)}.")
+            raise ValueError(
+                f"consistent has shape {tuple(self.consistent.shape)}, prob_first {tuple(p.shape)}."
+            )
         if self.reasons is not None and len(self.reasons) != len(p):
             raise ValueError(f"reasons has {len(self.reasons)} entries for {len(p)} verdicts.")
 
@@ -85,9 +87,7 @@ class PairVerdicts:
         result: dict[str, Any] = {"pairs": len(self), "could_not_judge": int((~judged).sum())}
         if self.consistent is not None:
             n = int(judged.sum())
-            result["position_consistency"] = (
-                float(self.consistent[judged].double().mean()) if n else math.nan
-            )
+            result["position_consistency"] = float(self.consistent[judged].double().mean()) if n else math.nan
         if self.reasons is not None:
             counts: dict[str, int] = {}
             for reason in self.reasons:
@@ -104,7 +104,9 @@ class PairVerdicts:
         with_order = [p.consistent is not None for p in parts]
         if any(with_order) and not all(with_order):
             raise ValueError("Cannot concatenate verdicts of order-aware and order-free judges.")
-        consistent = torch.cat([p.consistent for p in parts if p.consistent is not None]) if all(with_order) else None
+        consistent = (
+            torch.cat([p.consistent for p in parts if p.consistent is not None]) if all(with_order) else None
+        )
         reasons = None
         if any(p.reasons is not None for p in parts):
             reasons = [r for p in parts for r in (p.reasons or [""] * len(p))]
@@ -142,10 +144,13 @@ class GroupRanking:
     scores: (P, k) float64: the judge's score (pointwise judges), or the mean probability of beating
         the group's other samples (pairwise judges; NaN for a sample no comparison could judge).
     verdicts: the pairwise verdicts behind the scores (pairwise judges), else None.
+    prob: (P, k, k) float64, P(sample i beats sample j) from the direct comparison (pairwise judges:
+        0.5 for identical responses and on the diagonal, NaN where the judge could not judge), else None.
     """
 
     scores: Tensor
     verdicts: PairVerdicts | None = None
+    prob: Tensor | None = None
 
     def best_worst(self) -> tuple[Tensor, Tensor, Tensor]:
         """(best, worst, has_pair): per group the first index with the highest and lowest score (NaN
@@ -169,7 +174,9 @@ def rank_groups(
     Identical responses are not compared: they tie at 0.5.
     """
     if k < 1 or len(responses) != len(prompts) * k:
-        raise ValueError(f"Expected {len(prompts)} prompts x k={k} responses, got {len(responses)} responses.")
+        raise ValueError(
+            f"Expected {len(prompts)} prompts x k={k} responses, got {len(responses)} responses."
+        )
     if not is_pairwise(judge):
         repeated = [p for p in prompts for _ in range(k)]
         scores = judge.score(repeated, responses)  # type: ignore[union-attr]
@@ -185,21 +192,12 @@ def rank_groups(
         [responses[g * k + i] for g, i, _ in index],
         [responses[g * k + j] for g, _, j in index],
     )
-    total = torch.zeros(len(prompts), k, dtype=torch.float64)
-    count = torch.zeros(len(prompts), k, dtype=torch.float64)
-    for g in range(len(prompts)):  # identical responses tie
-        for i, j in itertools.combinations(range(k), 2):
-            if responses[g * k + i] == responses[g * k + j]:
-                total[g, i] += 0.5
-                total[g, j] += 0.5
-                count[g, i] += 1
-                count[g, j] += 1
+    prob = torch.full((len(prompts), k, k), 0.5, dtype=torch.float64)  # identical responses tie
     for (g, i, j), p in zip(index, verdicts.prob_first.tolist(), strict=True):
-        if math.isnan(p):
-            continue
-        total[g, i] += p
-        total[g, j] += 1.0 - p
-        count[g, i] += 1
-        count[g, j] += 1
+        prob[g, i, j], prob[g, j, i] = p, 1.0 - p  # NaN stays NaN both ways
+    off_diagonal = ~torch.eye(k, dtype=torch.bool).expand(len(prompts), k, k)
+    judged = off_diagonal & ~torch.isnan(prob)
+    total = torch.where(judged, prob, torch.zeros_like(prob)).sum(dim=2)
+    count = judged.sum(dim=2)
     scores = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))
-    return GroupRanking(scores, verdicts)
+    return GroupRanking(scores, verdicts, prob)

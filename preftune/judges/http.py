@@ -1,0 +1,301 @@
+"""The HTTP judge (`http:URL`): an OpenAI-compatible chat-completions server as a pairwise judge.
+
+    judge = HTTPJudge("http://localhost:8000/v1", cache_dir="runs/judge-cache")  # e.g. `vllm serve MODEL`
+    verdicts = judge.compare(prompts, first, second)
+
+Each pair is rendered with a `PairTemplate` (fenced texts, see preftune/judges/template.py) in both
+orders, and each rendering is sent as one user message to POST {URL}/chat/completions with
+max_tokens 1, temperature 0, logprobs true and top_logprobs. The answer log-probs are read from
+choices[0].logprobs.content[0].top_logprobs: tokens are stripped of whitespace, and the
+probabilities of the tokens that equal a label are summed (so "A" and " A" both count). A label
+missing from the top logprobs gets probability 0; when neither label is there, the pair is not
+judged. Verdicts then follow `two_order_verdicts`, as for the LLM judge.
+
+Requests run in `concurrency` threads, at most `rate_limit` per second over all threads. A
+request is retried (exponential backoff with jitter, or the server's Retry-After on 429 and 503)
+on timeouts, connection errors, HTTP 429 and 5xx, and never on other 4xx. With `cache_dir`, each
+finished request is appended to a JSONL file as soon as it returns (key: sha256 of URL, model,
+messages and request parameters), so a run stopped by a dead server resumes where it stopped.
+The API key comes from PREFTUNE_JUDGE_API_KEY, else OPENAI_API_KEY, and is never logged.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import email.utils
+import http.client
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from preftune.data import Completion, Prompt
+from preftune.judges.base import PairVerdicts
+from preftune.judges.cache import VerdictCache
+from preftune.judges.llm import DEFAULT_MIN_ANSWER_MASS
+from preftune.judges.template import Answer, PairTemplate, two_order_verdicts
+
+logger = logging.getLogger(__name__)
+
+API_KEY_VARIABLES = ("PREFTUNE_JUDGE_API_KEY", "OPENAI_API_KEY")
+
+
+class JudgeRequestError(RuntimeError):
+    """A judge request failed for good (retries exhausted, or a status that retrying cannot fix)."""
+
+
+class _RetryableError(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """How the HTTP judge sends requests: timeouts, retries, rate and concurrency."""
+
+    timeout: float = 60.0
+    """Seconds to wait for one response before the request counts as failed (and is retried)."""
+    max_retries: int = 5
+    """Retries of one request after its first failure; then the judge raises JudgeRequestError."""
+    backoff: float = 1.0
+    """Seconds before the first retry; doubled for each further one, times a random factor in [0.5, 1]."""
+    max_backoff: float = 60.0
+    """Upper bound of the computed backoff (a server's Retry-After is honoured as given)."""
+    rate_limit: float | None = None
+    """At most this many requests per second over all threads; None for no limit."""
+    concurrency: int = 8
+    """Requests in flight at once (threads)."""
+
+    def __post_init__(self) -> None:
+        if not (self.timeout > 0 and self.backoff >= 0 and self.max_backoff >= 0):
+            raise ValueError(
+                f"timeout must be > 0 and backoff, max_backoff >= 0; got {self.timeout}, {self.backoff}, "
+                f"{self.max_backoff}."
+            )
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}.")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise ValueError(f"rate_limit must be > 0 requests per second (or None), got {self.rate_limit}.")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}.")
+
+
+class _RateLimiter:
+    """Spaces request starts at least 1 / rate seconds apart, over all threads."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 0.0 if rate is None else 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if self.interval == 0.0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        time.sleep(start - now)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (a number of seconds or an HTTP date); None when absent."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+class HTTPJudge:
+    """Pairwise verdicts from an OpenAI-compatible server's top log-probabilities of the answer labels."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        template: PairTemplate | None = None,
+        min_answer_mass: float = DEFAULT_MIN_ANSWER_MASS,
+        top_logprobs: int = 20,
+        policy: RequestPolicy | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"http:{url}: the judge URL must start with http:// or https://.")
+        if not 0.0 <= min_answer_mass <= 1.0:
+            raise ValueError(f"min_answer_mass must be in [0, 1], got {min_answer_mass}. Default: 0.2.")
+        if top_logprobs < 1:
+            raise ValueError(f"top_logprobs must be >= 1, got {top_logprobs}. OpenAI allows up to 20.")
+        self.url = url.rstrip("/")
+        self.template = template or PairTemplate()
+        self.min_answer_mass = min_answer_mass
+        self.top_logprobs = top_logprobs
+        self.policy = policy or RequestPolicy()
+        self.cache = VerdictCache(cache_dir) if cache_dir else None
+        self._limiter = _RateLimiter(self.policy.rate_limit)
+        self._api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        self.model = model or self._first_model()
+
+    def _first_model(self) -> str:
+        listing = self._request("GET", "/models", None)
+        models = listing.get("data") or []
+        if not models:
+            raise ValueError(f"GET {self.url}/models lists no model; pass the model name with model=NAME.")
+        logger.info("HTTP judge %s: using model %s (the first one it serves).", self.url, models[0]["id"])
+        return str(models[0]["id"])
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> dict[str, Any]:
+        """One JSON request, retried by the policy; JudgeRequestError when it cannot succeed."""
+        policy = self.policy
+        for attempt in range(policy.max_retries + 1):
+            self._limiter.wait()
+            try:
+                return self._send(method, path, payload)
+            except _RetryableError as error:
+                if attempt == policy.max_retries:
+                    raise JudgeRequestError(
+                        f"{method} {self.url}{path} failed {attempt + 1} times; last error: {error}"
+                    ) from error
+                delay = error.retry_after
+                if delay is None:
+                    delay = min(policy.max_backoff, policy.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+                logger.debug("Retrying %s %s in %.2fs after: %s", method, path, delay, error)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, path: str, payload: dict[str, Any] | None) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        body = None if payload is None else json.dumps(payload).encode("utf-8")
+        request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.policy.timeout) as response:
+                text = response.read().decode("utf-8", errors="replace")
+        except urllib.error.HTTPError as error:
+            excerpt = error.read().decode("utf-8", errors="replace")[:300]
+            if error.code == 429 or error.code >= 500:
+                wait = _retry_after(error.headers.get("Retry-After")) if error.code in (429, 503) else None
+                raise _RetryableError(f"HTTP {error.code}: {excerpt}", wait) from error
+            raise JudgeRequestError(
+                f"{method} {self.url}{path} returned HTTP {error.code} (not retried): {excerpt}"
+            ) from error
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            raise _RetryableError(f"{type(error).__name__}: {error}") from error
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise JudgeRequestError(
+                f"{method} {self.url}{path} returned a body that is not JSON: {text[:300]}"
+            ) from error
+
+    def request_params(self) -> dict[str, Any]:
+        """The sampling parameters of every judge request (part of the cache key)."""
+        return {"max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": self.top_logprobs}
+
+    def compare(
+        self, prompts: Sequence[Prompt], first: Sequence[Completion], second: Sequence[Completion]
+    ) -> PairVerdicts:
+        """(N,) verdicts: the mean over both orders of the probability that `first` wins."""
+        if not (len(prompts) == len(first) == len(second)):
+            raise ValueError(
+                f"Got {len(prompts)} prompts, {len(first)} first and {len(second)} second responses; pass one "
+                "prompt per pair."
+            )
+        texts = [
+            t
+            for p, a, b in zip(prompts, first, second, strict=True)
+            for t in self.template.render_both_orders(p, a, b)
+        ]
+        answers = self.answer_logps(texts)  # 2N: forward, swapped, forward, swapped, ...
+        return two_order_verdicts(answers[0::2], answers[1::2], self.min_answer_mass)
+
+    def answer_logps(self, texts: Sequence[str]) -> list[Answer]:
+        """(logp label 0, logp label 1) of each rendered text, requesting only what the cache lacks."""
+        params = self.request_params()
+        keys = [
+            VerdictCache.key(self.url, self.model, [{"role": "user", "content": t}], params) for t in texts
+        ]
+        done: dict[str, list[float | None]] = {}
+        for key in keys:
+            stored = self.cache.get(key) if self.cache is not None else None
+            if stored is not None:
+                done[key] = stored["logps"]
+        missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in done}
+        if missing:
+            self._fetch(missing, done, params)
+        return [self._answer(done[key]) for key in keys]
+
+    def _fetch(
+        self, missing: dict[str, str], done: dict[str, list[float | None]], params: dict[str, Any]
+    ) -> None:
+        """Request every text of `missing`, storing each result in `done` (and the cache) on arrival."""
+        failure: BaseException | None = None
+        with concurrent.futures.ThreadPoolExecutor(self.policy.concurrency) as pool:
+            futures = {pool.submit(self._judge_one, text, params): key for key, text in missing.items()}
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    logps = future.result()
+                except JudgeRequestError as error:
+                    if failure is None:  # stop starting new requests; the running ones finish
+                        failure = error
+                        for other in futures:
+                            other.cancel()
+                    continue
+                except concurrent.futures.CancelledError:
+                    continue
+                done[futures[future]] = logps
+                if self.cache is not None:
+                    self.cache.put(futures[future], {"logps": logps})
+        if failure is not None:
+            finished = sum(key in done for key in missing)
+            where = (
+                f"{len(self.cache)} verdict requests are cached in {self.cache.path.parent}; re-running with "
+                "the same cache_dir resumes from there"
+                if self.cache is not None
+                else "nothing was cached: pass cache_dir so that a re-run resumes instead of starting over"
+            )
+            raise JudgeRequestError(
+                f"The HTTP judge at {self.url} stopped: {failure}. {finished} of {len(missing)} new requests "
+                f"finished; {where}."
+            ) from failure
+
+    def _judge_one(self, text: str, params: dict[str, Any]) -> list[float | None]:
+        """[logp label 0, logp label 1] of one rendered text (None for a label not in the top logprobs)."""
+        payload = {"model": self.model, "messages": [{"role": "user", "content": text}], **params}
+        reply = self._request("POST", "/chat/completions", payload)
+        try:
+            top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError) as error:
+            raise JudgeRequestError(
+                f"{self.url}/chat/completions returned no choices[0].logprobs.content[0].top_logprobs; the "
+                f"server must support logprobs. Reply excerpt: {json.dumps(reply)[:300]}"
+            ) from error
+        logps: list[float | None] = []
+        for label in self.template.answers:
+            matches = [float(t["logprob"]) for t in top if str(t["token"]).strip() == label]
+            if matches:  # log of the summed probabilities, computed stably
+                peak = max(matches)
+                logps.append(peak + math.log(sum(math.exp(lp - peak) for lp in matches)))
+            else:
+                logps.append(None)
+        return logps
+
+    def _answer(self, logps: list[float | None]) -> Answer:
+        if logps[0] is None and logps[1] is None:
+            return f"neither {' nor '.join(self.template.answers)} in the top {self.top_logprobs} logprobs"
+        return tuple(-math.inf if lp is None else lp for lp in logps)  # type: ignore[return-value]
