@@ -105,6 +105,31 @@ def _bon() -> tuple[type, Callable[[Any], Any]]:
     return BoNConfig, run
 
 
+def _loop() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.pipelines.loop import LoopConfig, render_markdown, run_loop
+
+    def run(cfg: LoopConfig) -> Any:
+        summary = run_loop(cfg)
+        console.print(Markdown(render_markdown(summary)))
+        return summary
+
+    return LoopConfig, run
+
+
+def _cai() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.pipelines.cai import CAIConfig, run_cai
+
+    def run(cfg: CAIConfig) -> Any:
+        summary = run_cai(cfg)
+        scalars = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+        for stage in ("before", "after_sft", "after"):
+            scalars |= {f"{stage}/{k}": v for k, v in summary.get(stage, {}).items()}
+        show_metrics_table(scalars, f"constitutional AI: {cfg.train.output_dir}")
+        return summary
+
+    return CAIConfig, run
+
+
 def _synth() -> tuple[type, Callable[[Any], Any]]:
     from preftune.tasks import SynthConfig, write_task
 
@@ -159,9 +184,15 @@ COMMANDS: dict[str, Command] = {
         _eval,
     ),
     "loop": Command(
-        "Iterative online DPO: generate, rate, tune, repeat.", planned="issue #7 (practice loop)"
+        "The practice loop: generate, rate with a judge, build pairs, tune with DPO, evaluate; round after "
+        "round, resumable.",
+        _loop,
     ),
-    "cai": Command("Constitutional AI: critique and revise against principles.", planned="issue #7"),
+    "cai": Command(
+        "Constitutional AI: the model critiques and revises its answers against a constitution; SFT on the "
+        "revisions, then DPO on AI-labelled pairs.",
+        _cai,
+    ),
     "audit": Command("Audit ratings: agreement, fatigue, biased rater groups.", planned="issue #7"),
     "synth": Command("Write the synthetic world's data: SFT corpus, rated pairs, prompts.", _synth),
     "tiny": Command("Train a tokenizer on a dataset and write a random-init Llama.", _tiny),

@@ -1,0 +1,555 @@
+"""`preftune loop`: the practice loop of preference tuning, as one resumable job.
+
+    preftune loop --model runs/sft/final --dataset data/kindness/prompts.jsonl \\
+        --judge rm:runs/rm/final --rounds 3 --output_dir runs/loop
+
+Round 0 is the starting policy, evaluated. Each round K = 1, 2, ... then:
+1. **generate**: sample `num_generations` responses to each of this round's prompts (a fresh slice of
+   `prompts_per_round` prompts from --dataset, walked in a seeded order) from the current policy;
+2. **rate**: rank each prompt's samples with the judge (`preftune.judges.rank_groups`: a pointwise
+   judge's scores, or a pairwise judge's mean preference over the other samples);
+3. **build the dataset**: best vs worst per prompt, or every pair whose score difference exceeds
+   `margin` (`--pairs all`); optionally only pairs the judge is confident about (`min_confidence`);
+   prompts with nothing to prefer are counted, never silently dropped;
+4. **tune**: DPO (any `--loss_type` of the DPO family) from the current policy, with the initial
+   policy (`--reference initial`) or the previous round's (`--reference previous`) as reference;
+5. **evaluate** on held-out prompts against round 0 (`preftune eval --policy`): judge and gold
+   reward, win rate against round 0, KL to round 0, length.
+
+Everything a round makes is in `OUT/round-K/`: `samples.jsonl` (every sample and its score),
+`pairs.jsonl` (the DPO data; each row with its provenance: round, policy, judge, seed, sample
+indices), `provenance.json` (counts, judge statistics, seeds), `train/` (the DPO run, checkpoints
+and `final/`), `eval/` (eval.json, samples.jsonl, report.html) and `round.json`, written last: a
+round with a round.json is finished. Killing the job and running the same command again resumes
+at the first unfinished round (its data is reused when complete, and its DPO run continues from
+its newest checkpoint). `OUT/summary.json` holds `{"rounds": [{"round": 0, "gold_reward": x,
+"judge_reward": x, "kl": x, "length": x, "win_rate": x, ...}, ...], "trend": ...}`, and
+`report.md` / `report.html` show the rounds side by side, with the reward-hacking monitor's verdict
+over rounds (is the judge's reward rising while the gold reward falls, or the length drifting?).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from preftune.config import config_to_flat_dict, save_config
+from preftune.data import DataConfig
+from preftune.data.prompts import PromptSet, load_prompts
+from preftune.engine import TrainConfig
+from preftune.engine.checkpoint import list_checkpoints
+from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
+from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
+from preftune.eval.report import write_report
+from preftune.judges import GroupRanking, load_judge, rank_groups
+from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
+from preftune.rollout.generate import SamplingConfig, TransformersBackend
+from preftune.tasks import detect_task
+from preftune.tasks.synth import write_jsonl
+from preftune.trainers.dpo import DPOConfig, DPOTrainer
+
+logger = logging.getLogger(__name__)
+
+ROUND_FILE = "round.json"
+"""Written last in a round's folder: the round is finished."""
+PROVENANCE_FILE = "provenance.json"
+"""Written after a round's samples.jsonl and pairs.jsonl: the round's dataset is complete."""
+LOOP_STATE = "loop.json"
+"""The settings that decide a loop's data and models; a resumed loop must match them."""
+RESUME_SAFE = ("rounds", "disable_tqdm", "overwrite_output_dir", "logging_steps", "report_to")
+"""Settings that may change between a run and its resumption (more rounds, quieter logs)."""
+
+
+@dataclass
+class LoopConfig:
+    """`preftune loop --model POLICY --dataset PROMPTS --judge SPEC --rounds K --output_dir OUT`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            learning_rate=5e-4, per_device_train_batch_size=32, num_train_epochs=2, warmup_ratio=0.1,
+            logging_steps=5, save_steps=10, lr_scheduler_type="cosine",
+        )
+    )  # fmt: skip
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
+    judge: str = ""
+    """Who rates the samples: gold, rm:PATH (or rm:P1,P2), panel, llm:PATH or http:URL (see docs/judges.md)."""
+    judge_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the judge as JSON, e.g. '{"min_answer_mass": 0.1, "template": "judge.txt"}' for llm/http
+    judges, '{"seed": 1}' for the panel (docs/judges.md lists them)."""
+    rounds: int = 3
+    """Rounds of generate -> rate -> tune -> evaluate. Raising it on a finished loop adds rounds."""
+    num_generations: int = 4
+    """Samples per prompt and round (k); pairs are built among them."""
+    prompts_per_round: int = 256
+    """Prompts sampled per round, a fresh slice of --dataset each round (0 = all prompts every round)."""
+    pairs: Literal["best_worst", "all"] = "best_worst"
+    """best_worst: one pair per prompt, its best sample over its worst; all: every pair of samples whose
+    judge scores differ by more than --margin."""
+    margin: float = 0.0
+    """Smallest judge-score difference between chosen and rejected (pairwise judges score a sample by its
+    mean probability of beating the prompt's other samples, in [0, 1])."""
+    min_confidence: float = 0.0
+    """Keep only pairs the judge is confident about: |2 P(chosen beats rejected) - 1| >= this, with P the
+    pairwise judge's direct verdict, or sigmoid(score difference) for a pointwise judge (in [0, 1))."""
+    reference: Literal["initial", "previous"] = "initial"
+    """DPO's reference policy in each round: the starting policy (round 0), or the previous round's."""
+    beta: float = 0.3
+    """DPO's KL strength, to the reference. Higher than one DPO run's usual 0.1: with --reference initial it
+    bounds how far all rounds together move from the starting policy (benchmarks/RESULTS.md)."""
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    """DPO-family objective(s), as `preftune dpo --loss_type` (sigmoid, ipo, hinge, robust, ...)."""
+    label_smoothing: float = 0.0
+    """Assumed label-flip rate for --loss_type cdpo/robust."""
+    eval_judge: str = ""
+    """Pointwise judge of the held-out evaluation (default: --judge when it is pointwise, else gold)."""
+    num_eval_prompts: int = 128
+    """Held-out prompts: the first of --eval_dataset, or without it the last of --dataset (not trained on)."""
+    eval_samples_per_prompt: int = 2
+    """Responses per held-out prompt and round."""
+    task: str = "auto"
+    """Synthetic task whose gold reward is reported: auto (task.json beside --dataset), none, or a name."""
+    judge_batch_size: int = 32
+    """Sequences per judge forward pass."""
+    device: str | None = None
+    """Device (default: cuda if available, else cpu)."""
+
+    def __post_init__(self) -> None:
+        usage = "preftune loop --model POLICY --dataset PROMPTS --judge SPEC --rounds K --output_dir OUT"
+        for flag, value in (
+            ("--model", self.model.model),
+            ("--dataset", self.data.dataset),
+            ("--judge", self.judge),
+            ("--output_dir", self.train.output_dir),
+        ):
+            if not value:
+                raise ValueError(f"{flag} is required: {usage}.")
+        for name, value, least in (
+            ("rounds", self.rounds, 1),
+            ("num_generations", self.num_generations, 2),
+            ("prompts_per_round", self.prompts_per_round, 0),
+            ("num_eval_prompts", self.num_eval_prompts, 1),
+            ("eval_samples_per_prompt", self.eval_samples_per_prompt, 1),
+            ("judge_batch_size", self.judge_batch_size, 1),
+        ):
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}.")
+        if self.margin < 0 or not 0 <= self.min_confidence < 1:
+            raise ValueError(
+                f"margin must be >= 0 and min_confidence in [0, 1), got {self.margin} and {self.min_confidence}."
+            )
+        if self.sampling.temperature == 0:
+            raise ValueError(
+                "temperature 0 is greedy decoding: all samples of a prompt would be the same response and "
+                "no pair could be built. Use a temperature > 0 (1.0 samples the policy itself)."
+            )
+        if self.train.resume:
+            raise ValueError("--resume is not needed: running the same loop again resumes it. Drop --resume.")
+        # The per-round DPO config checks beta, loss_type and label_smoothing before anything runs.
+        self.dpo_config(self.model.model, "<pairs>", None, Path(self.train.output_dir) / "check")
+
+    def dpo_config(self, policy: str, pairs: str, reference: str | None, out: Path) -> DPOConfig:
+        """The DPO run of one round: from `policy` on `pairs`, output into `out`."""
+        checkpoints = out.is_dir() and bool(list_checkpoints(out / "checkpoints"))
+        train = dataclasses.replace(
+            self.train, output_dir=str(out), resume=checkpoints, overwrite_output_dir=not checkpoints
+        )
+        data = DataConfig(dataset=pairs, max_length=self.data.max_length, truncation=self.data.truncation)
+        return DPOConfig(
+            model=dataclasses.replace(self.model, model=policy), data=data, train=train, ref_model=reference,
+            beta=self.beta, loss_type=list(self.loss_type), label_smoothing=self.label_smoothing,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Pair construction (pure)
+
+
+def pair_confidence(ranking: GroupRanking, group: int, chosen: int, rejected: int) -> float:
+    """|2 P(chosen beats rejected) - 1|: from the pairwise judge's direct verdict (NaN if it could not
+    judge), or with a pointwise judge P = sigmoid(score difference), i.e. tanh(difference / 2)."""
+    if ranking.prob is not None:
+        return abs(2.0 * float(ranking.prob[group, chosen, rejected]) - 1.0)
+    difference = float(ranking.scores[group, chosen] - ranking.scores[group, rejected])
+    return abs(math.tanh(difference / 2.0))
+
+
+def build_pairs(
+    prompts: list[Any], responses: list[Any], ranking: GroupRanking, mode: str, margin: float,
+    min_confidence: float,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
+    """Preference pairs from ranked samples (`responses`: the k samples of each prompt consecutive).
+
+    Returns the pair rows (prompt, chosen, rejected, chosen_score, rejected_score, confidence, prompt_index,
+    chosen_sample, rejected_sample) and the counts of what was left out and why: `ties` (candidate pairs
+    whose scores are equal or responses identical; with best_worst, prompts whose samples all tie),
+    `below_margin` (score difference <= margin), `below_confidence` (confidence < min_confidence, or not
+    judged directly when min_confidence > 0)."""
+    P, k = ranking.scores.shape
+    if len(prompts) != P or len(responses) != P * k:
+        raise ValueError(
+            f"Expected {P} prompts and {P * k} responses, got {len(prompts)} and {len(responses)}."
+        )
+    counts = {"prompts": P, "candidates": 0, "ties": 0, "below_margin": 0, "below_confidence": 0, "pairs": 0}
+    rows: list[dict[str, Any]] = []
+    scores = ranking.scores
+    if mode == "best_worst":
+        best, worst, has_pair = ranking.best_worst()
+        candidates = [
+            (g, int(best[g]), int(worst[g])) if bool(has_pair[g]) else (g, None, None) for g in range(P)
+        ]
+    elif mode == "all":
+        candidates = [(g, i, j) for g in range(P) for i in range(k) for j in range(i + 1, k)]
+    else:
+        raise ValueError(f"Unknown pairs mode {mode!r}; use best_worst or all.")
+    for g, i, j in candidates:
+        counts["candidates"] += 1
+        if i is None or j is None:
+            counts["ties"] += 1
+            continue
+        a, b = float(scores[g, i]), float(scores[g, j])
+        if math.isnan(a) or math.isnan(b) or a == b or responses[g * k + i] == responses[g * k + j]:
+            counts["ties"] += 1
+            continue
+        chosen, rejected = (i, j) if a > b else (j, i)
+        difference = abs(a - b)
+        if difference <= margin:
+            counts["below_margin"] += 1
+            continue
+        confidence = pair_confidence(ranking, g, chosen, rejected)
+        if min_confidence > 0 and not confidence >= min_confidence:  # NaN fails too
+            counts["below_confidence"] += 1
+            continue
+        rows.append({
+            "prompt": prompts[g], "chosen": responses[g * k + chosen], "rejected": responses[g * k + rejected],
+            "chosen_score": float(scores[g, chosen]), "rejected_score": float(scores[g, rejected]),
+            "confidence": confidence, "prompt_index": g, "chosen_sample": chosen, "rejected_sample": rejected,
+        })  # fmt: skip
+    counts["pairs"] = len(rows)
+    return rows, counts
+
+
+def round_prompt_indices(num_prompts: int, per_round: int, round_number: int, seed: int) -> list[int]:
+    """The prompts of round `round_number` (1-based): consecutive slices of one seeded permutation, so
+    rounds use fresh prompts until all were used (then the order wraps around); 0 = all prompts."""
+    if per_round == 0 or per_round >= num_prompts:
+        return list(range(num_prompts))
+    order = np.random.default_rng([seed, 7]).permutation(num_prompts)
+    start = (round_number - 1) * per_round
+    return [int(order[(start + i) % num_prompts]) for i in range(per_round)]
+
+
+def trend(rounds: list[dict[str, Any]]) -> str:
+    """One line: is the loop improving (the held-out reward rose every round), drifting, or mixed?"""
+    key = "gold_reward" if all(r.get("gold_reward") is not None for r in rounds) else "judge_reward"
+    values = [r[key] for r in rounds]
+    if len(values) < 2:
+        return f"{key}: only round 0 so far"
+    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
+    shown = " -> ".join(f"{v:.3f}" for v in values)
+    if all(s > 0 for s in steps):
+        return f"improving: {key} rose every round ({shown})"
+    if steps[-1] < 0:
+        return f"drifting: {key} fell in the last round ({shown})"
+    return f"mixed: {key} did not rise every round ({shown})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The rounds
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a killed job leaves no half file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2, allow_nan=False) + "\n")
+    os.replace(temporary, path)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class PracticeLoop:
+    """Runs (or resumes) the rounds of one loop; `run()` returns the summary."""
+
+    def __init__(self, config: LoopConfig) -> None:
+        self.config = config
+        self.out = Path(config.train.output_dir)
+        check_model_path(config.model.model)
+        self.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)
+        max_prompt = config.data.max_length - config.sampling.max_new_tokens
+        prompts = load_prompts(self.tokenizer, config.data.dataset, config.data.dataset_split, max_prompt,
+                               config.data, "loop")  # fmt: skip
+        self.task = detect_task(config.data.dataset, config.task)
+        if config.data.eval_dataset:
+            self.prompts, self.eval_prompts = prompts, None
+        else:  # hold out the last prompts of --dataset
+            n = config.num_eval_prompts
+            if len(prompts) <= n:
+                raise ValueError(
+                    f"--dataset {config.data.dataset} has {len(prompts)} prompts; without --eval_dataset the "
+                    f"last --num_eval_prompts {n} are held out, which leaves none to train on. Pass "
+                    "--eval_dataset or lower --num_eval_prompts."
+                )
+            self.prompts = PromptSet(prompts.prompts[:-n], prompts.ids[:-n], prompts.rows[:-n])
+            self.eval_prompts = prompts.prompts[-n:]
+        self.eval_judge = config.eval_judge or self._default_eval_judge()
+        self.judge: Any = None  # loaded when a round first needs it
+        self.monitor = HackingMonitor(HackingConfig(hacking_window=2))
+
+    def _default_eval_judge(self) -> str:
+        if not is_pairwise_spec(self.config.judge):
+            return self.config.judge
+        if self.task is None:
+            raise ValueError(
+                f"--judge {self.config.judge} compares pairs, and the held-out evaluation needs a pointwise judge "
+                "(scores for a win rate and a reward): pass --eval_judge gold or --eval_judge rm:PATH."
+            )
+        return "gold"
+
+    # ----------------------------------------------------------------- state
+    def _check_state(self) -> None:
+        """A loop resumed in OUT must have the settings that made its finished rounds."""
+        settings = {k: v for k, v in config_to_flat_dict(self.config).items() if k not in RESUME_SAFE}
+        path = self.out / LOOP_STATE
+        if path.exists() and not self.config.train.overwrite_output_dir:
+            saved = json.loads(path.read_text())["settings"]
+            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            if changed:
+                detail = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:5])
+                raise ValueError(
+                    f"{self.out} holds a loop run with other settings ({detail}). Re-run it with the same settings "
+                    "to resume it (only --rounds may grow), pass --overwrite_output_dir true to start over, or "
+                    "choose another --output_dir."
+                )
+        elif path.exists():
+            import shutil
+
+            for child in self.out.glob("round-*"):
+                shutil.rmtree(child)
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_json(path, {"settings": _json_safe(settings)})
+        save_config(self.config, self.out / "config.yaml")
+
+    def policy_of(self, round_number: int) -> str:
+        """The policy after `round_number` rounds (round 0: --model)."""
+        if round_number == 0:
+            return self.config.model.model
+        return str(self.out / f"round-{round_number}" / "train" / "final")
+
+    # ----------------------------------------------------------------- steps
+    def generate_and_rate(self, round_number: int, folder: Path) -> Path:
+        """Samples, their scores and the pairs of one round (reused when a complete set is on disk)."""
+        pairs_path = folder / "pairs.jsonl"
+        if (folder / PROVENANCE_FILE).exists():
+            logger.info("Round %d: reusing its dataset %s.", round_number, pairs_path)
+            return pairs_path
+        config, k = self.config, self.config.num_generations
+        policy_path = self.policy_of(round_number - 1)
+        indices = round_prompt_indices(
+            len(self.prompts), config.prompts_per_round, round_number, config.train.seed
+        )
+        prompts = [self.prompts.prompts[i] for i in indices]
+        seed = int(np.random.SeedSequence([config.train.seed, round_number]).generate_state(1)[0] % 2**31)
+        logger.info("Round %d: sampling %d responses to each of %d prompts from %s.", round_number, k,
+                    len(prompts), policy_path)  # fmt: skip
+        policy = load_policy(dataclasses.replace(config.model, model=policy_path, use_peft=False))
+        torch.nn.Module.to(policy, torch.device(self.device))
+        rollout = TransformersBackend(policy, self.tokenizer).generate(
+            [self.prompts.ids[i] for i in indices], config.sampling, seed, k, prompt_keys=indices
+        )
+        del policy
+        texts = [str(self.tokenizer.decode(r, skip_special_tokens=True)) for r in rollout.response_ids]
+        if self.judge is None:
+            options = {"device": self.device, "batch_size": config.judge_batch_size,
+                       "cache_dir": str(self.out / "judge-cache"), **config.judge_options}  # fmt: skip
+            self.judge = load_judge(config.judge, pairwise=True, **options)
+        logger.info("Round %d: rating %d samples with %s.", round_number, len(texts), config.judge)
+        ranking = rank_groups(self.judge, prompts, texts, k)
+        rows, counts = build_pairs(
+            prompts, texts, ranking, config.pairs, config.margin, config.min_confidence
+        )
+        provenance = {"round": round_number, "policy": policy_path, "judge": config.judge, "seed": seed}
+        for row in rows:
+            row["prompt_index"] = indices[row["prompt_index"]]
+            row.update(provenance)
+        folder.mkdir(parents=True, exist_ok=True)
+        ended = rollout.ended.tolist()
+        write_jsonl(folder / "samples.jsonl", (
+            {"prompt": prompts[i // k], "prompt_index": indices[i // k], "sample": i % k, "response": text,
+             "score": _json_safe(float(ranking.scores[i // k, i % k])), "ended": bool(ended[i])}
+            for i, text in enumerate(texts)
+        ))  # fmt: skip
+        write_jsonl(pairs_path, rows)
+        judge_stats = ranking.verdicts.summary() if ranking.verdicts is not None else {}
+        _write_json(folder / PROVENANCE_FILE, _json_safe({
+            **provenance, "num_generations": k, "prompts": len(prompts), "prompt_indices": indices,
+            "sampling": dataclasses.asdict(config.sampling), "pairs_mode": config.pairs, "margin": config.margin,
+            "min_confidence": config.min_confidence, "counts": counts, "judge_stats": judge_stats,
+            "mean_score": float(torch.nanmean(ranking.scores)),
+        }))  # fmt: skip
+        left_out = counts["candidates"] - counts["pairs"]
+        (logger.warning if left_out else logger.info)(
+            "Round %d: %d pairs from %d prompts (left out: %d ties, %d below the margin, %d below the confidence).",
+            round_number, counts["pairs"], len(prompts), counts["ties"], counts["below_margin"],
+            counts["below_confidence"],
+        )  # fmt: skip
+        if not rows:
+            raise ValueError(
+                f"Round {round_number}: no preference pair could be built ({counts}); every prompt's samples tied "
+                "or were filtered out. Raise --num_generations or --temperature, or lower --margin/--min_confidence."
+            )
+        return pairs_path
+
+    def tune(self, round_number: int, pairs: Path, folder: Path) -> str:
+        """DPO from the previous round's policy on this round's pairs (continues from a checkpoint)."""
+        final = folder / "train" / "final"
+        if (folder / "train" / "summary.json").exists() and final.is_dir():
+            logger.info("Round %d: its DPO run is finished; reusing %s.", round_number, final)
+            return str(final)
+        reference = self.config.model.model if self.config.reference == "initial" else None
+        dpo = self.config.dpo_config(
+            self.policy_of(round_number - 1), str(pairs), reference, folder / "train"
+        )
+        if dpo.train.resume:
+            logger.info("Round %d: continuing its DPO run from its newest checkpoint.", round_number)
+        DPOTrainer(dpo).train()
+        return str(final)
+
+    def evaluate(self, round_number: int, folder: Path) -> dict[str, Any]:
+        """Held-out metrics of the round's policy against round 0 (`preftune eval --policy`)."""
+        config = self.config
+        name = f"round-{round_number}"
+        if self.eval_prompts is None:
+            prompts_file, split = str(config.data.eval_dataset), config.data.eval_dataset_split or "train"
+        else:
+            prompts_file, split = str(self.out / "eval_prompts.jsonl"), "train"
+            if not Path(prompts_file).exists():
+                write_jsonl(Path(prompts_file), ({"prompt": p} for p in self.eval_prompts))
+        eval_config = PolicyEvalConfig(
+            policy=[f"{name}={self.policy_of(round_number)}"], reference=config.model.model, prompts=prompts_file,
+            prompts_split=split, judge=self.eval_judge, samples_per_prompt=config.eval_samples_per_prompt,
+            max_new_tokens=config.sampling.max_new_tokens, temperature=config.sampling.temperature,
+            seed=config.train.seed, max_prompts=config.num_eval_prompts,
+        )  # fmt: skip
+        data = DataConfig(dataset=prompts_file, max_length=config.data.max_length)
+        flat = run_policy_eval(eval_config, str(folder / "eval"), data, self.task or "none", self.device,
+                               config.judge_batch_size)  # fmt: skip
+        prefix = f"policy/{name}/"
+        metrics = {key[len(prefix) :]: value for key, value in flat.items() if key.startswith(prefix)}
+        keep = ("gold_reward", "gold_reward_ci", "judge_reward", "judge_reward_ci", "win_rate", "win_rate_ci",
+                "lc_win_rate", "kl", "kl_se", "length", "distinct_2")  # fmt: skip
+        return {"round": round_number, "policy": self.policy_of(round_number),
+                **{key: metrics[key] for key in keep if key in metrics}, "example": metrics["examples"][0]}  # fmt: skip
+
+    # ----------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        self._check_state()
+        rounds: list[dict[str, Any]] = []
+        for round_number in range(self.config.rounds + 1):
+            folder = self.out / f"round-{round_number}"
+            done = folder / ROUND_FILE
+            if done.exists():
+                logger.info("Round %d is finished (%s); skipping it.", round_number, done)
+                rounds.append(json.loads(done.read_text()))
+                self._observe(rounds[-1])
+                continue
+            logger.info("loop: round %d of %d", round_number, self.config.rounds)
+            folder.mkdir(parents=True, exist_ok=True)
+            record: dict[str, Any] = {}
+            if round_number > 0:
+                pairs = self.generate_and_rate(round_number, folder)
+                self.tune(round_number, pairs, folder)
+                provenance = json.loads((folder / PROVENANCE_FILE).read_text())
+                record = {"pairs": provenance["counts"]["pairs"], "train_judge_score": provenance["mean_score"],
+                          **{f"judge_{k}": v for k, v in provenance["judge_stats"].items()
+                             if k in ("could_not_judge", "position_consistency")}}  # fmt: skip
+            result = {**self.evaluate(round_number, folder), **record}
+            _write_json(done, _json_safe(result))
+            rounds.append(result)
+            self._observe(result)
+            self._write_summary(rounds, time.perf_counter() - start)
+        return self._write_summary(rounds, time.perf_counter() - start)
+
+    def _observe(self, result: dict[str, Any]) -> None:
+        """The reward-hacking monitor over rounds: judge reward (proxy) against gold, length and KL."""
+        self.monitor.observe(Observation(result["round"], result["judge_reward"], result.get("gold_reward"),
+                                         result["length"], result["kl"]))  # fmt: skip
+
+    def _write_summary(self, rounds: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        summary = {
+            "rounds": rounds, "trend": trend(rounds), "judge": self.config.judge, "eval_judge": self.eval_judge,
+            "reference": self.config.reference, "hacking": self.monitor.summary(), "wall_seconds": seconds,
+        }  # fmt: skip
+        _write_json(self.out / "summary.json", _json_safe(summary))
+        (self.out / "report.md").write_text(render_markdown(summary))
+        gold = all(r.get("gold_reward") is not None for r in rounds)
+        methods = {
+            f"round-{r['round']}": {
+                "gold_reward": r["gold_reward"] if gold else r["judge_reward"],
+                "gold_reward_ci": r["gold_reward_ci"] if gold else r["judge_reward_ci"],
+                "proxy_reward": r["judge_reward"], "win_rate_vs_sft": r.get("win_rate"), "kl": r["kl"],
+                "length": r["length"],
+            }
+            for r in rounds
+        }  # fmt: skip
+        write_report({"methods": methods, "hacking": summary["hacking"]}, self.out,
+                     reward_label="gold reward" if gold else "judge reward")  # fmt: skip
+        return summary
+
+
+def is_pairwise_spec(spec: str) -> bool:
+    """True for judge specs that compare pairs (panel, llm:PATH, http:URL)."""
+    return spec.partition(":")[0] in ("panel", "llm", "http")
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """The round-by-round table of report.md (and the terminal)."""
+    rounds = summary["rounds"]
+    gold = all(r.get("gold_reward") is not None for r in rounds)
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    header = ["round", *(["gold reward"] if gold else []), f"judge reward ({summary['eval_judge']})",
+              "win rate vs round 0", "KL to round 0", "length", "pairs"]  # fmt: skip
+    lines = [
+        f"# Practice loop: {len(rounds) - 1} round(s), judge {summary['judge']}",
+        "",
+        f"Trend: {summary['trend']}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in rounds:
+        values = [r["round"], *([r["gold_reward"]] if gold else []), r["judge_reward"], r.get("win_rate"), r["kl"],
+                  r["length"], r.get("pairs")]  # fmt: skip
+        lines.append("| " + " | ".join(cell(v) for v in values) + " |")
+    hacking = summary["hacking"]
+    lines += ["", f"Reward hacking over rounds: {'FLAGGED' if hacking['flagged'] else 'not flagged'}. "
+              f"{hacking['evidence']}", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_loop(config: LoopConfig) -> dict[str, Any]:
+    """The `preftune loop` command (module docstring)."""
+    return PracticeLoop(config).run()
