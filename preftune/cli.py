@@ -68,6 +68,12 @@ def _grpo() -> tuple[type, Callable[[Any], Any]]:
     return GRPOConfig, lambda cfg: GRPOTrainer(cfg).train()
 
 
+def _online_dpo() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.trainers.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    return OnlineDPOConfig, lambda cfg: OnlineDPOTrainer(cfg).train()
+
+
 def _eval() -> tuple[type, Callable[[Any], Any]]:
     from preftune.eval.command import EvalConfig, run_eval
 
@@ -175,6 +181,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "rloo": Command("Critic-free RL with RLOO (leave-one-out baseline over k samples per prompt).", _rloo),
     "grpo": Command("Critic-free RL with GRPO (group-standardised advantages; Dr. GRPO option).", _grpo),
+    "online-dpo": Command(
+        "Online DPO: k samples per prompt from the current policy, ranked by a judge, best vs worst pairs, one "
+        "DPO step; repeat.",
+        _online_dpo,
+    ),
     "bon": Command(
         "Best-of-n / rejection sampling with any judge: SFT data, best-vs-worst pairs, reward-KL curve.", _bon
     ),

@@ -6,7 +6,8 @@ import pytest
 
 from preftune.cli import COMMANDS, main
 
-CONTRACT = "demo sft rm dpo kto ppo rloo grpo bon eval loop cai audit synth tiny".split()
+# DESIGN.md section 2, plus online-dpo (issue 7; recorded in docs/architecture.md)
+CONTRACT = "demo sft rm dpo kto ppo rloo grpo online-dpo bon eval loop cai audit synth tiny".split()
 
 
 def test_help_lists_every_command_of_the_contract(capsys):

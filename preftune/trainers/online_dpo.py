@@ -1,0 +1,420 @@
+"""Online DPO: DPO on pairs sampled from the current policy and ranked by a judge at every step.
+
+Paper: Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback" (OAIF),
+arXiv 2402.04792, Algorithm 1: for each prompt of the batch, sample two responses from the
+current policy, let an AI judge pick the preferred one, and take one gradient step of a direct
+alignment loss (DPO, eq. 7 of arXiv 2305.18290; IPO; SLiC's hinge) on these fresh pairs.
+
+Each step: sample k = num_generations responses per prompt of the batch (keyed sampling, as the
+RL trainers); with no gradient, the reference's log-probs of every sample and the judge's ranking
+of each prompt's k samples (`rank_groups`: a pointwise judge's scores, or a pairwise judge's mean
+preference over the group's other samples); one pair per prompt, its best against its worst sample;
+prompts whose best and worst tie are skipped and counted (`pairs/skipped_ties`); then one optimizer
+step of the --loss_type objective on the pairs (micro-batches of per_device_train_batch_size prompts
+with --gradient_accumulation_steps), with log-probs at the sampling temperature, as in the RL trainers.
+Departures: the paper samples two responses; with k > 2 we pair the best with the worst (the
+widest gap the judge sees), and ties are skipped, not ordered arbitrarily. A response cut at --max_new_tokens
+without EOS has --missing_eos_penalty subtracted from its ranking score: from the judge's score for a
+pointwise judge (standardised first with --reward_normalization initial_policy), from its mean win
+probability (in [0, 1]) for a pairwise judge, so that with the default penalty of 1 it ranks below
+every sample that ended. The loss is the sum over the pairs of the global batch divided by their
+global number (not a mean per micro-batch), so it does not depend on how the batch is split. Chosen
+and rejected responses run as padded sequences, not prefix-shared blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
+from accelerate.utils import gather_object, set_seed
+from torch import Tensor
+
+from preftune.config import config_to_flat_dict
+from preftune.data import Completion, DataConfig, EncodedExample, Prompt
+from preftune.engine import Engine, TrainConfig, build_accelerator
+from preftune.engine.config import require_run_inputs
+from preftune.eval.hacking import HackingConfig, HackingMonitor, RewardHackingDetected, watch_evaluation
+from preftune.judges import GroupRanking, Judge, PairwiseJudge, compare, load_judge, rank_groups
+from preftune.losses.registry import LOSSES
+from preftune.models.loading import (
+    ModelConfig,
+    check_model_path,
+    load_policy,
+    load_tokenizer,
+    save_final,
+    token_id,
+)
+from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view, sequence_sums
+from preftune.ops.reduce import masked_sum
+from preftune.rollout.backends import TransformersBackend
+from preftune.rollout.experience import (
+    ScoringConfig,
+    collate_on,
+    decode_responses,
+    judge_scores,
+    model_inputs,
+    per_token,
+    response_completions,
+    rollout_examples,
+    shape_scores,
+)
+from preftune.rollout.generate import RolloutBatch, SamplingConfig
+from preftune.rollout.rl_setup import RLSetup, check_rl_sampling
+
+logger = logging.getLogger(__name__)
+
+OnlineLossType = Literal[
+    "sigmoid", "cdpo", "robust", "ipo", "hinge", "sigmoid_norm",
+    "exo_pair", "nca_pair", "apo_zero", "apo_down", "sppo_hard",
+]  # fmt: skip
+"""The objectives of preftune/losses/registry.py that take only the two log-ratios (and label_smoothing)."""
+
+ONLINE_LOSSES = {name: LOSSES[name] for name in get_args(OnlineLossType)}
+
+
+@dataclass
+class OnlineDPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(learning_rate=5e-7, max_steps=200, per_device_train_batch_size=8)
+    )
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64))
+    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(reward_normalization="none"))
+    hacking: HackingConfig = field(default_factory=HackingConfig)
+    ref_model: str | None = None
+    """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
+    beta: float = 0.1
+    """KL strength of the DPO objective: larger keeps the policy closer to the reference (0.01 to 0.5)."""
+    loss_type: OnlineLossType = "sigmoid"
+    """Pairwise objective on the sampled pairs (see preftune/losses/pairwise.py): sigmoid (DPO), ipo, hinge,
+    cdpo or robust (with --label_smoothing), ..."""
+    label_smoothing: float = 0.0
+    """Assumed rate of wrong judge verdicts for sigmoid/cdpo/robust/exo_pair: in [0, 0.5) (exo_pair: (0, 1))."""
+    num_generations: int = 2
+    """Samples per prompt (k >= 2); each prompt gives one pair, its best against its worst sample."""
+
+    def __post_init__(self) -> None:
+        require_run_inputs(self.model.model, self.data.dataset, self.train)
+        if not self.scoring.judge:
+            raise ValueError("--judge is required: gold, rm:PATH (a reward model), or a pairwise judge spec.")
+        check_rl_sampling(self.sampling, self.model)
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
+        if self.num_generations < 2:
+            raise ValueError(
+                f"num_generations must be >= 2 (a pair needs two samples), got {self.num_generations}."
+            )
+        if self.loss_type not in ONLINE_LOSSES:
+            raise ValueError(
+                f"Unknown loss_type {self.loss_type!r}. Choose from: {', '.join(ONLINE_LOSSES)}."
+            )
+        uses_smoothing = "label_smoothing" in ONLINE_LOSSES[self.loss_type].params
+        if self.label_smoothing and not uses_smoothing:
+            raise ValueError(
+                f"--label_smoothing {self.label_smoothing} is not used by {self.loss_type}; drop it."
+            )
+        open_at_zero = self.loss_type in ("cdpo", "exo_pair")  # these need some smoothing
+        high = 1.0 if self.loss_type == "exo_pair" else 0.5
+        low_ok = self.label_smoothing > 0 if open_at_zero else self.label_smoothing >= 0
+        if uses_smoothing and not (low_ok and self.label_smoothing < high):
+            raise ValueError(
+                f"{self.loss_type} needs --label_smoothing in {'(0' if open_at_zero else '[0'}, {high:g}), got "
+                f"{self.label_smoothing}: the assumed rate of wrong verdicts, e.g. 0.1."
+            )
+
+
+@dataclass
+class StepPairs:
+    """This process's pairs of one step, indices into its N = P * k sampled sequences."""
+
+    examples: list[EncodedExample]
+    """(N,) [prompt][response] sequences, the k samples of a prompt consecutive."""
+    ref_logps: Tensor
+    """(N,) the reference's summed log-probs of each sample (CPU)."""
+    chosen: list[int]
+    rejected: list[int]
+    micro: list[int]
+    """The micro-batch (of prompts) each pair belongs to."""
+
+
+class WinRateJudge:
+    """A pointwise view of a pairwise judge for the held-out evaluation: the probability that a response
+    beats the anchor response to the same prompt (the starting policy's held-out sample), 0.5 when the
+    two are identical or the judge cannot judge. The reward-hacking monitor reads it as the proxy."""
+
+    def __init__(self, judge: PairwiseJudge) -> None:
+        self.judge = judge
+        self.anchors: dict[str, str] = {}
+        """The anchor response's text, by prompt (`_prompt_key`); set before the first evaluation."""
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[Completion]) -> Tensor:
+        """(N,) float32 P(responses[i] beats the anchor response to prompts[i])."""
+        anchors = response_completions(prompts, [self.anchors[_prompt_key(p)] for p in prompts])
+        prob = torch.full((len(prompts),), 0.5, dtype=torch.float64)
+        differ = [i for i, (r, a) in enumerate(zip(responses, anchors, strict=True)) if r != a]
+        if differ:
+            verdicts = compare(self.judge, [prompts[i] for i in differ], [responses[i] for i in differ],
+                               [anchors[i] for i in differ])  # fmt: skip
+            prob[differ] = torch.nan_to_num(verdicts.prob_first.double(), nan=0.5)
+        return prob.float()
+
+
+def _prompt_key(prompt: Prompt) -> str:
+    return json.dumps(prompt, sort_keys=True)
+
+
+def load_ranking_judge(spec: str, device: str, batch_size: int) -> Judge | PairwiseJudge:
+    """The judge named by `spec`, pairwise specs included once preftune.judges.load_judge takes `pairwise`
+    (issue #7, in progress); until then the pointwise ones."""
+    if "pairwise" in inspect.signature(load_judge).parameters:
+        return load_judge(spec, pairwise=True, device=device, batch_size=batch_size)
+    return load_judge(spec, device=device, batch_size=batch_size)
+
+
+class OnlineDPOTrainer:
+    """`OnlineDPOTrainer(config).train()` runs online DPO against the judge of --judge."""
+
+    def __init__(
+        self,
+        config: OnlineDPOConfig,
+        judge: Judge | PairwiseJudge | None = None,
+        heldout_judge: Judge | None = None,
+    ) -> None:
+        """`judge` replaces --judge: a pointwise judge (`score(prompts, responses) -> (N,)`) or a pairwise one
+        (`compare(prompts, first, second) -> PairVerdicts`); `heldout_judge` replaces --heldout_judge."""
+        self.config = cfg = config
+        set_seed(cfg.train.seed)
+        check_model_path(cfg.model.model)
+        if cfg.ref_model:
+            check_model_path(cfg.ref_model, "--ref_model")
+        self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
+        self.pad_id = token_id(self.tokenizer, "pad")
+        self.accelerator = build_accelerator(cfg.train)
+        if judge is None:
+            judge = load_ranking_judge(
+                cfg.scoring.judge, str(self.accelerator.device), cfg.scoring.judge_batch_size
+            )
+        self.judge = judge
+        self.win_rate = None if isinstance(judge, Judge) else WinRateJudge(judge)
+        """The held-out evaluation needs scores: a pairwise judge's win rate against the starting policy."""
+        if self.win_rate is not None and cfg.scoring.reward_normalization != "none":
+            raise ValueError("A pairwise judge gives preferences, not scores to standardise: pass "
+                             "--reward_normalization none.")  # fmt: skip
+        self.setup = RLSetup.load(
+            cfg.data, cfg.sampling, cfg.scoring, self.tokenizer, self.accelerator,
+            cfg.train.per_device_train_batch_size, cfg.train.seed,
+            judge if isinstance(judge, Judge) else self.win_rate, heldout_judge,
+        )  # fmt: skip
+        policy = ResponseLogps(load_policy(cfg.model), cfg.sampling.temperature)
+        self.reference = load_frozen_reference(
+            cfg.model, cfg.ref_model, str(self.accelerator.device), cfg.sampling.temperature
+        )
+        self.engine = Engine(
+            cfg.train, policy, len(self.setup.prompts), config_to_flat_dict(cfg), self.accelerator
+        )
+        self.model = self.engine.model
+        self.setup.start_backend(self.policy)
+        self.monitor = HackingMonitor(cfg.hacking)
+        state = self.engine.trainer_state  # restored on resume
+        if "hacking" in state:
+            self.monitor.load_state_dict(state["hacking"])
+        if self.win_rate is not None and self.setup.evaluator is not None:
+            if "eval_anchors" not in state:
+                state["eval_anchors"] = self._starting_samples()
+            keys = map(_prompt_key, self.setup.evaluator.prompts.prompts)
+            self.win_rate.anchors = dict(zip(keys, state["eval_anchors"], strict=True))
+        if "reward_mean" not in state and self.win_rate is None:
+            state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
+
+    @property
+    def policy(self) -> ResponseLogps:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
+        return reference_view(self.reference, self.policy, self.accelerator.autocast())
+
+    def train(self) -> dict[str, Any]:
+        engine = self.engine
+        self._start_monitor()
+        try:
+            for micro_indices in engine.steps():
+                pairs, metrics = self.make_pairs(micro_indices)
+                evaluate = self.evaluate if self.setup.evaluator else None
+                if metrics["pairs/count"] == 0:  # every prompt tied on every process: nothing to learn from
+                    logger.warning("step %d: every prompt's samples tied; no update.", engine.step + 1)
+                    engine.end_step(0.0, 0.0, metrics, evaluate)
+                    continue
+                loss, update_metrics, num_tokens = self.update(
+                    pairs, len(micro_indices), metrics["pairs/count"]
+                )
+                engine.optimizer_step(loss, num_tokens, {**metrics, **update_metrics}, evaluate)
+        except RewardHackingDetected as stop:  # --stop_on_hacking: keep the policy as it is now
+            logger.error("Stopping at step %d: %s", engine.step, stop)
+        return self._finish()
+
+    @torch.no_grad()
+    def make_pairs(self, micro_indices: list[list[int]]) -> tuple[StepPairs, dict[str, float]]:
+        """k samples per prompt, the reference's log-probs, the judge's ranking and best-vs-worst pairs."""
+        cfg, setup, k = self.config, self.setup, self.config.num_generations
+        indices = [i for micro in micro_indices for i in micro]  # P prompts
+        rollout = setup.rollout(self.policy, [setup.prompts.ids[i] for i in indices], self.engine.step, k)
+        examples, mask = rollout_examples(rollout), rollout.mask  # N = P * k sequences, (N, T)
+        with self._reference() as reference:
+            ref = per_token(lambda b: {"logps": reference(*model_inputs(b))}, examples, mask,
+                            cfg.train.per_device_train_batch_size, self.pad_id, self.accelerator.device)  # fmt: skip
+        ref_logps = masked_sum(ref["logps"], mask, dim=1)  # (N,)
+        prompts = [setup.prompts.prompts[i] for i in indices]
+        scores, judge_sums = self._group_scores(prompts, rollout)  # (P, k)
+        best, worst, has_pair = GroupRanking(scores).best_worst()  # (P,) each
+        kept = has_pair.nonzero()[:, 0].tolist()
+        per_micro = cfg.train.per_device_train_batch_size
+        pairs = StepPairs(
+            examples, ref_logps, [p * k + int(best[p]) for p in kept], [p * k + int(worst[p]) for p in kept],
+            [p // per_micro for p in kept],
+        )  # fmt: skip
+        flat = scores.reshape(-1)
+        sums = self.engine.global_sums({
+            "num_sequences": float(len(examples)), "num_tokens": mask.sum().float(),
+            "pairs/count": float(len(kept)), "pairs/skipped_ties": float(len(indices) - len(kept)),
+            "judge_chosen_sum": flat[pairs.chosen].sum(), "judge_rejected_sum": flat[pairs.rejected].sum(),
+            "kl/mean": masked_sum(rollout.logps, mask) - ref_logps.sum(), "response/length": mask.sum().float(),
+            "response/ended": rollout.ended.float().sum(), **judge_sums,
+        })  # fmt: skip
+        n, tokens, count = sums.pop("num_sequences"), sums.pop("num_tokens"), sums["pairs/count"]
+        metrics = {"pairs/count": count, "pairs/skipped_ties": sums.pop("pairs/skipped_ties")}
+        metrics["judge/chosen"] = sums.pop("judge_chosen_sum") / max(count, 1.0)
+        metrics["judge/rejected"] = sums.pop("judge_rejected_sum") / max(count, 1.0)
+        if "pairs/could_not_judge" in sums:
+            metrics["pairs/could_not_judge"] = sums.pop("pairs/could_not_judge")
+        metrics |= {name: value / n for name, value in sums.items() if name != "pairs/count"}
+        metrics["kl/per_token"], metrics["rollout/num_tokens"] = sums["kl/mean"] / tokens, tokens
+        return pairs, metrics
+
+    def _group_scores(self, prompts: list[Prompt], rollout: RolloutBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """(P, k) ranking scores minus the missing-EOS penalty, and sums to log: a pointwise judge's raw
+        scores (`reward/raw`), or the number of comparisons a pairwise judge could not judge."""
+        cfg, state, k = self.config, self.engine.trainer_state, self.config.num_generations
+        penalty = cfg.scoring.missing_eos_penalty * (~rollout.ended).float()  # (N,)
+        if isinstance(self.judge, Judge):
+            repeated = [p for p in prompts for _ in range(k)]
+            raw, _ = judge_scores(self.judge, self.tokenizer, repeated, rollout)
+            shaped = shape_scores(raw, rollout.ended, state["reward_mean"], state["reward_std"],
+                                  cfg.scoring.reward_clip, cfg.scoring.missing_eos_penalty)  # fmt: skip
+            return shaped.view(-1, k), {"reward/raw": raw.sum()}
+        texts = decode_responses(self.tokenizer, rollout)
+        responses = response_completions([p for p in prompts for _ in range(k)], texts)
+        ranking = rank_groups(self.judge, prompts, responses, k)
+        assert ranking.verdicts is not None, "a pairwise judge's ranking keeps its verdicts"
+        unjudged = float(ranking.verdicts.summary()["could_not_judge"])
+        return ranking.scores.float() - penalty.view(-1, k), {"pairs/could_not_judge": torch.tensor(unjudged)}
+
+    def update(
+        self, pairs: StepPairs, num_micro: int, num_pairs: float
+    ) -> tuple[float, dict[str, float], float]:
+        """One optimizer step's gradient: each micro-batch's pair losses summed and divided by the global number
+        of pairs `num_pairs`. Returns the loss, metrics averaged over pairs, and the tokens of the pairs."""
+        engine = self.engine
+        sums: defaultdict[str, Tensor | float] = defaultdict(float)
+        loss = torch.zeros((), device=self.accelerator.device)
+        for m in range(num_micro):
+            rows = [q for q, micro in enumerate(pairs.micro) if micro == m]
+            last = m == num_micro - 1
+            if not rows and not last:
+                continue
+            if rows:
+                chosen, rejected, weight = (
+                    [pairs.chosen[q] for q in rows],
+                    [pairs.rejected[q] for q in rows],
+                    1.0,
+                )
+            else:  # no pairs here, but the last micro-batch joins the gradient all-reduce: a pair with weight 0
+                chosen, rejected, weight = [0], [1], 0.0
+            with engine.sync_context(m, num_micro):
+                losses, metrics, num_tokens = self.pair_losses(pairs, chosen, rejected)
+                micro_loss = weight * losses.sum() / num_pairs
+                engine.backward(micro_loss)
+            loss += micro_loss.detach()
+            sums["num_tokens"] += weight * num_tokens
+            for name, value in metrics.items():
+                sums[name] += weight * value.float().sum()
+        totals = engine.global_sums({"loss": loss, **sums})
+        num_tokens = totals.pop("num_tokens")
+        return totals.pop("loss"), {name: value / num_pairs for name, value in totals.items()}, num_tokens
+
+    def pair_losses(
+        self, pairs: StepPairs, chosen: list[int], rejected: list[int]
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """(B,) losses of the pairs (chosen[i], rejected[i]), their (B,) metrics, and the batch's tokens."""
+        cfg, spec, B = self.config, ONLINE_LOSSES[self.config.loss_type], len(chosen)
+        batch = collate_on(
+            [pairs.examples[i] for i in chosen + rejected], self.pad_id, self.accelerator.device
+        )
+        token_logps = self.model(*model_inputs(batch))  # (M,) at the sampling temperature
+        logps = sequence_sums(token_logps, batch["response_seq"], 2 * B)  # (2B,): chosen, then rejected
+        logratio = logps - pairs.ref_logps[chosen + rejected].to(logps.device)
+        if spec.length_normalized:
+            logratio = logratio / torch.bincount(batch["response_seq"], minlength=2 * B).to(logratio.dtype)
+        params = {"label_smoothing": cfg.label_smoothing}
+        losses, metrics = spec.fn(logratio[:B], logratio[B:], cfg.beta, **{p: params[p] for p in spec.params})
+        metrics = {**metrics, "logps/chosen": logps[:B].detach(), "logps/rejected": logps[B:].detach()}
+        return losses, metrics, batch["num_tokens"]
+
+    def evaluate(self) -> dict[str, float]:
+        """Judge score (pairwise judges: win rate against the starting policy), gold reward (synthetic task),
+        KL and length on the held-out prompts, and the reward-hacking monitor's verdict on them."""
+        metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
+        return watch_evaluation(self.monitor, self.engine.trainer_state, self.engine.step, metrics)
+
+    @torch.no_grad()
+    def _starting_samples(self) -> list[str]:
+        """The starting policy's held-out responses, drawn as the evaluation draws them (same seed and
+        keys, so the step-0 evaluation samples exactly these): the anchors of `WinRateJudge`."""
+        evaluator = self.setup.evaluator
+        assert evaluator is not None
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = list(range(rank, len(evaluator.prompts), world))
+        texts: list[str] = []
+        if mine:
+            with self.accelerator.autocast():
+                rollout = TransformersBackend(self.policy.model, self.tokenizer).generate(
+                    [evaluator.prompts.ids[i] for i in mine],
+                    evaluator.sampling,
+                    evaluator.seed,
+                    prompt_keys=mine,
+                )
+            texts = decode_responses(self.tokenizer, rollout)
+        indexed = list(zip(mine, texts, strict=True))
+        everything = sorted(gather_object(indexed) if world > 1 else indexed)
+        return [text for _, text in everything]
+
+    def _start_monitor(self) -> None:
+        """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
+        if "hacking" in self.engine.trainer_state or self.setup.evaluator is None:
+            return
+        metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
+        watch_evaluation(self.monitor, self.engine.trainer_state, 0, metrics)
+        logger.info(
+            "Starting policy on the held-out prompts: %s", {k: round(v, 4) for k, v in metrics.items()}
+        )
+
+    def _finish(self) -> dict[str, Any]:
+        final = Path(self.config.train.output_dir) / "final"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_final(self.policy.model, self.tokenizer, final)
+        summary = self.engine.finish(
+            {"train_prompts": len(self.setup.prompts), "judge": self.config.scoring.judge,
+             "loss_type": self.config.loss_type, "hacking": self.monitor.summary()}
+        )  # fmt: skip
+        logger.info("Online DPO done in %.0f s: final policy in %s", summary["wall_seconds"], final)
+        return summary
