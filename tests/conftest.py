@@ -38,3 +38,19 @@ def tiny_base(synth_world, tmp_path_factory):
 
     texts = (t for row in load_rows(str(synth_world["sft"])).rows for t in texts_of_row(row))
     return str(make_tiny(texts, tmp_path_factory.mktemp("tiny") / "base", vocab_size=600, seed=0))
+
+
+@pytest.fixture(scope="session")
+def sft_model(synth_world, tiny_base, tmp_path_factory):
+    """The tiny base after a short SFT (150 steps): it answers in the task's format, so gold rewards vary."""
+    from preftune.data import DataConfig
+    from preftune.engine import TrainConfig
+    from preftune.models.loading import ModelConfig
+    from preftune.trainers.sft import SFTConfig, SFTTrainer
+
+    out = tmp_path_factory.mktemp("sft_model")
+    train = TrainConfig(output_dir=str(out), learning_rate=3e-3, per_device_train_batch_size=16, max_steps=150,
+                        warmup_ratio=0.05, logging_steps=50, disable_tqdm=True)  # fmt: skip
+    data = DataConfig(dataset=str(synth_world["sft"]), max_length=64)
+    SFTTrainer(SFTConfig(model=ModelConfig(model=tiny_base), data=data, train=train)).train()
+    return str(out / "final")

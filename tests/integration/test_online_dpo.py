@@ -20,7 +20,6 @@ from preftune.models.loading import ModelConfig
 from preftune.rollout.experience import ScoringConfig
 from preftune.rollout.generate import SamplingConfig
 from preftune.trainers.online_dpo import ONLINE_LOSSES, OnlineDPOConfig, OnlineDPOTrainer
-from preftune.trainers.sft import SFTConfig, SFTTrainer
 
 
 def letter_share(text: str) -> float:
@@ -67,17 +66,6 @@ def odpo_config(model, synth_world, output_dir, steps=2, batch=8, judge="custom"
         scoring=ScoringConfig(judge=judge, reward_normalization="none"),  # the trainer's default
         **(own or {}),
     )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def sft_model(synth_world, tiny_base, tmp_path_factory):
-    """The tiny base after a short SFT: it answers in the task's format, so gold rewards vary."""
-    out = tmp_path_factory.mktemp("odpo_sft")
-    train = TrainConfig(output_dir=str(out), learning_rate=3e-3, per_device_train_batch_size=16, max_steps=150,
-                        warmup_ratio=0.05, logging_steps=50, disable_tqdm=True)  # fmt: skip
-    data = DataConfig(dataset=str(synth_world["sft"]), max_length=64)
-    SFTTrainer(SFTConfig(model=ModelConfig(model=tiny_base), data=data, train=train)).train()
-    return str(out / "final")
 
 
 def test_gold_run_writes_artifacts_and_pairs_best_against_worst(synth_world, sft_model, tmp_path):

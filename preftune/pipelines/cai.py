@@ -1,0 +1,450 @@
+"""`preftune cai`: Constitutional AI (Bai et al. 2022, arXiv 2212.08073) on any causal LM.
+
+    preftune cai --model runs/sft/final --dataset data/kindness/prompts.jsonl --output_dir runs/cai
+
+For each prompt of --dataset:
+1. the model **answers** (sampled at --temperature);
+2. it **critiques** its answer against a principle drawn (seeded) from the constitution;
+3. it **revises** the answer following the principle's revision request, unless the critique says the
+   answer has no issue (the principle's `no_issue` text): then the answer is its own revision. Critiques
+   and revisions are decoded greedily: they are instructions, not open-ended answers.
+The outcome is SFT data (`data/revisions.jsonl`) and preference data (`data/pairs.jsonl`), labelled
+without any human:
+- `--preference critique` (the default when every principle has `no_issue`): two samples per prompt from
+  the revision-tuned model, each critiqued by the starting model; the one its critique finds no issue
+  with is chosen over the one it does (both or neither: no pair);
+- `--preference revision` (the default otherwise): the revision over the original answer, wherever the
+  revision changed it;
+- `--preference judge`: two samples per prompt labelled by an AI judge (`--judge llm:PATH` or
+  `http:URL`) whose template is given the sampled principle (RLAIF).
+Then SFT on the revisions (`sft/`), then DPO on the pairs from that model (`dpo/`), copied to `final/`:
+the tuned policy.
+
+`data/critiques.jsonl` keeps every step with its provenance (principle, answer, critique, revision);
+`summary.json` has the counts and, on held-out prompts, the judge (gold, for the synthetic world)
+reward of the starting model ("before"), after SFT on revisions and after DPO ("after").
+
+A constitution is YAML: `name`, and `principles`, each with `name`, `description` (given to an AI
+judge as the principle), `critique` and `revision` request templates with the placeholders {prompt},
+{response} and (revision only) {critique}. The default is the built-in `kindness` constitution,
+written for the synthetic world; `assistant` is a starting point for chat models (docs/cai.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import string
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+
+from preftune.config import save_config
+from preftune.data import DataConfig, encode_prompt
+from preftune.data.prompts import PromptSet, load_prompts
+from preftune.engine import TrainConfig
+from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
+from preftune.judges import compare, load_judge
+from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
+from preftune.rollout.generate import SamplingConfig, TransformersBackend
+from preftune.tasks import detect_task
+from preftune.tasks.synth import write_jsonl
+from preftune.trainers.dpo import DPOConfig, DPOTrainer
+from preftune.trainers.sft import SFTConfig, SFTTrainer
+
+logger = logging.getLogger(__name__)
+
+BUILTIN = Path(__file__).parent / "constitutions"
+"""The constitutions shipped with preftune, by file stem (`--constitution kindness`)."""
+PLACEHOLDERS = {"critique": {"prompt", "response"}, "revision": {"prompt", "response", "critique"}}
+
+
+@dataclass(frozen=True)
+class Principle:
+    name: str
+    description: str
+    critique: str
+    """Critique request template ({prompt}, {response})."""
+    revision: str
+    """Revision request template ({prompt}, {response}, {critique})."""
+    no_issue: str = ""
+    """Text that, found in a critique, means the answer already follows the principle: it is then kept as
+    its own revision (no revision is generated, and it yields no pair). Empty: always revise."""
+
+
+@dataclass(frozen=True)
+class Constitution:
+    name: str
+    principles: tuple[Principle, ...]
+    source: str
+
+
+def _placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def load_constitution(source: str = "") -> Constitution:
+    """Read and validate a constitution: a YAML path, or the name of a built-in one (default kindness)."""
+    path = Path(source) if source else BUILTIN / "kindness.yaml"
+    if source and not path.exists() and (BUILTIN / f"{source}.yaml").exists():
+        path = BUILTIN / f"{source}.yaml"
+    if not path.is_file():
+        builtins = ", ".join(sorted(p.stem for p in BUILTIN.glob("*.yaml")))
+        raise ValueError(
+            f"--constitution {source!r}: no such file, nor a built-in constitution ({builtins})."
+        )
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    fix = "see docs/cai.md for the format (name, principles: [{name, description, critique, revision}])"
+    if not isinstance(raw, dict) or not isinstance(raw.get("principles"), list) or not raw["principles"]:
+        raise ValueError(f"{path}: a constitution needs a non-empty 'principles' list; {fix}.")
+    principles = []
+    for i, item in enumerate(raw["principles"]):
+        where = f"{path}: principles[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be a mapping; {fix}.")
+        unknown = sorted(set(item) - {"name", "description", "critique", "revision", "no_issue"})
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {unknown}; {fix}.")
+        for key in ("critique", "revision"):
+            if not isinstance(item.get(key), str) or not item[key].strip():
+                raise ValueError(f"{where}.{key} must be a non-empty request template; {fix}.")
+            try:
+                names = _placeholders(item[key])
+            except ValueError as error:
+                raise ValueError(
+                    f"{where}.{key} is not a valid template ({error}); write literal braces as {{{{ }}}}."
+                ) from None
+            if names - PLACEHOLDERS[key]:
+                raise ValueError(
+                    f"{where}.{key} uses unknown placeholders {sorted(names - PLACEHOLDERS[key])}; it may use "
+                    f"{sorted(PLACEHOLDERS[key])}."
+                )
+            if "response" not in names:
+                raise ValueError(f"{where}.{key} must contain {{response}}, the answer it is about.")
+        principles.append(Principle(
+            name=str(item.get("name") or f"principle-{i}"), description=str(item.get("description") or ""),
+            critique=item["critique"], revision=item["revision"], no_issue=str(item.get("no_issue") or ""),
+        ))  # fmt: skip
+    names = [p.name for p in principles]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: principle names must be unique, got {names}.")
+    return Constitution(str(raw.get("name") or path.stem), tuple(principles), str(path))
+
+
+@dataclass
+class CAIConfig:
+    """`preftune cai --model M --dataset PROMPTS --output_dir OUT [--constitution FILE.yaml]`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            learning_rate=5e-4, per_device_train_batch_size=32, num_train_epochs=2, warmup_ratio=0.1,
+            logging_steps=10,
+        )
+    )  # fmt: skip
+    """The DPO stage (learning_rate, batch size, epochs...); the SFT stage has its own sft_* fields."""
+    constitution: str = ""
+    """Constitution YAML, or a built-in name (kindness, assistant); default: kindness."""
+    num_prompts: int = 512
+    """Prompts of --dataset to answer, critique and revise (0 = all)."""
+    max_new_tokens: int = 32
+    """Longest answer, critique or revision."""
+    temperature: float = 1.0
+    """Sampling temperature of the answers (critiques and revisions are greedy)."""
+    preference: Literal["auto", "revision", "critique", "judge"] = "auto"
+    """Preference pairs: `revision`, the revision over the original answer; `critique`, two samples of the
+    revision-tuned model labelled by the starting model's own critiques (the one its critique finds no issue
+    with wins; needs `no_issue` in every principle); `judge`, two samples labelled by --judge (RLAIF).
+    auto: critique when every principle has `no_issue`, else revision."""
+    judge: str = ""
+    """AI judge of --preference judge (llm:PATH, http:URL, ...); its template gets the sampled principle."""
+    judge_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the judge as JSON, e.g. '{"template": "judge.txt", "timeout": 30}' (docs/judges.md)."""
+    sft_learning_rate: float = 5e-4
+    """Learning rate of SFT on the revisions."""
+    sft_epochs: float = 2.0
+    """Epochs of SFT on the revisions."""
+    beta: float = 0.1
+    """DPO's KL strength."""
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"])
+    """DPO-family objective(s) of the preference stage, as `preftune dpo --loss_type`."""
+    eval_judge: str = ""
+    """Judge of the before/after evaluation (default: gold when the prompts are a synthetic task's)."""
+    num_eval_prompts: int = 128
+    """Held-out prompts: the first of --eval_dataset, or without it the last of --dataset (not used to train)."""
+    task: str = "auto"
+    """Synthetic task whose gold reward is reported: auto (task.json beside --dataset), none, or a name."""
+    device: str | None = None
+    """Device (default: cuda if available, else cpu)."""
+
+    def __post_init__(self) -> None:
+        usage = "preftune cai --model M --dataset PROMPTS --output_dir OUT"
+        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset),
+                            ("--output_dir", self.train.output_dir)):  # fmt: skip
+            if not value:
+                raise ValueError(f"{flag} is required: {usage}.")
+        if self.preference == "judge" and not self.judge:
+            raise ValueError("--preference judge needs --judge SPEC (e.g. llm:PATH or http:URL).")
+        if self.preference != "judge" and self.judge:
+            raise ValueError(
+                "--judge is only used with --preference judge; drop it or add --preference judge."
+            )
+        verdicts = all(p.no_issue for p in load_constitution(self.constitution).principles)  # checks the file
+        if self.preference == "auto":
+            self.preference = "critique" if verdicts else "revision"
+        if self.preference == "critique" and not verdicts:
+            raise ValueError(
+                "--preference critique reads each critique's verdict from the principle's `no_issue` text; give every "
+                "principle of the constitution a no_issue entry (docs/cai.md), or use --preference revision."
+            )
+        if self.num_prompts < 0 or self.num_eval_prompts < 1 or self.max_new_tokens < 1:
+            raise ValueError("num_prompts must be >= 0, num_eval_prompts and max_new_tokens >= 1.")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (the answers are sampled), got {self.temperature}.")
+
+
+class _Generator:
+    """Generation with one loaded model: sampled answers, greedy instructions."""
+
+    def __init__(self, path: str, config: CAIConfig, device: str) -> None:
+        self.tokenizer = load_tokenizer(path, config.model.trust_remote_code)
+        model = load_policy(dataclasses.replace(config.model, model=path, use_peft=False))
+        torch.nn.Module.to(model, torch.device(device))
+        self.backend = TransformersBackend(model, self.tokenizer)
+        self.max_prompt = config.data.max_length - config.max_new_tokens
+        self.config = config
+
+    def __call__(self, prompts: list[str], temperature: float, seed: int, num_samples: int = 1) -> list[str]:
+        ids = [encode_prompt(self.tokenizer, p, self.max_prompt) for p in prompts]
+        sampling = SamplingConfig(max_new_tokens=self.config.max_new_tokens, temperature=temperature)
+        rollout = self.backend.generate(ids, sampling, seed, num_samples, prompt_keys=list(range(len(ids))))
+        return [str(self.tokenizer.decode(r, skip_special_tokens=True)).strip() for r in rollout.response_ids]
+
+
+def critique_and_revise(
+    generate: _Generator, prompts: list[str], constitution: Constitution, seed: int
+) -> list[dict[str, Any]]:
+    """Answer, critique and revise each prompt (module docstring); one record per prompt."""
+    rng = np.random.default_rng([seed, 11])
+    chosen = [
+        constitution.principles[int(i)] for i in rng.integers(len(constitution.principles), size=len(prompts))
+    ]
+    answers = generate(prompts, generate.config.temperature, seed)
+    critique_requests = [
+        p.critique.format(prompt=x, response=y) for p, x, y in zip(chosen, prompts, answers, strict=True)
+    ]
+    critiques = generate(critique_requests, 0.0, seed)
+    revision_requests = [
+        p.revision.format(prompt=x, response=y, critique=c)
+        for p, x, y, c in zip(chosen, prompts, answers, critiques, strict=True)
+    ]
+    needed = [
+        i
+        for i, (p, c) in enumerate(zip(chosen, critiques, strict=True))
+        if not p.no_issue or p.no_issue not in c
+    ]
+    revised = set(needed)
+    revisions = list(answers)  # an answer the critique finds no issue with is its own revision
+    for i, text in zip(needed, generate([revision_requests[i] for i in needed], 0.0, seed), strict=True):
+        revisions[i] = text
+    return [
+        {"prompt": x, "response": y, "principle": p.name, "critique_request": cr, "critique": c,
+         "revision_request": rr if i in revised else None, "revision": r, "changed": r != y and bool(r)}
+        for i, (x, y, p, cr, c, rr, r) in enumerate(zip(prompts, answers, chosen, critique_requests, critiques,
+                                                        revision_requests, revisions, strict=True))
+    ]  # fmt: skip
+
+
+def revision_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Revision over original, where the revision changed the answer (unchanged ones carry no preference)."""
+    return [
+        {"prompt": r["prompt"], "chosen": r["revision"], "rejected": r["response"], "principle": r["principle"],
+         "label_source": "revision"}
+        for r in records
+        if r["changed"]
+    ]  # fmt: skip
+
+
+def critique_pairs(
+    critic: _Generator, policy: _Generator, prompts: list[str], constitution: Constitution, temperature: float,
+    seed: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Two samples of `policy` per prompt, each critiqued by `critic` against the prompt's sampled principle:
+    the sample whose critique contains the principle's `no_issue` text is chosen over the one whose critique
+    does not (both or neither: no preference, no pair)."""
+    rng = np.random.default_rng([seed, 17])
+    principles = [
+        constitution.principles[int(i)] for i in rng.integers(len(constitution.principles), size=len(prompts))
+    ]
+    samples = policy(prompts, temperature, seed + 1, num_samples=2)
+    requests = [
+        principles[i // 2].critique.format(prompt=prompts[i // 2], response=y) for i, y in enumerate(samples)
+    ]
+    critiques = critic(requests, 0.0, seed)
+    rows = []
+    for i, (prompt, principle) in enumerate(zip(prompts, principles, strict=True)):
+        ok = [principle.no_issue in critiques[2 * i + j] for j in (0, 1)]
+        if ok[0] == ok[1] or samples[2 * i] == samples[2 * i + 1]:
+            continue
+        good, bad = (0, 1) if ok[0] else (1, 0)
+        rows.append({"prompt": prompt, "chosen": samples[2 * i + good], "rejected": samples[2 * i + bad],
+                     "principle": principle.name, "label_source": "critique",
+                     "chosen_critique": critiques[2 * i + good], "rejected_critique": critiques[2 * i + bad]})  # fmt: skip
+    return rows
+
+
+def judged_pairs(
+    generate: _Generator, prompts: list[str], constitution: Constitution, config: CAIConfig, device: str
+) -> list[dict[str, Any]]:
+    """RLAIF: two samples per prompt, labelled by the AI judge under the prompt's sampled principle."""
+    rng = np.random.default_rng([config.train.seed, 13])
+    principles = [
+        constitution.principles[int(i)] for i in rng.integers(len(constitution.principles), size=len(prompts))
+    ]
+    samples = generate(prompts, config.temperature, config.train.seed + 1, num_samples=2)
+    rows = []
+    for principle in constitution.principles:
+        mine = [
+            i for i, p in enumerate(principles) if p is principle and samples[2 * i] != samples[2 * i + 1]
+        ]
+        if not mine:
+            continue
+        options = {"device": device, "principle": principle.description or principle.name,
+                   "cache_dir": str(Path(config.train.output_dir) / "judge-cache"), **config.judge_options}  # fmt: skip
+        judge = load_judge(config.judge, pairwise=True, **options)
+        verdicts = compare(judge, [prompts[i] for i in mine], [samples[2 * i] for i in mine],
+                           [samples[2 * i + 1] for i in mine])  # fmt: skip
+        for i, p in zip(mine, verdicts.prob_first.tolist(), strict=True):
+            if p != p or p == 0.5:  # could not judge, or no preference: counted in the summary
+                continue
+            first, second = samples[2 * i], samples[2 * i + 1]
+            chosen, rejected = (first, second) if p > 0.5 else (second, first)
+            rows.append({"prompt": prompts[i], "chosen": chosen, "rejected": rejected, "principle": principle.name,
+                         "label_source": config.judge, "confidence": abs(2 * p - 1)})  # fmt: skip
+    return rows
+
+
+def run_cai(config: CAIConfig) -> dict[str, Any]:
+    """The `preftune cai` command (module docstring)."""
+    start = time.perf_counter()
+    out = Path(config.train.output_dir)
+    check_model_path(config.model.model)
+    constitution = load_constitution(config.constitution)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)
+    data = load_prompts(tokenizer, config.data.dataset, config.data.dataset_split,
+                        config.data.max_length - config.max_new_tokens, config.data, "cai")  # fmt: skip
+    task = detect_task(config.data.dataset, config.task)
+    eval_prompts: list[Any] | None = None
+    if not config.data.eval_dataset:
+        n = config.num_eval_prompts
+        if len(data) <= n:
+            raise ValueError(
+                f"--dataset has {len(data)} prompts; without --eval_dataset the last --num_eval_prompts {n} are "
+                "held out, leaving none. Pass --eval_dataset or lower --num_eval_prompts."
+            )
+        data, eval_prompts = PromptSet(data.prompts[:-n], data.ids[:-n], data.rows[:-n]), data.prompts[-n:]
+    prompts = data.prompts[: config.num_prompts or None]
+    if not all(isinstance(p, str) for p in prompts):
+        raise ValueError("preftune cai takes plain-text prompts (a `prompt` column of strings).")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+
+    logger.info("cai [1/4] answering, critiquing and revising %d prompts with %d principle(s) of %r.",
+                len(prompts), len(constitution.principles), constitution.name)  # fmt: skip
+    generate = _Generator(config.model.model, config, device)
+    records = critique_and_revise(generate, [str(p) for p in prompts], constitution, config.train.seed)
+    (out / "data").mkdir(exist_ok=True)
+    write_jsonl(out / "data" / "critiques.jsonl", records)
+    write_jsonl(out / "data" / "revisions.jsonl", ({"prompt": r["prompt"], "completion": r["revision"]}
+                                                   for r in records if r["revision"]))  # fmt: skip
+    empty = sum(not r["revision"] for r in records)
+    if empty == len(records):
+        raise ValueError(
+            f"Every revision is empty ({empty} prompts): the model does not follow the constitution's revision "
+            f"requests. Read {out / 'data' / 'critiques.jsonl'}; tune the model on the critique and revision "
+            "instructions first, or write requests it understands (docs/cai.md)."
+        )
+    (logger.warning if empty else logger.info)(
+        "cai: %d of %d revisions changed the answer; %d empty revisions are left out of the SFT data.",
+        sum(r["changed"] for r in records), len(records), empty,
+    )  # fmt: skip
+
+    logger.info("cai [2/4] SFT on the revisions.")
+    sft_train = dataclasses.replace(config.train, output_dir=str(out / "sft"), learning_rate=config.sft_learning_rate,
+                                    num_train_epochs=config.sft_epochs, max_steps=-1, overwrite_output_dir=True)  # fmt: skip
+    SFTTrainer(SFTConfig(model=config.model, train=sft_train,
+                         data=DataConfig(dataset=str(out / "data" / "revisions.jsonl"),
+                                         max_length=config.data.max_length))).train()  # fmt: skip
+    sft = str(out / "sft" / "final")
+
+    logger.info("cai [3/4] preference pairs (%s) and DPO.", config.preference)
+    if config.preference == "revision":
+        pairs = revision_pairs(records)
+    elif config.preference == "critique":
+        pairs = critique_pairs(generate, _Generator(sft, config, device), [str(p) for p in prompts], constitution,
+                               config.temperature, config.train.seed)  # fmt: skip
+    else:
+        pairs = judged_pairs(
+            _Generator(sft, config, device), [str(p) for p in prompts], constitution, config, device
+        )
+    if not pairs:
+        raise ValueError(
+            "No preference pair: no revision changed its answer (or the judge preferred neither sample). Check "
+            f"the critiques in {out / 'data' / 'critiques.jsonl'}: the model may not follow the constitution's requests."
+        )
+    write_jsonl(out / "data" / "pairs.jsonl", pairs)
+    dpo_train = dataclasses.replace(config.train, output_dir=str(out / "dpo"), overwrite_output_dir=True)
+    DPOTrainer(DPOConfig(model=dataclasses.replace(config.model, model=sft), train=dpo_train, beta=config.beta, loss_type=list(config.loss_type),
+                         data=DataConfig(dataset=str(out / "data" / "pairs.jsonl"),
+                                         max_length=config.data.max_length))).train()  # fmt: skip
+    if (out / "final").exists():
+        shutil.rmtree(out / "final")
+    shutil.copytree(out / "dpo" / "final", out / "final")
+
+    logger.info("cai [4/4] evaluation before and after.")
+    summary: dict[str, Any] = {
+        "constitution": constitution.source, "principles": [p.name for p in constitution.principles],
+        "prompts": len(records), "revisions_changed": sum(r["changed"] for r in records),
+        "revisions_empty": sum(not r["revision"] for r in records), "pairs": len(pairs),
+        "preference": config.preference,
+    }  # fmt: skip
+    summary |= _evaluate(config, out, sft, task, eval_prompts, device)
+    summary["wall_seconds"] = time.perf_counter() - start
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _evaluate(config: CAIConfig, out: Path, sft: str, task: str | None, eval_prompts: list[Any] | None,
+              device: str) -> dict[str, Any]:  # fmt: skip
+    """Judge reward (gold for the synthetic world) of the model before, after SFT on revisions, and after DPO."""
+    judge = config.eval_judge or ("gold" if task else "")
+    if not judge:
+        logger.warning("No --eval_judge and no synthetic task: the before/after evaluation is skipped.")
+        return {}
+    if eval_prompts is None:
+        prompts_file, split = str(config.data.eval_dataset), config.data.eval_dataset_split or "train"
+    else:
+        prompts_file, split = str(out / "data" / "eval_prompts.jsonl"), "train"
+        write_jsonl(Path(prompts_file), ({"prompt": p} for p in eval_prompts))
+    eval_config = PolicyEvalConfig(
+        policy=[f"sft_on_revisions={sft}", f"cai={out / 'final'}"], reference=config.model.model,
+        prompts=prompts_file, prompts_split=split, judge=judge, samples_per_prompt=2,
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.train.seed,
+        max_prompts=config.num_eval_prompts,
+    )  # fmt: skip
+    flat = run_policy_eval(eval_config, str(out / "eval"), DataConfig(dataset=prompts_file, max_length=config.data.max_length),
+                           task or "none", device, 32)  # fmt: skip
+    keep = ("gold_reward", "gold_reward_ci", "judge_reward", "judge_reward_ci", "win_rate", "kl", "length")
+    return {
+        stage: {key: flat[f"policy/{name}/{key}"] for key in keep if f"policy/{name}/{key}" in flat}
+        for stage, name in (("before", "reference"), ("after_sft", "sft_on_revisions"), ("after", "cai"))
+    } | {"eval_judge": judge}
