@@ -11,7 +11,8 @@ builds one from the spec string used everywhere on the command line (DESIGN.md s
 - `http:URL`: an OpenAI-compatible server (e.g. vLLM's) prompted the same way (pairwise).
 
 Commands that need a score per response (ppo, rloo, grpo, bon, eval) take pointwise judges only;
-`loop`, `online-dpo` and `cai` rank samples through `compare` and take any judge (`pairwise=True`).
+`loop`, `online-dpo` and `cai` rank samples through `compare` and take any judge (`pairwise=True`);
+`is_pairwise_spec(spec)` tells, without building the judge, whether a spec names a pairwise-only one.
 docs/judges.md describes every spec and option.
 """
 
@@ -60,6 +61,7 @@ __all__ = [
     "VerdictCache",
     "compare",
     "is_pairwise",
+    "is_pairwise_spec",
     "load_judge",
     "rank_groups",
     "two_order_verdicts",
@@ -139,6 +141,12 @@ def load_judge(spec: str, *, pairwise: bool = False, **options: Any) -> AnyJudge
             f"Judge spec {spec!r} names no model. Use gold, gold:TASK, rm:PATH, a bare PATH, or rm:PATH1,PATH2."
         )
     return RewardModelJudge(paths, **given)
+
+
+def is_pairwise_spec(spec: str) -> bool:
+    """True when `spec` names a pairwise-only judge (panel, llm:, http: or a bare http(s):// URL), as
+    `load_judge` parses it; False for gold and reward models. An unknown `kind:` is a ValueError."""
+    return _parse_spec(spec)[0] in PAIRWISE_ONLY
 
 
 def _parse_spec(spec: str) -> tuple[str, str]:

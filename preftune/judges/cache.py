@@ -8,6 +8,10 @@
 The file is append-only JSONL, one {"key": ..., "value": ...} per line, safe to share between the
 threads of one judge. It is read when the cache is opened; a line cut short by a killed process is
 skipped (and counted in a warning), and the next append starts on a fresh line.
+
+JSON has no infinities or NaN, so answer log-probs go through `encode_logps` (-inf, probability 0,
+is stored as null; a NaN or +inf answer is never stored, the judge asks again next time) and come
+back through `decode_logps`.
 """
 
 from __future__ import annotations
@@ -15,13 +19,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "verdicts.jsonl"
+
+
+def encode_logps(logps: Sequence[float]) -> list[float | None] | None:
+    """Answer log-probs as stored: -inf (probability 0) as None; None for the whole list when one is
+    NaN or +inf, which is never cached."""
+    if any(math.isnan(lp) or lp == math.inf for lp in logps):
+        return None
+    return [None if lp == -math.inf else float(lp) for lp in logps]
+
+
+def decode_logps(stored: Sequence[float | None]) -> list[float]:
+    """The answer log-probs of a stored entry (None back to -inf)."""
+    return [-math.inf if lp is None else float(lp) for lp in stored]
 
 
 class VerdictCache:

@@ -9,14 +9,18 @@ max_tokens 1, temperature 0, logprobs true and top_logprobs. The answer log-prob
 choices[0].logprobs.content[0].top_logprobs: tokens are stripped of whitespace, and the
 probabilities of the tokens that equal a label are summed (so "A" and " A" both count). A label
 missing from the top logprobs gets probability 0; when neither label is there, the pair is not
-judged. Verdicts then follow `two_order_verdicts`, as for the LLM judge.
+judged. A server log-prob of -Infinity is probability 0, like a missing label; a NaN (or +Infinity)
+one makes the pair "could not judge" ("non-finite log-probs"). Verdicts then follow
+`two_order_verdicts`, as for the LLM judge.
 
 Requests run in `concurrency` threads, at most `rate_limit` per second over all threads. A
-request is retried (exponential backoff with jitter, or the server's Retry-After on 429 and 503)
-on timeouts, connection errors, HTTP 429 and 5xx, and never on other 4xx. With `cache_dir`, each
-finished request is appended to a JSONL file as soon as it returns (key: sha256 of URL, model,
-messages and request parameters), so a run stopped by a dead server resumes where it stopped.
-The API key comes from PREFTUNE_JUDGE_API_KEY, else OPENAI_API_KEY, and is never logged.
+request is retried (exponential backoff with jitter, or the server's Retry-After on 429 and 503,
+capped at max_backoff) on timeouts, connection errors, HTTP 408, 429 and 5xx and a 200 reply whose
+body is not JSON, and never on other 4xx. With `cache_dir`, each finished request is appended to a
+JSONL file by the thread that made it, as soon as it returns (key: sha256 of URL, model, messages
+and request parameters), so a run stopped by a dead server (or by Ctrl-C) resumes where it stopped.
+The API key comes from PREFTUNE_JUDGE_API_KEY for any URL; OPENAI_API_KEY is used only when the URL's
+host is api.openai.com. The key is never logged.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,13 +44,19 @@ from typing import Any
 
 from preftune.data import Completion, Prompt
 from preftune.judges.base import PairVerdicts
-from preftune.judges.cache import VerdictCache
+from preftune.judges.cache import VerdictCache, decode_logps, encode_logps
 from preftune.judges.llm import DEFAULT_MIN_ANSWER_MASS
 from preftune.judges.template import Answer, PairTemplate, two_order_verdicts
 
 logger = logging.getLogger(__name__)
 
-API_KEY_VARIABLES = ("PREFTUNE_JUDGE_API_KEY", "OPENAI_API_KEY")
+API_KEY_VARIABLE = "PREFTUNE_JUDGE_API_KEY"
+"""The judge's API key, sent to any URL."""
+OPENAI_KEY_VARIABLE = "OPENAI_API_KEY"
+"""Sent only to OPENAI_HOST (never to another server), when API_KEY_VARIABLE is not set."""
+OPENAI_HOST = "api.openai.com"
+RETRIED_STATUSES = (408, 429)
+"""Client errors that are retried, besides every 5xx."""
 
 
 class JudgeRequestError(RuntimeError):
@@ -69,7 +80,7 @@ class RequestPolicy:
     backoff: float = 1.0
     """Seconds before the first retry; doubled for each further one, times a random factor in [0.5, 1]."""
     max_backoff: float = 60.0
-    """Upper bound of the computed backoff (a server's Retry-After is honoured as given)."""
+    """Upper bound of the wait before a retry, the server's Retry-After included."""
     rate_limit: float | None = None
     """At most this many requests per second over all threads; None for no limit."""
     concurrency: int = 8
@@ -147,16 +158,20 @@ class HTTPJudge:
         self.policy = policy or RequestPolicy()
         self.cache = VerdictCache(cache_dir) if cache_dir else None
         self._limiter = _RateLimiter(self.policy.rate_limit)
-        self._api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        self._api_key = api_key_for(self.url)
         self.model = model or self._first_model()
 
     def _first_model(self) -> str:
         listing = self._request("GET", "/models", None)
-        models = listing.get("data") or []
-        if not models:
-            raise ValueError(f"GET {self.url}/models lists no model; pass the model name with model=NAME.")
-        logger.info("HTTP judge %s: using model %s (the first one it serves).", self.url, models[0]["id"])
-        return str(models[0]["id"])
+        try:
+            name = str(listing["data"][0]["id"])
+        except (KeyError, IndexError, TypeError) as error:
+            raise ValueError(
+                f"GET {self.url}/models lists no model id ({json.dumps(listing)[:300]}); pass the model name "
+                "with model=NAME."
+            ) from error
+        logger.info("HTTP judge %s: using model %s (the first one it serves).", self.url, name)
+        return name
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> dict[str, Any]:
         """One JSON request, retried by the policy; JudgeRequestError when it cannot succeed."""
@@ -170,8 +185,9 @@ class HTTPJudge:
                     raise JudgeRequestError(
                         f"{method} {self.url}{path} failed {attempt + 1} times; last error: {error}"
                     ) from error
-                delay = error.retry_after
-                if delay is None:
+                if error.retry_after is not None:
+                    delay = min(policy.max_backoff, error.retry_after)
+                else:
                     delay = min(policy.max_backoff, policy.backoff * 2**attempt) * random.uniform(0.5, 1.0)
                 logger.debug("Retrying %s %s in %.2fs after: %s", method, path, delay, error)
                 time.sleep(delay)
@@ -188,7 +204,7 @@ class HTTPJudge:
                 text = response.read().decode("utf-8", errors="replace")
         except urllib.error.HTTPError as error:
             excerpt = error.read().decode("utf-8", errors="replace")[:300]
-            if error.code == 429 or error.code >= 500:
+            if error.code in RETRIED_STATUSES or error.code >= 500:
                 wait = _retry_after(error.headers.get("Retry-After")) if error.code in (429, 503) else None
                 raise _RetryableError(f"HTTP {error.code}: {excerpt}", wait) from error
             raise JudgeRequestError(
@@ -198,10 +214,8 @@ class HTTPJudge:
             raise _RetryableError(f"{type(error).__name__}: {error}") from error
         try:
             return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise JudgeRequestError(
-                f"{method} {self.url}{path} returned a body that is not JSON: {text[:300]}"
-            ) from error
+        except json.JSONDecodeError as error:  # e.g. a proxy's HTML error page: retried like a 5xx
+            raise _RetryableError(f"a body that is not JSON: {text[:300]}") from error
 
     def request_params(self) -> dict[str, Any]:
         """The sampling parameters of every judge request (part of the cache key)."""
@@ -230,72 +244,85 @@ class HTTPJudge:
         keys = [
             VerdictCache.key(self.url, self.model, [{"role": "user", "content": t}], params) for t in texts
         ]
-        done: dict[str, list[float | None]] = {}
+        done: dict[str, list[float]] = {}
         for key in keys:
             stored = self.cache.get(key) if self.cache is not None else None
             if stored is not None:
-                done[key] = stored["logps"]
+                done[key] = decode_logps(stored["logps"])
         missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in done}
         if missing:
             self._fetch(missing, done, params)
         return [self._answer(done[key]) for key in keys]
 
-    def _fetch(
-        self, missing: dict[str, str], done: dict[str, list[float | None]], params: dict[str, Any]
-    ) -> None:
+    def _fetch(self, missing: dict[str, str], done: dict[str, list[float]], params: dict[str, Any]) -> None:
         """Request every text of `missing`, storing each result in `done` (and the cache) on arrival."""
-        failure: BaseException | None = None
-        with concurrent.futures.ThreadPoolExecutor(self.policy.concurrency) as pool:
-            futures = {pool.submit(self._judge_one, text, params): key for key, text in missing.items()}
+        failure: JudgeRequestError | None = None
+        pool = concurrent.futures.ThreadPoolExecutor(self.policy.concurrency)
+        futures: dict[concurrent.futures.Future[list[float]], str] = {}
+        try:
+            for key, text in missing.items():
+                futures[pool.submit(self._judge_one, key, text, params)] = key
             for future in concurrent.futures.as_completed(futures):
-                try:
-                    logps = future.result()
-                except JudgeRequestError as error:
-                    if failure is None:  # stop starting new requests; the running ones finish
-                        failure = error
-                        for other in futures:
-                            other.cancel()
-                    continue
-                except concurrent.futures.CancelledError:
-                    continue
-                done[futures[future]] = logps
-                if self.cache is not None:
-                    self.cache.put(futures[future], {"logps": logps})
-        if failure is not None:
-            finished = sum(key in done for key in missing)
-            where = (
-                f"{len(self.cache)} verdict requests are cached in {self.cache.path.parent}; re-running with "
-                "the same cache_dir resumes from there"
-                if self.cache is not None
-                else "nothing was cached: pass cache_dir so that a re-run resumes instead of starting over"
-            )
-            raise JudgeRequestError(
-                f"The HTTP judge at {self.url} stopped: {failure}. {finished} of {len(missing)} new requests "
-                f"finished; {where}."
-            ) from failure
+                done[futures[future]] = future.result()
+        except JudgeRequestError as error:
+            failure = error
+        finally:
+            # on any failure (Ctrl-C included) start no new request and let the running ones finish:
+            # their workers cache what they get, so a re-run does not pay for them again
+            pool.shutdown(wait=True, cancel_futures=True)
+        if failure is None:
+            return
+        finished = sum(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+        where = (
+            f"{len(self.cache)} verdict requests are cached in {self.cache.path.parent}; re-running with "
+            "the same cache_dir resumes from there"
+            if self.cache is not None
+            else "nothing was cached: pass cache_dir so that a re-run resumes instead of starting over"
+        )
+        raise JudgeRequestError(
+            f"The HTTP judge at {self.url} stopped: {failure}. {finished} of {len(missing)} new requests "
+            f"finished; {where}."
+        ) from failure
 
-    def _judge_one(self, text: str, params: dict[str, Any]) -> list[float | None]:
-        """[logp label 0, logp label 1] of one rendered text (None for a label not in the top logprobs)."""
+    def _judge_one(self, key: str, text: str, params: dict[str, Any]) -> list[float]:
+        """[logp label 0, logp label 1] of one rendered text (-inf for a label not in the top logprobs),
+        cached under `key` at once unless a value is NaN or +inf."""
         payload = {"model": self.model, "messages": [{"role": "user", "content": text}], **params}
         reply = self._request("POST", "/chat/completions", payload)
         try:
             top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        except (KeyError, IndexError, TypeError) as error:
+            pairs = [(str(t["token"]).strip(), float(t["logprob"])) for t in top]
+        except (KeyError, IndexError, TypeError, ValueError) as error:
             raise JudgeRequestError(
-                f"{self.url}/chat/completions returned no choices[0].logprobs.content[0].top_logprobs; the "
-                f"server must support logprobs. Reply excerpt: {json.dumps(reply)[:300]}"
+                f"{self.url}/chat/completions returned no readable choices[0].logprobs.content[0].top_logprobs "
+                f"({type(error).__name__}: {error}); the server must support logprobs. Reply excerpt: "
+                f"{json.dumps(reply)[:300]}"
             ) from error
-        logps: list[float | None] = []
+        logps: list[float] = []
         for label in self.template.answers:
-            matches = [float(t["logprob"]) for t in top if str(t["token"]).strip() == label]
-            if matches:  # log of the summed probabilities, computed stably
-                peak = max(matches)
+            matches = [lp for token, lp in pairs if token == label]
+            peak = max(matches, default=-math.inf)
+            if any(math.isnan(lp) for lp in matches):  # kept: the pair is then not judged
+                logps.append(math.nan)
+            elif math.isinf(peak):  # no match or only -inf: probability 0; +inf: kept, not judged
+                logps.append(peak)
+            else:  # log of the summed probabilities, computed stably
                 logps.append(peak + math.log(sum(math.exp(lp - peak) for lp in matches)))
-            else:
-                logps.append(None)
+        stored = encode_logps(logps)
+        if self.cache is not None and stored is not None:
+            self.cache.put(key, {"logps": stored})
         return logps
 
-    def _answer(self, logps: list[float | None]) -> Answer:
-        if logps[0] is None and logps[1] is None:
+    def _answer(self, logps: list[float]) -> Answer:
+        if logps[0] == logps[1] == -math.inf:
             return f"neither {' nor '.join(self.template.answers)} in the top {self.top_logprobs} logprobs"
-        return tuple(-math.inf if lp is None else lp for lp in logps)  # type: ignore[return-value]
+        return logps[0], logps[1]
+
+
+def api_key_for(url: str) -> str | None:
+    """The API key to send to `url`: PREFTUNE_JUDGE_API_KEY, else OPENAI_API_KEY for api.openai.com only."""
+    if os.environ.get(API_KEY_VARIABLE):
+        return os.environ[API_KEY_VARIABLE]
+    if urllib.parse.urlsplit(url).hostname == OPENAI_HOST and os.environ.get(OPENAI_KEY_VARIABLE):
+        return os.environ[OPENAI_KEY_VARIABLE]
+    return None

@@ -13,8 +13,8 @@ than `max_length` tokens or the model puts less than `min_answer_mass` on the tw
 Forwards are batched with left padding (position ids follow the attention mask) and keep only the
 last position's logits; the model is in eval mode and runs without gradients. With `cache_dir`, the
 answer log-probs of every rendered prompt are stored on disk (preftune/judges/cache.py), keyed by
-the model's files (path, config.json, and the size and mtime of each weight file), the rendered
-prompt and the answer tokens.
+the model's files (path, config.json, and the size and mtime of each weight file), the dtype, the
+rendered prompt and the answer tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from preftune.data import Completion, Prompt
 from preftune.judges.base import PairVerdicts
-from preftune.judges.cache import VerdictCache
+from preftune.judges.cache import VerdictCache, decode_logps, encode_logps
 from preftune.judges.template import Answer, PairTemplate, two_order_verdicts
 from preftune.models.loading import check_model_path, load_reference, load_tokenizer, token_id
 
@@ -38,14 +38,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_MIN_ANSWER_MASS = 0.2
 """A verdict needs at least this probability on the two answer tokens together, in both orders."""
 
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.msgpack", "*.gguf")
+"""The files of a checkpoint folder that `model_fingerprint` counts as weights."""
+
 
 def model_fingerprint(path: str) -> str:
     """sha256 of a checkpoint folder's identity: resolved path, config.json, and name, size and mtime
-    of every weight file (so retrained weights in the same folder get new cache keys)."""
+    of every weight file (`WEIGHT_PATTERNS`), so retrained weights in the same folder get new cache keys."""
     folder = Path(path).resolve()
     digest = hashlib.sha256(str(folder).encode())
     digest.update((folder / "config.json").read_bytes())
-    for weights in sorted(folder.glob("*.safetensors")):
+    for weights in sorted({f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern)}):
         stat = weights.stat()
         digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
@@ -73,6 +76,7 @@ class LLMJudge:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.path = path
+        self.dtype = dtype
         self.template = template or PairTemplate()
         self.min_answer_mass = min_answer_mass
         self.batch_size = batch_size
@@ -141,14 +145,15 @@ class LLMJudge:
 
     def answer_logps(self, texts: Sequence[str]) -> list[Answer]:
         """For each rendered text, (logp answer 0, logp answer 1) at the next token, or "prompt too long"."""
-        keys = [VerdictCache.key("llm", self.fingerprint, t, self.answer_ids) for t in texts]
+        keys = [VerdictCache.key("llm", self.fingerprint, self.dtype, t, self.answer_ids) for t in texts]
         results: dict[int, Answer] = {}
         todo: list[tuple[int, list[int]]] = []
         for i, text in enumerate(texts):
             stored = self.cache.get(keys[i]) if self.cache is not None else None
             ids = self.encode(text) if stored is None else []
             if stored is not None:
-                results[i] = (stored["logps"][0], stored["logps"][1])
+                first, second = decode_logps(stored["logps"])
+                results[i] = (first, second)
             elif len(ids) > self.max_length:
                 results[i] = "prompt too long"
             else:
@@ -159,8 +164,9 @@ class LLMJudge:
             logps = self._next_token_logps([ids for _, ids in chunk])  # (B, 2)
             for (i, _), row in zip(chunk, logps.tolist(), strict=True):
                 results[i] = (row[0], row[1])
-                if self.cache is not None:
-                    self.cache.put(keys[i], {"logps": row})
+                stored = encode_logps(row)  # None for NaN or +inf: not cached, the pair is not judged
+                if self.cache is not None and stored is not None:
+                    self.cache.put(keys[i], {"logps": stored})
         return [results[i] for i in range(len(texts))]
 
     @torch.no_grad()

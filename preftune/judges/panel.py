@@ -14,7 +14,9 @@ fresh noise (a pair compared twice may get two different ratings, as with real a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,11 +30,29 @@ class PanelJudge:
     """Pairwise verdicts from the simulated annotator panel of a built-in task."""
 
     def __init__(
-        self, task: str = "kindness", seed: int = 0, panel_config: PanelConfig | None = None
+        self,
+        task: str = "kindness",
+        seed: int = 0,
+        panel_config: PanelConfig | Mapping[str, Any] | None = None,
     ) -> None:
+        """`panel_config`: a PanelConfig, or a dict of its fields (as `--judge_options` gives it)."""
         self.task = get_task(task)
+        if panel_config is None or isinstance(panel_config, PanelConfig):
+            config = panel_config or PanelConfig()
+        elif isinstance(panel_config, Mapping):
+            fields = [f.name for f in dataclasses.fields(PanelConfig)]
+            for name in panel_config:
+                if name not in fields:
+                    close = difflib.get_close_matches(str(name), fields, n=1)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    raise ValueError(f"Unknown panel_config key {name!r}.{hint} Keys: {fields}.")
+            config = PanelConfig(**{**panel_config, "overlap": 0.0})
+        else:
+            raise TypeError(
+                f"panel_config must be a PanelConfig or a dict of its fields, got {type(panel_config).__name__}."
+            )
         # one rating per pair: overlap is for measuring agreement between raters, not for judging
-        self.config = dataclasses.replace(panel_config or PanelConfig(), overlap=0.0)
+        self.config = dataclasses.replace(config, overlap=0.0)
         self.rng = np.random.default_rng(seed)
 
     def compare(

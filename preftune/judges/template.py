@@ -24,7 +24,8 @@ orders into `PairVerdicts`:
     prob_first = (P_fwd(A) + P_swap(B)) / 2,   consistent = (P_fwd(A) > 1/2) == (P_swap(B) > 1/2)
 
 A pair is not judged (NaN, with a reason) when in either order the probability mass on the two
-answers (over the full vocabulary) is below `min_answer_mass`.
+answers (over the full vocabulary) is below `min_answer_mass`, or an answer log-prob is NaN or +inf
+("non-finite log-probs"). A log-prob of -inf is probability 0 for that answer.
 """
 
 from __future__ import annotations
@@ -207,6 +208,12 @@ def _unjudged_reason(forward: Answer, swapped: Answer, min_answer_mass: float) -
     for answer in (forward, swapped):
         if isinstance(answer, str):
             return answer
+    for answer in (
+        forward,
+        swapped,
+    ):  # min() and softmax would turn these into a NaN verdict without a reason
+        if any(math.isnan(lp) or lp == math.inf for lp in answer):  # type: ignore[union-attr]
+            return "non-finite log-probs"
     masses = [math.exp(a) + math.exp(b) for a, b in (forward, swapped)]  # type: ignore[misc]
     mass = min(masses)
     if mass == 0.0:

@@ -263,23 +263,30 @@ def critique_and_revise(
     ]  # fmt: skip
 
 
-def revision_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Revision over original, where the revision changed the answer (unchanged ones carry no preference)."""
-    return [
-        {"prompt": r["prompt"], "chosen": r["revision"], "rejected": r["response"], "principle": r["principle"],
-         "label_source": "revision"}
-        for r in records
-        if r["changed"]
-    ]  # fmt: skip
+def revision_pairs(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Revision over original where the revision changed the answer; the counts of the others: `unchanged`
+    (no preference) and `empty` (an empty answer or revision: nothing to train on)."""
+    counts = {"unchanged": 0, "empty": 0}
+    rows = []
+    for r in records:
+        if not r["response"].strip() or not r["revision"].strip():
+            counts["empty"] += 1
+        elif not r["changed"]:
+            counts["unchanged"] += 1
+        else:
+            rows.append({"prompt": r["prompt"], "chosen": r["revision"], "rejected": r["response"],
+                         "principle": r["principle"], "label_source": "revision"})  # fmt: skip
+    return rows, counts
 
 
 def critique_pairs(
     critic: _Generator, policy: _Generator, prompts: list[str], constitution: Constitution, temperature: float,
     seed: int,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
     """Two samples of `policy` per prompt, each critiqued by `critic` against the prompt's sampled principle:
     the sample whose critique contains the principle's `no_issue` text is chosen over the one whose critique
-    does not (both or neither: no preference, no pair)."""
+    does not. The counts of prompts without a pair: `both_no_issue`, `both_issue`, `identical` samples and
+    `empty` (a sample with no text)."""
     rng = np.random.default_rng([seed, 17])
     principles = [
         constitution.principles[int(i)] for i in rng.integers(len(constitution.principles), size=len(prompts))
@@ -290,31 +297,49 @@ def critique_pairs(
     ]
     critiques = critic(requests, 0.0, seed)
     rows = []
+    counts = {"both_no_issue": 0, "both_issue": 0, "identical": 0, "empty": 0}
     for i, (prompt, principle) in enumerate(zip(prompts, principles, strict=True)):
         ok = [principle.no_issue in critiques[2 * i + j] for j in (0, 1)]
-        if ok[0] == ok[1] or samples[2 * i] == samples[2 * i + 1]:
+        if not samples[2 * i].strip() or not samples[2 * i + 1].strip():
+            counts["empty"] += 1
+            continue
+        if samples[2 * i] == samples[2 * i + 1]:
+            counts["identical"] += 1
+            continue
+        if ok[0] == ok[1]:
+            counts["both_no_issue" if ok[0] else "both_issue"] += 1
             continue
         good, bad = (0, 1) if ok[0] else (1, 0)
         rows.append({"prompt": prompt, "chosen": samples[2 * i + good], "rejected": samples[2 * i + bad],
                      "principle": principle.name, "label_source": "critique",
-                     "chosen_critique": critiques[2 * i + good], "rejected_critique": critiques[2 * i + bad]})  # fmt: skip
-    return rows
+                     "chosen_critique": critiques[2 * i + good],
+                     "rejected_critique": critiques[2 * i + bad]})  # fmt: skip
+    return rows, counts
 
 
 def judged_pairs(
     generate: _Generator, prompts: list[str], constitution: Constitution, config: CAIConfig, device: str
-) -> list[dict[str, Any]]:
-    """RLAIF: two samples per prompt, labelled by the AI judge under the prompt's sampled principle."""
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """RLAIF: two samples per prompt, labelled by the AI judge under the prompt's sampled principle; the
+    counts of prompts without a pair: `identical` or `empty` samples, `could_not_judge`, `no_preference`."""
     rng = np.random.default_rng([config.train.seed, 13])
     principles = [
         constitution.principles[int(i)] for i in rng.integers(len(constitution.principles), size=len(prompts))
     ]
     samples = generate(prompts, config.temperature, config.train.seed + 1, num_samples=2)
     rows = []
+    counts = {"identical": 0, "empty": 0, "could_not_judge": 0, "no_preference": 0}
+    for i in range(len(prompts)):
+        if not samples[2 * i].strip() or not samples[2 * i + 1].strip():
+            counts["empty"] += 1
+        elif samples[2 * i] == samples[2 * i + 1]:
+            counts["identical"] += 1
     for principle in constitution.principles:
         mine = [
-            i for i, p in enumerate(principles) if p is principle and samples[2 * i] != samples[2 * i + 1]
-        ]
+            i for i, p in enumerate(principles)
+            if p is principle and samples[2 * i] != samples[2 * i + 1] and samples[2 * i].strip()
+            and samples[2 * i + 1].strip()
+        ]  # fmt: skip
         if not mine:
             continue
         options = {"device": device, "principle": principle.description or principle.name,
@@ -323,13 +348,14 @@ def judged_pairs(
         verdicts = compare(judge, [prompts[i] for i in mine], [samples[2 * i] for i in mine],
                            [samples[2 * i + 1] for i in mine])  # fmt: skip
         for i, p in zip(mine, verdicts.prob_first.tolist(), strict=True):
-            if p != p or p == 0.5:  # could not judge, or no preference: counted in the summary
+            if p != p or p == 0.5:
+                counts["could_not_judge" if p != p else "no_preference"] += 1
                 continue
             first, second = samples[2 * i], samples[2 * i + 1]
             chosen, rejected = (first, second) if p > 0.5 else (second, first)
             rows.append({"prompt": prompts[i], "chosen": chosen, "rejected": rejected, "principle": principle.name,
                          "label_source": config.judge, "confidence": abs(2 * p - 1)})  # fmt: skip
-    return rows
+    return rows, counts
 
 
 def run_cai(config: CAIConfig) -> dict[str, Any]:
@@ -380,7 +406,8 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
 
     logger.info("cai [2/4] SFT on the revisions.")
     sft_train = dataclasses.replace(config.train, output_dir=str(out / "sft"), learning_rate=config.sft_learning_rate,
-                                    num_train_epochs=config.sft_epochs, max_steps=-1, overwrite_output_dir=True)  # fmt: skip
+                                    num_train_epochs=config.sft_epochs, max_steps=-1,
+                                    overwrite_output_dir=True)  # fmt: skip
     SFTTrainer(SFTConfig(model=config.model, train=sft_train,
                          data=DataConfig(dataset=str(out / "data" / "revisions.jsonl"),
                                          max_length=config.data.max_length))).train()  # fmt: skip
@@ -388,24 +415,29 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
 
     logger.info("cai [3/4] preference pairs (%s) and DPO.", config.preference)
     if config.preference == "revision":
-        pairs = revision_pairs(records)
+        pairs, left_out = revision_pairs(records)
     elif config.preference == "critique":
-        pairs = critique_pairs(generate, _Generator(sft, config, device), [str(p) for p in prompts], constitution,
-                               config.temperature, config.train.seed)  # fmt: skip
+        policy = _Generator(sft, config, device)
+        pairs, left_out = critique_pairs(
+            generate, policy, [str(p) for p in prompts], constitution, config.temperature, config.train.seed
+        )
     else:
-        pairs = judged_pairs(
+        pairs, left_out = judged_pairs(
             _Generator(sft, config, device), [str(p) for p in prompts], constitution, config, device
         )
+    (logger.warning if any(left_out.values()) else logger.info)(
+        "cai: %d preference pairs; prompts without one: %s.", len(pairs), left_out
+    )
     if not pairs:
         raise ValueError(
-            "No preference pair: no revision changed its answer (or the judge preferred neither sample). Check "
-            f"the critiques in {out / 'data' / 'critiques.jsonl'}: the model may not follow the constitution's requests."
+            f"No preference pair ({config.preference} labels; prompts without one: {left_out}). Check the critiques in "
+            f"{out / 'data' / 'critiques.jsonl'}: the model may not follow the constitution's requests."
         )
     write_jsonl(out / "data" / "pairs.jsonl", pairs)
     dpo_train = dataclasses.replace(config.train, output_dir=str(out / "dpo"), overwrite_output_dir=True)
-    DPOTrainer(DPOConfig(model=dataclasses.replace(config.model, model=sft), train=dpo_train, beta=config.beta, loss_type=list(config.loss_type),
-                         data=DataConfig(dataset=str(out / "data" / "pairs.jsonl"),
-                                         max_length=config.data.max_length))).train()  # fmt: skip
+    pairs_data = DataConfig(dataset=str(out / "data" / "pairs.jsonl"), max_length=config.data.max_length)
+    DPOTrainer(DPOConfig(model=dataclasses.replace(config.model, model=sft), data=pairs_data, train=dpo_train,
+                         beta=config.beta, loss_type=list(config.loss_type))).train()  # fmt: skip
     if (out / "final").exists():
         shutil.rmtree(out / "final")
     shutil.copytree(out / "dpo" / "final", out / "final")
@@ -414,7 +446,7 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "constitution": constitution.source, "principles": [p.name for p in constitution.principles],
         "prompts": len(records), "revisions_changed": sum(r["changed"] for r in records),
-        "revisions_empty": sum(not r["revision"] for r in records), "pairs": len(pairs),
+        "revisions_empty": sum(not r["revision"] for r in records), "pairs": len(pairs), "pairs_left_out": left_out,
         "preference": config.preference,
     }  # fmt: skip
     summary |= _evaluate(config, out, sft, task, eval_prompts, device)
@@ -441,7 +473,8 @@ def _evaluate(config: CAIConfig, out: Path, sft: str, task: str | None, eval_pro
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.train.seed,
         max_prompts=config.num_eval_prompts,
     )  # fmt: skip
-    flat = run_policy_eval(eval_config, str(out / "eval"), DataConfig(dataset=prompts_file, max_length=config.data.max_length),
+    eval_data = DataConfig(dataset=prompts_file, max_length=config.data.max_length)
+    flat = run_policy_eval(eval_config, str(out / "eval"), eval_data,
                            task or "none", device, 32)  # fmt: skip
     keep = ("gold_reward", "gold_reward_ci", "judge_reward", "judge_reward_ci", "win_rate", "kl", "length")
     return {

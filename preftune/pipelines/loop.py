@@ -51,8 +51,9 @@ from preftune.engine.checkpoint import list_checkpoints
 from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
 from preftune.eval.report import write_report
-from preftune.judges import GroupRanking, load_judge, rank_groups
+from preftune.judges import GroupRanking, is_pairwise_spec, load_judge, rank_groups
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
+from preftune.rollout.experience import response_completions
 from preftune.rollout.generate import SamplingConfig, TransformersBackend
 from preftune.tasks import detect_task
 from preftune.tasks.synth import write_jsonl
@@ -66,8 +67,10 @@ PROVENANCE_FILE = "provenance.json"
 """Written after a round's samples.jsonl and pairs.jsonl: the round's dataset is complete."""
 LOOP_STATE = "loop.json"
 """The settings that decide a loop's data and models; a resumed loop must match them."""
-RESUME_SAFE = ("rounds", "disable_tqdm", "overwrite_output_dir", "logging_steps", "report_to")
-"""Settings that may change between a run and its resumption (more rounds, quieter logs)."""
+RESUME_SAFE = ("rounds", "disable_tqdm", "overwrite_output_dir", "logging_steps", "report_to", "output_dir", "device",
+               "judge_batch_size", "save_total_limit", "margin", "min_confidence")  # fmt: skip
+"""Settings that may change between a run and its resumption: more rounds, logging, where it runs, and the
+pair filters (they apply to the rounds still to come; each round's provenance.json records its own)."""
 
 
 @dataclass
@@ -165,7 +168,8 @@ class LoopConfig:
         train = dataclasses.replace(
             self.train, output_dir=str(out), resume=checkpoints, overwrite_output_dir=not checkpoints
         )
-        data = DataConfig(dataset=pairs, max_length=self.data.max_length, truncation=self.data.truncation)
+        data = DataConfig(dataset=pairs, max_length=self.data.max_length, truncation=self.data.truncation,
+                          skip_invalid=self.data.skip_invalid)  # fmt: skip
         return DPOConfig(
             model=dataclasses.replace(self.model, model=policy), data=data, train=train, ref_model=reference,
             beta=self.beta, loss_type=list(self.loss_type), label_smoothing=self.label_smoothing,
@@ -177,12 +181,20 @@ class LoopConfig:
 
 
 def pair_confidence(ranking: GroupRanking, group: int, chosen: int, rejected: int) -> float:
-    """|2 P(chosen beats rejected) - 1|: from the pairwise judge's direct verdict (NaN if it could not
-    judge), or with a pointwise judge P = sigmoid(score difference), i.e. tanh(difference / 2)."""
+    """2 P(chosen beats rejected) - 1, in [-1, 1]: P from the pairwise judge's direct verdict on the two
+    (NaN if it could not judge them; negative when that verdict goes against the ranking by scores), or
+    with a pointwise judge P = sigmoid(score difference), i.e. tanh(difference / 2)."""
     if ranking.prob is not None:
-        return abs(2.0 * float(ranking.prob[group, chosen, rejected]) - 1.0)
+        return 2.0 * float(ranking.prob[group, chosen, rejected]) - 1.0
     difference = float(ranking.scores[group, chosen] - ranking.scores[group, rejected])
-    return abs(math.tanh(difference / 2.0))
+    return math.tanh(difference / 2.0)
+
+
+def is_empty(response: Any) -> bool:
+    """True for a response with no text (a blank string, or messages whose contents are all blank)."""
+    if isinstance(response, str):
+        return not response.strip()
+    return not any(str(message.get("content") or "").strip() for message in response)
 
 
 def build_pairs(
@@ -192,25 +204,35 @@ def build_pairs(
     """Preference pairs from ranked samples (`responses`: the k samples of each prompt consecutive).
 
     Returns the pair rows (prompt, chosen, rejected, chosen_score, rejected_score, confidence, prompt_index,
-    chosen_sample, rejected_sample) and the counts of what was left out and why: `ties` (candidate pairs
-    whose scores are equal or responses identical; with best_worst, prompts whose samples all tie),
-    `below_margin` (score difference <= margin), `below_confidence` (confidence < min_confidence, or not
-    judged directly when min_confidence > 0)."""
+    chosen_sample, rejected_sample) and the counts of what was left out and why: `empty_samples` (samples
+    with no text, left out before pairing: DPO cannot train on them), `ties` (candidate pairs whose scores
+    are equal or responses identical; with best_worst, prompts whose samples all tie), `below_margin`
+    (score difference <= margin), `below_confidence` (confidence < min_confidence, or not judged directly
+    when min_confidence > 0; a negative confidence, where the judge's direct verdict contradicts the
+    scores, never passes)."""
     P, k = ranking.scores.shape
     if len(prompts) != P or len(responses) != P * k:
         raise ValueError(
             f"Expected {P} prompts and {P * k} responses, got {len(prompts)} and {len(responses)}."
         )
-    counts = {"prompts": P, "candidates": 0, "ties": 0, "below_margin": 0, "below_confidence": 0, "pairs": 0}
+    empty = torch.tensor([is_empty(r) for r in responses], dtype=torch.bool).reshape(P, k)
+    counts = {"prompts": P, "empty_samples": int(empty.sum()), "candidates": 0, "ties": 0, "below_margin": 0,
+              "below_confidence": 0, "pairs": 0}  # fmt: skip
     rows: list[dict[str, Any]] = []
-    scores = ranking.scores
+    scores = ranking.scores.masked_fill(empty, math.nan)  # an empty sample is never chosen nor rejected
     if mode == "best_worst":
-        best, worst, has_pair = ranking.best_worst()
+        best, worst, has_pair = dataclasses.replace(ranking, scores=scores).best_worst()
         candidates = [
             (g, int(best[g]), int(worst[g])) if bool(has_pair[g]) else (g, None, None) for g in range(P)
         ]
     elif mode == "all":
-        candidates = [(g, i, j) for g in range(P) for i in range(k) for j in range(i + 1, k)]
+        candidates = [
+            (g, i, j)
+            for g in range(P)
+            for i in range(k)
+            for j in range(i + 1, k)
+            if not (empty[g, i] or empty[g, j])
+        ]
     else:
         raise ValueError(f"Unknown pairs mode {mode!r}; use best_worst or all.")
     for g, i, j in candidates:
@@ -228,13 +250,14 @@ def build_pairs(
             counts["below_margin"] += 1
             continue
         confidence = pair_confidence(ranking, g, chosen, rejected)
-        if min_confidence > 0 and not confidence >= min_confidence:  # NaN fails too
+        if (min_confidence > 0 and not confidence >= min_confidence) or confidence < 0:  # NaN fails too
             counts["below_confidence"] += 1
             continue
         rows.append({
             "prompt": prompts[g], "chosen": responses[g * k + chosen], "rejected": responses[g * k + rejected],
             "chosen_score": float(scores[g, chosen]), "rejected_score": float(scores[g, rejected]),
-            "confidence": confidence, "prompt_index": g, "chosen_sample": chosen, "rejected_sample": rejected,
+            "confidence": None if math.isnan(confidence) else confidence, "prompt_index": g,
+            "chosen_sample": chosen, "rejected_sample": rejected,
         })  # fmt: skip
     counts["pairs"] = len(rows)
     return rows, counts
@@ -346,6 +369,10 @@ class PracticeLoop:
             for child in self.out.glob("round-*"):
                 shutil.rmtree(child)
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.eval_prompts is not None:  # the held-out prompts of this run, never an older run's
+            temporary = self.out / "eval_prompts.jsonl.tmp"
+            write_jsonl(temporary, ({"prompt": p} for p in self.eval_prompts))
+            os.replace(temporary, self.out / "eval_prompts.jsonl")
         _write_json(path, {"settings": _json_safe(settings)})
         save_config(self.config, self.out / "config.yaml")
 
@@ -378,15 +405,20 @@ class PracticeLoop:
         )
         del policy
         texts = [str(self.tokenizer.decode(r, skip_special_tokens=True)) for r in rollout.response_ids]
-        if self.judge is None:
-            options = {"device": self.device, "batch_size": config.judge_batch_size,
-                       "cache_dir": str(self.out / "judge-cache"), **config.judge_options}  # fmt: skip
-            self.judge = load_judge(config.judge, pairwise=True, **options)
+        responses = response_completions(
+            [p for p in prompts for _ in range(k)], texts
+        )  # chat prompts: messages
         logger.info("Round %d: rating %d samples with %s.", round_number, len(texts), config.judge)
-        ranking = rank_groups(self.judge, prompts, texts, k)
+        ranking = rank_groups(self.judge_for(round_number), prompts, responses, k)
         rows, counts = build_pairs(
-            prompts, texts, ranking, config.pairs, config.margin, config.min_confidence
+            prompts, responses, ranking, config.pairs, config.margin, config.min_confidence
         )
+        if not rows:  # nothing written: a rerun with other --margin / --min_confidence may go on
+            raise ValueError(
+                f"Round {round_number}: no preference pair could be built ({counts}); every prompt's samples tied "
+                "or were filtered out. Raise --num_generations or --temperature, or lower --margin/--min_confidence "
+                "(those two may change when the loop is resumed)."
+            )
         provenance = {"round": round_number, "policy": policy_path, "judge": config.judge, "seed": seed}
         for row in rows:
             row["prompt_index"] = indices[row["prompt_index"]]
@@ -406,18 +438,30 @@ class PracticeLoop:
             "min_confidence": config.min_confidence, "counts": counts, "judge_stats": judge_stats,
             "mean_score": float(torch.nanmean(ranking.scores)),
         }))  # fmt: skip
-        left_out = counts["candidates"] - counts["pairs"]
+        left_out = counts["candidates"] - counts["pairs"] + counts["empty_samples"]
         (logger.warning if left_out else logger.info)(
-            "Round %d: %d pairs from %d prompts (left out: %d ties, %d below the margin, %d below the confidence).",
-            round_number, counts["pairs"], len(prompts), counts["ties"], counts["below_margin"],
+            "Round %d: %d pairs from %d prompts (left out: %d empty samples, %d ties, %d below the margin, "
+            "%d below the confidence).",
+            round_number, counts["pairs"], len(prompts), counts["empty_samples"], counts["ties"],
+            counts["below_margin"],
             counts["below_confidence"],
         )  # fmt: skip
-        if not rows:
-            raise ValueError(
-                f"Round {round_number}: no preference pair could be built ({counts}); every prompt's samples tied "
-                "or were filtered out. Raise --num_generations or --temperature, or lower --margin/--min_confidence."
-            )
         return pairs_path
+
+    def judge_for(self, round_number: int) -> Any:
+        """The judge (loaded once). The simulated panel draws its noise from a generator seeded per round,
+        so a resumed round gets the verdicts the uninterrupted run got."""
+        config = self.config
+        panel = config.judge.partition(":")[0] == "panel"
+        if self.judge is None or panel:
+            options = {"device": self.device, "batch_size": config.judge_batch_size,
+                       "cache_dir": str(self.out / "judge-cache")}  # fmt: skip
+            if panel:
+                options["seed"] = int(
+                    np.random.SeedSequence([config.train.seed, round_number, 3]).generate_state(1)[0]
+                )
+            self.judge = load_judge(config.judge, pairwise=True, **{**options, **config.judge_options})
+        return self.judge
 
     def tune(self, round_number: int, pairs: Path, folder: Path) -> str:
         """DPO from the previous round's policy on this round's pairs (continues from a checkpoint)."""
@@ -441,9 +485,7 @@ class PracticeLoop:
         if self.eval_prompts is None:
             prompts_file, split = str(config.data.eval_dataset), config.data.eval_dataset_split or "train"
         else:
-            prompts_file, split = str(self.out / "eval_prompts.jsonl"), "train"
-            if not Path(prompts_file).exists():
-                write_jsonl(Path(prompts_file), ({"prompt": p} for p in self.eval_prompts))
+            prompts_file, split = str(self.out / "eval_prompts.jsonl"), "train"  # written by _check_state
         eval_config = PolicyEvalConfig(
             policy=[f"{name}={self.policy_of(round_number)}"], reference=config.model.model, prompts=prompts_file,
             prompts_split=split, judge=self.eval_judge, samples_per_prompt=config.eval_samples_per_prompt,
@@ -515,11 +557,6 @@ class PracticeLoop:
         write_report({"methods": methods, "hacking": summary["hacking"]}, self.out,
                      reward_label="gold reward" if gold else "judge reward")  # fmt: skip
         return summary
-
-
-def is_pairwise_spec(spec: str) -> bool:
-    """True for judge specs that compare pairs (panel, llm:PATH, http:URL)."""
-    return spec.partition(":")[0] in ("panel", "llm", "http")
 
 
 def render_markdown(summary: dict[str, Any]) -> str:

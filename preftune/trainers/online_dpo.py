@@ -9,23 +9,25 @@ Each step: sample k = num_generations responses per prompt of the batch (keyed s
 RL trainers); with no gradient, the reference's log-probs of every sample and the judge's ranking
 of each prompt's k samples (`rank_groups`: a pointwise judge's scores, or a pairwise judge's mean
 preference over the group's other samples); one pair per prompt, its best against its worst sample;
-prompts whose best and worst tie are skipped and counted (`pairs/skipped_ties`); then one optimizer
+prompts whose best and worst tie (equal scores, or the same text: a stochastic or pairwise judge can
+score duplicate samples differently) are skipped and counted (`pairs/skipped_ties`); then one optimizer
 step of the --loss_type objective on the pairs (micro-batches of per_device_train_batch_size prompts
 with --gradient_accumulation_steps), with log-probs at the sampling temperature, as in the RL trainers.
 Departures: the paper samples two responses; with k > 2 we pair the best with the worst (the
 widest gap the judge sees), and ties are skipped, not ordered arbitrarily. A response cut at --max_new_tokens
 without EOS has --missing_eos_penalty subtracted from its ranking score: from the judge's score for a
 pointwise judge (standardised first with --reward_normalization initial_policy), from its mean win
-probability (in [0, 1]) for a pairwise judge, so that with the default penalty of 1 it ranks below
-every sample that ended. The loss is the sum over the pairs of the global batch divided by their
-global number (not a mean per micro-batch), so it does not depend on how the batch is split. Chosen
-and rejected responses run as padded sequences, not prefix-shared blocks.
+probability (in [0, 1]) for a pairwise judge. There a penalty of 1 or more is raised to at least
+1 + 1e-6 (`pairwise_ranking_scores`), so that with the default of 1 a cut sample ranks strictly
+below every sample that ended (with exactly 1, a cut sample that won every comparison would tie an
+ended one that lost every comparison). The loss is the sum over the pairs of the global batch
+divided by their global number (not a mean per micro-batch), so it does not depend on how the batch
+is split. Chosen and rejected responses run as padded sequences, not prefix-shared blocks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 from collections import defaultdict
@@ -79,6 +81,9 @@ OnlineLossType = Literal[
 """The objectives of preftune/losses/registry.py that take only the two log-ratios (and label_smoothing)."""
 
 ONLINE_LOSSES = {name: LOSSES[name] for name in get_args(OnlineLossType)}
+
+PAIRWISE_EOS_MARGIN = 1e-6
+"""A missing-EOS penalty of 1 or more on pairwise scores (in [0, 1]) is at least 1 + this: strictly below."""
 
 
 @dataclass
@@ -174,11 +179,18 @@ def _prompt_key(prompt: Prompt) -> str:
 
 
 def load_ranking_judge(spec: str, device: str, batch_size: int) -> Judge | PairwiseJudge:
-    """The judge named by `spec`, pairwise specs included once preftune.judges.load_judge takes `pairwise`
-    (issue #7, in progress); until then the pointwise ones."""
-    if "pairwise" in inspect.signature(load_judge).parameters:
-        return load_judge(spec, pairwise=True, device=device, batch_size=batch_size)
-    return load_judge(spec, device=device, batch_size=batch_size)
+    """The judge named by `spec`, pointwise or pairwise."""
+    return load_judge(spec, pairwise=True, device=device, batch_size=batch_size)
+
+
+def pairwise_ranking_scores(scores: Tensor, ended: Tensor, missing_eos_penalty: float) -> Tensor:
+    """(P, k) float32 ranking scores from a pairwise judge's (P, k) mean win probabilities (in [0, 1], NaN
+    where not judged): minus the penalty where `ended` (P, k) is False. A penalty >= 1 is raised to at least
+    1 + PAIRWISE_EOS_MARGIN, so a cut sample ranks strictly below every judged sample that ended."""
+    penalty = missing_eos_penalty
+    if penalty >= 1.0:
+        penalty = max(penalty, 1.0 + PAIRWISE_EOS_MARGIN)
+    return (scores.double() - penalty * (~ended).double()).float()
 
 
 class OnlineDPOTrainer:
@@ -274,9 +286,15 @@ class OnlineDPOTrainer:
                             cfg.train.per_device_train_batch_size, self.pad_id, self.accelerator.device)  # fmt: skip
         ref_logps = masked_sum(ref["logps"], mask, dim=1)  # (N,)
         prompts = [setup.prompts.prompts[i] for i in indices]
-        scores, judge_sums = self._group_scores(prompts, rollout)  # (P, k)
+        texts = decode_responses(self.tokenizer, rollout)  # (N,)
+        scores, judge_sums = self._group_scores(prompts, rollout, texts)  # (P, k)
         best, worst, has_pair = GroupRanking(scores).best_worst()  # (P,) each
-        kept = has_pair.nonzero()[:, 0].tolist()
+        # the same text twice is a tie, whatever the scores (a stochastic judge rates duplicates apart)
+        kept = [
+            p
+            for p in has_pair.nonzero()[:, 0].tolist()
+            if texts[p * k + int(best[p])] != texts[p * k + int(worst[p])]
+        ]
         per_micro = cfg.train.per_device_train_batch_size
         pairs = StepPairs(
             examples, ref_logps, [p * k + int(best[p]) for p in kept], [p * k + int(worst[p]) for p in kept],
@@ -300,23 +318,26 @@ class OnlineDPOTrainer:
         metrics["kl/per_token"], metrics["rollout/num_tokens"] = sums["kl/mean"] / tokens, tokens
         return pairs, metrics
 
-    def _group_scores(self, prompts: list[Prompt], rollout: RolloutBatch) -> tuple[Tensor, dict[str, Tensor]]:
+    def _group_scores(
+        self, prompts: list[Prompt], rollout: RolloutBatch, texts: list[str]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """(P, k) ranking scores minus the missing-EOS penalty, and sums to log: a pointwise judge's raw
         scores (`reward/raw`), or the number of comparisons a pairwise judge could not judge."""
         cfg, state, k = self.config, self.engine.trainer_state, self.config.num_generations
-        penalty = cfg.scoring.missing_eos_penalty * (~rollout.ended).float()  # (N,)
         if isinstance(self.judge, Judge):
             repeated = [p for p in prompts for _ in range(k)]
             raw, _ = judge_scores(self.judge, self.tokenizer, repeated, rollout)
             shaped = shape_scores(raw, rollout.ended, state["reward_mean"], state["reward_std"],
                                   cfg.scoring.reward_clip, cfg.scoring.missing_eos_penalty)  # fmt: skip
             return shaped.view(-1, k), {"reward/raw": raw.sum()}
-        texts = decode_responses(self.tokenizer, rollout)
         responses = response_completions([p for p in prompts for _ in range(k)], texts)
         ranking = rank_groups(self.judge, prompts, responses, k)
         assert ranking.verdicts is not None, "a pairwise judge's ranking keeps its verdicts"
         unjudged = float(ranking.verdicts.summary()["could_not_judge"])
-        return ranking.scores.float() - penalty.view(-1, k), {"pairs/could_not_judge": torch.tensor(unjudged)}
+        scores = pairwise_ranking_scores(
+            ranking.scores, rollout.ended.view(-1, k), cfg.scoring.missing_eos_penalty
+        )
+        return scores, {"pairs/could_not_judge": torch.tensor(unjudged)}
 
     def update(
         self, pairs: StepPairs, num_micro: int, num_pairs: float

@@ -6,8 +6,10 @@ and vLLM do (choices[0].logprobs.content[0].top_logprobs). GET /v1/models lists 
 
 Failures are injected on the first attempt of a request body, chosen by its sha256 so that the same
 requests fail in every run: HTTP 500, HTTP 429 with Retry-After, or a stall longer than the
-client's timeout. `die_after` shuts the whole server down after that many answered completions.
-Every request is counted by kind in `counts`.
+client's timeout. `replies` scripts the first completions instead, in the order they arrive (one
+of `SCRIPTED`): HTTP 408, a 200 reply that is not JSON, a top_logprobs entry without "logprob", all
+log-probs NaN, or the answer "A" at log-prob -0.5 with "B" at -Infinity. `die_after` shuts the whole
+server down after that many answered completions. Every request is counted by kind in `counts`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import math
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 FAILURES = ("500", "429", "stall", None)
+SCRIPTED = ("408", "html", "bad-entry", "nan", "neg-inf-b")
 
 
 class TinyModelServer:
@@ -38,6 +43,7 @@ class TinyModelServer:
         stall_s: float = 1.0,
         retry_after: str = "0.05",
         die_after: int | None = None,
+        replies: Sequence[str] = (),
         model: Any = None,
         tokenizer: Any = None,
     ) -> None:
@@ -48,6 +54,9 @@ class TinyModelServer:
         self.stall_s = stall_s
         self.retry_after = retry_after
         self.die_after = die_after
+        unknown = set(replies) - set(SCRIPTED)
+        assert not unknown, f"unknown scripted replies {unknown}; use {SCRIPTED}"
+        self.replies = collections.deque(replies)
         self.counts: collections.Counter[str] = collections.Counter()
         self.attempts: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
@@ -96,6 +105,10 @@ class TinyModelServer:
                 return None
         return FAILURES[int(digest, 16) % len(FAILURES)]
 
+    def scripted(self) -> str | None:
+        with self.lock:
+            return self.replies.popleft() if self.replies else None
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -115,6 +128,27 @@ class TinyModelServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _scripted(self, script: str) -> None:
+                if script == "408":
+                    return self._reply(408, {"error": "request timeout (scripted)"})
+                if script == "html":
+                    body = b"<html><body>502 Bad Gateway</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                top = (
+                    [("A", -0.5), ("B", -math.inf)]
+                    if script == "neg-inf-b"
+                    else [("A", math.nan), ("B", math.nan)]
+                )
+                reply = completion(server.name, top[0][0], top[0][1], top)
+                if script == "bad-entry":
+                    del reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"][1]["logprob"]
+                self._reply(200, reply)  # json.dumps writes NaN and -Infinity, as some servers do
+
             def do_GET(self) -> None:
                 server.counts["models"] += 1
                 if self.path != "/v1/models":
@@ -128,6 +162,10 @@ class TinyModelServer:
                 if self.path != "/v1/chat/completions" or request.get("model") != server.name:
                     server.counts["rejected"] += 1
                     return self._reply(404, {"error": f"model {request.get('model')!r} does not exist"})
+                script = server.scripted()
+                if script:
+                    server.counts[script] += 1
+                    return self._scripted(script)
                 failure = server.failure_for(body)
                 if failure:
                     server.counts[failure] += 1

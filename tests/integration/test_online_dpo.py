@@ -18,8 +18,14 @@ from preftune.judges import PairVerdicts
 from preftune.losses.registry import LOSSES, SORTED_LOSSES
 from preftune.models.loading import ModelConfig
 from preftune.rollout.experience import ScoringConfig
-from preftune.rollout.generate import SamplingConfig
-from preftune.trainers.online_dpo import ONLINE_LOSSES, OnlineDPOConfig, OnlineDPOTrainer
+from preftune.rollout.generate import RolloutBatch, SamplingConfig
+from preftune.trainers.online_dpo import (
+    ONLINE_LOSSES,
+    OnlineDPOConfig,
+    OnlineDPOTrainer,
+    load_ranking_judge,
+    pairwise_ranking_scores,
+)
 
 
 def letter_share(text: str) -> float:
@@ -196,6 +202,56 @@ def test_a_step_where_every_prompt_ties_is_counted_and_skipped(synth_world, tiny
     record = read_metrics(tmp_path / "metrics.jsonl")[0]
     assert record["pairs/count"] == 0 and record["pairs/skipped_ties"] == 8
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+class AlternatingJudge:
+    """Pairwise, stochastic in effect: the pairs of each call are won by `first`, then `second`, then `first`..."""
+
+    def compare(
+        self, prompts: Sequence[Prompt], first: Sequence[Completion], second: Sequence[Completion]
+    ) -> PairVerdicts:
+        return PairVerdicts(torch.tensor([float(i % 2 == 0) for i in range(len(first))], dtype=torch.float64))
+
+
+def _with_duplicates(rollout: RolloutBatch, k: int) -> RolloutBatch:
+    """The rollout with each group's sample 1 replaced by a copy of its sample 0."""
+    ids, logps, mask, ended = (
+        list(rollout.response_ids),
+        rollout.logps.clone(),
+        rollout.mask.clone(),
+        rollout.ended.clone(),
+    )
+    for g in range(0, len(ids), k):
+        ids[g + 1], logps[g + 1], mask[g + 1], ended[g + 1] = ids[g], logps[g], mask[g], ended[g]
+    return RolloutBatch(rollout.prompt_ids, ids, logps, mask, ended)
+
+
+def test_duplicate_best_and_worst_samples_are_a_tie(synth_world, tiny_base, tmp_path):
+    """Groups [x, x, y]: the judge prefers x over y once and y over x once, so the Borda scores are
+    x 0.75, x 0.25, y 0.5 and best and worst are the same text: a tie, not a pair."""
+    config = odpo_config(tiny_base, synth_world, tmp_path, steps=1, own={"num_generations": 3})
+    config.scoring.missing_eos_penalty = 0.0  # rank by the judge alone
+    trainer = OnlineDPOTrainer(config, judge=AlternatingJudge())
+    sample = trainer.setup.rollout
+    trainer.setup.rollout = lambda *args: _with_duplicates(sample(*args), 3)  # type: ignore[method-assign]
+    pairs, metrics = trainer.make_pairs(next(trainer.engine.steps()))
+    assert pairs.chosen == [] and metrics["pairs/count"] == 0 and metrics["pairs/skipped_ties"] == 8
+
+
+def test_pairwise_missing_eos_penalty_ranks_cut_samples_strictly_below():
+    scores = torch.tensor([[1.0, 0.0], [0.25, 0.75], [math.nan, 0.5]], dtype=torch.float64)
+    ended = torch.tensor([[False, True], [True, False], [False, True]])
+    ranked = pairwise_ranking_scores(scores, ended, 1.0)
+    assert ranked[0, 0] < ranked[0, 1] == 0.0  # won every comparison but was cut: still below
+    assert ranked[1].tolist() == [0.25, pytest.approx(0.75 - 1.0 - 1e-6)] and ranked[2, 0].isnan()
+    assert pairwise_ranking_scores(scores, ended, 0.5)[0].tolist() == [0.5, 0.0]  # below 1: as given
+    assert pairwise_ranking_scores(scores, ended, 2.0)[0].tolist() == [-1.0, 0.0]
+    torch.testing.assert_close(pairwise_ranking_scores(scores, ended, 0.0), scores.float(), equal_nan=True)
+
+
+def test_load_ranking_judge_takes_pairwise_specs():
+    assert type(load_ranking_judge("panel", "cpu", 4)).__name__ == "PanelJudge"
+    assert type(load_ranking_judge("gold", "cpu", 4)).__name__ == "GoldJudge"
 
 
 def test_online_dpo_raises_the_gold_reward_of_an_sft_model(synth_world, sft_model, tmp_path):

@@ -96,7 +96,8 @@ def test_critique_and_revise_skips_answers_without_issue():
     assert [r["changed"] for r in records] == [True, False, True, False]
     assert [r["revision_request"] is None for r in records] == [False, True, False, True]
     assert len(generate.calls[-1]) == 2  # only the two answers with an issue were revised
-    pairs = revision_pairs(records)
+    pairs, left_out = revision_pairs(records)
+    assert left_out == {"unchanged": 2, "empty": 0}
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [
         ("the garden is bright .", "the garden is dull .")
     ] * 2
@@ -118,7 +119,10 @@ def test_principles_are_sampled_reproducibly():
 def test_critique_pairs_prefer_the_sample_the_critic_finds_no_issue_with():
     critic = _Scripted()
     policy = _Scripted()
-    pairs = critique_pairs(critic, policy, ["Describe the garden.\n"] * 4, load_constitution(), 1.0, seed=1)
+    pairs, left_out = critique_pairs(
+        critic, policy, ["Describe the garden.\n"] * 4, load_constitution(), 1.0, seed=1
+    )
+    assert left_out == {"both_no_issue": 0, "both_issue": 0, "identical": 2, "empty": 0}
     # the policy's first sample of every other prompt is unkind; the others are pairs of equal samples
     assert len(pairs) == 2
     for pair in pairs:

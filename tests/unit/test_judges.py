@@ -14,15 +14,21 @@ from hypothesis import strategies as st
 from preftune.judges import (
     DEFAULT_PRINCIPLE,
     GoldJudge,
+    HTTPJudge,
+    JudgeRequestError,
     PairTemplate,
     PanelJudge,
     RequestPolicy,
     VerdictCache,
     compare,
+    is_pairwise_spec,
     load_judge,
     two_order_verdicts,
 )
-from preftune.judges.http import _RateLimiter, _retry_after
+from preftune.judges import http as http_module
+from preftune.judges.cache import decode_logps, encode_logps
+from preftune.judges.http import _RateLimiter, _retry_after, _RetryableError, api_key_for
+from preftune.judges.llm import model_fingerprint
 from preftune.judges.template import as_text, escape_fences
 from preftune.tasks import PanelConfig
 
@@ -274,3 +280,165 @@ def test_retry_after_and_rate_limit():
         RequestPolicy(rate_limit=0)
     with pytest.raises(ValueError, match="max_retries"):
         RequestPolicy(max_retries=-1)
+
+
+# ------------------------------------------------------------------ review fixes
+def test_non_finite_logps_are_not_judged_and_minus_inf_is_probability_zero():
+    nan, inf = math.nan, math.inf
+    forward = [(nan, -1.0), (-1.0, -2.0), (-0.5, inf), (0.0, -inf)]
+    swapped = [(-1.0, -2.0), (-2.0, nan), (-1.0, -2.0), (0.0, -inf)]
+    verdicts = two_order_verdicts(forward, swapped, min_answer_mass=0.0)
+    assert verdicts.reasons == ["non-finite log-probs"] * 3 + [""]
+    assert verdicts.prob_first[:3].isnan().all()
+    assert verdicts.prob_first[3].item() == 0.5  # A has all the mass in both orders
+
+
+def test_cache_stores_minus_inf_as_null_and_never_nan(tmp_path):
+    assert encode_logps([-0.5, -math.inf]) == [-0.5, None]
+    assert encode_logps([math.nan, -1.0]) is None and encode_logps([math.inf, -1.0]) is None
+    assert decode_logps([-0.5, None]) == [-0.5, -math.inf]
+    cache = VerdictCache(tmp_path)
+    cache.put("k", {"logps": encode_logps([-0.5, -math.inf])})
+    assert decode_logps(VerdictCache(tmp_path).get("k")["logps"]) == [-0.5, -math.inf]
+
+
+def _offline_http_judge(monkeypatch, replies, tmp_path=None, concurrency=1):
+    """An HTTPJudge whose POSTs return `replies(text)` (no server); counts its requests in judge.calls."""
+    judge = HTTPJudge(
+        "http://judge.invalid/v1",
+        model="m",
+        min_answer_mass=0.0,
+        policy=RequestPolicy(max_retries=0, concurrency=concurrency),
+        cache_dir=str(tmp_path) if tmp_path else None,
+    )
+    judge.calls = 0  # type: ignore[attr-defined]
+
+    def request(method, path, payload):
+        judge.calls += 1  # type: ignore[attr-defined]
+        time.sleep(0.01)
+        return replies(payload["messages"][0]["content"])
+
+    monkeypatch.setattr(judge, "_request", request)
+    return judge
+
+
+def _reply(top):
+    return {"choices": [{"logprobs": {"content": [{"top_logprobs": top}]}}]}
+
+
+def test_http_stable_sum_of_minus_inf_is_probability_zero(monkeypatch, tmp_path):
+    top = [
+        {"token": "A", "logprob": -0.5},
+        {"token": " A", "logprob": -math.inf},
+        {"token": "B", "logprob": -math.inf},
+    ]
+    judge = _offline_http_judge(monkeypatch, lambda text: _reply(top), tmp_path)
+    assert judge.answer_logps(["x"]) == [(-0.5, -math.inf)]
+    key = VerdictCache.key(judge.url, "m", [{"role": "user", "content": "x"}], judge.request_params())
+    assert VerdictCache(tmp_path).get(key) == {"logps": [-0.5, None]}
+    nan_judge = _offline_http_judge(
+        monkeypatch, lambda text: _reply([{"token": "A", "logprob": math.nan}]), tmp_path
+    )
+    assert nan_judge.compare([PROMPT], [KIND], [UNKIND]).reasons == ["non-finite log-probs"]
+    assert len(VerdictCache(tmp_path)) == 1  # the NaN answers were not cached
+
+
+@pytest.mark.parametrize(
+    "bad_top",
+    [[{"token": "A"}], [["A", -0.1]], [{"token": "A", "logprob": "high"}], None],
+    ids=["no-logprob", "not-a-dict", "not-a-number", "null"],
+)
+def test_http_malformed_reply_stops_queued_requests(monkeypatch, bad_top):
+    judge = _offline_http_judge(monkeypatch, lambda text: _reply(bad_top))
+    with pytest.raises(
+        JudgeRequestError, match=r"judge\.invalid/v1/chat/completions returned no readable.*Reply excerpt"
+    ):
+        judge.answer_logps([f"text {i}" for i in range(8)])
+    assert judge.calls <= 2  # the queued requests were cancelled
+
+
+def test_http_interrupt_cancels_queued_requests_and_keeps_finished_ones(monkeypatch, tmp_path):
+    def replies(text):
+        if text == "text 2":
+            raise KeyboardInterrupt
+        return _reply([{"token": "A", "logprob": -0.1}])
+
+    judge = _offline_http_judge(monkeypatch, replies, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        judge.answer_logps([f"text {i}" for i in range(10)])
+    # texts 0 and 1 were cached on arrival, text 3 if the worker had started it; the 6 queued ones never ran
+    assert judge.calls <= 4 and len(VerdictCache(tmp_path)) in (2, 3)
+
+
+def test_http_retry_after_is_capped_and_408_is_retried(monkeypatch):
+    judge = HTTPJudge(
+        "http://judge.invalid/v1", model="m", policy=RequestPolicy(max_retries=2, max_backoff=3.0)
+    )
+    waits: list[float] = []
+    monkeypatch.setattr(http_module.time, "sleep", waits.append)
+    attempts = iter([_RetryableError("HTTP 429", retry_after=3600.0)])
+
+    def send(method, path, payload):
+        for error in attempts:
+            raise error
+        return {"ok": True}
+
+    monkeypatch.setattr(judge, "_send", send)
+    assert judge._request("GET", "/models", None) == {"ok": True} and waits == [3.0]
+    assert 408 in http_module.RETRIED_STATUSES
+
+
+def test_openai_key_goes_to_openai_only(monkeypatch):
+    monkeypatch.delenv("PREFTUNE_JUDGE_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    assert api_key_for("https://api.openai.com/v1") == "sk-openai"
+    assert api_key_for("http://localhost:8000/v1") is None
+    assert api_key_for("https://api.openai.com.evil.example/v1") is None
+    monkeypatch.setenv("PREFTUNE_JUDGE_API_KEY", "judge-key")
+    assert api_key_for("http://localhost:8000/v1") == "judge-key"
+    assert api_key_for("https://api.openai.com/v1") == "judge-key"
+
+
+@pytest.mark.parametrize(
+    ("spec", "pairwise"),
+    [
+        ("panel", True),
+        ("panel:kindness", True),
+        ("llm:x", True),
+        ("http:http://localhost:8000/v1", True),
+        ("http://localhost:8000/v1", True),
+        ("https://example.org/v1", True),
+        ("gold", False),
+        ("gold:kindness", False),
+        ("rm:x", False),
+        ("runs/rm/final", False),
+        ("rm:a,b", False),
+    ],
+)
+def test_is_pairwise_spec_agrees_with_load_judge(spec, pairwise):
+    assert is_pairwise_spec(spec) is pairwise
+    if pairwise:  # load_judge refuses exactly these without pairwise=True
+        with pytest.raises(ValueError, match="compares pairs"):
+            load_judge(spec)
+
+
+def test_panel_config_as_a_dict():
+    judge = load_judge("panel", pairwise=True, panel_config={"flip_rate": 0.0, "overlap": 0.5})
+    assert isinstance(judge, PanelJudge)
+    assert judge.config == PanelConfig(flip_rate=0.0, overlap=0.0)
+    with pytest.raises(ValueError, match="Unknown panel_config key 'flip_rat'. Did you mean 'flip_rate'"):
+        PanelJudge(panel_config={"flip_rat": 0.0})
+    with pytest.raises(ValueError, match="flip_rate"):
+        PanelJudge(panel_config={"flip_rate": 0.9})  # PanelConfig's own validation
+
+
+def test_model_fingerprint_sees_every_weight_format(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    before = model_fingerprint(str(tmp_path))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"weights")
+    with_bin = model_fingerprint(str(tmp_path))
+    assert with_bin != before
+    (tmp_path / "pytorch_model.bin").write_bytes(b"retrained weights")
+    assert model_fingerprint(str(tmp_path)) != with_bin
+    (tmp_path / "model.gguf").write_bytes(b"q")
+    assert model_fingerprint(str(tmp_path)) not in (before, with_bin)

@@ -28,6 +28,7 @@ def test_best_worst_pairs_take_the_first_highest_and_lowest():
     ]
     assert counts == {
         "prompts": 2,
+        "empty_samples": 0,
         "candidates": 2,
         "ties": 0,
         "below_margin": 0,
@@ -51,6 +52,7 @@ def test_all_pairs_above_the_margin():
     assert sorted((r["chosen"], r["rejected"]) for r in rows) == [("b", "a"), ("c", "a"), ("c", "b")]
     assert counts == {
         "prompts": 2,
+        "empty_samples": 0,
         "candidates": 6,
         "ties": 1,
         "below_margin": 2,
@@ -73,19 +75,24 @@ def test_pointwise_confidence_is_the_bradley_terry_probability():
     assert counts["below_confidence"] == 2
 
 
-class _OrderedJudge:
+class _TableJudge:
     """P(first better) from a fixed table; NaN for pairs it cannot judge."""
 
-    table = {("a", "b"): 0.9, ("a", "c"): 0.6, ("b", "c"): float("nan")}
+    def __init__(self, table):
+        self.table = table
 
     def compare(self, prompts, first, second):
         return PairVerdicts(
-            torch.tensor([self.table[(f, s)] for f, s in zip(first, second)], dtype=torch.float64)
+            torch.tensor(
+                [self.table[(f, s)] for f, s in zip(first, second, strict=True)], dtype=torch.float64
+            )
         )
 
 
 def test_pairwise_confidence_comes_from_the_direct_verdict():
-    ranking = rank_groups(_OrderedJudge(), ["p"], ["a", "b", "c"], 3)
+    ranking = rank_groups(
+        _TableJudge({("a", "b"): 0.9, ("a", "c"): 0.6, ("b", "c"): float("nan")}), ["p"], ["a", "b", "c"], 3
+    )
     # Borda: a = (0.9 + 0.6) / 2, b = 0.1 (its NaN comparison is left out), c = 0.4
     assert ranking.scores[0].tolist() == pytest.approx([0.75, 0.1, 0.4])
     assert pair_confidence(ranking, 0, 0, 1) == pytest.approx(0.8)
@@ -93,6 +100,27 @@ def test_pairwise_confidence_comes_from_the_direct_verdict():
     rows, counts = build_pairs(["p"], ["a", "b", "c"], ranking, "all", 0.0, 0.5)
     assert [(r["chosen"], r["rejected"]) for r in rows] == [("a", "b")]  # (a,c) 0.2 < 0.5; (c,b) not judged
     assert counts["below_confidence"] == 2
+
+
+def test_a_pair_the_judge_decided_against_is_never_kept():
+    # P(a>b) = 0.1, P(a>c) = 1, P(b>c) = 0: Borda a = 0.55, b = 0.45, c = 0.5, so a is "best" and b "worst",
+    # though the judge preferred b to a at 0.9.
+    ranking = rank_groups(
+        _TableJudge({("a", "b"): 0.1, ("a", "c"): 1.0, ("b", "c"): 0.0}), ["p"], ["a", "b", "c"], 3
+    )
+    assert pair_confidence(ranking, 0, 0, 1) == pytest.approx(-0.8)
+    rows, counts = build_pairs(["p"], ["a", "b", "c"], ranking, "best_worst", 0.0, 0.0)
+    assert rows == [] and counts["below_confidence"] == 1
+
+
+def test_empty_samples_are_left_out_before_pairing_and_counted():
+    ranking = _scores([[0.9, 0.5, -1.0], [1.0, 0.0, 0.2]])
+    responses = ["a", "b", "  ", "d", "", [{"role": "assistant", "content": " "}]]
+    rows, counts = build_pairs(PROMPTS, responses, ranking, "best_worst", 0.0, 0.0)
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("a", "b")]  # not "a" over the empty worst
+    assert counts["empty_samples"] == 3 and counts["ties"] == 1  # p1 has one non-empty sample left
+    rows, counts = build_pairs(PROMPTS, responses, ranking, "all", 0.0, 0.0)
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("a", "b")] and counts["candidates"] == 1
 
 
 def test_round_prompts_are_fresh_until_the_pool_is_used():
