@@ -136,6 +136,25 @@ def _cai() -> tuple[type, Callable[[Any], Any]]:
     return CAIConfig, run
 
 
+def _audit() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.feedback.audit import AuditConfig, run_audit
+
+    def run(cfg: AuditConfig) -> Any:
+        result = run_audit(cfg)
+        table = Table(
+            title=escape(f"audit of {cfg.dataset}: {len(result['flags'])} finding(s)"), show_header=True
+        )
+        for column in ("severity", "finding", "evidence"):
+            table.add_column(column)
+        for flag in result["flags"]:
+            table.add_row(escape(flag["severity"]), escape(flag["finding"]), escape(flag["evidence"]))
+        console.print(table)
+        console.print(f"audit.json and report.html in {escape(cfg.output_dir)}")
+        return result
+
+    return AuditConfig, run
+
+
 def _synth() -> tuple[type, Callable[[Any], Any]]:
     from preftune.tasks import SynthConfig, write_task
 
@@ -204,7 +223,11 @@ COMMANDS: dict[str, Command] = {
         "revisions, then DPO on AI-labelled pairs.",
         _cai,
     ),
-    "audit": Command("Audit ratings: agreement, fatigue, biased rater groups.", planned="issue #7"),
+    "audit": Command(
+        "Audit pairwise ratings: hygiene, length and position bias, annotator flip rates (Dawid-Skene), "
+        "agreement, fatigue, biased rater groups.",
+        _audit,
+    ),
     "synth": Command("Write the synthetic world's data: SFT corpus, rated pairs, prompts.", _synth),
     "tiny": Command("Train a tokenizer on a dataset and write a random-init Llama.", _tiny),
 }

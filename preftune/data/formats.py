@@ -14,6 +14,11 @@ Text fields are strings ("standard") or lists of `{"role", "content"}` messages
 as a missing column, and extra columns are ignored. Every invalid row raises a
 `DataError` naming source, row and field, or, with `skip_invalid=True`, is counted in
 `Parsed.skipped`; nothing is dropped silently.
+
+Pairs may carry a soft label, the optional column `chosen_probability` (SOFT_LABEL): the
+probability, in [0.5, 1], that `chosen` is truly the preferred response (e.g. a Dawid-Skene
+posterior written by preftune/feedback/aggregate.py). A missing value means a hard label, 1.
+It is kept in `PairExample.meta["chosen_probability"]` and read by `data.pairs.chosen_probabilities`.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ META_TYPES: dict[str, tuple[type, ...]] = {
     "shown_first": (str,),
     "pair_id": (str, int),
 }
+
+SOFT_LABEL = "chosen_probability"
+"""Optional pairwise column: P(chosen is truly preferred), in [0.5, 1]; kept in `PairExample.meta`."""
 
 # A dialogue turn marker such as HH-RLHF's "\n\nAssistant:" at the start of a line.
 _ASSISTANT_TURN = re.compile(r"^(?:#+ *)?Assistant:", re.MULTILINE)
@@ -289,9 +297,24 @@ def _parse_pair_row(row: _Row) -> PairExample:
         rejected=rejected,
         margin=_optional_number(row, "margin"),
         weight=_optional_number(row, "weight"),
-        meta=_meta(row),
+        meta=_meta(row) | _soft_label(row),
         row=row.number,
     )
+
+
+def _soft_label(row: _Row) -> dict[str, float]:
+    """{SOFT_LABEL: p} when the row has a soft label in [0.5, 1], else {}."""
+    probability = _optional_number(row, SOFT_LABEL)
+    if probability is None:
+        return {}
+    if not 0.5 <= probability <= 1.0:
+        raise row.error(
+            SOFT_LABEL,
+            f"{probability} is outside [0.5, 1]",
+            "write P(chosen is truly preferred), at least 0.5: if the rejected response is the likelier "
+            f"winner, swap chosen and rejected and write {1 - probability:g}",
+        )
+    return {SOFT_LABEL: probability}
 
 
 def _implicit_pair(row: _Row) -> tuple[Prompt, Completion, Completion]:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from preftune.data.collate import first_fit
 from preftune.data.config import DataConfig
-from preftune.data.formats import parse_pairs
+from preftune.data.formats import SOFT_LABEL, parse_pairs
 from preftune.data.io import load_rows
 from preftune.data.tokenize import EncodedExample, EncodedPair, EncodeReport, encode_dataset
 from preftune.ops.masks import prefix_sharing_mask
@@ -50,6 +50,14 @@ def load_pairs(
     )
     report.log(f"{name} pairs")
     return pairs, report
+
+
+def chosen_probabilities(pairs: Sequence[EncodedPair]) -> Tensor | None:
+    """(B,) float32 soft labels P(chosen is truly preferred) of the `chosen_probability` column (1 where a
+    pair has none), or None when no pair in `pairs` has one (all hard labels)."""
+    if not any(SOFT_LABEL in pair.meta for pair in pairs):
+        return None
+    return torch.tensor([float(pair.meta.get(SOFT_LABEL, 1.0)) for pair in pairs])
 
 
 def pair_block_size(pair: EncodedPair) -> int:

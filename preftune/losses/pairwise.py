@@ -27,6 +27,10 @@ losses (B,), never reduced, and detached (B,) metrics: "rewards/chosen" (beta * 
 "rewards/rejected", "rewards/margins" (chosen - rejected) and "rewards/accuracies" (1 where the chosen
 reward is higher, 0.5 on a tie, 0 otherwise).
 
+The losses with a `label_smoothing` parameter take it as a float or as a (B,) tensor, one flip
+probability per pair. For soft labels p = P(y_w is truly preferred) the expected-loss forms (sigmoid,
+cdpo, sigmoid_norm, simpo) take eps = 1 - p; robust takes per-pair known flip rates, not posteriors.
+
 Departures from the papers are listed in each function's docstring under "Departure:".
 """
 
@@ -55,7 +59,22 @@ def _check_pair(chosen: Tensor, rejected: Tensor, beta: float) -> None:
         raise ValueError(f"beta must be a finite number > 0, got {beta}. Pass a positive value such as 0.1.")
 
 
-def _check_label_smoothing(label_smoothing: float, loss: str, *, allow_zero: bool = True) -> None:
+def _check_label_smoothing(
+    label_smoothing: float | Tensor, loss: str, *, allow_zero: bool = True, allow_half: bool = True
+) -> None:
+    """A scalar eps in [0, 0.5) (or (0, 0.5)); a (B,) tensor of per-pair eps may also reach 0.5 (a
+    coin-flip label, which pulls the margin to 0) unless `allow_half` is False."""
+    if isinstance(label_smoothing, Tensor):
+        low = label_smoothing >= 0 if allow_zero else label_smoothing > 0
+        high = label_smoothing <= 0.5 if allow_half else label_smoothing < 0.5
+        if label_smoothing.ndim != 1 or not bool(torch.all(low & high)):
+            interval = ("[0" if allow_zero else "(0") + (", 0.5]" if allow_half else ", 0.5)")
+            raise ValueError(
+                f"per-pair label_smoothing for the '{loss}' loss must be a (B,) tensor with values in {interval}, "
+                f"got shape {tuple(label_smoothing.shape)} and values {label_smoothing.tolist()[:8]}. It is each "
+                "pair's probability of a flipped label, e.g. 1 - chosen_probability."
+            )
+        return
     low_ok = label_smoothing >= 0 if allow_zero else label_smoothing > 0
     if not (low_ok and label_smoothing < 0.5):
         interval = "[0, 0.5)" if allow_zero else "(0, 0.5); use 'sigmoid' for clean labels"
@@ -78,7 +97,7 @@ def pair_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, 
 
 
 def sigmoid_loss(
-    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float = 0.0
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float | Tensor = 0.0
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """DPO, Rafailov et al. 2023, arXiv 2305.18290, eq. 7: -log sigmoid(z), z = beta * (c - r).
 
@@ -87,7 +106,9 @@ def sigmoid_loss(
 
     Args:
         chosen_logratio, rejected_logratio: (B,) summed log-ratios of y_w and y_l.
-        label_smoothing: eps in [0, 0.5); 0 gives plain DPO.
+        label_smoothing: eps in [0, 0.5); 0 gives plain DPO. Or a (B,) tensor of per-pair eps in
+            [0, 0.5], e.g. 1 - p for soft labels p = P(y_w is truly preferred): the expected loss
+            when each pair's true label is drawn from its soft label.
 
     Returns:
         (B,) losses and the detached (B,) reward metrics (module docstring).
@@ -101,12 +122,13 @@ def sigmoid_loss(
 
 
 def cdpo_loss(
-    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float | Tensor
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Conservative DPO (Mitchell 2023 note, no arXiv id): `sigmoid_loss` with label smoothing required.
 
     (1 - eps) * softplus(-z) + eps * softplus(z), z = beta * (c - r), eps in (0, 0.5). Shapes as in
     `sigmoid_loss`. Its minimum sits at the finite margin z = log((1 - eps) / eps), unlike DPO's.
+    A (B,) tensor gives each pair its own eps, in (0, 0.5].
     Departure: none.
     """
     _check_label_smoothing(label_smoothing, "cdpo", allow_zero=False)
@@ -114,7 +136,7 @@ def cdpo_loss(
 
 
 def robust_loss(
-    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float = 0.0
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float | Tensor = 0.0
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """rDPO, Chowdhury et al. 2024, arXiv 2403.00409 (section 3, the de-biased DPO loss).
 
@@ -124,14 +146,16 @@ def robust_loss(
 
     Args:
         chosen_logratio, rejected_logratio: (B,) summed log-ratios of y_w and y_l.
-        label_smoothing: the flip rate eps; 0 gives plain DPO.
+        label_smoothing: the flip rate eps; 0 gives plain DPO. A (B,) tensor gives each pair its own
+            known flip rate, each < 0.5 (the de-biasing divides by 1 - 2 eps). It is not a soft label:
+            for a posterior p over the true label the expected loss is `sigmoid_loss` with eps = 1 - p.
 
     Returns:
         (B,) losses and the detached (B,) reward metrics.
     Departure: none.
     """
     _check_pair(chosen_logratio, rejected_logratio, beta)
-    _check_label_smoothing(label_smoothing, "robust")
+    _check_label_smoothing(label_smoothing, "robust", allow_half=False)
     logits = beta * (chosen_logratio - rejected_logratio)  # (B,)
     losses = ((1 - label_smoothing) * F.softplus(-logits) - label_smoothing * F.softplus(logits)) / (
         1 - 2 * label_smoothing
@@ -188,7 +212,7 @@ def simpo_loss(
     beta: float,
     *,
     gamma: float,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | Tensor = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """SimPO, Meng et al. 2024, arXiv 2405.14734, eq. 6: -log sigmoid(beta * (c - r) - gamma).
 
@@ -196,7 +220,7 @@ def simpo_loss(
     not log-ratios. gamma is the target reward margin itself, in reward units (eq. 6); the paper
     reports its hyper-parameters as the ratio gamma / beta, so pass gamma = ratio * beta.
     label_smoothing eps mixes in the flipped pair as cDPO does: (1 - eps) * softplus(gamma - z) +
-    eps * softplus(gamma + z), z = beta * (c - r).
+    eps * softplus(gamma + z), z = beta * (c - r); a (B,) tensor gives each pair its own eps in [0, 0.5].
 
     Returns:
         (B,) losses and the detached (B,) metrics, rewards = beta * mean log-prob (the paper's reward).
@@ -214,7 +238,7 @@ def simpo_loss(
 
 
 def sigmoid_norm_loss(
-    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float = 0.0
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float, *, label_smoothing: float | Tensor = 0.0
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Length-normalised DPO: `sigmoid_loss` on per-token-mean log-ratios.
 

@@ -8,6 +8,11 @@ What is implemented here: the reference is a frozen copy of --ref_model (default
 --model checkpoint) or, with --use_peft, the policy with its LoRA adapter disabled (one
 copy of the weights). Each pair runs as one [prompt][chosen][rejected] block with the
 prompt computed once; the LM head runs only at response positions.
+Soft labels: with a `chosen_probability` column p (e.g. from preftune/feedback/aggregate.py)
+the losses in SOFT_LABEL_LOSSES take per-pair label smoothing 1 - p (combined with
+--label_smoothing as independent flips), the expected loss under the soft label; other losses
+refuse such data. --label_noise auto sets --label_smoothing to the Dawid-Skene flip rate of the
+training ratings (logged and written to summary.json), for the losses in LABEL_NOISE_LOSSES.
 Departures: the loss is a weighted mean over the pairs of the global batch (the `weight`
 column, default 1), not a plain mean over the micro-batch. BCO's reward shift delta is the
 mean implicit reward of each micro-batch, not the paper's running mean. WPO's weights are
@@ -32,13 +37,15 @@ from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import DataConfig, EncodedPair
-from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded, load_pairs
+from preftune.data.pairs import chosen_probabilities, collate_pairs_packed, collate_pairs_padded, load_pairs
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
+from preftune.feedback.aggregate import parse_label_noise, resolve_label_smoothing
 from preftune.losses.kl import token_kl
 from preftune.losses.pairwise import F_DIVERGENCES, chosen_nll, f_divergence_logratio
 from preftune.losses.pairwise_variants import ld_logps_flat, wpo_weights
 from preftune.losses.registry import LOSSES, SORTED_LOSSES
+from preftune.losses.reward import compose_label_smoothing
 from preftune.models.loading import (
     ModelConfig,
     attention_implementation,
@@ -62,6 +69,14 @@ logger = logging.getLogger(__name__)
 MARGIN_LOSSES = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "sigmoid_norm", "exo_pair", "discopop")
 """Losses of the margin beta * (logratio_chosen - logratio_rejected) alone, where an f-divergence applies."""
 
+SOFT_LABEL_LOSSES = ("sigmoid", "cdpo", "sigmoid_norm", "simpo")
+"""Losses whose label smoothing is the expected loss under label flips: a soft label p (the
+`chosen_probability` column) enters as per-pair smoothing 1 - p. robust de-biases hard labels of a known
+flip rate instead (a posterior is not such a rate), and the rest take no smoothing, so they refuse soft labels."""
+
+LABEL_NOISE_LOSSES = ("sigmoid", "cdpo", "robust", "sigmoid_norm", "simpo")
+"""Losses whose --label_smoothing is a label-flip rate, which --label_noise may set."""
+
 SFT_TERM = "sft"
 """--loss_type entry for the NLL of the chosen response (RPO / ORPO's language-modelling term)."""
 
@@ -83,6 +98,9 @@ class DPOConfig:
     """Weight of each --loss_type entry (default: all 1)."""
     label_smoothing: float = 0.0
     """Assumed label-flip rate for cdpo/robust (and the smoothed sigmoid): in [0, 0.5)."""
+    label_noise: str = "none"
+    """Where label_smoothing comes from: 'none' (use --label_smoothing), 'auto' (the Dawid-Skene flip rate of the
+    training ratings; needs annotator ids and items rated more than once) or a flip rate such as '0.1'."""
     gamma: float = 0.5
     """SimPO's target reward margin."""
     discopop_tau: float = 0.05
@@ -135,6 +153,7 @@ class DPOConfig:
     def _check_variants(self) -> None:
         """Options that only make sense with some losses fail here, before any model loads."""
         assert set(F_DIVERGENCES) == {"reverse_kl", "forward_kl", "js", "alpha"}
+        self._check_label_noise()
         if self.f_divergence_type != "reverse_kl" and self.reference_free:
             raise ValueError(f"--f_divergence_type {self.f_divergence_type} needs a reference, but {self.loss_type} "
                              "is reference-free; use a reference-based loss such as sigmoid.")  # fmt: skip
@@ -162,7 +181,7 @@ class DPOConfig:
             raise ValueError(
                 f"ld_alpha must be in [0, 1] (or unset), got {self.ld_alpha}. The paper uses 0.3 to 0.7."
             )
-        if "cdpo" in self.loss_type and not 0 < self.label_smoothing < 0.5:
+        if "cdpo" in self.loss_type and self.label_noise == "none" and not 0 < self.label_smoothing < 0.5:
             raise ValueError(f"cdpo needs --label_smoothing in (0, 0.5), the assumed label-flip rate (e.g. 0.1); "
                              f"got {self.label_smoothing}. With clean labels use sigmoid.")  # fmt: skip
         if "exo_pair" in self.loss_type and not 0 < self.label_smoothing < 1:
@@ -196,6 +215,17 @@ class DPOConfig:
             raise ValueError(f"discopop_tau must be > 0, got {self.discopop_tau}.")
         if any(w < 0 for w in self.weights) or not any(self.weights):
             raise ValueError(f"loss_weights must be >= 0 and not all 0, got {self.weights}.")
+
+    def _check_label_noise(self) -> None:
+        if parse_label_noise(self.label_noise) is None:
+            return
+        smoothed = [n for n in self.loss_type if n in LOSSES and "label_smoothing" in LOSSES[n].params]
+        if not smoothed or set(smoothed) - set(LABEL_NOISE_LOSSES):
+            raise ValueError(f"--label_noise {self.label_noise} sets the label-flip rate of {', '.join(LABEL_NOISE_LOSSES)}; "
+                             f"loss_type {self.loss_type} has {smoothed or 'none of them'}. Use e.g. --loss_type robust.")  # fmt: skip
+        if self.label_smoothing:
+            raise ValueError(f"--label_noise {self.label_noise} sets the label smoothing, but --label_smoothing "
+                             f"{self.label_smoothing} is set too; give only one of them.")  # fmt: skip
 
     def _check_tr_dpo(self) -> None:
         if self.reference_free or self.precompute_ref_log_probs or self.model.use_peft:
@@ -241,6 +271,14 @@ class DPOTrainer:
             raise ValueError(
                 f"Every pair of {config.data.dataset} has weight 0: nothing to train on. Fix the 'weight' column."
             )
+        self._check_soft_labels()
+        self.label_smoothing, self.label_noise_report = resolve_label_smoothing(
+            config.label_noise, config.label_smoothing, config.data.dataset, config.data.dataset_split,
+            config.data.skip_invalid,
+        )  # fmt: skip
+        if "cdpo" in config.loss_type and not self.label_smoothing > 0:
+            raise ValueError(f"cdpo needs a label-flip rate > 0, but --label_noise {config.label_noise} gave "
+                             f"{self.label_smoothing}; use sigmoid for clean labels.")  # fmt: skip
         sorted_losses = [name for name in config.loss_type if name in SORTED_LOSSES]
         if sorted_losses and any(pair.loss_weight != 1.0 for pair in self.train_pairs):
             raise ValueError(f"{config.data.dataset} has a 'weight' column, but {sorted_losses} are computed per "
@@ -311,6 +349,16 @@ class DPOTrainer:
     def _encode(self, source: str, split: str, name: str) -> list[EncodedPair]:
         return load_pairs(self.tokenizer, source, split, self.config.data, name)[0]
 
+    def _check_soft_labels(self) -> None:
+        """Soft labels only meet losses that can use them (SOFT_LABEL_LOSSES), before any model loads."""
+        if chosen_probabilities(self.train_pairs + self.eval_pairs) is None:
+            return
+        other = [n for n in self.config.loss_type if n not in (*SOFT_LABEL_LOSSES, SFT_TERM)]
+        if other:
+            raise ValueError(f"The data has a 'chosen_probability' column (soft labels), which {other} cannot use; "
+                             f"use {', '.join(SOFT_LABEL_LOSSES)}, or drop the column (its 'weight' still applies).")  # fmt: skip
+        logger.info("Using the 'chosen_probability' column as soft labels (per-pair label smoothing 1 - p).")
+
     def _load_reference(self) -> ResponseLogps | None:
         """A frozen reference model, or None when it is the adapter-disabled policy or not needed."""
         if self.config.reference_free:
@@ -349,10 +397,18 @@ class DPOTrainer:
             return self._logps(reference, batch)
 
     def pair_losses(
-        self, logps: torch.Tensor, ref_logps: torch.Tensor | None, lengths: torch.Tensor
+        self,
+        logps: torch.Tensor,
+        ref_logps: torch.Tensor | None,
+        lengths: torch.Tensor,
+        soft_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(B,) combined losses and (B,) metrics from (2B,) policy/reference log-probs and lengths."""
+        """(B,) combined losses and (B,) metrics from (2B,) policy/reference log-probs and lengths, and
+        (B,) soft labels P(chosen is truly preferred) or None."""
         cfg = self.config
+        smoothing: float | torch.Tensor = self.label_smoothing
+        if soft_labels is not None:
+            smoothing = compose_label_smoothing(self.label_smoothing, soft_labels.to(logps.device))  # (B,)
         B = logps.shape[0] // 2
         total = torch.zeros(B, device=logps.device)
         metrics: dict[str, torch.Tensor] = {}
@@ -360,7 +416,7 @@ class DPOTrainer:
             if name == SFT_TERM:
                 losses, part = chosen_nll(logps[:B], lengths[:B])
             else:
-                losses, part = self._preference_loss(name, logps, ref_logps, lengths)
+                losses, part = self._preference_loss(name, logps, ref_logps, lengths, smoothing)
             total = total + weight * losses
             metrics = {**part, **metrics, f"loss/{name}": losses.detach()}
         metrics["logps/chosen"], metrics["logps/rejected"] = logps[:B].detach(), logps[B:].detach()
@@ -369,7 +425,12 @@ class DPOTrainer:
         return total, metrics
 
     def _preference_loss(
-        self, name: str, logps: torch.Tensor, ref_logps: torch.Tensor | None, lengths: torch.Tensor
+        self,
+        name: str,
+        logps: torch.Tensor,
+        ref_logps: torch.Tensor | None,
+        lengths: torch.Tensor,
+        label_smoothing: float | torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One --loss_type entry: fill its slots (log-ratios or policy log-probs) and its parameters."""
         cfg, spec, B = self.config, LOSSES[name], logps.shape[0] // 2
@@ -382,7 +443,7 @@ class DPOTrainer:
         if spec.length_normalized:
             values = values / lengths
         params: dict[str, Any] = {
-            "label_smoothing": cfg.label_smoothing,
+            "label_smoothing": label_smoothing,
             "gamma": cfg.gamma,
             "tau": cfg.discopop_tau,
         }
@@ -404,7 +465,7 @@ class DPOTrainer:
             ref_logps: torch.Tensor | None = torch.cat([cached[:, 0], cached[:, 1]]).to(logps.device)
         else:
             ref_logps = self._ref_logps(batch)
-        losses, metrics = self.pair_losses(logps, ref_logps, lengths)
+        losses, metrics = self.pair_losses(logps, ref_logps, lengths, chosen_probabilities(pairs))
         if self.config.use_weighting:  # WPO: detached weights, the policy's probability of the pair
             B = len(pairs)
             wpo = wpo_weights(logps[:B].detach() / lengths[:B], logps[B:].detach() / lengths[B:])
@@ -504,8 +565,9 @@ class DPOTrainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             save_final(self.accelerator.unwrap_model(self.model).model, self.tokenizer, final)
-        summary = self.engine.finish(
-            {"train_pairs": len(self.train_pairs), "loss_type": self.config.loss_type}
-        )
+        extra: dict[str, Any] = {"train_pairs": len(self.train_pairs), "loss_type": self.config.loss_type}
+        if self.label_noise_report is not None:
+            extra["label_noise"] = self.label_noise_report
+        summary = self.engine.finish(extra)
         logger.info("DPO done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary

@@ -3,7 +3,12 @@
 Paper: InstructGPT (arXiv 2203.02155), section 3.5 and eq. 1: r(x, y) is a language model
 with a scalar head; loss = -log sigmoid(r(x, y_w) - r(x, y_l)), averaged over pairs.
 Options (see preftune/losses/reward.py): per-pair margin (Llama 2), label smoothing,
-reward centering, per-pair weights.
+reward centering, per-pair weights, and soft labels: with a `chosen_probability` column p
+(e.g. written by preftune/feedback/aggregate.py) a pair's loss is
+p * softplus(-d) + (1 - p) * softplus(d), d = r_w - r_l (per-pair label smoothing 1 - p,
+combined with --label_smoothing as independent flips). --label_noise auto estimates the
+ratings' flip rate by Dawid-Skene (preftune/feedback/aggregate.py) and uses it as
+--label_smoothing; the estimate is logged and written to summary.json.
 Ensembles: --num_heads K trains K scalar heads on one backbone, each on its own bootstrap
 resample of the pairs (counts drawn once per run from --seed), as a cheap stand-in for K
 separately trained models (Lakshminarayanan et al., arXiv 1612.01474, trained with
@@ -33,11 +38,13 @@ from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import DataConfig, EncodedPair
-from preftune.data.pairs import collate_pairs_packed, collate_pairs_padded, load_pairs
+from preftune.data.pairs import chosen_probabilities, collate_pairs_packed, collate_pairs_padded, load_pairs
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
+from preftune.feedback.aggregate import parse_label_noise, resolve_label_smoothing
 from preftune.judges.reward_model import STATS_FILE, reward_statistics
 from preftune.losses import bradley_terry_loss
+from preftune.losses.reward import compose_label_smoothing
 from preftune.models.loading import (
     ModelConfig,
     add_lora,
@@ -66,6 +73,9 @@ class RewardConfig:
     """Weight of (r_chosen + r_rejected)^2, which keeps rewards centred on 0 (0.01 is typical)."""
     label_smoothing: float = 0.0
     """Assumed probability that a label is flipped, in [0, 0.5); > 0 for noisy ratings."""
+    label_noise: str = "none"
+    """Where label_smoothing comes from: 'none' (use --label_smoothing), 'auto' (the Dawid-Skene flip rate of the
+    training ratings; needs annotator ids and items rated more than once) or a flip rate such as '0.1'."""
     prefix_sharing: bool = True
     """Run each pair as one [prompt][chosen][rejected] block (prompt computed once, rows packed,
     no padding). False uses padded batches; flash attention always does."""
@@ -78,6 +88,11 @@ class RewardConfig:
             raise ValueError(
                 f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}: it is the probability "
                 "that a label is wrong (0.1 is a typical value for noisy ratings)."
+            )
+        if parse_label_noise(self.label_noise) is not None and self.label_smoothing:
+            raise ValueError(
+                f"label_noise {self.label_noise!r} sets the label smoothing, but label_smoothing "
+                f"{self.label_smoothing} is set too; give only one of them."
             )
         if self.center_rewards_coefficient < 0:
             raise ValueError(
@@ -105,6 +120,10 @@ class RewardTrainer:
             raise ValueError(
                 f"Every pair of {config.data.dataset} has weight 0: nothing to train on. Fix the 'weight' column."
             )
+        self.label_smoothing, self.label_noise_report = resolve_label_smoothing(
+            config.label_noise, config.label_smoothing, config.data.dataset, config.data.dataset_split,
+            config.data.skip_invalid,
+        )  # fmt: skip
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
             logger.warning(
                 "The pad token is the EOS token. preftune reads scores at the last token by length, but plain "
@@ -154,6 +173,8 @@ class RewardTrainer:
         }
         if any(pair.margin is not None for pair in pairs):
             logger.info("%s pairs: using the per-pair 'margin' column in the loss.", name)
+        if chosen_probabilities(pairs) is not None:
+            logger.info("%s pairs: using the 'chosen_probability' column as soft labels in the loss.", name)
         return pairs
 
     def _bootstrap_counts(self, num_pairs: int) -> torch.Tensor:
@@ -185,13 +206,15 @@ class RewardTrainer:
     def _loss(
         self, pairs: Sequence[EncodedPair], chosen: torch.Tensor, rejected: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Bradley-Terry losses and metrics, (B, K), with the pairs' margin column if they have one."""
+        """Bradley-Terry losses and metrics, (B, K), with the pairs' margin and soft labels if they have them."""
         margin = None
         if any(pair.margin is not None for pair in pairs):
             margin = torch.tensor([pair.margin or 0.0 for pair in pairs], device=chosen.device)
-        return bradley_terry_loss(
-            chosen, rejected, margin, self.config.label_smoothing, self.config.center_rewards_coefficient
-        )
+        smoothing: float | torch.Tensor = self.label_smoothing
+        soft_labels = chosen_probabilities(pairs)  # (B,) or None
+        if soft_labels is not None:
+            smoothing = compose_label_smoothing(self.label_smoothing, soft_labels.to(chosen.device))
+        return bradley_terry_loss(chosen, rejected, margin, smoothing, self.config.center_rewards_coefficient)
 
     def train(self) -> dict[str, Any]:
         engine = self.engine
@@ -283,9 +306,14 @@ class RewardTrainer:
             scorer = self.accelerator.unwrap_model(self.model)
             save_final(scorer.model, self.tokenizer, final)
             (final / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
-        summary = self.engine.finish(
-            {"data": self.data_report, "num_heads": self.config.num_heads, "reward_stats": stats}
-        )
+        extra: dict[str, Any] = {
+            "data": self.data_report,
+            "num_heads": self.config.num_heads,
+            "reward_stats": stats,
+        }
+        if self.label_noise_report is not None:
+            extra["label_noise"] = self.label_noise_report
+        summary = self.engine.finish(extra)
         logger.info("Reward model done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary
 

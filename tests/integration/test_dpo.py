@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -220,3 +222,50 @@ def test_options_that_do_not_fit_the_loss_fail_early(synth_world, tiny_base, tmp
     ld.ld_alpha = 0.5
     with pytest.raises(ValueError, match="ld_alpha"):
         ld.__post_init__()
+
+
+def _aggregated_pairs(synth_world, path):
+    """The fixture's ratings aggregated by Dawid-Skene: one row per pair with weight and chosen_probability."""
+    from preftune.data import load_rows
+    from preftune.feedback.aggregate import aggregate_ratings, write_aggregated
+
+    rows, _ = aggregate_ratings(load_rows(str(synth_world["pairs"])).rows, "dawid_skene")
+    return write_aggregated(path, rows)
+
+
+def test_soft_labels_are_per_pair_smoothing_and_train_with_weights(synth_world, tiny_base, tmp_path):
+    from preftune.losses.pairwise import sigmoid_loss
+
+    config = dpo_config(tiny_base, synth_world, tmp_path / "run", max_steps=3)
+    data = DataConfig(dataset=str(_aggregated_pairs(synth_world, tmp_path / "agg.jsonl")), dataset_split="train[:8]",
+                      max_length=96)  # fmt: skip
+    config = dataclasses.replace(config, data=data)
+    trainer = DPOTrainer(config)
+    p = torch.tensor([pair.meta["chosen_probability"] for pair in trainer.train_pairs])
+    assert len(set(p.tolist())) > 1 and all(pair.weight is not None for pair in trainer.train_pairs)
+    logps, ref_logps, lengths = -torch.rand(16) * 10, -torch.rand(16) * 10, torch.ones(16)
+    losses, _ = trainer.pair_losses(logps, ref_logps, lengths, p)
+    expected, _ = sigmoid_loss(
+        logps[:8] - ref_logps[:8], logps[8:] - ref_logps[8:], 0.1, label_smoothing=1 - p
+    )
+    torch.testing.assert_close(losses, expected)
+    summary = trainer.train()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # any soft label costs log 2 at z = 0
+    assert records[-1]["loss"] < records[0]["loss"] and "label_noise" not in summary
+    with pytest.raises(
+        ValueError, match=r"'chosen_probability' column \(soft labels\), which \['ipo'\] cannot use"
+    ):
+        DPOTrainer(dataclasses.replace(config, loss_type=["ipo"]))
+
+
+def test_label_noise_auto_sets_the_robust_flip_rate_and_records_it(synth_world, tiny_base, tmp_path):
+    config = dpo_config(tiny_base, synth_world, tmp_path, loss_type=["robust"], max_steps=2)
+    trainer = DPOTrainer(dataclasses.replace(config, data=DataConfig(dataset=str(synth_world["pairs"]), max_length=96),
+                                             label_noise="auto"))  # fmt: skip
+    trainer.train()
+    record = json.loads((tmp_path / "summary.json").read_text())["label_noise"]
+    assert 0.02 < record["flip_rate"] < 0.4  # about 24% of the panel's verdicts disagree with gold
+    assert trainer.label_smoothing == record["label_smoothing"] == record["flip_rate"]
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # rDPO at z = 0 is log 2 for any eps

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
@@ -238,3 +240,49 @@ def test_implicit_prompt_pairs_of_hh_rlhf_train_as_they_are(tiny_base, tmp_path,
         trainer.train()
         losses[sharing] = [r["loss"] for r in read_metrics(tmp_path / str(sharing) / "metrics.jsonl")]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def _aggregated_pairs(synth_world, path: Path) -> Path:
+    """The fixture's ratings aggregated by Dawid-Skene: one row per pair with weight and chosen_probability."""
+    from preftune.feedback.aggregate import aggregate_ratings, write_aggregated
+
+    rows, _ = aggregate_ratings(load_rows(str(synth_world["pairs"])).rows, "dawid_skene")
+    return write_aggregated(path, rows)
+
+
+def test_soft_labels_and_weights_enter_the_loss_and_train(synth_world, tiny_base, tmp_path):
+    import torch.nn.functional as F
+
+    config = rm_config(tiny_base, synth_world, tmp_path / "run", eval_data=False, max_steps=3)
+    config.data.dataset = str(_aggregated_pairs(synth_world, tmp_path / "agg.jsonl"))
+    trainer = RewardTrainer(config)
+    pairs = trainer.train_pairs[:6]
+    p = torch.tensor([pair.meta["chosen_probability"] for pair in pairs])
+    assert p.min() >= 0.5 and p.max() <= 1.0 and len(set(p.tolist())) > 1
+    assert {pair.weight for pair in pairs} != {None}
+    with torch.no_grad():
+        chosen, rejected = trainer._rewards(trainer.model, trainer._collate(pairs))  # (6, 1) each
+        losses, _ = trainer._loss(pairs, chosen, rejected)
+    gap = (chosen - rejected)[:, 0]
+    torch.testing.assert_close(losses[:, 0], p * F.softplus(-gap) + (1 - p) * F.softplus(gap))
+    summary = trainer.train()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert len(records) == 3 and all(math.isfinite(r["loss"]) for r in records)
+    assert "reward/accuracy" in records[-1] and "label_noise" not in summary
+
+
+def test_label_noise_auto_estimates_the_flip_rate_and_records_it(synth_world, tiny_base, tmp_path):
+    config = dataclasses.replace(
+        rm_config(tiny_base, synth_world, tmp_path / "auto", eval_data=False, max_steps=2), label_noise="auto"
+    )
+    trainer = RewardTrainer(config)
+    trainer.train()
+    record = json.loads((tmp_path / "auto" / "summary.json").read_text())["label_noise"]
+    # the panel flips 5% of verdicts plus fatigue and disagrees with gold on about 24% of pairs
+    assert 0.02 < record["flip_rate"] < 0.4
+    assert trainer.label_smoothing == record["label_smoothing"] == record["flip_rate"]
+    assert record["num_multiply_rated"] > 0 and record["num_ratings"] > record["num_items"]
+    config.data.dataset = str(_aggregated_pairs(synth_world, tmp_path / "agg.jsonl"))  # one rating per item
+    config.train.output_dir = str(tmp_path / "fails")
+    with pytest.raises(ValueError, match="needs an 'annotator'"):
+        RewardTrainer(config)
