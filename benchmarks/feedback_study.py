@@ -6,9 +6,10 @@ aggregation train better models than majority labels, and how does a biased pane
     panel adds a fatigued annotator and a rater group that likes long answers. `preftune audit` on each:
     estimated vs injected flip rates, and its flags.
 (b) **Aggregation.** From the first panel's ratings: all ratings as pairs ("raw"), one majority-vote pair
-    per item, and one Dawid-Skene pair per item (soft label + weight). A reward model and a DPO policy
-    are trained on each (the recipes of configs/rm and configs/dpo); reported: the reward model's
-    agreement with the gold reward on held-out pairs, and the DPO policy's held-out gold reward.
+    per item (hard label), the Dawid-Skene winner per item as a hard label, and the Dawid-Skene posterior
+    as a soft label + weight. Reported: each dataset's label accuracy against gold; a reward model and a
+    DPO policy trained on each (the recipes of configs/rm and the demo's DPO): the reward model's
+    agreement with the gold reward on held-out pairs, and the DPO policy's held-out gold reward and KL.
 (c) **Compounding over rounds.** `preftune loop` for 3 rounds judged by a panel in which half of the
     raters (group "L") like long answers (their utility rewards extra adjectives), against the same loop
     judged only by the unbiased group "A" (what dropping the group the audit flags gives).
@@ -50,11 +51,19 @@ FLIP_RATES = [0.02, 0.05, 0.05, 0.1, 0.1, 0.15, 0.2, 0.2, 0.25, 0.3, 0.35, 0.4]
 
 
 def flipped_world(work: Path, seed: int) -> tuple[dict[str, Path], Path]:
-    """The world's pairs rated by 3 annotators each without random flips, then flipped per annotator."""
-    panel = PanelConfig(flip_rate=0.0, fatigue=0.0, overlap=1.0, ratings_per_pair=3, position_bias=0.0)
+    """The world's pairs rated by 3 annotators each, who follow the gold reward (a near-deterministic panel:
+    temperature 0.05, no length, position or fatigue effects), then each rating of annotator i flipped with
+    probability FLIP_RATES[i]. Pairs the gold reward ties are left out (no true winner; 174 of 2,000 in
+    the run reported): every remaining disagreement with gold is an injected flip."""
+    panel = PanelConfig(temperature=0.05, flip_rate=0.0, fatigue=0.0, length_bias=0.0, position_bias=0.0,
+                        overlap=1.0, ratings_per_pair=3)  # fmt: skip
     files = write_task(SynthConfig(out=str(work / "data-panel"), panel=panel, seed=0))
     rng = np.random.default_rng(seed)
-    rows = load_rows(str(files["pairs"])).rows
+    task = get_task("kindness")
+    rows = [
+        r for r in load_rows(str(files["pairs"])).rows
+        if task.gold_reward(r["prompt"], r["chosen"]) != task.gold_reward(r["prompt"], r["rejected"])
+    ]  # fmt: skip
     for row in rows:
         if rng.random() < FLIP_RATES[int(row["annotator"][1:])]:
             row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
@@ -65,21 +74,19 @@ def flipped_world(work: Path, seed: int) -> tuple[dict[str, Path], Path]:
 
 
 def biased_world(work: Path) -> Path:
-    """A panel with a fatigued annotator and a group that likes long answers (length weight -1.5)."""
+    """A near-deterministic panel (temperature 0.05, 5% careless flips, position bias 0.3) with a fatigued
+    annotator (a03: flips grow from 0 to 45% over the session) and a group "L" that likes long answers
+    (its length weight is -1.5: each adjective beyond 3 adds utility instead of costing it)."""
     gold = {"sentiment": 1.0, "relevance": 0.5, "length": 1.0, "repetition": 1.0, "format": 1.0}
-    panel = PanelConfig(
-        fatigue=0.0,
-        overlap=1.0,
-        ratings_per_pair=3,
-        groups={"A": gold, "L": {**gold, "length": -1.5}},
-        group_shares={"A": 0.5, "L": 0.5},
-    )
+    panel = PanelConfig(temperature=0.05, flip_rate=0.05, fatigue=0.0, length_bias=0.0, overlap=1.0, ratings_per_pair=3,
+                        groups={"A": gold, "L": {**gold, "length": -1.5}}, group_shares={"A": 0.5, "L": 0.5})  # fmt: skip
     files = write_task(SynthConfig(out=str(work / "data-biased"), panel=panel, seed=0))
     rows = load_rows(str(files["pairs"])).rows
     rng = np.random.default_rng(1)
     for row in rows:  # annotator a03 tires: flip probability grows from 0 to 0.45 over the session
         if row["annotator"] == "a03" and rng.random() < 0.45 * row["order"] / 500:
             row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+            row["shown_first"] = "rejected" if row["shown_first"] == "chosen" else "chosen"
     path = work / "data-biased" / "pairs-fatigued.jsonl"
     write_jsonl(path, rows)
     return path
@@ -88,6 +95,14 @@ def biased_world(work: Path) -> Path:
 def audit(path: Path, out: Path) -> dict[str, Any]:
     result = run_audit(AuditConfig(dataset=str(path), output_dir=str(out)))
     return result
+
+
+def label_accuracy(path: Path) -> float:
+    """Share of a dataset's rows whose chosen response has the higher gold reward (no gold ties here)."""
+    task = get_task("kindness")
+    rows = load_rows(str(path)).rows
+    return float(np.mean([task.gold_reward(r["prompt"], r["chosen"]) > task.gold_reward(r["prompt"], r["rejected"])
+                          for r in rows]))  # fmt: skip
 
 
 def gold_agreement(rm: str, files: dict[str, Path]) -> float:
@@ -112,18 +127,19 @@ def gold_agreement(rm: str, files: dict[str, Path]) -> float:
 
 
 def train_on(
-    name: str, data: Path, files: dict[str, Path], work: Path, base: str, sft: str
+    name: str, data: Path, files: dict[str, Path], work: Path, base: str, sft: str, beta: float, steps: int
 ) -> dict[str, Any]:
-    """A reward model and a DPO policy on one version of the ratings."""
+    """A reward model (2 x `steps` optimizer steps) and a DPO policy (`steps`) on one version of the ratings:
+    the same number of steps for every version (the raw ratings have 3 rows per item)."""
     rm_config = load_config(RewardConfig, CONFIGS / "rm" / "synthetic.yaml")
     rm_config.model.model, rm_config.data.dataset, rm_config.data.eval_dataset = base, str(data), None
     rm_config.train.output_dir, rm_config.train.overwrite_output_dir = str(work / f"rm-{name}"), True
-    rm_config.train.disable_tqdm = True
+    rm_config.train.disable_tqdm, rm_config.train.max_steps = True, 2 * steps
     RewardTrainer(rm_config).train()
-    train = TrainConfig(output_dir=str(work / f"dpo-{name}"), learning_rate=5e-4, per_device_train_batch_size=32,
+    train = TrainConfig(output_dir=str(work / f"dpo-{name}"), learning_rate=5e-4, per_device_train_batch_size=32, max_steps=steps,
                         warmup_ratio=0.1, logging_steps=20, overwrite_output_dir=True, disable_tqdm=True)  # fmt: skip
     DPOTrainer(DPOConfig(model=ModelConfig(model=sft), data=DataConfig(dataset=str(data), max_length=128),
-                         train=train, beta=0.1)).train()  # fmt: skip
+                         train=train, beta=beta)).train()  # fmt: skip
     prompts = [row["prompt"] for row in load_rows(str(files["eval_prompts"])).rows][:128]
     policy = evaluate_policy(str(work / f"dpo-{name}" / "final"), sft, prompts, samples_per_prompt=2)
     return {"rm_gold_agreement": gold_agreement(str(work / f"rm-{name}" / "final"), files), "dpo": policy}
@@ -131,7 +147,7 @@ def train_on(
 
 def compounding(work: Path, files: dict[str, Path], sft: str) -> dict[str, Any]:
     gold = {"sentiment": 1.0, "relevance": 0.5, "length": 1.0, "repetition": 1.0, "format": 1.0}
-    groups = {"A": gold, "L": {**gold, "length": -1.5}}
+    groups = {"A": gold, "L": {**gold, "length": -1.5}}  # no per-word length bias: group A is unbiased
     results = {}
     for name, shares in (
         ("biased panel (A + L)", {"A": 0.5, "L": 0.5}),
@@ -141,7 +157,9 @@ def compounding(work: Path, files: dict[str, Path], sft: str) -> dict[str, Any]:
         config.model.model, config.data.dataset = sft, str(files["prompts"])
         config.data.eval_dataset = str(files["eval_prompts"])
         config.judge = "panel"
-        config.judge_options = {"panel_config": {"groups": groups, "group_shares": shares}}
+        config.judge_options = {
+            "panel_config": {"groups": groups, "group_shares": shares, "length_bias": 0.0}
+        }
         config.train.output_dir = str(work / ("loop-" + name.split()[0]))
         config.train.overwrite_output_dir, config.train.disable_tqdm = True, True
         summary = run_loop(config)
@@ -155,6 +173,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/rl_synthetic")
     parser.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     parser.add_argument("--out", default=None)
+    parser.add_argument("--dpo_beta", type=float, default=0.5, help="DPO's beta in part (b).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work = Path(args.workdir)
@@ -182,11 +201,24 @@ def main() -> None:
         versions = {"raw": flipped}
         for method in ("majority", "dawid_skene"):
             rows, counts = aggregate_ratings(examples, method)
-            versions[method] = write_aggregated(study / f"pairs-{method}.jsonl", rows)
             results[f"b_counts_{method}"] = counts
+            hard = [
+                {k: v for k, v in row.items() if k not in ("chosen_probability", "weight")} for row in rows
+            ]
+            if method == "majority":  # majority labels as they are usually used: hard, unweighted
+                versions["majority"] = write_aggregated(study / "pairs-majority.jsonl", hard)
+            else:  # the posterior's winner as a hard label, and the posterior as a soft label + weight
+                versions["dawid_skene_hard"] = write_aggregated(study / "pairs-dawid_skene_hard.jsonl", hard)
+                versions["dawid_skene"] = write_aggregated(study / "pairs-dawid_skene.jsonl", rows)
+        results["b_label_accuracy"] = {name: label_accuracy(path) for name, path in versions.items()}
         base = str(work / "base")
+        steps = -(
+            -results["b_counts_majority"]["rows"] // 32
+        )  # one epoch of the aggregated data, for every version
+        results["b_steps_per_epoch"] = steps
         results["b"] = {
-            name: train_on(name, path, world, study, base, sft) for name, path in versions.items()
+            name: train_on(name, path, world, study, base, sft, args.dpo_beta, steps)
+            for name, path in versions.items()
         }
     if "c" in args.parts:
         results["c"] = compounding(study, world, sft)

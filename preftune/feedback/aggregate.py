@@ -27,7 +27,8 @@ Methods:
   p = 1. Ties (as many ratings each way) are dropped and counted in `counts["ties_dropped"]`.
 - `dawid_skene`: p = the Dawid-Skene posterior of the winner (`preftune.feedback.dawid_skene`,
   symmetric one-coin model), which trusts reliable raters more and turns a single rating into
-  a soft label by its rater's estimated flip rate. Needs an `annotator` on every rating and at
+  a soft label by its rater's estimated flip rate (p = 1 - f: the class prior is 0.5, so it does
+  not depend on which response sorts first). Needs an `annotator` on every rating and at
   least one item rated twice. An exact posterior of 0.5 is a tie: dropped and counted.
 
 `estimate_label_noise` gives the ratings-weighted mean Dawid-Skene flip rate of a rating set,
@@ -196,7 +197,11 @@ def resolve_label_smoothing(
     try:
         estimate = estimate_label_noise(pairs)
     except ValueError as error:
-        raise ValueError(f"label_noise 'auto' on {source}: {error}") from error
+        raise ValueError(
+            f"label_noise 'auto' on {source}: {error} 'auto' needs the raw ratings (several per pair, each with "
+            "its annotator); aggregated files (aggregate_ratings output) carry no annotator column. Train on "
+            "the raw ratings, or set --label_noise to a number (e.g. 0.1)."
+        ) from error
     if not 0.0 <= estimate.flip_rate < 0.5:
         raise ValueError(
             f"label_noise 'auto': the estimated flip rate of {source} is {estimate.flip_rate:.3f}, not in [0, 0.5): "

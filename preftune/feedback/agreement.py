@@ -2,12 +2,13 @@
 
 - `krippendorff_alpha_binary`: inter-annotator agreement beyond chance (nominal, two values);
 - `consensus_log_odds`: the Dawid-Skene log-odds of an item from the *other* ratings only
-  (leave one rating out, or leave the rater's whole group out), the reference against which
+  (leave the rater's ratings out, or the rater's whole group), the reference against which
   each rater's agreement, fatigue and length bias are measured;
+- `longer_prior`: P(the longer response is truly better), fitted to the ratings by EM;
 - `slope_with_se`: a least-squares slope and its standard error (bootstrap or robust);
-- `length_excess`: length bias with the quality signal taken out by the consensus;
-- `group_divergence`: do raters of one group agree with each other more than across groups
-  (a permutation test over annotators' group labels);
+- `length_excess`: length bias against what an unbiased rater with the same flip rate would do;
+- `group_divergence`: do raters of one group agree with each other more than across groups,
+  beyond what their flip rates explain (a permutation test over annotators' group labels);
 - `wilson_interval`, `proportion_z_test`: intervals and tests of a share.
 """
 
@@ -75,14 +76,16 @@ def krippendorff_alpha_binary(item_index: np.ndarray, votes: np.ndarray) -> floa
 
 
 def consensus_log_odds(
-    item_index: np.ndarray, evidence: np.ndarray, prior: float, block: np.ndarray
+    item_index: np.ndarray, evidence: np.ndarray, block: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each rating r, the log-odds that its item's "a" wins given only the ratings of that item
     outside r's block, and how many such ratings there are: ((R,) float64, (R,) int64).
 
     `evidence` (R,) is each vote's log-odds (`dawid_skene.vote_log_odds`); `block` (R,) ints say
-    which ratings to leave out together: `np.arange(R)` leaves out just the rating itself, a
-    group id per rating leaves out the rater's whole group.
+    which ratings to leave out together: an annotator id per rating leaves out the rater's own
+    ratings (a repeat rating of an item by the same rater is not "the others"), a group id per
+    rating the rater's whole group. The prior is 0.5 (log-odds 0): which response is "a" is
+    arbitrary, so an item whose other ratings are exactly split gets log-odds 0.
     """
     num_items = int(item_index.max()) + 1
     item_total = np.bincount(item_index, evidence, num_items)
@@ -91,7 +94,7 @@ def consensus_log_odds(
     cell = cell.reshape(-1)  # (R,) index of the (item, block) cell
     cell_total = np.bincount(cell, evidence)
     cell_count = np.bincount(cell)
-    log_odds = math.log(prior / (1 - prior)) + item_total[item_index] - cell_total[cell]
+    log_odds = item_total[item_index] - cell_total[cell]
     return log_odds, item_count[item_index] - cell_count[cell]
 
 
@@ -105,9 +108,11 @@ def slope_with_se(
     sqrt(sum((x - mean x)^2 e^2)) / sum((x - mean x)^2). NaNs when x has no spread.
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 3:
+        return math.nan, math.nan, math.nan
     dx = x - x.mean()
     sxx = (dx * dx).sum()
-    if len(x) < 3 or sxx <= 0:
+    if sxx <= 0:
         return math.nan, math.nan, math.nan
     slope = float((dx * (y - y.mean())).sum() / sxx)
     intercept = float(y.mean() - slope * x.mean())
@@ -124,51 +129,94 @@ def slope_with_se(
     return slope, float(math.sqrt((dx * dx * residuals * residuals).sum()) / sxx), intercept
 
 
+def longer_prior(item_index: np.ndarray, longer_evidence: np.ndarray, max_iter: int = 200) -> float:
+    """P(the longer response of an item is truly better), the EM fixed point of
+    pi = (sum_i P(longer wins | item i's ratings, pi) + 1) / (I + 2) over the items rated here.
+
+    `longer_evidence` (R,) is each vote's log-odds oriented to "the longer response wins" (NaN rows,
+    e.g. responses of equal length, are left out). 0.5 when no rating is left. Unlike the
+    arbitrary "a", which response is longer is a property of the item, and longer answers are
+    often better: an unbiased rater's expected share of longer choices depends on it.
+    """
+    keep = ~np.isnan(longer_evidence)
+    if not keep.any():
+        return 0.5
+    _, item = np.unique(item_index[keep], return_inverse=True)
+    total = np.bincount(item.reshape(-1), longer_evidence[keep])  # (I,) summed evidence per item
+    prior = 0.5
+    for _ in range(max_iter):
+        posterior = 1 / (1 + np.exp(-(math.log(prior / (1 - prior)) + total)))
+        new_prior = float((posterior.sum() + 1) / (len(total) + 2))
+        if abs(new_prior - prior) < 1e-9:
+            return new_prior
+        prior = new_prior
+    return prior
+
+
 @dataclass(frozen=True)
 class LengthExcess:
-    """Length bias measured against a consensus (see `length_excess`)."""
+    """Length bias against an unbiased rater's expectation (see `length_excess`)."""
 
     excess: float
-    """P(chose longer | consensus: shorter is better) - P(chose shorter | consensus: longer is better)."""
+    """Share of the rater's verdicts given to the longer response whatever its quality (< 0: to the shorter)."""
     se: float
-    longer_when_shorter_better: float
-    num_shorter_better: int
-    shorter_when_longer_better: float
-    num_longer_better: int
+    chose_longer: float
+    """Share of the rater's ratings that chose the longer response."""
+    expected_longer: float
+    """Same, expected of an unbiased rater with the rater's flip rate, given the others' ratings."""
+    num: int
 
 
-def length_excess(chose_longer: np.ndarray, consensus_longer: np.ndarray) -> LengthExcess:
-    """How much more a rater errs towards the longer response than towards the shorter one.
+def length_excess(
+    chose_longer: np.ndarray, longer_log_odds: np.ndarray, flip_rate: np.ndarray
+) -> LengthExcess:
+    """How much more often a rater chooses the longer response than an unbiased rater would.
 
-    `chose_longer` and `consensus_longer` (R,) are 1/0 per rating (NaN rows are left out):
-    did the rater, and does the consensus, prefer the longer response. A rater who disagrees
-    with the consensus at the same rate whichever response is longer has excess 0, however
-    noisy; a rater who likes length errs towards the longer one more often (excess > 0).
-    Raw "chosen is longer" shares cannot tell that apart from longer responses being better.
+    All arguments are (R,), NaN rows are left out. `chose_longer` is 1/0 per rating;
+    `longer_log_odds` the log-odds that the longer response is truly better given the other
+    ratings of the item (with the prior `longer_prior`); `flip_rate` the rater's flip rate f.
+    With q = sigmoid(longer_log_odds), an unbiased rater chooses the longer one with probability
+        E = (1 - f) q + f (1 - q),
+    however noisy the rater and however often longer answers are better. A rater who gives a share
+    L of verdicts to the longer response regardless chooses it with probability E + L (1 - E), so
+        excess = sum(chose - E) / sum(1 - E)
+    estimates L (and sum(chose - E) / sum(E) the share S given to the shorter one, reported as -S,
+    when the rater chooses the longer less often than expected). The standard error is the
+    ratio estimator's (delta method), a normal approximation.
     """
-    keep = ~(np.isnan(chose_longer) | np.isnan(consensus_longer))
-    chose, says = chose_longer[keep], consensus_longer[keep]
-    shorter_better, longer_better = chose[says == 0], chose[says == 1]
-    n1, n2 = len(shorter_better), len(longer_better)
-    if n1 == 0 or n2 == 0:
-        return LengthExcess(math.nan, math.nan, math.nan, n1, math.nan, n2)
-    p1, p2 = float(shorter_better.mean()), float(1 - longer_better.mean())
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    return LengthExcess(p1 - p2, se, p1, n1, p2, n2)
+    keep = ~(np.isnan(chose_longer) | np.isnan(longer_log_odds) | np.isnan(flip_rate))
+    chose, f = chose_longer[keep], np.clip(flip_rate[keep], 0.0, 1.0)
+    n = len(chose)
+    if n == 0:
+        return LengthExcess(math.nan, math.nan, math.nan, math.nan, 0)
+    q = 1 / (1 + np.exp(-longer_log_odds[keep]))
+    expected = (1 - f) * q + f * (1 - q)  # (n,) an unbiased rater's P(chose longer)
+    residual = chose - expected
+    room = 1 - expected if residual.sum() >= 0 else expected  # what a bias towards one side can take
+    if room.sum() <= 0:
+        return LengthExcess(math.nan, math.nan, float(chose.mean()), float(expected.mean()), n)
+    excess = float(residual.sum() / room.sum())
+    se = math.sqrt(float(((residual - excess * room) ** 2).mean()) / n) / float(room.mean())
+    return LengthExcess(excess, se, float(chose.mean()), float(expected.mean()), n)
 
 
 @dataclass(frozen=True)
 class GroupDivergence:
-    """Within- against between-group agreement of pairs of ratings of one item."""
+    """Within- against between-group agreement of pairs of ratings of one item, beyond chance."""
 
     within: float
     """Share of agreeing pairs among pairs of ratings by two annotators of the same group."""
     between: float
     """Same, for pairs of ratings by annotators of different groups."""
+    within_expected: float
+    """Mean agreement the raters' flip rates predict for the within pairs, (1 - f_i)(1 - f_j) + f_i f_j."""
+    between_expected: float
+    """Same, for the between pairs."""
     statistic: float
-    """within - between."""
+    """(within - within_expected) - (between - between_expected)."""
     p_value: float
-    """Share of group relabellings (and the observed one) with a statistic at least as large."""
+    """Share of group relabellings (and the observed one) with a statistic at least as large; NaN
+    without relabellings."""
     num_within: int
     num_between: int
 
@@ -199,34 +247,53 @@ def group_divergence(
     votes: np.ndarray,
     rater: np.ndarray,
     rater_group: np.ndarray,
+    flip_rate: np.ndarray,
     num_permutations: int,
     rng: np.random.Generator,
 ) -> GroupDivergence:
     """Do groups prefer systematically different responses? Compare how often two ratings of one
-    item agree when their raters share a group (within) and when they do not (between).
+    item agree, beyond what the raters' flip rates predict, when their raters share a group
+    (within) and when they do not (between).
 
-    `rater` (R,) indexes the annotator of each rating, `rater_group` (A,) the group of each
-    annotator. Under the null (groups are exchangeable labels), shuffling `rater_group` over
-    annotators leaves the statistic's distribution unchanged, so the p-value is the share of
-    `num_permutations` shuffles (plus the observed labels) reaching the observed statistic.
-    Annotator noise, item difficulty and which items each rater saw are kept as they are.
+    `rater` (R,) indexes the annotator of each rating, `rater_group` (A,) the group and
+    `flip_rate` (A,) the Dawid-Skene flip rate of each annotator. Two raters who share the truth
+    agree with probability (1 - f_i)(1 - f_j) + f_i f_j; the statistic compares the residual
+    agreement (observed minus that) within and between groups, so a group of accurate raters
+    and a group of noisy ones that share one notion of quality do not look divergent. Under the
+    null (groups are exchangeable labels), shuffling `rater_group` over annotators leaves the
+    statistic's distribution unchanged, so the p-value is the share of `num_permutations`
+    shuffles (plus the observed labels) reaching the observed statistic. Annotator noise, item
+    difficulty and which items each rater saw are kept as they are.
     """
     first, second = rating_pairs(item_index, rater)
-    agree = (votes[first] == votes[second]).astype(np.float64)
+    agree = (votes[first] == votes[second]).astype(np.float64)  # (P,)
+    f_i, f_j = flip_rate[rater[first]], flip_rate[rater[second]]
+    expected = (1 - f_i) * (1 - f_j) + f_i * f_j  # (P,)
+    residual = agree - expected
 
-    def statistic(groups: np.ndarray) -> tuple[float, float, int, int]:
+    def statistic(groups: np.ndarray) -> tuple[float, float, np.ndarray]:
         same = groups[rater[first]] == groups[rater[second]]
-        n_same, n_diff = int(same.sum()), int((~same).sum())
-        if n_same == 0 or n_diff == 0:
-            return math.nan, math.nan, n_same, n_diff
-        return float(agree[same].mean()), float(agree[~same].mean()), n_same, n_diff
+        if same.all() or not same.any():
+            return math.nan, math.nan, same
+        return float(residual[same].mean()), float(residual[~same].mean()), same
 
-    within, between, n_within, n_between = statistic(rater_group)
+    within, between, same = statistic(rater_group)
     observed = within - between
+    n_within, n_between = int(same.sum()), int((~same).sum())
     if math.isnan(observed):
-        return GroupDivergence(within, between, observed, math.nan, n_within, n_between)
+        return GroupDivergence(
+            math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, n_within, n_between
+        )
+    shares = (
+        float(agree[same].mean()),
+        float(agree[~same].mean()),
+        float(expected[same].mean()),
+        float(expected[~same].mean()),
+    )
+    if num_permutations == 0:
+        return GroupDivergence(*shares, observed, math.nan, n_within, n_between)
     reached = 1
     for _ in range(num_permutations):
-        w, b, _, _ = statistic(rng.permutation(rater_group))
+        w, b, _ = statistic(rng.permutation(rater_group))
         reached += int(w - b >= observed - 1e-12)
-    return GroupDivergence(within, between, observed, reached / (num_permutations + 1), n_within, n_between)
+    return GroupDivergence(*shares, observed, reached / (num_permutations + 1), n_within, n_between)

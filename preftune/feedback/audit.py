@@ -10,7 +10,9 @@ Writes into `output_dir`:
 Hygiene (`hygiene.py`) and length bias run on any pairwise data; position bias needs
 `shown_first`; agreement, flip rates, fatigue and per-annotator length bias need `annotator`
 (and items rated by several annotators: `pair_id`, or the same prompt and responses);
-group statistics need `annotator_group`. What each measure means: `rater_audit.py`.
+group statistics need `annotator_group`. When only some rows name an annotator (or a group),
+those statistics use those rows, and an "info" flag says how many. What each measure means:
+`rater_audit.py`.
 """
 
 from __future__ import annotations
@@ -168,20 +170,32 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         stats.update(overlap)
         flags += _overlap_flags(overlap)
     ratings = ratings_from_rows(data.pairs)
+    annotated = np.array([name is not None for name in ratings.annotators], dtype=bool)  # (R,)
     audit.update({f"dataset/{key}": value for key, value in stats.items()})
     audit.update(
         {
             "dataset/num_items": len(ratings.items),
             "dataset/has_annotators": ratings.has_annotators,
+            "dataset/num_annotated_rows": int(annotated.sum()),
             "dataset/has_groups": ratings.has_groups,
-            "dataset/has_order": bool((~np.isnan(ratings.order)).all()),
+            "dataset/has_order": len(ratings) > 0 and bool((~np.isnan(ratings.order)).all()),
             "dataset/has_shown_first": bool((ratings.chose_first >= 0).any()),
         }
     )
     plots: dict[str, Any] = {}
     parts = [length_bias(ratings, thresholds), position_bias(ratings, thresholds)]
-    if ratings.has_annotators:
-        parts.append(annotator_audit(ratings, thresholds, config.num_bootstrap, config.seed))
+    if annotated.any():
+        if not annotated.all():
+            flags.append(
+                make_flag(
+                    f"annotator on {int(annotated.sum())} of {len(ratings)} rows",
+                    "agreement, flip rates, fatigue and the group statistics use only the rows that name an "
+                    "annotator; the other rows count in hygiene, length and position bias only.",
+                    "info",
+                )
+            )
+        annotated_ratings = ratings if annotated.all() else ratings.subset(annotated)
+        parts.append(annotator_audit(annotated_ratings, thresholds, config.num_bootstrap, config.seed))
     for part in parts:
         audit.update(part.metrics)
         flags += part.flags

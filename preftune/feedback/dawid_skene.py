@@ -8,9 +8,13 @@ confusion: P(v = 1 | z = 1) = s_j and P(v = 0 | z = 0) = t_j. EM alternates
 
     E:  log-odds(z_i = 1) = logit(pi) + sum over ratings r of i of  w_r,
         w_r = (2 v_r - 1) * log((1 - f_j) / f_j)                      (symmetric)
-    M:  f_j = (expected errors of j + k * f_pooled) / (ratings of j + k),   pi = (sum q_i + 1) / (I + 2)
+    M:  f_j = (expected errors of j + k * f_pooled) / (ratings of j + k)
 
 How we depart from the paper:
+- The class prior is fixed at pi = 0.5, not estimated. Which response is "a" (the
+  lexicographically smaller text) is arbitrary, so P(a wins) carries no information; estimating
+  it would make a single rating's posterior, and the consensus on an item whose ratings are
+  split, depend on how the texts happen to sort.
 - Identifiability. A rating of an item nobody else rated says nothing about its rater's error
   rate (the posterior of that item is that rater's own vote), and in the paper's M-step it only
   drags f_j towards its current value, which slows EM without moving its fixed point. The
@@ -34,6 +38,8 @@ import numpy as np
 
 SMOOTHING = 2.0
 """Pseudo-ratings at the pooled error rate added to every annotator in the M-step."""
+PRIOR = 0.5
+"""P(z = 1): fixed, since which response is "a" is arbitrary."""
 _CLIP = 1e-6  # keeps log-odds finite when an estimated rate reaches 0 or 1
 
 
@@ -46,7 +52,7 @@ class DawidSkeneResult:
     flip_rate: dict[str, float]
     """Annotator id -> estimated P(verdict != truth); NaN when no item has two ratings."""
     prior: float
-    """P(a wins) over items."""
+    """P(a wins) before any rating: always 0.5 (fixed, see the module docstring); kept for callers."""
     iterations: int
     converged: bool
 
@@ -55,7 +61,7 @@ def vote_log_odds(
     annotators: Sequence[str], votes: Sequence[int] | np.ndarray, flip_rate: dict[str, float]
 ) -> np.ndarray:
     """(R,) each vote's evidence that its item's "a" wins: (2 v - 1) * log((1 - f) / f) for the
-    symmetric model; summed over an item's ratings, plus logit(prior), it gives the posterior log-odds."""
+    symmetric model; summed over an item's ratings it gives the posterior log-odds (the prior is 0.5)."""
     flips = np.clip(np.array([flip_rate[a] for a in annotators], dtype=np.float64), _CLIP, 1 - _CLIP)
     return (2 * np.asarray(votes, dtype=np.float64) - 1) * np.log((1 - flips) / flips)
 
@@ -96,8 +102,8 @@ def dawid_skene(
 
     `votes[r]` is 1 when rater `annotators[r]` chose response "a" of item `items[r]`. Returns
     the posterior P(a wins) of every item, each annotator's flip rate (with `symmetric=False`,
-    the mean of its two error rates 1 - s_j and 1 - t_j) and the prior; `converged` is False
-    when `max_iter` ran out before every parameter moved less than `tol` in one iteration.
+    the mean of its two error rates 1 - s_j and 1 - t_j) and the prior (0.5); `converged` is False
+    when `max_iter` ran out before every parameter (s_j and t_j) moved less than `tol` in one iteration.
     """
     v = _check_inputs(items, annotators, votes).astype(np.float64)
     item_keys, item = _index(items)
@@ -108,16 +114,17 @@ def dawid_skene(
     q = np.bincount(item, weights=v, minlength=num_items) / per_item  # majority vote, ties at 0.5
     sens = np.full(num_raters, np.nan)  # P(v=1 | z=1); equals spec in the symmetric model
     spec = np.full(num_raters, np.nan)  # P(v=0 | z=0)
-    prior, converged, iteration = 0.5, False, 0
+    converged, iteration = False, 0
     for iteration in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
         new_sens, new_spec = _m_step(q[item], v, rater, informative, num_raters, symmetric)
-        new_prior = (q.sum() + 1) / (num_items + 2)
-        change = max(np.nanmax(np.abs(new_sens - sens), initial=0.0), abs(new_prior - prior))
+        change = max(
+            np.nanmax(np.abs(new_sens - sens), initial=0.0), np.nanmax(np.abs(new_spec - spec), initial=0.0)
+        )
         first = np.isnan(sens).all()
-        sens, spec, prior = new_sens, new_spec, new_prior
+        sens, spec = new_sens, new_spec
         if not informative.any():
             break
-        q = _posterior(item, v, rater, sens, spec, prior, num_items)
+        q = _posterior(item, v, rater, sens, spec, num_items)
         if not first and change < tol:
             converged = True
             break
@@ -126,7 +133,7 @@ def dawid_skene(
         posterior=q,
         items=item_keys,
         flip_rate={name: float(flips[j]) for j, name in enumerate(names)},
-        prior=float(prior),
+        prior=PRIOR,
         iterations=iteration,
         converged=converged,
     )
@@ -167,12 +174,11 @@ def _posterior(
     rater: np.ndarray,
     sens: np.ndarray,
     spec: np.ndarray,
-    prior: float,
     num_items: int,
 ) -> np.ndarray:
     """(num_items,) P(z = 1 | votes): the E-step, summed in log-odds for stability."""
     s, t = np.clip(sens[rater], _CLIP, 1 - _CLIP), np.clip(spec[rater], _CLIP, 1 - _CLIP)
     # log P(v | z=1) - log P(v | z=0) for each rating
     evidence = v * (np.log(s) - np.log(1 - t)) + (1 - v) * (np.log(1 - s) - np.log(t))
-    log_odds = np.log(prior / (1 - prior)) + np.bincount(item, evidence, num_items)
+    log_odds = np.bincount(item, evidence, num_items)  # logit(PRIOR) = 0
     return 1 / (1 + np.exp(-log_odds))

@@ -57,11 +57,18 @@ def load_audit_pairs(source: str, split: str = "train", skip_invalid: bool = Fal
     """Read and validate pairwise rows; ties and empty responses become hygiene findings.
 
     Raises `DataError` for the first other invalid row unless `skip_invalid`, which counts them.
+    Data where every row is a tie or empty gives no pairs, with every row counted.
     """
     table = load_rows(source, split)
-    parsed = parse_pairs(table, skip_invalid=True)
-    result = AuditPairs(table.source, parsed.examples, len(table))
-    for skip in parsed.skipped:
+    if len(table) == 0:
+        parse_pairs(table, skip_invalid=True)  # raises "no rows"
+    try:
+        parsed = parse_pairs(table, skip_invalid=True)
+        examples, skips = parsed.examples, parsed.skipped
+    except DataError:  # every row is invalid, which parse_pairs refuses: classify them one by one
+        examples, skips = [], [_row_skip(table, position) for position in range(len(table))]
+    result = AuditPairs(table.source, examples, len(table))
+    for skip in skips:
         if skip.problem.startswith(TIE_PROBLEM):
             result.tie_rows.append(skip.row)
         elif skip.problem.startswith(EMPTY_PROBLEM):
@@ -74,6 +81,16 @@ def load_audit_pairs(source: str, split: str = "train", skip_invalid: bool = Fal
             # parsing is deterministic, so the line above raised; keep the row from passing silently anyway
             raise DataError(table.source, skip.row, skip.field, skip.problem, "fix the row")
     return result
+
+
+def _row_skip(table: RowTable, position: int) -> Skip:
+    """Why the row at `position` is invalid (every row of `table` is)."""
+    row = table.row_numbers[position]
+    try:
+        parse_pairs(RowTable(table.source, [table.rows[position]], [row]), skip_invalid=False)
+    except DataError as error:
+        return Skip.from_error(error)
+    raise AssertionError(f"row {row} of {table.source} parsed alone but not in its table")
 
 
 def normalize_text(text: str) -> str:

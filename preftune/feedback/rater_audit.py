@@ -2,9 +2,11 @@
 fatigue and group divergence. Pure functions of a `Ratings`; `audit.py` adds the files.
 
 The reference for every per-rater measure is the **consensus of the others**: the
-Dawid-Skene posterior log-odds of the item computed without the rating itself
-(`consensus_log_odds` with one block per rating), so a rater is never compared with their own
-vote. It exists only for ratings of items that someone else also rated ("overlap ratings").
+Dawid-Skene posterior log-odds of the item (prior 0.5) computed without the rater's ratings
+(`consensus_log_odds` with one block per annotator), so a rater is never compared with their
+own vote, nor with their own repeat rating of the item. It exists only for ratings of items
+that another annotator also rated ("overlap ratings"); without any, every per-annotator
+estimate is None and an "info" flag says why.
 - `agreement`: share of a rater's overlap ratings that pick the consensus' winner (ratings
   where the others are exactly split are left out);
 - `flip_rate`: the Dawid-Skene error rate (see `dawid_skene.py` on what identifies it);
@@ -13,16 +15,20 @@ vote. It exists only for ratings of items that someone else also rated ("overlap
   order / session_length (session_length = the rater's largest order + 1), so the slope is
   the change in agreement from the first to the last item. Its 95% interval is slope +-
   1.96 se (bootstrap se over `num_bootstrap` resamples, or the robust formula);
-- `length_bias`: `agreement.length_excess` against the consensus of the others.
+- `length_bias`: `agreement.length_excess`: the share of the rater's verdicts that go to the
+  longer response whatever its quality, against E = (1 - f) q + f (1 - q), what an unbiased rater
+  with the rater's flip rate f would do given q = P(longer is better | the others' ratings),
+  with P(longer is better) fitted (`longer_prior`) to the other raters' ratings.
 Groups are measured against the consensus of the *other groups* (the group's own raters left
-out), so a group that shares a bias is not compared with itself.
+out), so a group that shares a bias is not compared with itself. Group divergence compares
+agreement beyond what the raters' flip rates predict, within and between groups.
 
 Flags (severity "warning") need both significance and a material effect, and test each
 rater or group at the family-wise level `significance` (Bonferroni over the raters or groups
 tested): a flip rate >= `max_flip_rate`; a fatigue slope whose corrected interval is below 0
 and <= -`fatigue_min_drop`; a length excess whose corrected interval is above 0 and >=
 `length_min_excess`; group divergence with permutation p < significance and within-minus-
-between agreement >= `divergence_min_effect`; a share of first-shown choices whose interval
+between excess agreement >= `divergence_min_effect`; a share of first-shown choices whose interval
 excludes 0.5 by >= `position_min_effect`. Position bias, pooled fatigue and group divergence
 are one family of three dataset-level tests (Bonferroni: each at significance / 3). Raters with fewer than `min_overlap_ratings` overlap
 ratings are reported but never flagged. Raw "chosen is longer" shares are "info": without a
@@ -39,16 +45,19 @@ from typing import Any
 import numpy as np
 
 from preftune.feedback.agreement import (
+    GroupDivergence,
+    LengthExcess,
     bonferroni_z,
     consensus_log_odds,
     group_divergence,
     krippendorff_alpha_binary,
     length_excess,
+    longer_prior,
     proportion_z_test,
     slope_with_se,
     wilson_interval,
 )
-from preftune.feedback.dawid_skene import dawid_skene, vote_log_odds
+from preftune.feedback.dawid_skene import DawidSkeneResult, dawid_skene, vote_log_odds
 from preftune.feedback.ratings import Ratings
 
 Z95 = 1.959964
@@ -138,6 +147,9 @@ def length_bias(ratings: Ratings, thresholds: AuditThresholds) -> RatingAudit:
     chosen_words = np.where(ratings.votes == 1, ratings.a_words, ratings.b_words)
     rejected_words = np.where(ratings.votes == 1, ratings.b_words, ratings.a_words)
     out = RatingAudit()
+    if len(ratings) == 0:  # e.g. every row a tie: nothing to measure
+        out.metrics = {"length_bias/num_unequal": 0}
+        return out
     out.metrics = {
         "length_bias/share_chosen_longer": longer / len(ratings),
         "length_bias/share_equal_length": 1 - n / len(ratings),
@@ -205,22 +217,41 @@ def position_bias(ratings: Ratings, thresholds: AuditThresholds) -> RatingAudit:
 class _Consensus:
     """Per-rating comparison with the consensus of the others (arrays are (R,))."""
 
-    has_others: np.ndarray  # bool: someone else rated the item
+    has_others: np.ndarray  # bool: someone else (another rater, or another group) rated the item
     agree: np.ndarray  # float: 1/0 agreement with the others' winner, NaN when none or split
     soft_agree: np.ndarray  # float: expected agreement v q + (1 - v)(1 - q), NaN when no others
-    says_longer: np.ndarray  # float: 1/0 the others' winner is the longer response, NaN if none/equal
+    longer_log_odds: (
+        np.ndarray
+    )  # float: the others' log-odds that the longer wins (prior 0.5), NaN if none/equal
 
 
 def _consensus(ratings: Ratings, log_odds: np.ndarray, num_others: np.ndarray) -> _Consensus:
     has_others = num_others > 0
-    decided = has_others & (log_odds != 0)
+    decided = has_others & (np.abs(log_odds) > 1e-9)  # split others (log-odds 0, up to rounding): no winner
     says_a = log_odds > 0
     agree = np.where(decided, (ratings.votes == 1) == says_a, np.nan)
     q = 1 / (1 + np.exp(-log_odds))
     soft = np.where(has_others, ratings.votes * q + (1 - ratings.votes) * (1 - q), np.nan)
-    a_longer = ratings.a_words > ratings.b_words
-    says_longer = np.where(decided & (ratings.a_words != ratings.b_words), says_a == a_longer, np.nan)
-    return _Consensus(has_others, agree.astype(np.float64), soft, says_longer.astype(np.float64))
+    longer_log_odds = np.where(has_others, log_odds * _longer_sign(ratings), np.nan)
+    return _Consensus(has_others, agree.astype(np.float64), soft, longer_log_odds)
+
+
+def _longer_sign(ratings: Ratings) -> np.ndarray:
+    """(R,) +1 when the item's "a" is the longer response, -1 when "b" is, NaN for equal lengths:
+    turns log-odds of "a wins" into log-odds of "the longer wins"."""
+    sign = np.sign(ratings.a_words - ratings.b_words).astype(np.float64)
+    return np.where(sign == 0, np.nan, sign)
+
+
+def _length_excess(
+    ratings: Ratings, consensus: _Consensus, evidence: np.ndarray, flips: np.ndarray, mine: np.ndarray
+) -> LengthExcess:
+    """`length_excess` of the ratings `mine` against the consensus, with P(longer is better) fitted to
+    the other ratings (those outside `mine`), so a biased rater or group does not set its own baseline."""
+    others = ~mine
+    prior = longer_prior(ratings.item_index[others], (evidence * _longer_sign(ratings))[others])
+    log_odds = math.log(prior / (1 - prior)) + consensus.longer_log_odds[mine]
+    return length_excess(ratings.chose_longer[mine], log_odds, flips[mine])
 
 
 def _relative_position(ratings: Ratings, annotator_index: np.ndarray) -> np.ndarray:
@@ -241,17 +272,23 @@ def _fatigue_bins(position: np.ndarray, soft: np.ndarray) -> list[float | None]:
     ]
 
 
+def _annotator_index(annotators: list[str]) -> tuple[list[str], np.ndarray]:
+    """Sorted distinct ids, and each rating's index into them ((R,) int64)."""
+    names, index = np.unique(np.array(annotators), return_inverse=True)
+    return [str(name) for name in names], index.reshape(-1)
+
+
 def annotator_audit(
     ratings: Ratings, thresholds: AuditThresholds, num_bootstrap: int = 1000, seed: int = 0
 ) -> RatingAudit:
     """Agreement, flip rates, fatigue and length bias per annotator, and per group; see the module
-    docstring. Needs an `annotator` on every rating."""
+    docstring. Needs an `annotator` on every rating (`audit.py` passes the rows that have one);
+    groups are audited over the ratings that have an `annotator_group`."""
     if not ratings.has_annotators:
         raise ValueError("annotator_audit needs an annotator id on every rating (the 'annotator' column).")
     rng = np.random.default_rng(seed)
     annotators = [str(a) for a in ratings.annotators]  # all set: checked above
-    names = sorted(set(annotators))
-    annotator_index = np.unique(np.array(annotators), return_inverse=True)[1].reshape(-1)  # (R,)
+    names, annotator_index = _annotator_index(annotators)
     result = dawid_skene(ratings.item_index.tolist(), annotators, ratings.votes.tolist())
     out = RatingAudit()
     num_overlap_items = int((np.bincount(ratings.item_index) >= 2).sum())
@@ -268,31 +305,21 @@ def annotator_audit(
             "agreement/ds_converged": result.converged,
         }
     )
-    if num_overlap_items == 0:
-        out.flags.append(
-            make_flag(
-                "No item was rated by two annotators: agreement, flip rates and fatigue cannot be estimated",
-                f"{len(ratings)} ratings of {len(ratings.items)} items by {len(names)} annotators, each item rated once; "
-                "have a share of items (e.g. 20%) rated by several annotators.",
-                "info",
-            )
-        )
-        for j, name in enumerate(names):
-            out.metrics[f"annotators/{name}/n"] = int((annotator_index == j).sum())
+    _, num_others = consensus_log_odds(ratings.item_index, np.zeros(len(ratings)), annotator_index)
+    if not (num_others > 0).any():
+        _no_overlap(out, ratings, names, annotator_index, num_overlap_items)
         return out
     evidence = vote_log_odds(annotators, ratings.votes, result.flip_rate)
-    consensus = _consensus(
-        ratings, *consensus_log_odds(ratings.item_index, evidence, result.prior, np.arange(len(ratings)))
-    )
+    consensus = _consensus(ratings, *consensus_log_odds(ratings.item_index, evidence, annotator_index))
     position = _relative_position(ratings, annotator_index)
+    flips = np.array([result.flip_rate[a] for a in annotators])  # (R,) the rater's flip rate
     _per_annotator(
         out,
         ratings,
         names,
         annotator_index,
         result.flip_rate,
-        consensus,
-        position,
+        _RaterEvidence(consensus, evidence, flips, position),
         thresholds,
         num_bootstrap,
         rng,
@@ -308,9 +335,56 @@ def annotator_audit(
                 "info",
             )
         )
-    if ratings.has_groups and len(set(ratings.groups)) >= 2:
-        _groups(out, ratings, names, annotator_index, result, evidence, thresholds, num_bootstrap, rng)
+    grouped = np.array([g is not None for g in ratings.groups])
+    if len({g for g in ratings.groups if g is not None}) >= 2:
+        if not grouped.all():
+            out.flags.append(
+                make_flag(
+                    f"annotator_group on {int(grouped.sum())} of {len(ratings)} annotated rows",
+                    "the group statistics use only the rows that name a group.",
+                    "info",
+                )
+            )
+        _groups(out, ratings.subset(grouped), result, thresholds, num_bootstrap, rng)
     return out
+
+
+def _no_overlap(
+    out: RatingAudit, ratings: Ratings, names: list[str], annotator_index: np.ndarray, num_overlap_items: int
+) -> None:
+    """No item rated by two annotators: every per-annotator estimate is None, with a note saying why."""
+    repeats = (
+        f" ({num_overlap_items} items were rated twice, but each time by the same annotator: a rater's repeat "
+        "rating is not a second opinion)"
+        if num_overlap_items
+        else ""
+    )
+    out.flags.append(
+        make_flag(
+            "No item was rated by two annotators: agreement, flip rates, fatigue and per-annotator length bias "
+            "cannot be estimated",
+            f"{len(ratings)} ratings of {len(ratings.items)} items by {len(names)} annotators{repeats}. Flip "
+            "rates need items rated by several annotators (the same pair_id, or the same prompt and responses, "
+            "on rows of different annotators); have a share of items (e.g. 20%) rated by several annotators.",
+            "info",
+        )
+    )
+    for j, name in enumerate(names):
+        key = f"annotators/{name}"
+        out.metrics[f"{key}/n"] = int((annotator_index == j).sum())
+        out.metrics[f"{key}/n_overlap"] = 0
+        for metric in ("agreement", "flip_rate", "fatigue_slope", "length_bias"):
+            out.metrics[f"{key}/{metric}"] = None
+
+
+@dataclass(frozen=True)
+class _RaterEvidence:
+    """What the per-annotator measures read, per rating ((R,) arrays)."""
+
+    consensus: _Consensus
+    evidence: np.ndarray  # each vote's log-odds that "a" wins (`vote_log_odds`)
+    flips: np.ndarray  # the rater's Dawid-Skene flip rate
+    position: np.ndarray  # relative position in the rater's session, NaN when unknown
 
 
 def _per_annotator(
@@ -319,13 +393,13 @@ def _per_annotator(
     names: list[str],
     annotator_index: np.ndarray,
     flip_rate: dict[str, float],
-    consensus: _Consensus,
-    position: np.ndarray,
+    per_rating: _RaterEvidence,
     thresholds: AuditThresholds,
     num_bootstrap: int,
     rng: np.random.Generator,
 ) -> None:
     """annotators/<id>/... metrics, flags and plot series."""
+    consensus, position = per_rating.consensus, per_rating.position
     chose_longer = ratings.chose_longer
     testable = [
         j
@@ -341,7 +415,7 @@ def _per_annotator(
         agreed = float(consensus.agree[decided].sum())
         timed = overlap & ~np.isnan(position)
         slope, se, intercept = slope_with_se(position[timed], consensus.soft_agree[timed], num_bootstrap, rng)
-        excess = length_excess(chose_longer[mine], consensus.says_longer[mine])
+        excess = _length_excess(ratings, consensus, per_rating.evidence, per_rating.flips, mine)
         low, high = wilson_interval(agreed, int(decided.sum()))
         key = f"annotators/{name}"
         out.metrics.update(
@@ -385,7 +459,7 @@ def _annotator_flags(
     n_overlap: int,
     slope: float,
     se: float,
-    excess: Any,
+    excess: LengthExcess,
     z: float,
     thresholds: AuditThresholds,
 ) -> None:
@@ -406,25 +480,29 @@ def _annotator_flags(
                 f"{n_overlap} overlap ratings; shorten sessions or add breaks.",
             )
         )
-    if (
-        not math.isnan(excess.excess)
-        and excess.excess - z * excess.se > 0
-        and excess.excess >= thresholds.length_min_excess
-    ):
+    if _length_biased(excess, z, thresholds):
         out.flags.append(
             make_flag(
-                f"Annotator {name} is length-biased",
-                _length_evidence(excess, z, "the others' consensus"),
+                f"Annotator {name} is length-biased", _length_evidence(excess, z, "the others' ratings")
             )
         )
 
 
-def _length_evidence(excess: Any, z: float, reference: str) -> str:
+def _length_biased(excess: LengthExcess, z: float, thresholds: AuditThresholds) -> bool:
     return (
-        f"chose the longer response on {excess.longer_when_shorter_better:.1%} of {excess.num_shorter_better} pairs "
-        f"where {reference} preferred the shorter, but the shorter on only {excess.shorter_when_longer_better:.1%} "
-        f"of {excess.num_longer_better} where it preferred the longer: excess {excess.excess:.3f} (95% CI "
-        f"[{excess.excess - Z95 * excess.se:.3f}, {excess.excess + Z95 * excess.se:.3f}]; above 0 at corrected z = {z:.2f})."
+        not math.isnan(excess.excess)
+        and excess.excess - z * excess.se > 0
+        and excess.excess >= thresholds.length_min_excess
+    )
+
+
+def _length_evidence(excess: LengthExcess, z: float, reference: str) -> str:
+    return (
+        f"chose the longer response on {excess.chose_longer:.1%} of {excess.num} ratings of pairs of unequal "
+        f"length, where an unbiased rater with the same flip rate would have chosen it on "
+        f"{excess.expected_longer:.1%} given {reference}: {excess.excess:.1%} of the verdicts go to the longer "
+        f"response whatever its quality (95% CI [{excess.excess - Z95 * excess.se:.3f}, "
+        f"{excess.excess + Z95 * excess.se:.3f}]; above 0 at corrected z = {z:.2f})."
     )
 
 
@@ -465,18 +543,20 @@ def _pooled_fatigue(
 def _groups(
     out: RatingAudit,
     ratings: Ratings,
-    names: list[str],
-    annotator_index: np.ndarray,
-    result: Any,
-    evidence: np.ndarray,
+    result: DawidSkeneResult,
     thresholds: AuditThresholds,
     num_bootstrap: int,
     rng: np.random.Generator,
 ) -> None:
-    """groups/<name>/... against the other groups' consensus, and the divergence test."""
-    group_names = sorted(set(ratings.groups))  # type: ignore[arg-type]
-    group_index = np.array([group_names.index(g) for g in ratings.groups])
-    other = _consensus(ratings, *consensus_log_odds(ratings.item_index, evidence, result.prior, group_index))
+    """groups/<name>/... against the other groups' consensus, and the divergence test, over `ratings`
+    (each with an annotator and a group); flip rates from the Dawid-Skene fit `result`."""
+    annotators = [str(a) for a in ratings.annotators]
+    names, annotator_index = _annotator_index(annotators)
+    evidence = vote_log_odds(annotators, ratings.votes, result.flip_rate)
+    flips = np.array([result.flip_rate[a] for a in annotators])  # (R,)
+    group_names = sorted({str(g) for g in ratings.groups})
+    group_index = np.array([group_names.index(str(g)) for g in ratings.groups])
+    other = _consensus(ratings, *consensus_log_odds(ratings.item_index, evidence, group_index))
     rater_group = np.zeros(len(names), dtype=np.int64)
     for j in range(len(names)):
         rater_group[j] = np.bincount(group_index[annotator_index == j]).argmax()
@@ -491,8 +571,8 @@ def _groups(
     for g, name in enumerate(group_names):
         mine = group_index == g
         decided = mine & ~np.isnan(other.agree)
-        excess = length_excess(chose_longer[mine], other.says_longer[mine])
-        flips = [result.flip_rate[names[j]] for j in range(len(names)) if rater_group[j] == g]
+        excess = _length_excess(ratings, other, evidence, flips, mine)
+        group_flips = [result.flip_rate[names[j]] for j in range(len(names)) if rater_group[j] == g]
         share_longer = (
             float(np.nanmean(chose_longer[mine])) if (~np.isnan(chose_longer[mine])).any() else math.nan
         )
@@ -500,12 +580,12 @@ def _groups(
         out.metrics.update(
             {
                 f"{key}/n": int(mine.sum()),
-                f"{key}/num_annotators": len(flips),
+                f"{key}/num_annotators": len(group_flips),
                 f"{key}/n_overlap_other_groups": int((mine & other.has_others).sum()),
                 f"{key}/agreement_with_other_groups": _nan_to_none(float(other.agree[decided].mean()))
                 if decided.any()
                 else None,
-                f"{key}/mean_flip_rate": _nan_to_none(float(np.mean(flips))) if flips else None,
+                f"{key}/mean_flip_rate": _nan_to_none(float(np.mean(group_flips))) if group_flips else None,
                 f"{key}/share_chosen_longer": _nan_to_none(share_longer),
                 f"{key}/length_bias": _nan_to_none(excess.excess),
                 f"{key}/length_bias_ci": _ci(
@@ -516,22 +596,29 @@ def _groups(
         plots["share_chosen_longer"].append(_nan_to_none(share_longer))
         plots["length_bias"].append(_nan_to_none(excess.excess))
         plots["length_bias_se"].append(_nan_to_none(excess.se))
-        if (
-            not math.isnan(excess.excess)
-            and excess.excess - z * excess.se > 0
-            and excess.excess >= thresholds.length_min_excess
-        ):
+        if _length_biased(excess, z, thresholds):
             out.flags.append(
-                make_flag(f"Group {name} is length-biased", _length_evidence(excess, z, "the other groups"))
+                make_flag(
+                    f"Group {name} is length-biased", _length_evidence(excess, z, "the other groups' ratings")
+                )
             )
     out.plots["group_length"] = plots
+    rater_flips = np.array([result.flip_rate[name] for name in names])  # (A,)
     divergence = group_divergence(
-        ratings.item_index, ratings.votes, annotator_index, rater_group, num_bootstrap, rng
+        ratings.item_index, ratings.votes, annotator_index, rater_group, rater_flips, num_bootstrap, rng
     )
+    _divergence(out, divergence, thresholds, num_bootstrap)
+
+
+def _divergence(
+    out: RatingAudit, divergence: GroupDivergence, thresholds: AuditThresholds, num_bootstrap: int
+) -> None:
     out.metrics.update(
         {
             "group_divergence/within_agreement": _nan_to_none(divergence.within),
             "group_divergence/between_agreement": _nan_to_none(divergence.between),
+            "group_divergence/within_expected": _nan_to_none(divergence.within_expected),
+            "group_divergence/between_expected": _nan_to_none(divergence.between_expected),
             "group_divergence/statistic": _nan_to_none(divergence.statistic),
             "group_divergence/p_value": _nan_to_none(divergence.p_value),
             "group_divergence/num_within_pairs": divergence.num_within,
@@ -547,8 +634,10 @@ def _groups(
             make_flag(
                 "Annotator groups prefer systematically different responses",
                 f"two ratings of one item agree {divergence.within:.1%} of the time when both raters share a group "
-                f"({divergence.num_within} pairs) but {divergence.between:.1%} across groups ({divergence.num_between} "
-                f"pairs): difference {divergence.statistic:.3f}, permutation p = {divergence.p_value:.3g} "
-                f"({num_bootstrap} relabellings of annotators' groups). Check the guidelines each group follows.",
+                f"({divergence.num_within} pairs; their flip rates predict {divergence.within_expected:.1%}) but "
+                f"{divergence.between:.1%} across groups ({divergence.num_between} pairs; predicted "
+                f"{divergence.between_expected:.1%}): excess agreement within groups {divergence.statistic:.3f}, "
+                f"permutation p = {divergence.p_value:.3g} ({num_bootstrap} relabellings of annotators' groups). "
+                "Check the guidelines each group follows.",
             )
         )

@@ -90,6 +90,25 @@ class Ratings:
     def has_groups(self) -> bool:
         return len(self.groups) > 0 and all(g is not None for g in self.groups)
 
+    def subset(self, keep: np.ndarray) -> Ratings:
+        """The ratings where `keep` (R,) bool is True, items renumbered in order of first appearance."""
+        rows = np.flatnonzero(keep)
+        first_seen = np.unique(self.item_index[rows], return_index=True)[1]
+        old_items = self.item_index[rows][np.sort(first_seen)]  # kept item ids, in order of first appearance
+        renumber = {int(old): new for new, old in enumerate(old_items)}
+        return Ratings(
+            items=[self.items[int(old)] for old in old_items],
+            item_index=np.array([renumber[int(i)] for i in self.item_index[rows]], dtype=np.int64),
+            votes=self.votes[rows],
+            annotators=[self.annotators[r] for r in rows],
+            groups=[self.groups[r] for r in rows],
+            order=self.order[rows],
+            chose_first=self.chose_first[rows],
+            a_words=self.a_words[rows],
+            b_words=self.b_words[rows],
+            rows=self.rows[rows],
+        )
+
 
 def item_key(pair: PairExample) -> Hashable:
     """The item a row rates: ("pair_id", id) when it has one, else (prompt, sorted responses)."""
@@ -102,11 +121,11 @@ def item_key(pair: PairExample) -> Hashable:
 def ratings_from_rows(rows: Sequence[PairExample]) -> Ratings:
     """Ratings of validated pairs (`preftune.data.parse_pairs(...).examples`), one per row.
 
-    Rows that share a `pair_id` must rate the same two responses (in either order); a
-    ValueError names the rows otherwise.
+    Rows that share a `pair_id` must rate the same two responses (in either order) to the same
+    prompt; a ValueError names the rows otherwise.
     """
     keys: dict[Hashable, int] = {}
-    texts: list[tuple[str, str]] = []  # per item: (a, b), a the smaller text
+    texts: list[tuple[str, str, str]] = []  # per item: (prompt, a, b), a the smaller text
     item_index, votes, chose_first, a_words, b_words, order = [], [], [], [], [], []
     annotators: list[str | None] = []
     groups: list[str | None] = []
@@ -114,14 +133,16 @@ def ratings_from_rows(rows: Sequence[PairExample]) -> Ratings:
         chosen, rejected = response_text(pair.chosen), response_text(pair.rejected)
         a, b = sorted((chosen, rejected))
         key = item_key(pair)
+        prompt = completion_text(pair.prompt)
         if key not in keys:
             keys[key] = len(keys)
-            texts.append((a, b))
+            texts.append((prompt, a, b))
         index = keys[key]
-        if texts[index] != (a, b):
+        if texts[index] != (prompt, a, b):
             raise ValueError(
-                f"Row {pair.row} has pair_id {pair.meta['pair_id']!r} but other responses than an earlier "
-                f"row with that pair_id. Give every rating of one pair the same two responses, or distinct ids."
+                f"Row {pair.row} has pair_id {pair.meta['pair_id']!r} but another prompt or other responses than "
+                "an earlier row with that pair_id. Give every rating of one pair the same prompt and two "
+                "responses, or distinct ids."
             )
         item_index.append(index)
         votes.append(int(chosen == a))

@@ -139,5 +139,23 @@ def test_label_noise_auto_reads_the_file_and_records_the_estimate(tmp_path):
     aggregated = write_aggregated(tmp_path / "agg.jsonl", aggregate_ratings(RATINGS, "majority")[0])
     with pytest.raises(
         ValueError, match="label_noise 'auto' on .*agg.jsonl: Dawid-Skene needs an 'annotator'"
-    ):
+    ) as error:
         resolve_label_smoothing("auto", 0.0, str(aggregated), "train")
+    assert "set --label_noise to a number (e.g. 0.1)" in str(error.value)
+    assert "aggregated files (aggregate_ratings output) carry no annotator column" in str(error.value)
+
+
+@pytest.mark.parametrize("solo", [(" one", " two"), (" two", " one")])
+def test_dawid_skene_single_rating_does_not_depend_on_which_text_sorts_first(solo):
+    """Response "a" (the smaller text) wins on all 8 overlap items; a single rating by a1 of a ninth item gets
+    p = 1 - f(a1) whether a1 chose the smaller or the larger text. With the prior fitted (about 0.9)
+    choosing the larger text gave a lower p, and a coin flip could even go to the other response."""
+    rows = []
+    for i in range(8):
+        rows += [rating(f"p{i}", " aa", " zz", "a1"), rating(f"p{i}", " aa", " zz", "a2")]
+    rows += [rating(f"p{i}", " zz", " aa", "a2") for i in range(8, 10)] + [rating("p8", " aa", " zz", "a1")]
+    rows.append(rating("solo", solo[0], solo[1], "a1"))
+    by_prompt = {row["prompt"]: row for row in aggregate_ratings(rows, "dawid_skene")[0]}
+    flip = estimate_label_noise(rows).per_annotator["a1"]
+    assert by_prompt["solo"]["chosen"] == solo[0]
+    assert by_prompt["solo"]["chosen_probability"] == pytest.approx(1 - flip)
