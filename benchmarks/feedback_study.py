@@ -74,17 +74,19 @@ def flipped_world(work: Path, seed: int) -> tuple[dict[str, Path], Path]:
 
 
 def biased_world(work: Path) -> Path:
-    """A near-deterministic panel (temperature 0.05, 5% careless flips, position bias 0.3) with a fatigued
-    annotator (a03: flips grow from 0 to 45% over the session) and a group "L" that likes long answers
-    (its length weight is -1.5: each adjective beyond 3 adds utility instead of costing it)."""
+    """Each pair rated by 5 annotators of a near-deterministic panel (temperature 0.05, 5% careless flips,
+    position bias 0.3), with a fatigued annotator (a03: flips grow from 0 to 45% over the session) and a
+    group "L" that likes long answers (its length weight is -1.5: each adjective beyond 3 adds utility
+    instead of costing it)."""
     gold = {"sentiment": 1.0, "relevance": 0.5, "length": 1.0, "repetition": 1.0, "format": 1.0}
-    panel = PanelConfig(temperature=0.05, flip_rate=0.05, fatigue=0.0, length_bias=0.0, overlap=1.0, ratings_per_pair=3,
+    panel = PanelConfig(temperature=0.05, flip_rate=0.05, fatigue=0.0, length_bias=0.0, overlap=1.0, ratings_per_pair=5,
                         groups={"A": gold, "L": {**gold, "length": -1.5}}, group_shares={"A": 0.5, "L": 0.5})  # fmt: skip
     files = write_task(SynthConfig(out=str(work / "data-biased"), panel=panel, seed=0))
     rows = load_rows(str(files["pairs"])).rows
+    sessions = {a: sum(r["annotator"] == a for r in rows) for a in {r["annotator"] for r in rows}}
     rng = np.random.default_rng(1)
     for row in rows:  # annotator a03 tires: flip probability grows from 0 to 0.45 over the session
-        if row["annotator"] == "a03" and rng.random() < 0.45 * row["order"] / 500:
+        if row["annotator"] == "a03" and rng.random() < 0.45 * row["order"] / sessions["a03"]:
             row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
             row["shown_first"] = "rejected" if row["shown_first"] == "chosen" else "chosen"
     path = work / "data-biased" / "pairs-fatigued.jsonl"
