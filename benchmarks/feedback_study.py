@@ -94,6 +94,59 @@ def biased_world(work: Path) -> Path:
     return path
 
 
+def realized_flip_rates(path: Path) -> dict[str, float]:
+    """Each annotator's share of ratings that disagree with the gold reward (no gold ties in the file)."""
+    task = get_task("kindness")
+    wrong: dict[str, list[bool]] = {}
+    for r in load_rows(str(path)).rows:
+        is_wrong = task.gold_reward(r["prompt"], r["chosen"]) < task.gold_reward(r["prompt"], r["rejected"])
+        wrong.setdefault(r["annotator"], []).append(is_wrong)
+    return {a: float(np.mean(w)) for a, w in sorted(wrong.items())}
+
+
+def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """feedback_flip_rates.png (injected, realized and estimated flip rates) and feedback_rounds.png (gold
+    reward by round of the biased and the corrected loop), from the parts that ran."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "a_flip_rates" in results:
+        names = list(results["injected_flip_rates"])
+        figure = Figure(figsize=(6, 4))
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        x = np.arange(len(names))
+        series = (("injected", results["injected_flip_rates"]), ("realized (vs gold)", results["a_realized_flip_rates"]),
+                  ("audit (Dawid-Skene)", results["a_flip_rates"]))  # fmt: skip
+        for offset, (label, values) in zip((-0.25, 0, 0.25), series, strict=True):
+            axes.bar(x + offset, [values[n] or 0.0 for n in names], width=0.25, label=label)
+        axes.set_xticks(x, names, rotation=45)
+        axes.set_ylabel("flip rate")
+        axes.legend()
+        figure.savefig(out_dir / "feedback_flip_rates.png", dpi=110, bbox_inches="tight")
+        written.append(out_dir / "feedback_flip_rates.png")
+    if "c" in results:
+        figure = Figure(figsize=(6, 4))
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        for name, rounds in results["c"].items():
+            means = [r["gold_reward"] for r in rounds]
+            lows = [r["gold_reward"] - r["gold_reward_ci"][0] for r in rounds]
+            highs = [r["gold_reward_ci"][1] - r["gold_reward"] for r in rounds]
+            axes.errorbar(
+                [r["round"] for r in rounds], means, yerr=[lows, highs], marker="o", capsize=3, label=name
+            )
+        axes.set_xlabel("round of preftune loop")
+        axes.set_ylabel("held-out gold reward (95% CI)")
+        axes.set_xticks(range(len(next(iter(results["c"].values())))))
+        axes.legend()
+        figure.savefig(out_dir / "feedback_rounds.png", dpi=110, bbox_inches="tight")
+        written.append(out_dir / "feedback_rounds.png")
+    return written
+
+
 def audit(path: Path, out: Path) -> dict[str, Any]:
     result = run_audit(AuditConfig(dataset=str(path), output_dir=str(out)))
     return result
@@ -175,6 +228,9 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/rl_synthetic")
     parser.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--figures", default=str(Path(__file__).parent / "figures"), help="Folder for the PNGs."
+    )
     parser.add_argument("--dpo_beta", type=float, default=0.5, help="DPO's beta in part (b).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -192,6 +248,7 @@ def main() -> None:
         results["a_flip_rates"] = {
             a: found.get(f"annotators/{a}/flip_rate") for a in results["injected_flip_rates"]
         }
+        results["a_realized_flip_rates"] = realized_flip_rates(flipped)
         results["a_flags_flipped"] = found["flags"]
         biased = audit(biased_world(study), study / "audit-biased")
         results["a_flags_biased"] = biased["flags"]
@@ -225,6 +282,7 @@ def main() -> None:
     if "c" in args.parts:
         results["c"] = compounding(study, world, sft)
     print(json.dumps(results, indent=2, default=str))
+    plot(results, Path(args.figures))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
 
