@@ -18,11 +18,17 @@ def test_help_lists_every_command_of_the_contract(capsys):
         assert f"\n {name} " in out or f"\n{name} " in out, name
 
 
-@pytest.mark.parametrize("name", [n for n in CONTRACT if COMMANDS[n].load is None])
-def test_unbuilt_command_says_so_and_fails(name, capsys):
-    assert main([name, "--beta", "0.1"]) == 2
+def test_every_command_of_the_contract_is_built():
+    assert [name for name in CONTRACT if COMMANDS[name].load is None] == []
+
+
+def test_unbuilt_command_says_so_and_fails(capsys, monkeypatch):
+    from preftune.cli import Command
+
+    monkeypatch.setitem(COMMANDS, "future", Command("Not yet.", planned="issue #99"))
+    assert main(["future", "--beta", "0.1"]) == 2
     out = capsys.readouterr().out
-    assert "not built yet" in out and "Nothing was run" in out
+    assert "not built yet" in out and "issue #99" in out and "Nothing was run" in out
 
 
 def test_unknown_command_suggests_the_closest(capsys):
