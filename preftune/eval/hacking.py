@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -463,3 +464,16 @@ def watch_evaluation(
     hacking = observe_evaluation(monitor, step, eval_metrics)
     state["hacking"] = monitor.state_dict()
     return {**eval_metrics, **hacking}
+
+
+def watch_start(
+    monitor: HackingMonitor, state: dict[str, Any], evaluate: Callable[[], dict[str, float]] | None
+) -> None:
+    """Show the monitor the starting policy (step 0) before a new run's first step: `evaluate()` gives the
+    held-out metrics. A resumed run already has its state (`state["hacking"]`), and without held-out
+    prompts (`evaluate` None) there is nothing to watch."""
+    if "hacking" in state or evaluate is None:
+        return
+    metrics = evaluate()
+    watch_evaluation(monitor, state, 0, metrics)
+    logger.info("Starting policy on the held-out prompts: %s", {k: round(v, 4) for k, v in metrics.items()})

@@ -113,6 +113,15 @@ class PairVerdicts:
         return PairVerdicts(torch.cat([p.prob_first for p in parts]), consistent, reasons)
 
 
+def check_pairs(prompts: Sequence[Any], first: Sequence[Any], second: Sequence[Any]) -> None:
+    """Raise unless there is one prompt per (first, second) pair."""
+    if not (len(prompts) == len(first) == len(second)):
+        raise ValueError(
+            f"Got {len(prompts)} prompts, {len(first)} first and {len(second)} second responses; pass one "
+            "prompt per pair."
+        )
+
+
 def is_pairwise(judge: Any) -> bool:
     """True for a judge that compares pairs (and has no pointwise score)."""
     return hasattr(judge, "compare") and not hasattr(judge, "score")
@@ -125,11 +134,7 @@ def compare(
     second: Sequence[Completion],
 ) -> PairVerdicts:
     """Pairwise verdicts from any judge; a pointwise one prefers the higher score (1, 0, or 0.5 on a tie)."""
-    if not (len(prompts) == len(first) == len(second)):
-        raise ValueError(
-            f"Got {len(prompts)} prompts, {len(first)} first and {len(second)} second responses; pass one "
-            "prompt per pair."
-        )
+    check_pairs(prompts, first, second)
     if hasattr(judge, "compare"):
         return judge.compare(prompts, first, second)  # type: ignore[union-attr]
     scores = judge.score([*prompts, *prompts], [*first, *second]).double()  # type: ignore[union-attr]

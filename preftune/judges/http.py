@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from preftune.data import Completion, Prompt
-from preftune.judges.base import PairVerdicts
+from preftune.judges.base import PairVerdicts, check_pairs
 from preftune.judges.cache import VerdictCache, decode_logps, encode_logps
 from preftune.judges.llm import DEFAULT_MIN_ANSWER_MASS
 from preftune.judges.template import Answer, PairTemplate, two_order_verdicts
@@ -225,11 +225,7 @@ class HTTPJudge:
         self, prompts: Sequence[Prompt], first: Sequence[Completion], second: Sequence[Completion]
     ) -> PairVerdicts:
         """(N,) verdicts: the mean over both orders of the probability that `first` wins."""
-        if not (len(prompts) == len(first) == len(second)):
-            raise ValueError(
-                f"Got {len(prompts)} prompts, {len(first)} first and {len(second)} second responses; pass one "
-                "prompt per pair."
-            )
+        check_pairs(prompts, first, second)
         texts = [
             t
             for p, a, b in zip(prompts, first, second, strict=True)

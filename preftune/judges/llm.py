@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 
 from preftune.data import Completion, Prompt
-from preftune.judges.base import PairVerdicts
+from preftune.judges.base import PairVerdicts, check_pairs
 from preftune.judges.cache import VerdictCache, decode_logps, encode_logps
 from preftune.judges.template import Answer, PairTemplate, two_order_verdicts
 from preftune.models.loading import check_model_path, load_reference, load_tokenizer, token_id
@@ -134,11 +134,7 @@ class LLMJudge:
         self, prompts: Sequence[Prompt], first: Sequence[Completion], second: Sequence[Completion]
     ) -> PairVerdicts:
         """(N,) verdicts: the mean over both orders of the probability that `first` wins."""
-        if not (len(prompts) == len(first) == len(second)):
-            raise ValueError(
-                f"Got {len(prompts)} prompts, {len(first)} first and {len(second)} second responses; pass one "
-                "prompt per pair."
-            )
+        check_pairs(prompts, first, second)
         texts = [t for p, a, b in zip(prompts, first, second, strict=True) for t in self.render(p, a, b)]
         answers = self.answer_logps(texts)  # 2N: forward, swapped, forward, swapped, ...
         return two_order_verdicts(answers[0::2], answers[1::2], self.min_answer_mass)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from preftune.data import Completion, Prompt
-from preftune.judges.base import PairVerdicts
+from preftune.judges.base import PairVerdicts, check_pairs
 from preftune.tasks import PanelConfig, get_task, rate_pairs
 
 
@@ -59,11 +59,7 @@ class PanelJudge:
         self, prompts: Sequence[Prompt], first: Sequence[Completion], second: Sequence[Completion]
     ) -> PairVerdicts:
         """(N,) prob_first in {0, 1}: one simulated rating of each pair."""
-        if not (len(prompts) == len(first) == len(second)):
-            raise ValueError(
-                f"Got {len(prompts)} prompts, {len(first)} first and {len(second)} second responses; pass one "
-                "prompt per pair."
-            )
+        check_pairs(prompts, first, second)
         for i, (prompt, a, b) in enumerate(zip(prompts, first, second, strict=True)):
             if not (isinstance(prompt, str) and isinstance(a, str) and isinstance(b, str)):
                 raise ValueError(

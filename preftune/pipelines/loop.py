@@ -51,6 +51,7 @@ from preftune.engine.checkpoint import list_checkpoints
 from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
 from preftune.eval.report import write_report
+from preftune.eval.reward_model import json_safe
 from preftune.judges import GroupRanking, is_pairwise_spec, load_judge, rank_groups
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
 from preftune.rollout.experience import response_completions
@@ -299,16 +300,6 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(temporary, path)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 class PracticeLoop:
     """Runs (or resumes) the rounds of one loop; `run()` returns the summary."""
 
@@ -373,7 +364,7 @@ class PracticeLoop:
             temporary = self.out / "eval_prompts.jsonl.tmp"
             write_jsonl(temporary, ({"prompt": p} for p in self.eval_prompts))
             os.replace(temporary, self.out / "eval_prompts.jsonl")
-        _write_json(path, {"settings": _json_safe(settings)})
+        _write_json(path, {"settings": json_safe(settings)})
         save_config(self.config, self.out / "config.yaml")
 
     def policy_of(self, round_number: int) -> str:
@@ -427,12 +418,12 @@ class PracticeLoop:
         ended = rollout.ended.tolist()
         write_jsonl(folder / "samples.jsonl", (
             {"prompt": prompts[i // k], "prompt_index": indices[i // k], "sample": i % k, "response": text,
-             "score": _json_safe(float(ranking.scores[i // k, i % k])), "ended": bool(ended[i])}
+             "score": json_safe(float(ranking.scores[i // k, i % k])), "ended": bool(ended[i])}
             for i, text in enumerate(texts)
         ))  # fmt: skip
         write_jsonl(pairs_path, rows)
         judge_stats = ranking.verdicts.summary() if ranking.verdicts is not None else {}
-        _write_json(folder / PROVENANCE_FILE, _json_safe({
+        _write_json(folder / PROVENANCE_FILE, json_safe({
             **provenance, "num_generations": k, "prompts": len(prompts), "prompt_indices": indices,
             "sampling": dataclasses.asdict(config.sampling), "pairs_mode": config.pairs, "margin": config.margin,
             "min_confidence": config.min_confidence, "counts": counts, "judge_stats": judge_stats,
@@ -526,7 +517,7 @@ class PracticeLoop:
                           **{f"judge_{k}": v for k, v in provenance["judge_stats"].items()
                              if k in ("could_not_judge", "position_consistency")}}  # fmt: skip
             result = {**self.evaluate(round_number, folder), **record}
-            _write_json(done, _json_safe(result))
+            _write_json(done, json_safe(result))
             rounds.append(result)
             self._observe(result)
             self._write_summary(rounds, time.perf_counter() - start)
@@ -542,7 +533,7 @@ class PracticeLoop:
             "rounds": rounds, "trend": trend(rounds), "judge": self.config.judge, "eval_judge": self.eval_judge,
             "reference": self.config.reference, "hacking": self.monitor.summary(), "wall_seconds": seconds,
         }  # fmt: skip
-        _write_json(self.out / "summary.json", _json_safe(summary))
+        _write_json(self.out / "summary.json", json_safe(summary))
         (self.out / "report.md").write_text(render_markdown(summary))
         gold = all(r.get("gold_reward") is not None for r in rounds)
         methods = {

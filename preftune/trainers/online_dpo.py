@@ -44,7 +44,13 @@ from preftune.config import config_to_flat_dict
 from preftune.data import Completion, DataConfig, EncodedExample, Prompt
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
-from preftune.eval.hacking import HackingConfig, HackingMonitor, RewardHackingDetected, watch_evaluation
+from preftune.eval.hacking import (
+    HackingConfig,
+    HackingMonitor,
+    RewardHackingDetected,
+    watch_evaluation,
+    watch_start,
+)
 from preftune.judges import GroupRanking, Judge, PairwiseJudge, compare, load_judge, rank_groups
 from preftune.losses.registry import LOSSES
 from preftune.models.loading import (
@@ -420,13 +426,11 @@ class OnlineDPOTrainer:
 
     def _start_monitor(self) -> None:
         """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
-        if "hacking" in self.engine.trainer_state or self.setup.evaluator is None:
-            return
-        metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-        watch_evaluation(self.monitor, self.engine.trainer_state, 0, metrics)
-        logger.info(
-            "Starting policy on the held-out prompts: %s", {k: round(v, 4) for k, v in metrics.items()}
-        )
+
+        def evaluate() -> dict[str, float]:
+            return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
+
+        watch_start(self.monitor, self.engine.trainer_state, evaluate if self.setup.evaluator else None)
 
     def _finish(self) -> dict[str, Any]:
         final = Path(self.config.train.output_dir) / "final"

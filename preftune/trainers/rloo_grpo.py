@@ -36,7 +36,13 @@ from preftune.data import DataConfig
 from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
 from preftune.engine.minibatch import minibatch_updates
-from preftune.eval.hacking import HackingConfig, HackingMonitor, RewardHackingDetected, watch_evaluation
+from preftune.eval.hacking import (
+    HackingConfig,
+    HackingMonitor,
+    RewardHackingDetected,
+    watch_evaluation,
+    watch_start,
+)
 from preftune.judges import Judge
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rloo_advantages
@@ -319,13 +325,11 @@ class RLOOTrainer:
 
     def _start_monitor(self) -> None:
         """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
-        if "hacking" in self.engine.trainer_state or self.setup.evaluator is None:
-            return
-        metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-        watch_evaluation(self.monitor, self.engine.trainer_state, 0, metrics)
-        logger.info(
-            "Starting policy on the held-out prompts: %s", {k: round(v, 4) for k, v in metrics.items()}
-        )
+
+        def evaluate() -> dict[str, float]:
+            return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
+
+        watch_start(self.monitor, self.engine.trainer_state, evaluate if self.setup.evaluator else None)
 
     def _finish(self) -> dict[str, Any]:
         final = Path(self.config.train.output_dir) / "final"
