@@ -24,6 +24,8 @@ class Command:
     load: Callable[[], tuple[type, Callable[[Any], Any]]] | None = None
     """Imports lazily and returns (config class, run function); None: not built yet."""
     planned: str = ""
+    positional: str = ""
+    """A flag the command's first argument stands for when it is not a flag (`preftune audit DATA`)."""
 
 
 def _sft() -> tuple[type, Callable[[Any], Any]]:
@@ -227,6 +229,7 @@ COMMANDS: dict[str, Command] = {
         "Audit pairwise ratings: hygiene, length and position bias, annotator flip rates (Dawid-Skene), "
         "agreement, fatigue, biased rater groups.",
         _audit,
+        positional="dataset",
     ),
     "synth": Command("Write the synthetic world's data: SFT corpus, rated pairs, prompts.", _synth),
     "tiny": Command("Train a tokenizer on a dataset and write a random-init Llama.", _tiny),
@@ -303,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     from preftune.engine import TrainingDiverged
 
     config_cls, run = command.load()
+    if command.positional and rest and not rest[0].startswith("-"):
+        rest = [f"--{command.positional}", *rest]
     config = parse_config(config_cls, rest, prog=f"preftune {name}")
     setup_logging()
     logging.getLogger("preftune").info(

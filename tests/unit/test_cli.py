@@ -112,3 +112,10 @@ def test_synth_and_tiny_commands_write_loadable_outputs(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
     assert model.config.vocab_size == len(tokenizer)
     assert tokenizer.chat_template is not None
+
+
+def test_audit_takes_its_data_as_the_first_argument(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "good answer.", "rejected": "bad"}\n' * 3)
+    assert main(["audit", str(data), "--output_dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "audit.json").exists()
