@@ -215,8 +215,12 @@ def hacking_check(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str
 
 
 def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig, task: str, device: str | None,
-                    judge_batch_size: int) -> dict[str, Any]:  # fmt: skip
-    """`preftune eval --policy ...`: writes eval.json and samples.jsonl into `output_dir`."""
+                    judge_batch_size: int, baselines: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """`preftune eval --policy ...`: writes eval.json and samples.jsonl into `output_dir`.
+
+    `baselines`, a dict kept by a caller that evaluates against the same reference several times (the
+    practice loop, once per round), holds the reference's measured samples: with the same reference,
+    prompts, judge and sampling settings they are the same samples, so they are measured once."""
     config.check()
     named = config.named_policies()
     for _, path in [*named, ("reference", config.reference)]:
@@ -241,7 +245,14 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
                 f"--policy {name}={path} has another tokenizer than --reference {config.reference}, so the KL to the "
                 "reference cannot be computed from token log-probs; evaluate policies tuned from the reference."
             )
-    baseline = evaluate_policy(config.reference, prompts, config, judge, gold, reference, device)
+    key = json.dumps([config.reference, config.prompts, config.prompts_split, config.judge, config.samples_per_prompt,
+                      config.max_new_tokens, config.temperature, config.seed, config.max_prompts, task,
+                      data.max_length])  # fmt: skip
+    baseline = (baselines or {}).get(key)
+    if baseline is None:
+        baseline = evaluate_policy(config.reference, prompts, config, judge, gold, reference, device)
+        if baselines is not None:
+            baselines[key] = baseline
     results = {"reference": policy_metrics(baseline, baseline, config)}
     samples = {"reference": baseline}
     for name, path in named:

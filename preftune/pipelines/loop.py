@@ -328,6 +328,7 @@ class PracticeLoop:
         self.eval_judge = config.eval_judge or self._default_eval_judge()
         self.judge: Any = None  # loaded when a round first needs it
         self.monitor = HackingMonitor(HackingConfig(hacking_window=2))
+        self.baselines: dict[str, Any] = {}  # round 0's held-out samples, measured once per run
 
     def _default_eval_judge(self) -> str:
         if not is_pairwise_spec(self.config.judge):
@@ -485,7 +486,7 @@ class PracticeLoop:
         )  # fmt: skip
         data = DataConfig(dataset=prompts_file, max_length=config.data.max_length)
         flat = run_policy_eval(eval_config, str(folder / "eval"), data, self.task or "none", self.device,
-                               config.judge_batch_size)  # fmt: skip
+                               config.judge_batch_size, self.baselines)  # fmt: skip
         prefix = f"policy/{name}/"
         metrics = {key[len(prefix) :]: value for key, value in flat.items() if key.startswith(prefix)}
         keep = ("gold_reward", "gold_reward_ci", "judge_reward", "judge_reward_ci", "win_rate", "win_rate_ci",
