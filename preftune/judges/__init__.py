@@ -79,7 +79,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     ),
     "http": (
         *_TEMPLATE_OPTIONS,
-        "model", "min_answer_mass", "top_logprobs", "cache_dir",
+        "model", "min_answer_mass", "top_logprobs", "cache_dir", "reserved",
         "timeout", "max_retries", "backoff", "max_backoff", "rate_limit", "concurrency",
     ),
 }  # fmt: skip

@@ -20,7 +20,13 @@ body is not JSON, and never on other 4xx. With `cache_dir`, each finished reques
 JSONL file by the thread that made it, as soon as it returns (key: sha256 of URL, model, messages
 and request parameters), so a run stopped by a dead server (or by Ctrl-C) resumes where it stopped.
 The API key comes from PREFTUNE_JUDGE_API_KEY for any URL; OPENAI_API_KEY is used only when the URL's
-host is api.openai.com. The key is never logged.
+host is api.openai.com. The key is never logged. Redirects are never followed: urllib would resend the
+Authorization header to whatever host a redirect names and turn a POST into a GET, so a 3xx reply stops
+the run with the target it named (give that URL as the judge URL instead).
+
+The server's model is unknown here, so judged text cannot be escaped against its tokenizer's special
+tokens as the LLM judge does; `reserved` breaks up the chat markers of the common templates
+(`CHAT_MARKERS`: ChatML, Llama 3, Gemma, Mistral, Phi, ...) and any extra strings the caller names.
 """
 
 from __future__ import annotations
@@ -57,6 +63,23 @@ OPENAI_KEY_VARIABLE = "OPENAI_API_KEY"
 OPENAI_HOST = "api.openai.com"
 RETRIED_STATUSES = (408, 429)
 """Client errors that are retried, besides every 5xx."""
+CHAT_MARKERS = (
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|begin_of_text|>", "<|end_of_text|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+    "<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]", "<s>", "</s>", "<|eos|>", "<|bos|>",
+)  # fmt: skip
+"""Special tokens of common chat templates, broken up inside judged text (the server's tokenizer is
+unknown, so a response could otherwise end its turn early or open a fake one)."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: the 3xx reply reaches `_send` as an HTTPError."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class JudgeRequestError(RuntimeError):
@@ -144,6 +167,7 @@ class HTTPJudge:
         top_logprobs: int = 20,
         policy: RequestPolicy | None = None,
         cache_dir: str | None = None,
+        reserved: Sequence[str] = (),
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"http:{url}: the judge URL must start with http:// or https://.")
@@ -156,6 +180,7 @@ class HTTPJudge:
         self.min_answer_mass = min_answer_mass
         self.top_logprobs = top_logprobs
         self.policy = policy or RequestPolicy()
+        self.reserved = tuple(dict.fromkeys((*CHAT_MARKERS, *reserved)))
         self.cache = VerdictCache(cache_dir) if cache_dir else None
         self._limiter = _RateLimiter(self.policy.rate_limit)
         self._api_key = api_key_for(self.url)
@@ -200,9 +225,16 @@ class HTTPJudge:
         body = None if payload is None else json.dumps(payload).encode("utf-8")
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.policy.timeout) as response:
+            with _OPENER.open(request, timeout=self.policy.timeout) as response:
                 text = response.read().decode("utf-8", errors="replace")
         except urllib.error.HTTPError as error:
+            if 300 <= error.code < 400:
+                target = error.headers.get("Location", "(no Location header)")
+                raise JudgeRequestError(
+                    f"{method} {self.url}{path} was redirected (HTTP {error.code}) to {target}. The judge follows "
+                    "no redirect, so that the API key never reaches another server and a POST stays a POST. "
+                    "Fix: give the URL the server redirects to as the judge URL (http:URL)."
+                ) from error
             excerpt = error.read().decode("utf-8", errors="replace")[:300]
             if error.code in RETRIED_STATUSES or error.code >= 500:
                 wait = _retry_after(error.headers.get("Retry-After")) if error.code in (429, 503) else None
@@ -229,7 +261,7 @@ class HTTPJudge:
         texts = [
             t
             for p, a, b in zip(prompts, first, second, strict=True)
-            for t in self.template.render_both_orders(p, a, b)
+            for t in self.template.render_both_orders(p, a, b, self.reserved)
         ]
         answers = self.answer_logps(texts)  # 2N: forward, swapped, forward, swapped, ...
         return two_order_verdicts(answers[0::2], answers[1::2], self.min_answer_mass)
