@@ -16,6 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 console = Console(soft_wrap=True)
+"""Results and tables: stdout."""
+err_console = Console(soft_wrap=True, stderr=True)
+"""Errors and notices: stderr, with the logs, so that stdout holds only results."""
 
 
 @dataclass(frozen=True)
@@ -296,11 +299,11 @@ def main(argv: list[str] | None = None) -> int:
 
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        console.print(f"Unknown command '{name}'.{hint} Run `preftune --help` for the list.")
+        err_console.print(f"Unknown command '{name}'.{hint} Run `preftune --help` for the list.")
         return 2
     command = COMMANDS[name]
     if command.load is None:
-        console.print(f"`preftune {name}` is not built yet (planned in {command.planned}). Nothing was run.")
+        err_console.print(f"`preftune {name}` is not built yet (planned in {command.planned}). Nothing was run.")
         return 2
     from preftune.config import config_to_yaml, parse_config
     from preftune.engine import TrainingDiverged
@@ -318,14 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # bad input: the message says what and how to fix
         if os.environ.get("PREFTUNE_LOG_LEVEL", "").upper() == "DEBUG":
             raise
-        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
-        console.print("(set PREFTUNE_LOG_LEVEL=DEBUG to see the traceback)", style="dim")
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        err_console.print("(set PREFTUNE_LOG_LEVEL=DEBUG to see the traceback)", style="dim")
         return 2
     except TrainingDiverged as error:
-        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return 1
     except KeyboardInterrupt:
-        console.print(
+        err_console.print(
             "interrupted. A run with --save_steps continues from its last checkpoint with --resume true."
         )
         return 130

@@ -172,8 +172,13 @@ def _no_format_error(row: _Row, accepted: tuple[str, ...], task: str, hint: str 
     options = " | ".join("+".join(FORMAT_COLUMNS[name]) for name in accepted)
     fix = f"give each {task} row the columns {options} (extra columns are ignored){hint}"
     # Blame the first missing column of the closest format, if any format is partly there.
-    overlaps = [(len(set(FORMAT_COLUMNS[name]) & set(present)), name) for name in accepted]
-    best_overlap, best = max(overlaps, key=lambda pair: pair[0])
+    # closest: most columns present, then fewest missing (a row with only `chosen` is an implicit pair
+    # missing `rejected`, not a prompted pair missing `prompt`), then the order of `accepted`
+    overlaps = [
+        (len(set(FORMAT_COLUMNS[name]) & set(present)), -len(set(FORMAT_COLUMNS[name]) - set(present)), name)
+        for name in accepted
+    ]
+    best_overlap, _, best = max(overlaps, key=lambda item: item[:2])
     if best_overlap == 0:
         return row.error(None, f"no {task} format matches the columns {present}", fix)
     missing = next(name for name in FORMAT_COLUMNS[best] if name not in present)
@@ -322,6 +327,8 @@ def _implicit_pair(row: _Row) -> tuple[Prompt, Completion, Completion]:
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if isinstance(value, str):
             _text(row, name, "response")
+        elif not isinstance(value, list):
+            raise row.error(name, f"expected text or a list of messages, got {_describe(value)}", "fix the type")
     if isinstance(chosen, list):
         chosen = _messages(row, "chosen", chosen)
     if isinstance(rejected, list):
@@ -331,10 +338,6 @@ def _implicit_pair(row: _Row) -> tuple[Prompt, Completion, Completion]:
             "rejected",
             f"chosen is {_style(chosen)} but rejected is {_style(rejected)}",
             "write chosen and rejected in the same style (both text or both message lists)",
-        )
-    if not isinstance(chosen, (str, list)):
-        raise row.error(
-            "chosen", f"expected text or a list of messages, got {_describe(chosen)}", "fix the type"
         )
     try:
         prompt, chosen_response, rejected_response = split_implicit_prompt(chosen, rejected)

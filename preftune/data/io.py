@@ -199,16 +199,27 @@ def _read_file(path: Path, source: str) -> RowTable:
 def _read_text(path: Path, source: str, compressed: bool) -> str:
     try:
         if compressed:
-            with gzip.open(path, "rt", encoding="utf-8-sig") as handle:
-                return handle.read()
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(
-            source, None, None, f"not valid UTF-8 text ({error})", "re-save the file as UTF-8"
-        ) from error
+            with gzip.open(path, "rb") as handle:
+                data = handle.read()
+        else:
+            data = path.read_bytes()
     except (gzip.BadGzipFile, EOFError) as error:
         raise DataError(
             source, None, None, f"not a valid gzip file ({error})", "re-compress it with gzip or drop the .gz"
+        ) from error
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        # the line (the row of a JSON Lines file) holding the first bad byte
+        line = data[: error.start].count(b"\n") + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataError(
+            source,
+            line,
+            None,
+            f"not valid UTF-8 text (byte {data[error.start : error.start + 1]!r} at line {line}, byte {column} "
+            f"of the line: {error.reason})",
+            "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or fix that line",
         ) from error
 
 

@@ -45,4 +45,4 @@ def test_cai_writes_data_final_policy_and_before_after(sft_model, synth_world, t
 def test_cai_with_a_model_that_cannot_revise_says_why(tiny_base, synth_world, tmp_path, capsys):
     # The random model follows no instruction: its revisions are empty, which is refused before any training.
     assert main(_args(tiny_base, synth_world, tmp_path / "none", "--preference", "critique")) == 2
-    assert "Every revision is empty" in capsys.readouterr().out
+    assert "Every revision is empty" in capsys.readouterr().err

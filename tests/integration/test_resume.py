@@ -66,5 +66,5 @@ def test_resume_without_checkpoint_says_how_to_fix(synth_world, tiny_base, tmp_p
         env=_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
-    message = " ".join(result.stdout.split())
-    assert "no checkpoint in" in message and "--save_steps" in message and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "no checkpoint in" in message and "--save_steps" in message and "Traceback" not in result.stderr and result.stdout == ""

@@ -27,13 +27,13 @@ def test_unbuilt_command_says_so_and_fails(capsys, monkeypatch):
 
     monkeypatch.setitem(COMMANDS, "future", Command("Not yet.", planned="issue #99"))
     assert main(["future", "--beta", "0.1"]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "not built yet" in out and "issue #99" in out and "Nothing was run" in out
 
 
 def test_unknown_command_suggests_the_closest(capsys):
     assert main(["stf"]) == 2
-    assert "Did you mean 'sft'?" in capsys.readouterr().out
+    assert "Did you mean 'sft'?" in capsys.readouterr().err
 
 
 def _parse_error(argv, capsys) -> str:
@@ -66,7 +66,7 @@ def test_missing_model_folder_is_reported_with_the_fix(tmp_path, capsys):
     data.write_text('{"text": "hello"}\n')
     argv = ["sft", "--model", str(tmp_path / "nope"), "--dataset", str(data), "--output_dir", str(tmp_path)]
     assert main(argv) == 2
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert "no such folder" in out and "preftune tiny" in out and "Traceback" not in out
 
 
@@ -97,8 +97,10 @@ def test_bad_row_fails_before_the_model_loads(tiny_base, tmp_path, capsys, monke
     assert (
         main(["sft", "--model", tiny_base, "--dataset", str(data), "--output_dir", str(tmp_path / "o")]) == 2
     )
-    out = " ".join(capsys.readouterr().out.split())
+    captured = capsys.readouterr()
+    out = " ".join(captured.err.split())
     assert "bad.jsonl, row 2, field 'completion'" in out
+    assert "error" not in captured.out  # errors go to stderr, with the logs
 
 
 def test_synth_and_tiny_commands_write_loadable_outputs(tmp_path):

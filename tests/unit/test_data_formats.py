@@ -134,6 +134,14 @@ PAIR_ERRORS = [
         "expected text or an integer, got float",
     ),
     ({"chosen": "Yes please", "rejected": "No thanks"}, "chosen", "share no prompt"),
+    # the field named is the one at fault, not the first column of another format
+    ({"prompt": "p", "chosen": " c"}, "rejected", "missing or null"),
+    ({"chosen": "Q: hi\n\nAssistant: a"}, "rejected", "missing or null"),
+    ({"chosen": None, "rejected": "Q: hi\n\nAssistant: a"}, "chosen", "missing or null"),
+    ({"prompt": "p", "chosen": None, "rejected": " r"}, "chosen", "missing or null"),
+    ({"chosen": 5, "rejected": "Q: hi\n\nAssistant: a"}, "chosen", "expected text or a list of messages, got int 5"),
+    ({"chosen": "Q: hi\n\nAssistant: a", "rejected": 7.5}, "rejected", "expected text or a list of messages"),
+    ({"prompt": "p", "chosen": 5, "rejected": " r"}, "chosen", "got int 5"),
     ({"chosen": "Q: hi\n\nAssistant:", "rejected": "Q: hi\n\nAssistant: hello"}, "chosen", "empty response"),
     (
         {"chosen": "Q: hi\n\nAssistant: hello", "rejected": "Q: hi\n\nAssistant: hello"},
