@@ -31,6 +31,7 @@ import enum
 import functools
 import inspect
 import itertools
+import math
 import json
 import re
 import textwrap
@@ -501,6 +502,10 @@ def _assemble(config_cls: type[ConfigT], namespace: argparse.Namespace) -> Confi
             f"Missing required setting(s): {', '.join(missing)}. Pass --{missing[0]} VALUE, or set "
             "the key in the --config YAML."
         )
+    for name, value in values.items():  # argparse's float() reads "inf" and "nan"; no setting takes them
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+            raise ValueError(f"--{name} must be a finite number, got {value}.")
     return _instantiate(config_cls, values)
 
 

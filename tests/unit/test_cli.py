@@ -61,6 +61,29 @@ def test_bad_value_fails_before_any_model_loads(capsys):
     assert "learning_rate must be positive" in err
 
 
+@pytest.mark.parametrize(
+    ("command", "flag", "value"),
+    [
+        ("sft", "--learning_rate", "inf"),
+        ("sft", "--learning_rate=-inf", None),
+        ("dpo", "--beta", "inf"),
+        ("dpo", "--beta", "nan"),
+        ("ppo", "--kl_coef", "inf"),
+        ("rm", "--label_smoothing", "1e400"),
+    ],
+)
+def test_non_finite_numbers_are_refused_when_flags_are_read(capsys, command, flag, value):
+    argv = [command, "--model", "/nonexistent", "--dataset", "d.jsonl", "--output_dir", "o", flag]
+    err = _parse_error(argv + ([value] if value is not None else []), capsys)
+    assert f"--{flag.lstrip('-').split('=')[0]} must be a finite number" in err
+
+
+def test_non_finite_numbers_in_yaml_are_refused(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\ndataset: d.jsonl\noutput_dir: o\nbeta: .inf\n")
+    assert "--beta must be a finite number" in _parse_error(["dpo", "--config", str(recipe)], capsys)
+
+
 def test_missing_model_folder_is_reported_with_the_fix(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "hello"}\n')
