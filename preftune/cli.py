@@ -303,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = COMMANDS[name]
     if command.load is None:
-        err_console.print(f"`preftune {name}` is not built yet (planned in {command.planned}). Nothing was run.")
+        err_console.print(
+            f"`preftune {name}` is not built yet (planned in {command.planned}). Nothing was run."
+        )
         return 2
     from preftune.config import config_to_yaml, parse_config
     from preftune.engine import TrainingDiverged

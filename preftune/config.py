@@ -31,8 +31,8 @@ import enum
 import functools
 import inspect
 import itertools
-import math
 import json
+import math
 import re
 import textwrap
 import types

@@ -328,7 +328,9 @@ def _implicit_pair(row: _Row) -> tuple[Prompt, Completion, Completion]:
         if isinstance(value, str):
             _text(row, name, "response")
         elif not isinstance(value, list):
-            raise row.error(name, f"expected text or a list of messages, got {_describe(value)}", "fix the type")
+            raise row.error(
+                name, f"expected text or a list of messages, got {_describe(value)}", "fix the type"
+            )
     if isinstance(chosen, list):
         chosen = _messages(row, "chosen", chosen)
     if isinstance(rejected, list):

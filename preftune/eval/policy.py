@@ -34,7 +34,7 @@ from preftune.data.prompts import PromptSet, load_prompts
 from preftune.eval import policy_metrics as pm
 from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.report import write_report
-from preftune.judges import GoldJudge, Judge, load_judge
+from preftune.judges import GoldJudge, Judge, check_judge_spec, load_judge
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer, token_id
 from preftune.models.logps import ResponseLogps
 from preftune.rollout.experience import judge_scores, model_inputs, per_token, rollout_examples
@@ -225,6 +225,7 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
     named = config.named_policies()
     for _, path in [*named, ("reference", config.reference)]:
         check_model_path(path, "--policy" if path != config.reference else "--reference")
+    check_judge_spec(config.judge)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(config.reference)
     prompts = load_prompts(

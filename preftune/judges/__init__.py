@@ -39,6 +39,7 @@ from preftune.judges.llm import DEFAULT_MIN_ANSWER_MASS, LLMJudge
 from preftune.judges.panel import PanelJudge
 from preftune.judges.reward_model import STATS_FILE, EnsembleScores, RewardModelJudge
 from preftune.judges.template import DEFAULT_PRINCIPLE, DEFAULT_TEMPLATE, PairTemplate, two_order_verdicts
+from preftune.models.loading import check_model_path
 
 __all__ = [
     "DEFAULT_MIN_ANSWER_MASS",
@@ -59,6 +60,7 @@ __all__ = [
     "RequestPolicy",
     "RewardModelJudge",
     "VerdictCache",
+    "check_judge_spec",
     "compare",
     "is_pairwise",
     "is_pairwise_spec",
@@ -141,6 +143,17 @@ def load_judge(spec: str, *, pairwise: bool = False, **options: Any) -> AnyJudge
             f"Judge spec {spec!r} names no model. Use gold, gold:TASK, rm:PATH, a bare PATH, or rm:PATH1,PATH2."
         )
     return RewardModelJudge(paths, **given)
+
+
+def check_judge_spec(spec: str) -> None:
+    """Fail early, before any model loads, when `spec` names a missing checkpoint (rm:PATH, llm:PATH)
+    or an unknown judge kind; loads nothing."""
+    kind, rest = _parse_spec(spec)
+    if kind == "rm":
+        for path in (p for p in rest.split(",") if p):
+            check_model_path(path, "rm:")
+    elif kind == "llm" and rest:
+        check_model_path(rest, "llm:")
 
 
 def is_pairwise_spec(spec: str) -> bool:

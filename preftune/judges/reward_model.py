@@ -25,7 +25,7 @@ from torch import Tensor
 
 from preftune.data import Completion, EncodedExample, Prompt, encode_prompt_response, pad_batch
 from preftune.data.tokenize import Truncation
-from preftune.models.loading import load_scalar_model, load_tokenizer, token_id
+from preftune.models.loading import check_model_path, load_scalar_model, load_tokenizer, token_id
 from preftune.models.scalar import PooledScorer
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class RewardModelJudge:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         self.truncation: Truncation = truncation
+        for p in self.paths:  # before any load: a missing folder or a hub id gets preftune's message
+            check_model_path(p, "rm:")
         self.tokenizer = load_tokenizer(self.paths[0], trust_remote_code)
         for other in self.paths[1:]:
             if load_tokenizer(other, trust_remote_code).get_vocab() != self.tokenizer.get_vocab():

@@ -7,6 +7,7 @@ only and `trust_remote_code` stays off unless the user turns it on.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
@@ -55,6 +56,10 @@ class ModelConfig:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+"""What a Hugging Face Hub id looks like (ORG/NAME), as opposed to a local path."""
+
+
 def check_model_path(path: str, flag: str = "--model") -> None:
     """Fail early, before anything heavy loads, when a checkpoint folder is missing."""
     if not path:
@@ -65,6 +70,13 @@ def check_model_path(path: str, flag: str = "--model") -> None:
     if p.exists() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
         raise ValueError(f"{flag} {path}: the folder has no config.json, so it is not a saved model.")
     if not p.exists():
+        if HUB_ID.fullmatch(path):
+            raise ValueError(
+                f"{flag} {path}: no such folder, and preftune does not download weights at run time. If "
+                f"{path!r} is a Hugging Face Hub id, download it first (`hf download {path} --local-dir "
+                f"models/{path.split('/')[-1]}`) and pass that folder; a GGUF file goes through "
+                "`preftune import-gguf`."
+            )
         raise ValueError(
             f"{flag} {path}: no such folder. preftune never downloads weights; give a local checkpoint "
             "(make one with `preftune tiny --data FILE --out DIR`)."

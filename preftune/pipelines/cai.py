@@ -51,7 +51,7 @@ from preftune.data import DataConfig, encode_prompt
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.engine import TrainConfig
 from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
-from preftune.judges import compare, load_judge
+from preftune.judges import check_judge_spec, compare, load_judge
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
 from preftune.rollout.generate import SamplingConfig, TransformersBackend
 from preftune.tasks import detect_task
@@ -363,6 +363,8 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(config.train.output_dir)
     check_model_path(config.model.model)
+    if config.judge:
+        check_judge_spec(config.judge)
     constitution = load_constitution(config.constitution)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)

@@ -52,7 +52,7 @@ from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
 from preftune.eval.report import write_report
 from preftune.eval.reward_model import json_safe
-from preftune.judges import GroupRanking, is_pairwise_spec, load_judge, rank_groups
+from preftune.judges import GroupRanking, check_judge_spec, is_pairwise_spec, load_judge, rank_groups
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
 from preftune.rollout.experience import response_completions
 from preftune.rollout.generate import SamplingConfig, TransformersBackend
@@ -307,6 +307,7 @@ class PracticeLoop:
         self.config = config
         self.out = Path(config.train.output_dir)
         check_model_path(config.model.model)
+        check_judge_spec(config.judge)
         self.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)
         max_prompt = config.data.max_length - config.sampling.max_new_tokens

@@ -52,7 +52,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from preftune.config import save_config
 from preftune.data import Completion, DataConfig, Prompt
 from preftune.data.prompts import PromptSet, load_prompts
-from preftune.judges import GoldJudge, Judge, load_judge
+from preftune.judges import GoldJudge, Judge, check_judge_spec, load_judge
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
 from preftune.ops.best_of_n import best_of_n_kl, best_of_n_probabilities, expected_best_of_n, kl_bound
 from preftune.rollout.experience import response_completions
@@ -275,6 +275,7 @@ def _score(
 def run_best_of_n(config: BoNConfig) -> dict[str, Any]:
     """The `preftune bon` command: sample, score, select; writes the four files (module docstring)."""
     check_model_path(config.model.model)
+    check_judge_spec(config.judge)
     tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)
     data = _load_prompts(config, tokenizer)
     task = _gold_task(config, data.prompts)

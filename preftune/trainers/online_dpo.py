@@ -51,7 +51,15 @@ from preftune.eval.hacking import (
     watch_evaluation,
     watch_start,
 )
-from preftune.judges import GroupRanking, Judge, PairwiseJudge, compare, load_judge, rank_groups
+from preftune.judges import (
+    GroupRanking,
+    Judge,
+    PairwiseJudge,
+    check_judge_spec,
+    compare,
+    load_judge,
+    rank_groups,
+)
 from preftune.losses.registry import LOSSES
 from preftune.models.loading import (
     ModelConfig,
@@ -215,6 +223,9 @@ class OnlineDPOTrainer:
         check_model_path(cfg.model.model)
         if cfg.ref_model:
             check_model_path(cfg.ref_model, "--ref_model")
+        for spec, given in ((cfg.scoring.judge, judge), (cfg.scoring.heldout_judge, heldout_judge)):
+            if spec and given is None:
+                check_judge_spec(spec)
         self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
         self.pad_id = token_id(self.tokenizer, "pad")
         self.accelerator = build_accelerator(cfg.train)

@@ -48,7 +48,7 @@ from preftune.eval.hacking import (
     watch_evaluation,
     watch_start,
 )
-from preftune.judges import Judge, RewardModelJudge
+from preftune.judges import Judge, RewardModelJudge, check_judge_spec
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import (
     adaptive_kl_coef,
@@ -183,6 +183,9 @@ class PPOTrainer:
         ):
             if path:
                 check_model_path(path, flag)
+        for spec, given in ((cfg.scoring.judge, judge), (cfg.scoring.heldout_judge, heldout_judge)):
+            if spec and given is None:
+                check_judge_spec(spec)
         self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
         self.pad_id = token_id(self.tokenizer, "pad")
         self.accelerator = build_accelerator(cfg.train)

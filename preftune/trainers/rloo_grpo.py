@@ -43,7 +43,7 @@ from preftune.eval.hacking import (
     watch_evaluation,
     watch_start,
 )
-from preftune.judges import Judge
+from preftune.judges import Judge, check_judge_spec
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rloo_advantages
 from preftune.models.actor_critic import ActorCritic
@@ -170,6 +170,9 @@ class RLOOTrainer:
         check_model_path(cfg.model.model)
         if cfg.ref_model:
             check_model_path(cfg.ref_model, "--ref_model")
+        for spec, given in ((cfg.scoring.judge, judge), (cfg.scoring.heldout_judge, heldout_judge)):
+            if spec and given is None:
+                check_judge_spec(spec)
         self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
         self.pad_id = token_id(self.tokenizer, "pad")
         self.accelerator = build_accelerator(cfg.train)

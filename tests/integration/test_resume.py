@@ -67,4 +67,9 @@ def test_resume_without_checkpoint_says_how_to_fix(synth_world, tiny_base, tmp_p
     )  # fmt: skip
     assert result.returncode == 2
     message = " ".join(result.stderr.split())
-    assert "no checkpoint in" in message and "--save_steps" in message and "Traceback" not in result.stderr and result.stdout == ""
+    assert (
+        "no checkpoint in" in message
+        and "--save_steps" in message
+        and "Traceback" not in result.stderr
+        and result.stdout == ""
+    )

@@ -144,3 +144,32 @@ def test_audit_takes_its_data_as_the_first_argument(tmp_path, capsys):
     data.write_text('{"prompt": "p", "chosen": "good answer.", "rejected": "bad"}\n' * 3)
     assert main(["audit", str(data), "--output_dir", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "audit.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["eval", "--reward_model", "ORG/NAME"], "download it first (`hf download ORG/NAME"),
+        (["eval", "--reward_model", "/nonexistent/rm"], "rm: /nonexistent/rm: no such folder"),
+        (["bon", "--model", "M", "--judge", "rm:/nonexistent/rm"], "rm: /nonexistent/rm: no such folder"),
+        (["sft", "--model", "HuggingFaceTB/SmolLM2-135M-Instruct"], "is a Hugging Face Hub id"),
+    ],
+)
+def test_hub_ids_and_missing_paths_are_refused_before_any_download(
+    tmp_path, capsys, monkeypatch, argv, expected
+):
+    import transformers
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("preftune tried to load (and download) a checkpoint")
+
+    for auto in (transformers.AutoTokenizer, transformers.AutoConfig, transformers.AutoModelForCausalLM):
+        monkeypatch.setattr(auto, "from_pretrained", no_download)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    if argv[0] == "bon":  # its policy must exist for the judge to be reached
+        (tmp_path / "M").mkdir()
+        (tmp_path / "M" / "config.json").write_text("{}")
+        argv = [a if a != "M" else str(tmp_path / "M") for a in argv]
+    assert main([*argv, "--dataset", str(pairs), "--output_dir", str(tmp_path / "out")]) == 2
+    assert expected in " ".join(capsys.readouterr().err.split())

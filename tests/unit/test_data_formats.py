@@ -139,7 +139,11 @@ PAIR_ERRORS = [
     ({"chosen": "Q: hi\n\nAssistant: a"}, "rejected", "missing or null"),
     ({"chosen": None, "rejected": "Q: hi\n\nAssistant: a"}, "chosen", "missing or null"),
     ({"prompt": "p", "chosen": None, "rejected": " r"}, "chosen", "missing or null"),
-    ({"chosen": 5, "rejected": "Q: hi\n\nAssistant: a"}, "chosen", "expected text or a list of messages, got int 5"),
+    (
+        {"chosen": 5, "rejected": "Q: hi\n\nAssistant: a"},
+        "chosen",
+        "expected text or a list of messages, got int 5",
+    ),
     ({"chosen": "Q: hi\n\nAssistant: a", "rejected": 7.5}, "rejected", "expected text or a list of messages"),
     ({"prompt": "p", "chosen": 5, "rejected": " r"}, "chosen", "got int 5"),
     ({"chosen": "Q: hi\n\nAssistant:", "rejected": "Q: hi\n\nAssistant: hello"}, "chosen", "empty response"),

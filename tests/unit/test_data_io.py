@@ -136,7 +136,11 @@ def test_not_gzip_and_not_utf8_are_clear_errors(tmp_path):
     latin.write_bytes('{"text": "ok"}\n{"text": "caf\u00e9"}\n'.encode("latin-1"))
     with pytest.raises(DataError, match="not valid UTF-8") as error:
         load_rows(str(latin))
-    assert error.value.row == 2 and "b.jsonl, row 2:" in str(error.value) and "byte 14 of the line" in str(error.value)
+    assert (
+        error.value.row == 2
+        and "b.jsonl, row 2:" in str(error.value)
+        and "byte 14 of the line" in str(error.value)
+    )
     gz_latin = tmp_path / "c.jsonl.gz"
     with gzip.open(gz_latin, "wb") as handle:
         handle.write('{"text": "a"}\n\n{"text": "caf\u00e9"}\n'.encode("latin-1"))
