@@ -17,7 +17,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -155,6 +155,17 @@ class Engine:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    def eval_starts(self, num_items: int, batch_size: int) -> Iterable[int]:
+        """range(0, num_items, batch_size) under an "eval" progress bar (main process, unless
+        --disable_tqdm; cleared when done), so a long evaluation is never a frozen training bar."""
+        return tqdm(
+            range(0, num_items, batch_size),
+            desc="eval",
+            leave=False,
+            disable=self.config.disable_tqdm or not self.is_main,
+            dynamic_ncols=True,
+        )
 
     @property
     def done(self) -> bool:

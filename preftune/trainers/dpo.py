@@ -519,7 +519,7 @@ class DPOTrainer:
         with_kl = not self.config.reference_free and cache is None  # KL needs the reference's distribution
         if with_kl:
             sums["kl"] = 0.0
-        for start in range(0, len(mine), size):
+        for start in self.engine.eval_starts(len(mine), size):
             cached = cache[start : start + size] if cache is not None else None
             batch, losses, metrics = self._step_losses(mine[start : start + size], model, cached)
             sums["loss"] += losses.sum()

@@ -331,7 +331,7 @@ class KTOTrainer:
         z_ref, num_examples = self.reference_point(mine)
         size = self.config.train.per_device_train_batch_size
         sums: dict[str, torch.Tensor | float] = dict.fromkeys(["loss", *_CLASS_SUMS], 0.0)
-        for start in range(0, len(mine), size):
+        for start in self.engine.eval_starts(len(mine), size):
             _, losses, metrics = self._losses(mine[start : start + size], model, z_ref)
             local = {"loss": losses.sum(), **_class_sums(metrics)}
             sums = {name: value + local[name] for name, value in sums.items()}

@@ -270,7 +270,7 @@ class RewardTrainer:
         size = self.config.train.per_device_train_batch_size
         mine = list(range(rank, len(pairs), world))
         scored: list[tuple[int, list[float], list[float]]] = []
-        for start in range(0, len(mine), size):
+        for start in self.engine.eval_starts(len(mine), size):
             indices = mine[start : start + size]
             chosen, rejected = self._rewards(model, self._collate([pairs[i] for i in indices]))
             scored += zip(indices, chosen.tolist(), rejected.tolist(), strict=True)

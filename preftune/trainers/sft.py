@@ -195,7 +195,7 @@ class SFTTrainer:
         mine = self.eval_items[rank::world]
         size = self.config.train.per_device_train_batch_size
         nll, count = 0.0, 0.0
-        for start in range(0, len(mine), size):
+        for start in self.engine.eval_starts(len(mine), size):
             _, _, metrics = self._token_losses(model, self._collate(mine[start : start + size]))
             nll += metrics["train/nll_sum"].item()
             count += metrics["train/num_loss_tokens"].item()

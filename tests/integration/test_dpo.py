@@ -269,3 +269,12 @@ def test_label_noise_auto_sets_the_robust_flip_rate_and_records_it(synth_world, 
     assert trainer.label_smoothing == record["label_smoothing"] == record["flip_rate"]
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # rDPO at z = 0 is log 2 for any eps
+
+
+def test_final_evaluation_shows_its_progress(synth_world, tiny_base, tmp_path, capsys):
+    # the held-out pass after the last step has its own bar: the training bar does not sit frozen at 100%
+    config = dpo_config(tiny_base, synth_world, tmp_path / "o", eval_data=True, max_steps=1, disable_tqdm=False)
+    config.data.eval_dataset_split = "train[:40]"
+    DPOTrainer(config).train()
+    err = capsys.readouterr().err
+    assert "eval:   0%|          | 0/5" in err  # 40 pairs in batches of 8; cleared when done
