@@ -6,11 +6,13 @@ only and `trust_remote_code` stays off unless the user turns it on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -187,13 +189,16 @@ def load_scalar_model(
             f"{flag} {path} is a reward model with {config.num_labels} head(s), but {num_labels} were asked "
             f"for. Pass --num_heads {config.num_labels}, or start from a causal-LM checkpoint to get new heads."
         )
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=config.num_labels if is_classifier else (num_labels or 1),
-        dtype=_torch_dtype(dtype),
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-    )
+    with _plain_load_report():
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=config.num_labels if is_classifier else (num_labels or 1),
+            dtype=_torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            output_loading_info=True,
+        )
+    _report_missing_weights(path, info)
     if model.config.pad_token_id is None:
         if pad_token_id is None:
             raise ValueError(f"{flag} {path}: config.pad_token_id is unset; set it so batches can be padded.")
@@ -202,6 +207,42 @@ def load_scalar_model(
     if device is not None:
         cast(torch.nn.Module, model).to(torch.device(device))
     return model
+
+
+QUIET_LOADING_LOGGERS = ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")
+"""transformers' coloured LOAD REPORT table (raw ANSI codes in log files) and its tensor-parallel
+plan check ("layers were not sharded"; preftune does not use tensor parallelism)."""
+
+
+@contextlib.contextmanager
+def _plain_load_report() -> Iterator[None]:
+    """Silence `QUIET_LOADING_LOGGERS` below ERROR while a model loads; the caller reports what
+    matters in one plain line (`_report_missing_weights`)."""
+    loggers = [logging.getLogger(name) for name in QUIET_LOADING_LOGGERS]
+    levels = [one.level for one in loggers]
+    for one in loggers:
+        one.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for one, level in zip(loggers, levels, strict=True):
+            one.setLevel(level)
+
+
+def _report_missing_weights(path: str, info: dict[str, Any]) -> None:
+    """One plain log line for freshly initialised weights: INFO for the score head a causal-LM
+    checkpoint lacks by design, WARNING for anything else (and for unexpected checkpoint keys)."""
+    missing = sorted(info.get("missing_keys") or [])
+    heads = [key for key in missing if key.split(".")[0] == "score"]
+    others = [key for key in missing if key not in heads]
+    if heads:
+        logger.info("%s: new score head %s, randomly initialised (the checkpoint has none).", path, heads)
+    if others:
+        logger.warning("%s: %d weights missing from the checkpoint were randomly initialised: %s", path,
+                       len(others), others[:10])  # fmt: skip
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        logger.warning("%s: %d checkpoint weights were not used: %s", path, len(unexpected), unexpected[:10])
 
 
 def add_lora(

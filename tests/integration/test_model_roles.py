@@ -151,3 +151,14 @@ def test_make_tiny_is_reproducible(synth_world, tmp_path):
     weights = [AutoModelForCausalLM.from_pretrained(p).state_dict() for p in paths]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0]), "the seed must matter"
+
+
+def test_a_new_score_head_is_one_plain_log_line_not_a_coloured_report(tiny_base, caplog, capfd):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="preftune"):
+        load_scalar_model(tiny_base, pad_token_id=0)
+    captured = capfd.readouterr()
+    everything = captured.out + captured.err + caplog.text
+    assert "LOAD REPORT" not in everything and "\x1b[" not in everything and "not sharded" not in everything
+    assert "new score head ['score.weight'], randomly initialised" in caplog.text
