@@ -47,16 +47,19 @@ def gold_reward_plot(methods: dict[str, dict[str, Any]], label: str = "gold rewa
 
 
 def reward_kl_plot(methods: dict[str, dict[str, Any]], label: str = "gold reward") -> Figure:
-    """Gold reward against KL to the reference, one point per method that has a KL."""
+    """Gold reward against KL to the reference, one point per method that has a KL; methods are told
+    apart by colour and marker in a legend (text labels beside close points overlap)."""
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
-    for name, row in methods.items():
-        if row.get("kl") is None:
-            continue
-        axes.scatter(row["kl"], row["gold_reward"], color="#dd8452")
-        axes.annotate(name, (row["kl"], row["gold_reward"]), textcoords="offset points", xytext=(4, 4))
+    markers = "osD^vP*Xh<>"
+    shown = [(name, row) for name, row in methods.items() if row.get("kl") is not None]
+    for index, (name, row) in enumerate(shown):
+        axes.scatter(row["kl"], row["gold_reward"], marker=markers[index % len(markers)], s=60,
+                     color=f"C{index % 10}", label=name, zorder=3)  # fmt: skip
     axes.set_xlabel("KL to the reference (nats per response)")
     axes.set_ylabel(label)
+    if shown:
+        axes.legend(loc="best", fontsize=8)
     return figure
 
 
@@ -72,7 +75,8 @@ def hacking_plot(history: list[dict[str, float]]) -> Figure:
     lengths = axes.twinx()
     lengths.plot(steps, [row["eval/length"] for row in history], color="gray", linestyle="--", label="length")
     lengths.set_ylabel("response length (tokens)")
-    axes.legend(loc="upper left", fontsize=8)
+    handles = [*axes.get_legend_handles_labels()[0], *lengths.get_legend_handles_labels()[0]]
+    axes.legend(handles=handles, loc="upper left", fontsize=8)  # one legend for both axes
     return figure
 
 
