@@ -15,8 +15,9 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(soft_wrap=True)
-"""Results and tables: stdout."""
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+"""Results and tables: stdout. Off a terminal (a log file, a pipe) tables get 200 columns instead of
+rich's default 80, so that they are not wrapped into unreadable cells."""
 err_console = Console(soft_wrap=True, stderr=True)
 """Errors and notices: stderr, with the logs, so that stdout holds only results."""
 
@@ -121,7 +122,7 @@ def _loop() -> tuple[type, Callable[[Any], Any]]:
 
     def run(cfg: LoopConfig) -> Any:
         summary = run_loop(cfg)
-        console.print(Markdown(render_markdown(summary)))
+        show_markdown(render_markdown(summary))
         return summary
 
     return LoopConfig, run
@@ -242,7 +243,15 @@ COMMANDS: dict[str, Command] = {
 def show_demo_table(summary: dict[str, Any]) -> None:
     from preftune.pipelines.demo import render_markdown
 
-    console.print(Markdown(render_markdown(summary)))
+    show_markdown(render_markdown(summary))
+
+
+def show_markdown(text: str) -> None:
+    """Rendered on a terminal; the Markdown itself elsewhere (logs, pipes): readable and greppable."""
+    if console.is_terminal:
+        console.print(Markdown(text))
+    else:
+        console.print(text, markup=False, highlight=False, emoji=False)
 
 
 def show_metrics_table(result: dict[str, Any], title: str) -> None:

@@ -173,3 +173,16 @@ def test_hub_ids_and_missing_paths_are_refused_before_any_download(
         argv = [a if a != "M" else str(tmp_path / "M") for a in argv]
     assert main([*argv, "--dataset", str(pairs), "--output_dir", str(tmp_path / "out")]) == 2
     assert expected in " ".join(capsys.readouterr().err.split())
+
+
+def test_tables_are_not_wrapped_off_a_terminal(capsys):
+    from preftune.cli import show_markdown, show_metrics_table
+
+    row = "| best-of-n (proxy RM) | 0.792 | [0.724, 0.857] | 1.652 | - | 1.84 (log n - (n-1)/n) | 6.9 words |"
+    show_markdown(f"# title\n\n| a | b | c | d | e | f | g |\n|---|---|---|---|---|---|---|\n{row}\n")
+    out = capsys.readouterr().out
+    assert row in out.splitlines()  # the Markdown row intact on one line (rich would draw an 80-column box)
+    show_metrics_table({"policy/ppo_against_the_length_biased_reward_model/win_rate_ci_low": 0.123456}, "t")
+    lines = capsys.readouterr().out.splitlines()
+    assert any("policy/ppo_against_the_length_biased_reward_model/win_rate_ci_low" in line and "0.1235" in line
+               for line in lines)  # fmt: skip
