@@ -19,15 +19,15 @@ For every prompt of --dataset, sample --n responses from --model, score them wit
   and distinct_response_fraction (distinct responses per prompt / N);
 - `config.yaml`: the resolved config.
 
-    preftune bon --model runs/sft-kindness/final --dataset data/kindness/eval_prompts.jsonl \\
+    preftune bon --model runs/sft/final --dataset data/kindness/eval_prompts.jsonl \\
         --judge gold --n 16 --output_dir runs/bon-kindness
 
     from preftune.data import DataConfig
     from preftune.models.loading import ModelConfig
     from preftune.rollout.best_of_n import BoNConfig, run_best_of_n
-    result = run_best_of_n(BoNConfig(model=ModelConfig(model="runs/sft-kindness/final"),
+    result = run_best_of_n(BoNConfig(model=ModelConfig(model="runs/sft/final"),
                                      data=DataConfig(dataset="data/kindness/eval_prompts.jsonl"),
-                                     judge="rm:runs/rm-kindness/final", output_dir="runs/bon"))
+                                     judge="rm:runs/rm/final", output_dir="runs/bon"))
     result["curve"][-1]  # {"n": 16, "judge_reward": ..., "kl_bound": 1.835, "kl_measured": ...}
 
 Identical responses to a prompt are scored once, so copies always tie. The best (and worst)

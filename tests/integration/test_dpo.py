@@ -273,7 +273,9 @@ def test_label_noise_auto_sets_the_robust_flip_rate_and_records_it(synth_world, 
 
 def test_final_evaluation_shows_its_progress(synth_world, tiny_base, tmp_path, capsys):
     # the held-out pass after the last step has its own bar: the training bar does not sit frozen at 100%
-    config = dpo_config(tiny_base, synth_world, tmp_path / "o", eval_data=True, max_steps=1, disable_tqdm=False)
+    config = dpo_config(
+        tiny_base, synth_world, tmp_path / "o", eval_data=True, max_steps=1, disable_tqdm=False
+    )
     config.data.eval_dataset_split = "train[:40]"
     DPOTrainer(config).train()
     err = capsys.readouterr().err
