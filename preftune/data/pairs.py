@@ -44,7 +44,9 @@ def load_pairs(
 ) -> tuple[list[EncodedPair], EncodeReport]:
     """Read, validate and encode the preference pairs of `source` (split or slice `split`) by the
     data config's length, truncation and skip rules; the report is logged under `name`."""
-    parsed = parse_pairs(load_rows(source, split), skip_invalid=config.skip_invalid)
+    parsed = parse_pairs(
+        load_rows(source, split), skip_invalid=config.skip_invalid, dialogue_format=config.dialogue_format
+    )
     pairs, report = encode_dataset(
         tokenizer, parsed, config.max_length, config.truncation, skip_invalid=config.skip_invalid
     )

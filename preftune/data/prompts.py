@@ -42,7 +42,9 @@ def load_prompts(
             f"No room for the prompt: max_length ({config.max_length}) minus the tokens to generate leaves "
             f"{max_prompt_length}. Raise --max_length or lower --max_new_tokens."
         )
-    parsed = parse_prompts(load_rows(source, split), skip_invalid=config.skip_invalid)
+    parsed = parse_prompts(
+        load_rows(source, split), skip_invalid=config.skip_invalid, dialogue_format=config.dialogue_format
+    )
     encoded, report = encode_dataset(
         tokenizer, parsed, max_prompt_length, config.truncation, skip_invalid=config.skip_invalid
     )

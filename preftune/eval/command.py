@@ -37,7 +37,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     options = config.reward
     data = DataConfig(
         dataset=config.policies.prompts, max_length=options.max_length or 512, truncation=options.truncation,
-        skip_invalid=options.skip_invalid,
+        skip_invalid=options.skip_invalid, dialogue_format=options.dialogue_format,
     )  # fmt: skip
     return run_policy_eval(
         config.policies, options.output_dir, data, options.task, options.device, options.batch_size

@@ -54,6 +54,9 @@ class RewardEvalConfig:
     """'left' drops prompt tokens from the left (counted); 'error' stops."""
     skip_invalid: bool = False
     """Skip rows that fail validation (counted and reported) instead of stopping."""
+    dialogue_format: Literal["text", "hh"] = "text"
+    """'hh' reads text transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...") as message lists for the chat
+    template (use what the reward model or policy was trained with)."""
     task: str = "auto"
     """Synthetic task for gold agreement / gold reward: 'auto' reads task.json beside --dataset (or
     --prompts); 'none' turns it off."""
@@ -78,7 +81,11 @@ class RewardEvalConfig:
 
 def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: RewardEvalConfig) -> dict[str, Any]:
     """All reward-model metrics on the pairs in `dataset` (see the module docstring)."""
-    parsed = parse_pairs(load_rows(dataset, options.dataset_split), skip_invalid=options.skip_invalid)
+    parsed = parse_pairs(
+        load_rows(dataset, options.dataset_split),
+        options.skip_invalid,
+        dialogue_format=options.dialogue_format,
+    )
     pairs, report = encode_dataset(
         judge.tokenizer, parsed, judge.max_length, options.truncation, skip_invalid=options.skip_invalid
     )

@@ -69,6 +69,13 @@ def check_model_path(path: str, flag: str = "--model") -> None:
             f"No checkpoint given: pass {flag} PATH (a folder from save_pretrained or `preftune tiny`)."
         )
     p = Path(path)
+    if p.suffix.lower() == ".gguf" or (
+        p.is_dir() and any(p.glob("*.gguf")) and not (p / "config.json").exists()
+    ):
+        raise ValueError(
+            f"{flag} {path} is a GGUF checkpoint, which preftune trains only after converting it once: "
+            f"`preftune import-gguf {path} --out models/NAME`, then pass {flag} models/NAME."
+        )
     if p.exists() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
         raise ValueError(f"{flag} {path}: the folder has no config.json, so it is not a saved model.")
     if not p.exists():

@@ -181,8 +181,8 @@ class KTOTrainer:
         formats = (detect_format(row) for row in table.rows)
         kind = next((f for f in formats if f in UNPAIRED_FORMATS or f in PAIR_FORMATS), None)
         if kind not in PAIR_FORMATS:  # also no known format: parse_unpaired names the missing columns
-            return parse_unpaired(table, skip_invalid=self.config.data.skip_invalid)
-        pairs = parse_pairs(table, skip_invalid=self.config.data.skip_invalid)
+            return parse_unpaired(table, self.config.data.skip_invalid, self.config.data.dialogue_format)
+        pairs = parse_pairs(table, self.config.data.skip_invalid, self.config.data.dialogue_format)
         examples = [
             UnpairedExample(pair.prompt, response, label, pair.row)
             for pair in pairs.examples

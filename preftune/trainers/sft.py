@@ -122,7 +122,9 @@ class SFTTrainer:
     def _encode(self, source: str, split: str, name: str) -> Sequence[Item]:
         cfg = self.config
         table = load_rows(source, split)
-        parsed = parse_sft(table, text_field=cfg.dataset_text_field, skip_invalid=cfg.data.skip_invalid)
+        parsed = parse_sft(
+            table, cfg.dataset_text_field, cfg.data.skip_invalid, dialogue_format=cfg.data.dialogue_format
+        )
         encoded, report = encode_dataset(
             self.tokenizer,
             parsed,

@@ -6,8 +6,8 @@ import pytest
 
 from preftune.cli import COMMANDS, main
 
-# DESIGN.md section 2, plus online-dpo (issue 7; recorded in docs/architecture.md)
-CONTRACT = "demo sft rm dpo kto ppo rloo grpo online-dpo bon eval loop cai audit synth tiny".split()
+# DESIGN.md section 2, plus online-dpo (issue 7) and import-gguf (issue 13), recorded in docs/architecture.md
+CONTRACT = "demo sft rm dpo kto ppo rloo grpo online-dpo bon eval loop cai audit synth tiny import-gguf".split()
 
 
 def test_help_lists_every_command_of_the_contract(capsys):
