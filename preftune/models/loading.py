@@ -50,12 +50,20 @@ class ModelConfig:
     """Dropout on the LoRA input. 0 by default so log-probs are deterministic."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Modules that get adapters: names such as q_proj v_proj, or 'all-linear'."""
+    lora_layers_to_transform: list[int] = field(default_factory=list)
+    """Indices of the transformer layers that get adapters (peft's layers_to_transform), e.g. the top six of
+    a 30-layer model: 24 25 26 27 28 29; empty = every layer. Backpropagation stops at the lowest adapted
+    layer, so adapting only the top layers makes each step much cheaper."""
 
     def __post_init__(self) -> None:
         if self.lora_r <= 0:
             raise ValueError(f"lora_r must be > 0, got {self.lora_r}. Typical values: 8 to 64.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if any(index < 0 for index in self.lora_layers_to_transform):
+            raise ValueError(
+                f"lora_layers_to_transform takes layer indices >= 0, got {self.lora_layers_to_transform}."
+            )
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -149,8 +157,18 @@ def load_policy(config: ModelConfig) -> PreTrainedModel | PeftModel:
     return model
 
 
-def _lora_targets(names: list[str]) -> str | list[str]:
-    return "all-linear" if names == ["all-linear"] else names
+def _lora_targets(names: list[str], model: torch.nn.Module, by_layer: bool = False) -> str | list[str]:
+    """peft's target_modules; 'all-linear' is spelled out as the linear layers' names when adapters go on
+    some layers only (peft takes layers_to_transform only with a list of names)."""
+    if names != ["all-linear"]:
+        return names
+    if not by_layer:
+        return "all-linear"
+    heads = ("lm_head", "score")
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in heads}
+    )  # fmt: skip
 
 
 def load_reference(
@@ -260,9 +278,16 @@ def add_lora(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=_lora_targets(config.lora_target_modules),
+        target_modules=_lora_targets(config.lora_target_modules, model, bool(config.lora_layers_to_transform)),
+        layers_to_transform=config.lora_layers_to_transform or None,
         task_type=task_type,
     )
+    num_layers = model.config.num_hidden_layers
+    beyond = [index for index in config.lora_layers_to_transform if index >= num_layers]
+    if beyond:
+        raise ValueError(
+            f"--lora_layers_to_transform {beyond}: the model has {num_layers} layers (indices 0 to {num_layers - 1})."
+        )
     return cast(PeftModel, get_peft_model(model, lora))
 
 
