@@ -13,8 +13,12 @@ it), and reports per policy (keys `policy/<NAME>/<metric>` of eval.json):
 - `kl`, `kl_se`: KL(policy || reference) estimated from the policy's samples (mean of the
   sequence log-ratios, with its standard error);
 - `length` (tokens), `distinct_1`, `distinct_2`; and a few sample responses;
+- with `--heldout_judge SPEC` (a second judge the policies were not tuned against, e.g. a reward model
+  trained on other pairs: the real-data stand-in for the gold reward), `heldout_reward` with its interval
+  and `heldout_win_rate` against the reference with its paired interval;
 - `hacking_flagged`, `hacking_evidence`: the reward-hacking monitor on (reference, policy): the judge's
-  reward up while the gold reward is down, or the length drifted by more than half.
+  reward up while the gold reward (else the held-out judge's) is down, or the length drifted by more
+  than half.
 A bare PATH is named by its folder (the parent folder for a `final/` checkpoint).
 """
 
@@ -61,6 +65,9 @@ class PolicyEvalConfig:
     """Split or slice of --prompts, e.g. 'train[:200]'."""
     judge: str = ""
     """Judge spec: gold, rm:PATH (a reward model; a bare PATH too) or rm:PATH1,PATH2."""
+    heldout_judge: str = ""
+    """A second judge scoring the same samples (e.g. rm:PATH of a reward model trained on pairs the policies never
+    saw): held-out reward and win rate, and the reward-hacking check where there is no gold reward."""
     samples_per_prompt: int = 1
     """Responses sampled per prompt and policy."""
     max_new_tokens: int = 32
@@ -125,6 +132,7 @@ class _Samples:
     texts: list[str]
     judge: np.ndarray
     gold: np.ndarray | None
+    heldout: np.ndarray | None
     lengths: np.ndarray
     logratio: np.ndarray
 
@@ -158,11 +166,13 @@ def _logps(
 
 
 def evaluate_policy(
-    path: str, prompts: PromptSet, config: PolicyEvalConfig, judge: Judge, gold: GoldJudge | None,
-    reference: ResponseLogps, device: str,
+    path: str, prompts: PromptSet, config: PolicyEvalConfig,
+    judges: tuple[Judge, GoldJudge | None, Judge | None], reference: ResponseLogps, device: str,
 ) -> _Samples:  # fmt: skip
-    """Sample `path` on the prompts and measure every sample. The KL is that of the distributions
-    sampled from: both models' log-probs at the sampling temperature (the models' own at 1.0)."""
+    """Sample `path` on the prompts and measure every sample with the judge, the gold reward and the
+    held-out judge (each may be None but the judge). The KL is that of the distributions sampled from:
+    both models' log-probs at the sampling temperature (the models' own at 1.0)."""
+    judge, gold, heldout = judges
     rollout, (model, tokenizer) = _sample(path, prompts, config, device)
     repeated = [p for p in prompts.prompts for _ in range(config.samples_per_prompt)]
     scores, texts = judge_scores(judge, tokenizer, repeated, rollout)
@@ -174,6 +184,9 @@ def evaluate_policy(
         texts=texts,
         judge=scores.double().numpy(),
         gold=None if gold is None else gold.score(repeated, texts).double().numpy(),
+        heldout=None
+        if heldout is None
+        else judge_scores(heldout, tokenizer, repeated, rollout)[0].double().numpy(),
         lengths=rollout.lengths.double().numpy(),
         logratio=logratio,
     )
@@ -202,15 +215,24 @@ def policy_metrics(samples: _Samples, baseline: _Samples, config: PolicyEvalConf
     if samples.gold is not None:
         gold, gold_ci = pm.mean_ci(samples.gold, num_resamples=resamples, seed=config.seed)
         result |= {"gold_reward": gold, "gold_reward_ci": list(gold_ci)}
+    if samples.heldout is not None and baseline.heldout is not None:
+        heldout, heldout_ci = pm.mean_ci(samples.heldout, num_resamples=resamples, seed=config.seed)
+        win, win_ci = pm.win_rate_ci(
+            samples.heldout, baseline.heldout, num_resamples=resamples, seed=config.seed
+        )
+        result |= {"heldout_reward": heldout, "heldout_reward_ci": list(heldout_ci), "heldout_win_rate": win,
+                   "heldout_win_rate_ci": list(win_ci)}  # fmt: skip
     return result
 
 
 def hacking_check(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     """The reward-hacking monitor on two points, the reference as step 0 and the policy as step 1: is
-    the judge's reward up while the gold reward is down, or has the length drifted? (monitor summary)"""
+    the judge's reward up while the gold reward (else the held-out judge's) is down, or has the length
+    drifted? (monitor summary)"""
     monitor = HackingMonitor(HackingConfig(hacking_window=2))
     for step, m in ((0, reference), (1, policy)):
-        monitor.observe(Observation(step, m["judge_reward"], m.get("gold_reward"), m["length"], m["kl"]))
+        truth = m.get("gold_reward", m.get("heldout_reward"))
+        monitor.observe(Observation(step, m["judge_reward"], truth, m["length"], m["kl"]))
     return monitor.summary()
 
 
@@ -226,6 +248,8 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
     for _, path in [*named, ("reference", config.reference)]:
         check_model_path(path, "--policy" if path != config.reference else "--reference")
     check_judge_spec(config.judge)
+    if config.heldout_judge:
+        check_judge_spec(config.heldout_judge)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(config.reference)
     prompts = load_prompts(
@@ -235,6 +259,11 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
         keep = config.max_prompts
         prompts = PromptSet(prompts.prompts[:keep], prompts.ids[:keep], prompts.rows[:keep])
     judge = load_judge(config.judge, device=device, batch_size=judge_batch_size)
+    heldout = (
+        load_judge(config.heldout_judge, device=device, batch_size=judge_batch_size)
+        if config.heldout_judge
+        else None
+    )
     task_name = detect_task(config.prompts, task)
     gold = GoldJudge(task_name) if task_name else None
     temperature = config.temperature if config.temperature > 0 else 1.0
@@ -246,19 +275,22 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
                 f"--policy {name}={path} has another tokenizer than --reference {config.reference}, so the KL to the "
                 "reference cannot be computed from token log-probs; evaluate policies tuned from the reference."
             )
-    key = json.dumps([config.reference, config.prompts, config.prompts_split, config.judge, config.samples_per_prompt,
+    key = json.dumps([config.reference, config.prompts, config.prompts_split, config.judge, config.heldout_judge,
+                      config.samples_per_prompt,
                       config.max_new_tokens, config.temperature, config.seed, config.max_prompts, task,
                       data.max_length])  # fmt: skip
     baseline = (baselines or {}).get(key)
     if baseline is None:
-        baseline = evaluate_policy(config.reference, prompts, config, judge, gold, reference, device)
+        baseline = evaluate_policy(
+            config.reference, prompts, config, (judge, gold, heldout), reference, device
+        )
         if baselines is not None:
             baselines[key] = baseline
     results = {"reference": policy_metrics(baseline, baseline, config)}
     samples = {"reference": baseline}
     for name, path in named:
         logger.info("Evaluating %s (%s) on %d prompts.", name, path, len(prompts))
-        samples[name] = evaluate_policy(path, prompts, config, judge, gold, reference, device)
+        samples[name] = evaluate_policy(path, prompts, config, (judge, gold, heldout), reference, device)
         results[name] = policy_metrics(samples[name], baseline, config)
         verdict = hacking_check(results[name], results["reference"])
         results[name] |= {"hacking_flagged": verdict["flagged"], "hacking_evidence": verdict["evidence"]}
@@ -281,20 +313,23 @@ def _write(
         flat |= {f"policy/{name}/{metric}": value for metric, value in metrics.items()}
         flat[f"policy/{name}/examples"] = samples[name].texts[:NUM_EXAMPLES]
     (out / "eval.json").write_text(json.dumps(json_safe(flat), indent=2, allow_nan=False) + "\n")
+    truth = "gold_reward" if "gold_reward" in results["reference"] else "heldout_reward"
+    truth = truth if truth in results["reference"] else "judge_reward"
     table = {
-        name: {"gold_reward": m.get("gold_reward", m["judge_reward"]),
-               "gold_reward_ci": m.get("gold_reward_ci", m["judge_reward_ci"]), "proxy_reward": m["judge_reward"],
+        name: {"gold_reward": m[truth], "gold_reward_ci": m[f"{truth}_ci"], "proxy_reward": m["judge_reward"],
                "win_rate_vs_sft": m["win_rate"], "kl": m["kl"], "length": m["length"]}
         for name, m in results.items()
     }  # fmt: skip
-    gold = all("gold_reward" in m for m in results.values())
     shown = {
         name: [{"prompt": prompts.prompts[i // k], "response": s.texts[i], "judge": float(s.judge[i]),
                 **({} if s.gold is None else {"gold": float(s.gold[i])})} for i in range(min(NUM_EXAMPLES, len(s.texts)))]
         for name, s in samples.items()
     }  # fmt: skip
     write_report(
-        {"methods": table}, out, reward_label="gold reward" if gold else "judge reward", samples=shown
+        {"methods": table},
+        out,
+        reward_label=truth.replace("_", " ").replace("heldout", "held-out judge"),
+        samples=shown,
     )
     with (out / "samples.jsonl").open("w") as f:
         for name, s in samples.items():
@@ -304,6 +339,8 @@ def _write(
                        "logratio": float(s.logratio[i])}  # fmt: skip
                 if s.gold is not None:
                     row["gold_score"] = float(s.gold[i])
+                if s.heldout is not None:
+                    row["heldout_score"] = float(s.heldout[i])
                 f.write(json.dumps(row) + "\n")
     logger.info("Wrote %s and %s", out / "eval.json", out / "samples.jsonl")
     return flat

@@ -74,3 +74,35 @@ def test_eval_needs_one_mode(tmp_path, tiny_base, capsys):
         with pytest.raises(SystemExit) as exit_info:  # config errors are usage errors: exit code 2
             main(["eval", *argv, "--output_dir", str(tmp_path)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_heldout_judge_scores_the_same_samples_and_drives_the_hacking_check(
+    synth_world, tiny_base, models, tmp_path
+):
+    # prompts copied without task.json: no gold reward, so the held-out judge stands in for it
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(synth_world["eval_prompts"].read_text())
+    heldout = f"rm:{models['rm']}"  # the judge itself as held-out judge: every number must then agree
+    code = main([
+        "eval", "--policy", models["noisy"], "--reference", tiny_base, "--prompts", str(prompts),
+        "--judge", heldout, "--heldout_judge", heldout, "--output_dir", str(tmp_path / "out"),
+        "--samples_per_prompt", "2", "--max_new_tokens", "8", "--num_resamples", "200",
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    for name in ("noisy", "reference"):
+        assert f"policy/{name}/gold_reward" not in result
+        assert result[f"policy/{name}/heldout_reward"] == pytest.approx(result[f"policy/{name}/judge_reward"])
+    assert result["policy/noisy/heldout_win_rate"] == pytest.approx(result["policy/noisy/win_rate"])
+    assert result["policy/noisy/heldout_win_rate_ci"] == pytest.approx(result["policy/noisy/win_rate_ci"])
+    rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert all(row["heldout_score"] == pytest.approx(row["judge_score"]) for row in rows)
+
+
+def test_hacking_check_uses_the_heldout_judge_without_gold():
+    from preftune.eval.policy import hacking_check
+
+    reference = {"judge_reward": 0.0, "heldout_reward": 0.5, "length": 10.0, "kl": 0.0}
+    hacked = {"judge_reward": 1.0, "heldout_reward": -0.5, "length": 10.0, "kl": 2.0}
+    assert hacking_check(hacked, reference)["flagged"]
+    assert not hacking_check({**hacked, "heldout_reward": 0.9}, reference)["flagged"]
