@@ -303,8 +303,14 @@ def setup_logging() -> None:
         logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
     else:  # logs, CI: no wrapping at 80 columns, greppable
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import warnings
+
     import transformers
 
+    # peft 0.21 calls a transformers 5 property renamed for v6 on every LoRA model: noise for users
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
 
