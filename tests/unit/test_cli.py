@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 
 import pytest
 
@@ -179,6 +180,28 @@ def test_hub_ids_and_missing_paths_are_refused_before_any_download(
     data_flag = "--prompts" if "--policy" in argv else "--dataset"
     assert main([*argv, data_flag, str(pairs), "--output_dir", str(tmp_path / "out")]) == 2
     assert expected in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "no weights", "cut config.json"])
+def test_a_damaged_model_folder_is_named_in_one_line_with_the_fix(tiny_base, tmp_path, capsys, damage):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_base, model)
+    weights = model / "model.safetensors"
+    if damage == "truncated weights":  # as an interrupted copy or download leaves it
+        os.truncate(weights, weights.stat().st_size // 2)
+    elif damage == "no weights":
+        weights.unlink()
+    else:
+        text = (model / "config.json").read_text()
+        (model / "config.json").write_text(text[: len(text) // 2])
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"text": "hello world"}\n' * 4)
+    argv = ["sft", "--model", str(model), "--dataset", str(data), "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"--model {model}: " in line and "re-download the model, or use an earlier checkpoint" in line
+    if damage == "truncated weights":
+        assert f"{weights} is damaged (safetensors: Error while deserializing header" in line
 
 
 @pytest.mark.parametrize("number", [errno.EROFS, errno.EACCES])
