@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,10 +322,32 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
-    """Write a folder plain transformers can load (safetensors). LoRA adapters are merged first."""
+    """Write a folder plain transformers can load (safetensors). LoRA adapters are merged first.
+
+    Written into a temp folder beside `out_dir`, then renamed: a failed write (a full disk) leaves no
+    half-written model that looks like a finished one.
+    """
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     assert isinstance(model, PreTrainedModel)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)  # transformers 5 always writes safetensors
-    tokenizer.save_pretrained(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp)  # transformers 5 always writes safetensors
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException as error:  # Ctrl-C too: no temp folder is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        fault = file_system_fault(error) if isinstance(error, Exception) else None
+        if fault is None:
+            raise
+        fix = "free space on that disk" if fault.no_room else "make it writable"
+        raise UserFault(
+            f"Could not write the final model to {out_dir}: {fault.words}. {fix.capitalize()}, then run the "
+            "same command with --resume true if the run saved checkpoints (--save_steps; nothing is "
+            "retrained), or else with --overwrite_output_dir true."
+        ) from error
