@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from preftune.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_rng
-from preftune.engine.config import TrainConfig
+from preftune.engine.config import RUN_CONTROL, TrainConfig
 from preftune.engine.metrics import MetricsLog
 from preftune.errors import FileSystemFault, UserFault, file_system_fault
 
@@ -141,7 +141,10 @@ class Engine:
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+            saved = {k: v for k, v in run_config.items() if k not in RUN_CONTROL}
+            (self.out / "config.yaml").write_text(
+                SAVED_CONFIG_HEADER + yaml.safe_dump(saved, sort_keys=False)
+            )
         self.accelerator.init_trackers("preftune", config=_scalars(run_config))
         self._start_time = time.perf_counter() - self._resumed_wall_seconds  # wall time spans interruptions
         self._window_time = time.perf_counter()
@@ -454,6 +457,11 @@ class Engine:
         return summary
 
 
+SAVED_CONFIG_HEADER = (
+    "# The resolved settings of this run: `--config` this file with another --output_dir reruns it.\n"
+    "# --resume and --overwrite_output_dir are not saved: they say how a run starts, not what it computes.\n"
+)
+"""The first lines of the config.yaml a run writes (engine.config.RUN_CONTROL names the flags left out)."""
 # Settings that may change between an interrupted run and its resumption without changing results.
 _RESUME_FREE = {
     "resume", "disable_tqdm", "report_to", "overwrite_output_dir", "save_total_limit", "output_dir",
