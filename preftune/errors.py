@@ -10,9 +10,9 @@ of every error. What counts as a fault:
   context only that place knows: which checkpoint was being written and which one is intact
   (`engine/loop.py`), which weights file of which model folder is damaged (`models/loading.py`),
   which judge request failed and what is cached (`judges/http.py`);
-- a file-system error (an `OSError`, or a safetensors, tokenizers or torch error that quotes or wraps one): a
-  full disk, a read-only or forbidden folder, a path that is a file, ... named with the path the
-  system gives, and the fix.
+- a file-system error (an `OSError`, or a safetensors, tokenizers or torch error that quotes or
+  wraps one): a full disk, a read-only or forbidden folder, a path that is a file, ... named with
+  the path the system gives, and the fix.
 """
 
 from __future__ import annotations

@@ -64,18 +64,16 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=root))
     try:
         save_file(_trainable_state(model), str(tmp / "model.safetensors"))
-        with open(
-            tmp / "optimizer.pt", "wb"
-        ) as file:  # a failed write then raises with its OSError as context
+        # through an open file: torch.save to a path reports a full disk without the OSError behind it
+        with open(tmp / "optimizer.pt", "wb") as file:
             torch.save(optimizer.state_dict(), file)
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
         for name in os.listdir(root):  # RNG files written by every rank before this call
             if name.startswith(prefix):
                 shutil.move(str(root / name), tmp / name[len(prefix) :])
-    except (
-        BaseException
-    ):  # a full disk, Ctrl-C, ...: free the space now; the earlier checkpoints are untouched
+    except BaseException:
+        # a full disk, Ctrl-C, ...: free the space at once; the earlier checkpoints are untouched
         shutil.rmtree(tmp, ignore_errors=True)
         for name in os.listdir(root):
             if name.startswith(prefix):
