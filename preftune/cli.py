@@ -334,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             f"`preftune {name}` is not built yet (planned in {command.planned}). Nothing was run."
         )
         return 2
-    from preftune.config import config_to_yaml, parse_config
+    from preftune.config import config_to_flat_dict, config_to_yaml, parse_config
     from preftune.engine import TrainingDiverged
+    from preftune.errors import user_message
 
     config_cls, run = command.load()
     if command.positional and rest and not rest[0].startswith("-"):
@@ -347,12 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run(config)
-    except (ValueError, FileNotFoundError) as error:  # bad input: the message says what and how to fix
-        if os.environ.get("PREFTUNE_LOG_LEVEL", "").upper() == "DEBUG":
-            raise
-        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
-        err_console.print("(set PREFTUNE_LOG_LEVEL=DEBUG to see the traceback)", style="dim")
-        return 2
     except TrainingDiverged as error:
         err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return 1
@@ -361,6 +356,15 @@ def main(argv: list[str] | None = None) -> int:
             "interrupted. A run with --save_steps continues from its last checkpoint with --resume true."
         )
         return 130
+    except Exception as error:  # faults users meet: one line (preftune/errors.py); bugs: the traceback
+        flat = config_to_flat_dict(config)
+        output_flag = next((name for name in ("output_dir", "out") if flat.get(name)), "output_dir")
+        message = user_message(error, f"--{output_flag}", str(flat.get(output_flag) or ""))
+        if message is None or os.environ.get("PREFTUNE_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        err_console.print("(set PREFTUNE_LOG_LEVEL=DEBUG to see the traceback)", style="dim")
+        return 2
     return 0
 
 

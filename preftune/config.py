@@ -581,13 +581,20 @@ def config_to_yaml(config: Any) -> str:
     )
 
 
-def save_config(config: Any, path: str | Path, header: str | None = None) -> None:
-    """Write `config` as flat YAML to `path` (parent folders created), under a comment `header`."""
+def save_config(
+    config: Any, path: str | Path, header: str | None = None, leave_out: Sequence[str] = ()
+) -> None:
+    """Write `config` as flat YAML to `path` (parent folders created), under a comment `header`,
+    without the flags named in `leave_out` (run-control flags such as `resume`, which must not replay)."""
     if header is None:
         header = (
             f"Resolved {type(config).__name__}: pass this file with --config to rerun with these settings."
         )
+        if leave_out:
+            header += f"\nNot saved (they say how a run starts): {', '.join(leave_out)}."
     comment = "".join(f"# {line}\n" for line in header.splitlines())
+    flat = {k: v for k, v in config_to_flat_dict(config).items() if k not in leave_out}
+    text = yaml.safe_dump(flat, sort_keys=False, default_flow_style=False, allow_unicode=True)
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(comment + config_to_yaml(config), encoding="utf-8")
+    file.write_text(comment + text, encoding="utf-8")

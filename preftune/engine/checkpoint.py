@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from preftune.errors import UserFault, file_system_fault
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +62,23 @@ def save_checkpoint(
             stale.unlink()
     final = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=root))
-    save_file(_trainable_state(model), str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-    for name in os.listdir(root):  # RNG files written by every rank before this call
-        if name.startswith(prefix):
-            shutil.move(str(root / name), tmp / name[len(prefix) :])
+    try:
+        save_file(_trainable_state(model), str(tmp / "model.safetensors"))
+        # through an open file: torch.save to a path reports a full disk without the OSError behind it
+        with open(tmp / "optimizer.pt", "wb") as file:
+            torch.save(optimizer.state_dict(), file)
+        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        for name in os.listdir(root):  # RNG files written by every rank before this call
+            if name.startswith(prefix):
+                shutil.move(str(root / name), tmp / name[len(prefix) :])
+    except BaseException:
+        # a full disk, Ctrl-C, ...: free the space at once; the earlier checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name in os.listdir(root):
+            if name.startswith(prefix):
+                (root / name).unlink()
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -105,8 +118,22 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rank: int,
 ) -> dict[str, Any]:
-    """Restore everything saved by save_checkpoint/save_rng; returns trainer_state.json."""
-    saved = load_file(str(path / "model.safetensors"))
+    """Restore everything saved by save_checkpoint/save_rng; returns trainer_state.json.
+
+    Raises UserFault when the weights or the optimizer state cannot be read (a damaged file)."""
+    try:
+        saved = load_file(str(path / "model.safetensors"))
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    except (SafetensorError, RuntimeError) as error:
+        # torch reports a damaged optimizer.pt as "PytorchStreamReader failed reading zip archive: ..."
+        damaged = isinstance(error, SafetensorError) or "PytorchStreamReader" in str(error)
+        if not damaged or file_system_fault(error) is not None:
+            raise  # not a damaged file (an OS error is worded by preftune.errors)
+        raise UserFault(
+            f"--resume: checkpoint {path} is damaged ({type(error).__name__}: {error}). Delete that folder "
+            f"to resume from the checkpoint before it (in {path.parent}), or start over with "
+            "--overwrite_output_dir true."
+        ) from error
     params = dict(model.named_parameters())
     trainable = {name for name, p in params.items() if p.requires_grad}
     if set(saved) != trainable:
@@ -118,7 +145,7 @@ def load_checkpoint(
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     rng_file = path / f"rng-{rank}.safetensors"
     if not rng_file.exists():

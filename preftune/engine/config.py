@@ -12,6 +12,12 @@ from accelerate.utils import LoggerType
 _TRACKERS = {tracker.value for tracker in LoggerType} | {"none"}
 
 
+RUN_CONTROL = ("resume", "overwrite_output_dir")
+"""Flags that say how a run starts, not what it computes. They are left out of the config.yaml a run
+saves, so that `--config RUN/config.yaml --output_dir NEW` replays RUN as a new run (a replayed
+`resume: true` would look for checkpoints in NEW; `overwrite_output_dir: true` would delete NEW's run)."""
+
+
 @dataclass
 class TrainConfig:
     output_dir: str = ""

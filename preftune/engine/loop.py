@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from preftune.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_rng
-from preftune.engine.config import TrainConfig
+from preftune.engine.config import RUN_CONTROL, TrainConfig
 from preftune.engine.metrics import MetricsLog
+from preftune.errors import FileSystemFault, UserFault, file_system_fault
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,10 @@ class Engine:
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+            saved = {k: v for k, v in run_config.items() if k not in RUN_CONTROL}
+            (self.out / "config.yaml").write_text(
+                SAVED_CONFIG_HEADER + yaml.safe_dump(saved, sort_keys=False)
+            )
         self.accelerator.init_trackers("preftune", config=_scalars(run_config))
         self._start_time = time.perf_counter() - self._resumed_wall_seconds  # wall time spans interruptions
         self._window_time = time.perf_counter()
@@ -293,6 +297,7 @@ class Engine:
             last = f"the last good checkpoint is {checkpoints[-1][1]} (continue from it with --resume true)"
         else:
             last = "no checkpoint was saved (use --save_steps to keep some)"
+        self._progress.close()
         raise TrainingDiverged(
             f"step {self.step + 1}: loss={loss}, grad_norm={grad_norm} is not finite, so training stopped; "
             f"{last}. Lower --learning_rate, check the data of this step, or turn off --fp16/--bf16."
@@ -328,7 +333,40 @@ class Engine:
         return {**metrics, "eval/seconds": elapsed}
 
     def save_checkpoint(self) -> None:
-        """Resumable state at the current step (every rank's RNG, the rest on the main process)."""
+        """Resumable state at the current step (every rank's RNG, the rest on the main process).
+
+        A write that fails for want of space (or permission) stops the run with a UserFault naming the
+        checkpoint, the intact earlier one and how to resume from it."""
+        try:
+            self._save_checkpoint()
+        except Exception as error:  # OSError, or a torch / safetensors error caused by one (else re-raised)
+            fault = file_system_fault(error)
+            if fault is None:
+                raise
+            self._progress.close()  # the error starts on a line of its own, not after the progress bar
+            raise UserFault(self._checkpoint_failure(fault)) from error
+
+    def _checkpoint_failure(self, fault: FileSystemFault) -> str:
+        written = self.checkpoint_root / f"step-{self.step}"
+        if fault.no_room:
+            fix = "free space on that disk (or lower --save_total_limit)"
+        else:
+            fix = f"make {self.checkpoint_root} writable"
+        earlier = [(step, path) for step, path in list_checkpoints(self.checkpoint_root) if step < self.step]
+        if earlier:
+            step, path = earlier[-1]
+            then = (
+                f"The previous checkpoint {path} is intact: {fix}, then run the same command with "
+                f"--resume true to continue from step {step}."
+            )
+        else:
+            then = (
+                f"No earlier checkpoint was saved: {fix}, then run the same command with "
+                "--overwrite_output_dir true."
+            )
+        return f"Could not write checkpoint {written} at step {self.step}: {fault.words}. {then}"
+
+    def _save_checkpoint(self) -> None:
         save_rng(self.checkpoint_root, self.step, self.accelerator.process_index)
         self.accelerator.wait_for_everyone()
         if self.is_main:
@@ -419,6 +457,11 @@ class Engine:
         return summary
 
 
+SAVED_CONFIG_HEADER = (
+    "# The resolved settings of this run: `--config` this file with another --output_dir reruns it.\n"
+    "# --resume and --overwrite_output_dir are not saved: they say how a run starts, not what it computes.\n"
+)
+"""The first lines of the config.yaml a run writes (engine.config.RUN_CONTROL names the flags left out)."""
 # Settings that may change between an interrupted run and its resumption without changing results.
 _RESUME_FREE = {
     "resume", "disable_tqdm", "report_to", "overwrite_output_dir", "save_total_limit", "output_dir",

@@ -251,7 +251,7 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
     if config.heldout_judge:
         check_judge_spec(config.heldout_judge)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(config.reference)
+    tokenizer = load_tokenizer(config.reference, flag="--reference")
     prompts = load_prompts(
         tokenizer, config.prompts, config.prompts_split, data.max_length - config.max_new_tokens, data, "eval"
     )
@@ -270,7 +270,7 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
     reference = ResponseLogps(load_policy(ModelConfig(model=config.reference)), temperature).eval()
     torch.nn.Module.to(reference, torch.device(device))
     for name, path in named:
-        if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
+        if load_tokenizer(path, flag="--policy").get_vocab() != tokenizer.get_vocab():
             raise ValueError(
                 f"--policy {name}={path} has another tokenizer than --reference {config.reference}, so the KL to the "
                 "reference cannot be computed from token log-probs; evaluate policies tuned from the reference."

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from preftune.data import Completion, Prompt
+from preftune.errors import UserFault
 from preftune.judges.base import PairVerdicts, check_pairs
 from preftune.judges.cache import VerdictCache, decode_logps, encode_logps
 from preftune.judges.llm import DEFAULT_MIN_ANSWER_MASS
@@ -82,8 +83,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
-class JudgeRequestError(RuntimeError):
-    """A judge request failed for good (retries exhausted, or a status that retrying cannot fix)."""
+class JudgeRequestError(UserFault, RuntimeError):
+    """A judge request failed for good (retries exhausted, or a status that retrying cannot fix). Its
+    message names the URL, the failure and what is cached: the CLI shows it as one line."""
 
 
 class _RetryableError(Exception):

@@ -80,7 +80,7 @@ class LLMJudge:
         self.template = template or PairTemplate()
         self.min_answer_mass = min_answer_mass
         self.batch_size = batch_size
-        self.tokenizer = load_tokenizer(path, trust_remote_code)
+        self.tokenizer = load_tokenizer(path, trust_remote_code, "llm:")
         has_chat = bool(self.tokenizer.chat_template)
         if chat_template is True and not has_chat:
             raise ValueError(f"llm:{path}: chat_template=True, but the tokenizer has no chat template.")
@@ -91,7 +91,7 @@ class LLMJudge:
         # judged text may not smuggle in the tokenizer's special tokens (a fake end of turn, ...)
         self.reserved = tuple(t for t in self.tokenizer.all_special_tokens if len(t) >= 2)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_reference(path, dtype, str(self.device), trust_remote_code)
+        self.model = load_reference(path, dtype, str(self.device), trust_remote_code, "llm:")
         limit = max_length or self.model.config.to_dict().get("max_position_embeddings")
         if not isinstance(limit, int):
             raise ValueError(f"llm:{path}: the model config has no max_position_embeddings; pass max_length.")

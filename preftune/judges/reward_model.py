@@ -84,9 +84,9 @@ class RewardModelJudge:
         self.truncation: Truncation = truncation
         for p in self.paths:  # before any load: a missing folder or a hub id gets preftune's message
             check_model_path(p, "rm:")
-        self.tokenizer = load_tokenizer(self.paths[0], trust_remote_code)
+        self.tokenizer = load_tokenizer(self.paths[0], trust_remote_code, "rm:")
         for other in self.paths[1:]:
-            if load_tokenizer(other, trust_remote_code).get_vocab() != self.tokenizer.get_vocab():
+            if load_tokenizer(other, trust_remote_code, "rm:").get_vocab() != self.tokenizer.get_vocab():
                 raise ValueError(
                     f"The reward models {self.paths[0]} and {other} use different tokenizers; an ensemble "
                     "must share one (train its members from the same base model)."

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, Literal, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -24,6 +27,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from preftune.errors import UserFault, file_system_fault
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +105,55 @@ def check_model_path(path: str, flag: str = "--model") -> None:
         )
 
 
+@contextlib.contextmanager
+def reading_checkpoint(path: str, flag: str) -> Iterator[None]:
+    """Name the checkpoint folder, and the damaged file, when its files cannot be read.
+
+    A truncated or corrupt .safetensors file raises safetensors' bare "Error while deserializing
+    header: ..." (no file name), and transformers raises an OSError without errno for a missing
+    weights file or a config.json that is not JSON; both become a UserFault with the fix.
+    """
+    try:
+        yield
+    except SafetensorError as error:
+        if file_system_fault(error) is not None:
+            raise  # an OS error while reading: preftune.errors words it
+        damaged = _damaged_safetensors(Path(path))
+        what = f"{damaged} is damaged" if damaged else "a .safetensors file in it is damaged"
+        raise UserFault(
+            f"{flag} {path}: {what} (safetensors: {error}); it was probably cut short by an interrupted "
+            "save, copy or download. Re-save or re-download the model, or use an earlier checkpoint."
+        ) from error
+    except OSError as error:
+        if error.errno is not None:
+            raise  # a file-system fault (full disk, permissions, ...): preftune.errors words it
+        raise UserFault(
+            f"{flag} {path}: {error} The folder is incomplete or damaged: re-save or re-download the model, "
+            "or use an earlier checkpoint."
+        ) from error
+
+
+def _damaged_safetensors(folder: Path) -> Path | None:
+    """The first .safetensors file of `folder` that safetensors cannot open (only its header is read)."""
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError:
+            return file
+    return None
+
+
 def _torch_dtype(dtype: str) -> torch.dtype | str:
     return "auto" if dtype == "auto" else DTYPES[dtype]
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    path: str, trust_remote_code: bool = False, flag: str = "--model"
+) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, with a pad token (eos is used, with a warning, if it has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with reading_checkpoint(path, flag):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"The tokenizer at {path} has neither a pad nor an eos token; add a pad token.")
@@ -144,13 +191,14 @@ def disable_dropout(model: torch.nn.Module) -> None:
 def load_policy(config: ModelConfig) -> PreTrainedModel | PeftModel:
     """The trainable causal LM, wrapped in a fresh LoRA adapter when `use_peft`."""
     check_model_path(config.model)
-    model = AutoModelForCausalLM.from_pretrained(
-        config.model,
-        dtype=_torch_dtype(config.dtype),
-        trust_remote_code=config.trust_remote_code,
-        attn_implementation=config.attn_implementation,
-        use_safetensors=True,
-    )
+    with reading_checkpoint(config.model, "--model"):
+        model = AutoModelForCausalLM.from_pretrained(
+            config.model,
+            dtype=_torch_dtype(config.dtype),
+            trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation,
+            use_safetensors=True,
+        )
     disable_dropout(model)
     if config.use_peft:
         return add_lora(model, config, "CAUSAL_LM")
@@ -172,13 +220,18 @@ def _lora_targets(names: list[str], model: torch.nn.Module, by_layer: bool = Fal
 
 
 def load_reference(
-    path: str, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False
+    path: str,
+    dtype: str = "float32",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    flag: str = "--ref_model",
 ) -> PreTrainedModel:
     """A frozen causal LM in eval mode (the KL anchor), on `device` when given."""
-    check_model_path(path, "--ref_model")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+    check_model_path(path, flag)
+    with reading_checkpoint(path, flag):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+        )
     if device is not None:
         cast(torch.nn.Module, model).to(torch.device(device))
     return freeze(model)
@@ -202,7 +255,8 @@ def load_scalar_model(
     causal-LM checkpoint is an error (its heads would be random). Dropout is off.
     """
     check_model_path(path, flag)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with reading_checkpoint(path, flag):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     is_classifier = any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
     if require_classifier and not is_classifier:
         raise ValueError(
@@ -214,7 +268,7 @@ def load_scalar_model(
             f"{flag} {path} is a reward model with {config.num_labels} head(s), but {num_labels} were asked "
             f"for. Pass --num_heads {config.num_labels}, or start from a causal-LM checkpoint to get new heads."
         )
-    with _plain_load_report():
+    with _plain_load_report(), reading_checkpoint(path, flag):
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path,
             num_labels=config.num_labels if is_classifier else (num_labels or 1),
@@ -300,10 +354,32 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
-    """Write a folder plain transformers can load (safetensors). LoRA adapters are merged first."""
+    """Write a folder plain transformers can load (safetensors). LoRA adapters are merged first.
+
+    Written into a temp folder beside `out_dir`, then renamed: a failed write (a full disk) leaves no
+    half-written model that looks like a finished one.
+    """
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     assert isinstance(model, PreTrainedModel)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)  # transformers 5 always writes safetensors
-    tokenizer.save_pretrained(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp)  # transformers 5 always writes safetensors
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException as error:  # Ctrl-C too: no temp folder is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        fault = file_system_fault(error) if isinstance(error, Exception) else None
+        if fault is None:
+            raise
+        fix = "free space on that disk" if fault.no_room else "make it writable"
+        raise UserFault(
+            f"Could not write the final model to {out_dir}: {fault.words}. {fix.capitalize()}, then run the "
+            "same command with --resume true if the run saved checkpoints (--save_steps; nothing is "
+            "retrained), or else with --overwrite_output_dir true."
+        ) from error

@@ -49,7 +49,7 @@ import yaml
 from preftune.config import save_config
 from preftune.data import DataConfig, encode_prompt
 from preftune.data.prompts import PromptSet, load_prompts
-from preftune.engine import TrainConfig
+from preftune.engine.config import RUN_CONTROL, TrainConfig
 from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
 from preftune.judges import check_judge_spec, compare, load_judge
 from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
@@ -384,7 +384,7 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
     if not all(isinstance(p, str) for p in prompts):
         raise ValueError("preftune cai takes plain-text prompts (a `prompt` column of strings).")
     out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    save_config(config, out / "config.yaml", leave_out=RUN_CONTROL)
 
     logger.info("cai [1/4] answering, critiquing and revising %d prompts with %d principle(s) of %r.",
                 len(prompts), len(constitution.principles), constitution.name)  # fmt: skip

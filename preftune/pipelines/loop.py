@@ -46,8 +46,8 @@ import torch
 from preftune.config import config_to_flat_dict, save_config
 from preftune.data import DataConfig
 from preftune.data.prompts import PromptSet, load_prompts
-from preftune.engine import TrainConfig
 from preftune.engine.checkpoint import list_checkpoints
+from preftune.engine.config import RUN_CONTROL, TrainConfig
 from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
 from preftune.eval.report import write_report
@@ -367,7 +367,7 @@ class PracticeLoop:
             write_jsonl(temporary, ({"prompt": p} for p in self.eval_prompts))
             os.replace(temporary, self.out / "eval_prompts.jsonl")
         _write_json(path, {"settings": json_safe(settings)})
-        save_config(self.config, self.out / "config.yaml")
+        save_config(self.config, self.out / "config.yaml", leave_out=RUN_CONTROL)
 
     def policy_of(self, round_number: int) -> str:
         """The policy after `round_number` rounds (round 0: --model)."""

@@ -233,7 +233,8 @@ class PPOTrainer:
         value = load_scalar_model(
             path, cfg.model.dtype, None, cfg.model.trust_remote_code, "--value_model", 1, self.pad_id
         )
-        if load_tokenizer(path, cfg.model.trust_remote_code).get_vocab() != self.tokenizer.get_vocab():
+        value_vocab = load_tokenizer(path, cfg.model.trust_remote_code, "--value_model").get_vocab()
+        if value_vocab != self.tokenizer.get_vocab():
             raise ValueError(
                 f"The value model would start from {path}, whose tokenizer differs from the policy's, so it cannot "
                 f"read the policy's tokens. Pass --value_model {cfg.model.model} (the policy gets a new value head)."

@@ -1,10 +1,14 @@
 """The `preftune` command's contract (DESIGN.md section 2)."""
 
+import errno
 import json
+import os
+import shutil
 
 import pytest
 
 from preftune.cli import COMMANDS, main
+from tests.cli_errors import one_error_line
 
 # DESIGN.md section 2, plus online-dpo (issue 7) and import-gguf (issue 13), recorded in docs/architecture.md
 CONTRACT = "demo sft rm dpo kto ppo rloo grpo online-dpo bon eval loop cai audit synth tiny import-gguf".split()
@@ -151,10 +155,12 @@ def test_audit_takes_its_data_as_the_first_argument(tmp_path, capsys):
     [
         (["eval", "--reward_model", "ORG/NAME"], "download it first (`hf download ORG/NAME"),
         (["eval", "--reward_model", "/nonexistent/rm"], "rm: /nonexistent/rm: no such folder"),
+        (["eval", "--policy", "a=M", "--reference", "M", "--judge", "rm:/nonexistent/rm"],
+         "rm: /nonexistent/rm: no such folder"),
         (["bon", "--model", "M", "--judge", "rm:/nonexistent/rm"], "rm: /nonexistent/rm: no such folder"),
         (["sft", "--model", "HuggingFaceTB/SmolLM2-135M-Instruct"], "is a Hugging Face Hub id"),
     ],
-)
+)  # fmt: skip
 def test_hub_ids_and_missing_paths_are_refused_before_any_download(
     tmp_path, capsys, monkeypatch, argv, expected
 ):
@@ -167,12 +173,67 @@ def test_hub_ids_and_missing_paths_are_refused_before_any_download(
         monkeypatch.setattr(auto, "from_pretrained", no_download)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
-    if argv[0] == "bon":  # its policy must exist for the judge to be reached
+    if "M" in argv:  # a policy that exists, so that the judge is reached
         (tmp_path / "M").mkdir()
         (tmp_path / "M" / "config.json").write_text("{}")
-        argv = [a if a != "M" else str(tmp_path / "M") for a in argv]
-    assert main([*argv, "--dataset", str(pairs), "--output_dir", str(tmp_path / "out")]) == 2
-    assert expected in " ".join(capsys.readouterr().err.split())
+        argv = [a.replace("M", str(tmp_path / "M")) if a in ("M", "a=M") else a for a in argv]
+    data_flag = "--prompts" if "--policy" in argv else "--dataset"
+    assert main([*argv, data_flag, str(pairs), "--output_dir", str(tmp_path / "out")]) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "no weights", "cut config.json"])
+def test_a_damaged_model_folder_is_named_in_one_line_with_the_fix(tiny_base, tmp_path, capsys, damage):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_base, model)
+    weights = model / "model.safetensors"
+    if damage == "truncated weights":  # as an interrupted copy or download leaves it
+        os.truncate(weights, weights.stat().st_size // 2)
+    elif damage == "no weights":
+        weights.unlink()
+    else:
+        text = (model / "config.json").read_text()
+        (model / "config.json").write_text(text[: len(text) // 2])
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"text": "hello world"}\n' * 4)
+    argv = ["sft", "--model", str(model), "--dataset", str(data), "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"--model {model}: " in line and "re-download the model, or use an earlier checkpoint" in line
+    if damage == "truncated weights":
+        assert f"{weights} is damaged (safetensors: Error while deserializing header" in line
+
+
+@pytest.mark.parametrize("number", [errno.EROFS, errno.EACCES])
+def test_an_output_dir_that_cannot_be_written_is_one_line_with_the_fix(
+    tiny_base, tmp_path, capsys, monkeypatch, number
+):
+    """A folder on a read-only file system (simulated), or one without write permission (real, except
+    as root, whom permissions do not stop: then simulated the same way)."""
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    parent.chmod(0o555)
+    out = parent / "run"
+    if number == errno.EROFS or os.geteuid() == 0:
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            if str(path).startswith(str(parent)):
+                raise OSError(number, os.strerror(number), str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"text": "hello world"}\n' * 4)
+    argv = ["sft", "--model", tiny_base, "--dataset", str(data), "--output_dir", str(out), "--max_steps", "1"]
+    try:
+        assert main(argv) == 2
+    finally:
+        parent.chmod(0o755)
+    line = one_error_line(capsys.readouterr().err)
+    words = "the file system is read-only" if number == errno.EROFS else "permission denied"
+    assert line.startswith(f"error: Could not write {out}: {words}")
+    assert f"--output_dir {out} must be a folder you can write to: choose another --output_dir" in line
 
 
 def test_tables_are_not_wrapped_off_a_terminal(capsys):

@@ -7,6 +7,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "preftune"
 LAYERS = {
     "losses": 0,
     "ops": 0,
+    "errors": 0,
     "config": 1,
     "data": 1,
     "models": 1,
