@@ -341,24 +341,30 @@ def combine_losses(
 
 
 def f_divergence_logratio(logratio: Tensor, divergence: FDivergence, alpha: float = 0.5) -> Tensor:
-    """f'(u) at u = pi / pi_ref, the value f-DPO puts where DPO has log(pi / pi_ref).
+    """f'(u) - f'(1) at u = pi / pi_ref, the value f-DPO puts where DPO has log(pi / pi_ref).
 
-    Wang et al. 2023, arXiv 2309.16240 (Table 1 lists f and f'). Apply it to both log-ratios, then call
-    a loss of the margin chosen - rejected alone (sigmoid, cdpo, robust, ipo, hinge, ...), so that
-    constants in f' cancel and are dropped; losses that read each log-ratio on its own do not qualify. With u = exp(logratio):
-    - "reverse_kl": f'(u) = log u + 1 -> logratio (the +1 dropped; this is DPO);
-    - "forward_kl": f'(u) = -1/u -> -exp(-logratio);
+    Wang et al. 2023, arXiv 2309.16240 (Table 1 lists f and f'). Each f' is shifted so that f'(1) = 0:
+    f(u) + c (u - 1) defines the same divergence, so the shift changes nothing in the objective, and
+    a policy equal to its reference gets 0 in every slot, as in DPO. The shift matters once a loss
+    divides each response's value by its own length (sigmoid_norm): a constant left in f'
+    would add k (1/L_chosen - 1/L_rejected) to the margin. Apply it to both log-ratios, then call a
+    loss of the two values' difference (sigmoid, cdpo, robust, ipo, hinge, ...); losses that read
+    each log-ratio on its own (nca_pair, apo_*, ...) have no f-divergence form. With u = exp(logratio):
+    - "reverse_kl": f'(u) = log u + 1 -> logratio (this is DPO);
+    - "forward_kl": f'(u) = -1/u -> 1 - exp(-logratio);
     - "js": f'(u) = log(2u / (1 + u)) -> log 2 + logsigmoid(logratio);
-    - "alpha": f'(u) = (1 - u^-alpha) / alpha, alpha in (0, 1) -> -expm1(-alpha * logratio) / alpha.
-    `alpha` is read only for "alpha". Returns a tensor of logratio's shape. Nothing is clamped: large
-    negative log-ratios overflow forward_kl and alpha to -inf rather than being silently cut.
-    Departure: none. TRL's forward KL adds 1 (cancels); TRL 1.16's alpha coefficient a gives
-    (u^(a-1) - 1) / (a - 1), which equals ours at alpha = 1 - a (the same only at 0.5).
+    - "alpha": f'(u) = (1 - u^-alpha) / alpha, alpha in (0, 1)
+      -> -expm1(-alpha * logratio) / alpha; alpha -> 0 gives reverse_kl, alpha -> 1 forward_kl.
+    `alpha` is the paper's and is read only for "alpha". Returns a tensor of logratio's shape.
+    Nothing is clamped: large negative log-ratios overflow forward_kl and alpha to -inf rather than
+    being silently cut.
+    Departure: none. TRL 1.16's alpha coefficient a gives (u^(a-1) - 1) / (a - 1): the paper's alpha
+    is 1 - a (the same only at 0.5).
     """
     if divergence == "reverse_kl":
         return logratio
     if divergence == "forward_kl":
-        return -torch.exp(-logratio)
+        return -torch.expm1(-logratio)  # 1 - 1/u without cancellation near u = 1
     if divergence == "js":
         return math.log(2.0) + F.logsigmoid(logratio)  # log(2u / (1 + u)) without overflow
     if divergence == "alpha":

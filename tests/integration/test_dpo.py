@@ -128,9 +128,7 @@ def test_f_divergences_start_at_log_2_and_train(synth_world, tiny_base, tmp_path
     config.f_divergence_type = divergence
     DPOTrainer(config).train()
     records = read_metrics(tmp_path / "metrics.jsonl")
-    assert records[0]["loss"] == pytest.approx(
-        math.log(2), abs=1e-5
-    )  # f'(1) terms cancel between the responses
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # f'(1) = 0: policy == reference
     assert records[-1]["loss"] < records[0]["loss"]
 
 
