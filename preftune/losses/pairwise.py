@@ -45,8 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-FDivergence = Literal["reverse_kl", "forward_kl", "js", "alpha"]
+FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence", "js", "alpha"]
 F_DIVERGENCES: tuple[str, ...] = get_args(FDivergence)
+"""Every name `f_divergence_logratio` takes: TRL's, and preftune's shorter synonyms."""
+F_DIVERGENCE_SYNONYMS: dict[str, str] = {"js": "js_divergence", "alpha": "alpha_divergence"}
+"""preftune's short names of the divergences TRL calls "js_divergence" and "alpha_divergence"."""
 
 
 def _check_pair(chosen: Tensor, rejected: Tensor, beta: float) -> None:
@@ -352,22 +355,23 @@ def f_divergence_logratio(logratio: Tensor, divergence: FDivergence, alpha: floa
     each log-ratio on its own (nca_pair, apo_*, ...) have no f-divergence form. With u = exp(logratio):
     - "reverse_kl": f'(u) = log u + 1 -> logratio (this is DPO);
     - "forward_kl": f'(u) = -1/u -> 1 - exp(-logratio);
-    - "js": f'(u) = log(2u / (1 + u)) -> log 2 + logsigmoid(logratio);
-    - "alpha": f'(u) = (1 - u^-alpha) / alpha, alpha in (0, 1)
+    - "js_divergence" (or "js"): f'(u) = log(2u / (1 + u)) -> log 2 + logsigmoid(logratio);
+    - "alpha_divergence" (or "alpha"): f'(u) = (1 - u^-alpha) / alpha, alpha in (0, 1)
       -> -expm1(-alpha * logratio) / alpha; alpha -> 0 gives reverse_kl, alpha -> 1 forward_kl.
-    `alpha` is the paper's and is read only for "alpha". Returns a tensor of logratio's shape.
+    `alpha` is the paper's, read only for the alpha divergence. Returns a tensor of logratio's shape.
     Nothing is clamped: large negative log-ratios overflow forward_kl and alpha to -inf rather than
     being silently cut.
-    Departure: none. TRL 1.16's alpha coefficient a gives (u^(a-1) - 1) / (a - 1): the paper's alpha
-    is 1 - a (the same only at 0.5).
+    Departure: none. The names are TRL's. TRL 1.16's alpha coefficient a gives (u^(a-1) - 1) / (a - 1):
+    the paper's alpha is 1 - a (DPOConfig's --f_alpha_divergence_coef is TRL's a, and converts).
     """
-    if divergence == "reverse_kl":
+    kind = F_DIVERGENCE_SYNONYMS.get(divergence, divergence)
+    if kind == "reverse_kl":
         return logratio
-    if divergence == "forward_kl":
+    if kind == "forward_kl":
         return -torch.expm1(-logratio)  # 1 - 1/u without cancellation near u = 1
-    if divergence == "js":
+    if kind == "js_divergence":
         return math.log(2.0) + F.logsigmoid(logratio)  # log(2u / (1 + u)) without overflow
-    if divergence == "alpha":
+    if kind == "alpha_divergence":
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1) for the alpha divergence, got {alpha}. Try 0.5.")
         return -torch.expm1(-alpha * logratio) / alpha

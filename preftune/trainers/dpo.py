@@ -42,7 +42,7 @@ from preftune.engine import Engine, TrainConfig, build_accelerator
 from preftune.engine.config import require_run_inputs
 from preftune.feedback.aggregate import parse_label_noise, resolve_label_smoothing
 from preftune.losses.kl import token_kl
-from preftune.losses.pairwise import F_DIVERGENCES, chosen_nll, f_divergence_logratio
+from preftune.losses.pairwise import chosen_nll, f_divergence_logratio
 from preftune.losses.pairwise_variants import ld_logps_flat, wpo_weights
 from preftune.losses.registry import LOSSES, SORTED_LOSSES
 from preftune.losses.reward import compose_label_smoothing
@@ -105,10 +105,14 @@ class DPOConfig:
     """SimPO's target reward margin."""
     discopop_tau: float = 0.05
     """DiscoPOP's temperature of the mix between the logistic and exponential losses."""
-    f_divergence_type: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
-    """Divergence to the reference (f-DPO, arXiv 2309.16240); reverse_kl is DPO's."""
+    f_divergence_type: Literal[
+        "reverse_kl", "forward_kl", "js_divergence", "alpha_divergence", "js", "alpha"
+    ] = "reverse_kl"
+    """Divergence to the reference (f-DPO, arXiv 2309.16240): reverse_kl (DPO's), forward_kl, js_divergence,
+    alpha_divergence (TRL's names; js and alpha are synonyms)."""
     f_alpha_divergence_coef: float = 0.5
-    """alpha of the alpha-divergence (--f_divergence_type alpha), in (0, 1)."""
+    """TRL's coefficient a of --f_divergence_type alpha_divergence, in (0, 1): f'(u) = (u^(a-1) - 1) / (a - 1).
+    The f-DPO paper's alpha (Table 1) is 1 - a: a near 1 is close to reverse_kl (DPO), near 0 to forward_kl."""
     ld_alpha: float | None = None
     """LD-DPO (arXiv 2409.06411): weight in [0, 1] of response tokens past the shorter response's length;
     None counts every token fully (plain DPO)."""
@@ -152,7 +156,6 @@ class DPOConfig:
 
     def _check_variants(self) -> None:
         """Options that only make sense with some losses fail here, before any model loads."""
-        assert set(F_DIVERGENCES) == {"reverse_kl", "forward_kl", "js", "alpha"}
         self._check_label_noise()
         if self.f_divergence_type != "reverse_kl" and self.reference_free:
             raise ValueError(f"--f_divergence_type {self.f_divergence_type} needs a reference, but {self.loss_type} "
@@ -175,7 +178,9 @@ class DPOConfig:
         self._check_loss_params()
         if not 0 < self.f_alpha_divergence_coef < 1:
             raise ValueError(
-                f"f_alpha_divergence_coef must be in (0, 1), got {self.f_alpha_divergence_coef}."
+                f"f_alpha_divergence_coef must be in (0, 1), got {self.f_alpha_divergence_coef}. It is TRL's "
+                "coefficient a (the f-DPO paper's alpha is 1 - a); for the limits use reverse_kl (a = 1) or "
+                "forward_kl (a = 0)."
             )
         if self.ld_alpha is not None and not 0 <= self.ld_alpha <= 1:
             raise ValueError(
@@ -437,8 +442,9 @@ class DPOTrainer:
         if ref_logps is None or spec.reference_free:
             values = logps
         else:
+            # TRL's coefficient a is the paper's alpha = 1 - a (see DPOConfig.f_alpha_divergence_coef)
             values = f_divergence_logratio(
-                logps - ref_logps, cfg.f_divergence_type, cfg.f_alpha_divergence_coef
+                logps - ref_logps, cfg.f_divergence_type, alpha=1 - cfg.f_alpha_divergence_coef
             )
         if spec.length_normalized:
             values = values / lengths

@@ -472,3 +472,11 @@ def test_bad_label_smoothing_fails_with_the_range(key, eps, interval):
 def test_simpo_rejects_a_bad_margin(gamma):
     with pytest.raises(ValueError, match=f"gamma must be a finite number >= 0, got {gamma}"):
         simpo_loss(-torch.rand(3), -torch.rand(3), beta=2.0, gamma=gamma)
+
+
+@pytest.mark.parametrize(("trl_name", "short"), [("js_divergence", "js"), ("alpha_divergence", "alpha")])
+def test_f_divergence_takes_trls_names(trl_name, short):
+    logratio = torch.tensor(LOGRATIOS, dtype=torch.float64)
+    torch.testing.assert_close(
+        f_divergence_logratio(logratio, trl_name, alpha=0.3), f_divergence_logratio(logratio, short, alpha=0.3)
+    )
