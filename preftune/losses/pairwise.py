@@ -5,7 +5,8 @@ Implemented (registry key: objective, paper):
   conservative DPO (Mitchell 2023, a note without an arXiv id).
 - `cdpo`: the same objective with `label_smoothing` required in (0, 0.5).
 - `robust`: rDPO, Chowdhury et al. 2024 (arXiv 2403.00409), the de-biased loss for flipped labels.
-- `ipo`: IPO, Azar et al. 2023 (arXiv 2310.12036, eq. 17).
+- `ipo`: IPO, Azar et al. 2023 (arXiv 2310.12036, eq. 17), on summed log-ratios as the paper writes it.
+- `ipo_norm`: IPO on per-token-mean log-ratios, the form of the paper's experiments (TRL's `ipo`).
 - `hinge`: the SLiC-HF rank-calibration hinge, Zhao et al. 2023 (arXiv 2305.10425), on log-ratios.
 - `simpo`: SimPO, Meng et al. 2024 (arXiv 2405.14734, eq. 6), reference-free.
 - `sigmoid_norm`: DPO on per-token-mean log-ratios (length-normalised DPO, as in SimPO's analysis).
@@ -20,7 +21,7 @@ Every loss in `PAIRWISE_LOSSES` has one signature::
 
 with `chosen_logratio = logps(y_w) - ref_logps(y_w)`, shape (B,), summed over response tokens.
 Reference-free losses (`reference_free=True`: simpo, orpo) take the policy's own log-probs in the same
-two slots, and losses with `length_normalized=True` (sigmoid_norm, simpo, orpo) take per-token means
+two slots, and losses with `length_normalized=True` (sigmoid_norm, ipo_norm, simpo, orpo) take per-token means
 (summed log-probs or log-ratios divided by the response length); the trainer fills the slots as the
 registry entry says and passes the keyword params named in its `params`. Each loss returns per-pair
 losses (B,), never reduced, and detached (B,) metrics: "rewards/chosen" (beta * chosen slot),
@@ -178,13 +179,30 @@ def ipo_loss(
 
     Returns:
         (B,) losses and the detached (B,) reward metrics (rewards = beta * log-ratio).
-    Departure: none. TRL divides each log-ratio by its response length before this loss; to get that
-    form the trainer passes per-token-mean log-ratios (the registry entry asks for summed ones).
+    Departure: none. TRL's "ipo" divides each log-ratio by its response length first: that is
+    `ipo_norm` here.
     """
     _check_pair(chosen_logratio, rejected_logratio, beta)
     gap = chosen_logratio - rejected_logratio  # (B,)
     losses = (gap - 1 / (2 * beta)) ** 2
     return losses, pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+
+
+def ipo_norm_loss(
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """IPO on per-token-mean log-ratios: `ipo_loss`'s (h - 1 / (2 beta))^2 with h = c - r, beta is tau.
+
+    The trainer passes (logps - ref_logps) / response length, (B,), for each response: TRL's "ipo". The
+    paper (arXiv 2310.12036, eq. 17) defines h on whole sequences; TRL's code notes that the IPO authors
+    confirmed the paper's reported results use this per-token normalisation. The target gap 1 / (2 tau)
+    is then in nats per token, so a tau tuned for one form is far off for the other.
+
+    Returns:
+        (B,) losses and the detached (B,) reward metrics (rewards = beta * mean log-ratio).
+    Departure: h on per-token means, as in the authors' experiments, not on summed log-ratios as in eq. 17.
+    """
+    return ipo_loss(chosen_logratio, rejected_logratio, beta)
 
 
 def hinge_loss(
@@ -349,7 +367,7 @@ def f_divergence_logratio(logratio: Tensor, divergence: FDivergence, alpha: floa
     Wang et al. 2023, arXiv 2309.16240 (Table 1 lists f and f'). Each f' is shifted so that f'(1) = 0:
     f(u) + c (u - 1) defines the same divergence, so the shift changes nothing in the objective, and
     a policy equal to its reference gets 0 in every slot, as in DPO. The shift matters once a loss
-    divides each response's value by its own length (sigmoid_norm): a constant left in f'
+    divides each response's value by its own length (sigmoid_norm, ipo_norm): a constant left in f'
     would add k (1/L_chosen - 1/L_rejected) to the margin. Apply it to both log-ratios, then call a
     loss of the two values' difference (sigmoid, cdpo, robust, ipo, hinge, ...); losses that read
     each log-ratio on its own (nca_pair, apo_*, ...) have no f-divergence form. With u = exp(logratio):
@@ -397,6 +415,7 @@ PAIRWISE_LOSSES: dict[str, PairwiseLoss] = {
     "cdpo": PairwiseLoss(cdpo_loss, False, False, ("label_smoothing",)),
     "robust": PairwiseLoss(robust_loss, False, False, ("label_smoothing",)),
     "ipo": PairwiseLoss(ipo_loss, False, False, ()),
+    "ipo_norm": PairwiseLoss(ipo_norm_loss, False, True, ()),
     "hinge": PairwiseLoss(hinge_loss, False, False, ()),
     "simpo": PairwiseLoss(simpo_loss, True, True, ("gamma", "label_smoothing")),
     "sigmoid_norm": PairwiseLoss(sigmoid_norm_loss, False, True, ("label_smoothing",)),

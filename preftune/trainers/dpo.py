@@ -66,7 +66,9 @@ from preftune.models.ref_cache import (
 
 logger = logging.getLogger(__name__)
 
-MARGIN_LOSSES = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "sigmoid_norm", "exo_pair", "discopop")
+MARGIN_LOSSES = (
+    "sigmoid", "cdpo", "robust", "ipo", "ipo_norm", "hinge", "sigmoid_norm", "exo_pair", "discopop",
+)  # fmt: skip
 """Losses of the margin beta * (logratio_chosen - logratio_rejected) alone, where an f-divergence applies."""
 
 SOFT_LABEL_LOSSES = ("sigmoid", "cdpo", "sigmoid_norm", "simpo")

@@ -89,7 +89,7 @@ from preftune.rollout.rl_setup import RLSetup, check_rl_sampling
 logger = logging.getLogger(__name__)
 
 OnlineLossType = Literal[
-    "sigmoid", "cdpo", "robust", "ipo", "hinge", "sigmoid_norm",
+    "sigmoid", "cdpo", "robust", "ipo", "ipo_norm", "hinge", "sigmoid_norm",
     "exo_pair", "nca_pair", "apo_zero", "apo_down", "sppo_hard",
 ]  # fmt: skip
 """The objectives of preftune/losses/registry.py that take only the two log-ratios (and label_smoothing)."""

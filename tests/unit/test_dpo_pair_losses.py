@@ -53,3 +53,20 @@ def test_f_alpha_divergence_coef_is_trls_coefficient(name, coef):
 def test_f_alpha_divergence_coef_out_of_range_names_the_limits(coef):
     with pytest.raises(ValueError, match=r"TRL's coefficient a .*reverse_kl \(a = 1\)"):
         loss_only_trainer(f_divergence_type="alpha_divergence", f_alpha_divergence_coef=coef)
+
+
+def test_ipo_sums_log_ratios_and_ipo_norm_averages_them_per_token():
+    """Log-ratios 1.2 (chosen, 4 tokens) and -0.6 (rejected, 2 tokens), beta 0.5: target gap 1 / (2 beta) = 1.
+
+    ipo (eq. 17, summed): h = 1.8, loss (1.8 - 1)^2 = 0.64. ipo_norm (TRL's ipo): h = 0.3 + 0.3 = 0.6,
+    loss (0.6 - 1)^2 = 0.16.
+    """
+    logps, ref_logps = (
+        torch.tensor([-3.8, -5.6], dtype=torch.float64),
+        torch.tensor([-5.0, -5.0], dtype=torch.float64),
+    )
+    lengths = torch.tensor([4.0, 2.0], dtype=torch.float64)
+    summed, _ = loss_only_trainer(loss_type=["ipo"], beta=0.5).pair_losses(logps, ref_logps, lengths)
+    normalised, _ = loss_only_trainer(loss_type=["ipo_norm"], beta=0.5).pair_losses(logps, ref_logps, lengths)
+    assert summed.item() == pytest.approx(0.64, abs=1e-12)
+    assert normalised.item() == pytest.approx(0.16, abs=1e-12)

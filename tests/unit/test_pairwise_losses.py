@@ -20,6 +20,7 @@ from preftune.losses.pairwise import (
     f_divergence_logratio,
     hinge_loss,
     ipo_loss,
+    ipo_norm_loss,
     orpo_loss,
     robust_loss,
     sigmoid_loss,
@@ -78,6 +79,13 @@ def test_ipo_closed_form():
     losses, metrics = ipo_loss(torch.tensor([3.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 2.0]), beta=0.25)
     torch.testing.assert_close(losses, torch.tensor([0.0, 4.0, 9.0]))
     torch.testing.assert_close(metrics["rewards/margins"], torch.tensor([0.5, 0.0, -0.25]))
+
+
+def test_ipo_norm_is_ipo_on_the_per_token_means_it_is_given():
+    """The formula is ipo's; the trainer divides by lengths (tests/unit/test_dpo_pair_losses.py)."""
+    chosen, rejected = torch.tensor([0.3, -0.2]), torch.tensor([-0.3, 0.1])
+    torch.testing.assert_close(ipo_norm_loss(chosen, rejected, 0.5)[0], ipo_loss(chosen, rejected, 0.5)[0])
+    torch.testing.assert_close(ipo_norm_loss(chosen, rejected, 0.5)[0], torch.tensor([0.16, 1.69]))
 
 
 def test_hinge_closed_form_and_gradient():
@@ -406,13 +414,19 @@ def test_registry_keys_and_flags():
         "cdpo",
         "robust",
         "ipo",
+        "ipo_norm",
         "hinge",
         "simpo",
         "sigmoid_norm",
         "orpo",
     }
     assert {k for k, v in PAIRWISE_LOSSES.items() if v.reference_free} == {"simpo", "orpo"}
-    assert {k for k, v in PAIRWISE_LOSSES.items() if v.length_normalized} == {"simpo", "orpo", "sigmoid_norm"}
+    assert {k for k, v in PAIRWISE_LOSSES.items() if v.length_normalized} == {
+        "simpo",
+        "orpo",
+        "sigmoid_norm",
+        "ipo_norm",
+    }
 
 
 @pytest.mark.parametrize("key", sorted(PAIRWISE_LOSSES))
@@ -478,5 +492,6 @@ def test_simpo_rejects_a_bad_margin(gamma):
 def test_f_divergence_takes_trls_names(trl_name, short):
     logratio = torch.tensor(LOGRATIOS, dtype=torch.float64)
     torch.testing.assert_close(
-        f_divergence_logratio(logratio, trl_name, alpha=0.3), f_divergence_logratio(logratio, short, alpha=0.3)
+        f_divergence_logratio(logratio, trl_name, alpha=0.3),
+        f_divergence_logratio(logratio, short, alpha=0.3),
     )
