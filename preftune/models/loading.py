@@ -25,6 +25,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from preftune.models.scalar import score_head
+
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -168,13 +170,17 @@ def load_scalar_model(
     num_labels: int | None = None,
     pad_token_id: int | None = None,
     require_classifier: bool = False,
+    average_heads: bool = False,
 ) -> PreTrainedModel:
     """A sequence classifier with `num_labels` scalar heads (reward or value model), on `device`.
 
     A causal-LM checkpoint gets freshly initialised heads (1 unless `num_labels` says more);
     a sequence-classifier checkpoint keeps its heads, and `num_labels`, when given, must
-    match them. `pad_token_id` fills in a config that has none. With `require_classifier`, a
-    causal-LM checkpoint is an error (its heads would be random). Dropout is off.
+    match them, except that with `average_heads` and `num_labels=1` the K heads of an ensemble
+    reward model (`preftune rm --num_heads K`) become one, the mean of the K (its score is the
+    ensemble's mean score, the reward the judge gives). `pad_token_id` fills in a config that has
+    none. With `require_classifier`, a causal-LM checkpoint is an error (its heads would be
+    random). Dropout is off.
     """
     check_model_path(path, flag)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -184,7 +190,8 @@ def load_scalar_model(
             f"{flag} {path} is not a reward model (its architecture is {config.architectures}), so its score head "
             f"would be random. Train one first: preftune rm --model {path} --dataset PAIRS --output_dir OUT."
         )
-    if is_classifier and num_labels is not None and num_labels != config.num_labels:
+    merge = average_heads and num_labels == 1
+    if is_classifier and num_labels is not None and num_labels != config.num_labels and not merge:
         raise ValueError(
             f"{flag} {path} is a reward model with {config.num_labels} head(s), but {num_labels} were asked "
             f"for. Pass --num_heads {config.num_labels}, or start from a causal-LM checkpoint to get new heads."
@@ -199,6 +206,9 @@ def load_scalar_model(
             output_loading_info=True,
         )
     _report_missing_weights(path, info)
+    if merge and model.config.num_labels > 1:
+        _average_score_heads(model)
+        logger.info("%s: its %d score heads averaged into one.", path, config.num_labels)
     if model.config.pad_token_id is None:
         if pad_token_id is None:
             raise ValueError(f"{flag} {path}: config.pad_token_id is unset; set it so batches can be padded.")
@@ -207,6 +217,26 @@ def load_scalar_model(
     if device is not None:
         cast(torch.nn.Module, model).to(torch.device(device))
     return model
+
+
+def _average_score_heads(model: PreTrainedModel) -> None:
+    """Replace the (K, H) score layer by a (1, H) one holding the mean of the K rows (and biases): a linear
+    head, so its score is the mean of the K scores."""
+    head = score_head(model)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(
+            f"{type(model).__name__}'s score head is {type(head).__name__}, not a linear layer, so its heads cannot "
+            "be averaged into one value head; pass --value_model with a causal-LM checkpoint (a new value head)."
+        )
+    merged = torch.nn.Linear(
+        head.in_features, 1, bias=head.bias is not None, device=head.weight.device, dtype=head.weight.dtype
+    )
+    with torch.no_grad():
+        merged.weight.copy_(head.weight.mean(dim=0, keepdim=True))  # (1, H)
+        if head.bias is not None:
+            merged.bias.copy_(head.bias.mean(dim=0, keepdim=True))  # (1,)
+    model.add_module("score", merged)  # replaces the child of that name
+    model.config.num_labels = 1
 
 
 QUIET_LOADING_LOGGERS = ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")

@@ -98,7 +98,8 @@ class PPOConfig:
     ref_model: str | None = None
     """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
     value_model: str | None = None
-    """Initial value model: default the reward model of --judge (rm:PATH), else --model (a new head)."""
+    """Initial value model: default the reward model of --judge (rm:PATH), else --model (a new head). A reward
+    model with K heads (rm --num_heads K) gives one value head, the mean of its K (the judge's mean score)."""
     share_backbone: bool = False
     """One copy of the base weights: the policy is a LoRA adapter, the value model a second adapter with
     a value head, the reference the base with adapters disabled (needs --use_peft)."""
@@ -231,8 +232,9 @@ class PPOTrainer:
         from_judge = judge.paths[0] if isinstance(judge, RewardModelJudge) and len(judge.paths) == 1 else None
         path = cfg.value_model or from_judge or cfg.model.model
         value = load_scalar_model(
-            path, cfg.model.dtype, None, cfg.model.trust_remote_code, "--value_model", 1, self.pad_id
-        )
+            path, cfg.model.dtype, None, cfg.model.trust_remote_code, "--value_model", 1, self.pad_id,
+            average_heads=True,  # an ensemble reward model (rm --num_heads K): one head, the mean of the K
+        )  # fmt: skip
         if load_tokenizer(path, cfg.model.trust_remote_code).get_vocab() != self.tokenizer.get_vocab():
             raise ValueError(
                 f"The value model would start from {path}, whose tokenizer differs from the policy's, so it cannot "
