@@ -10,7 +10,6 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -25,39 +24,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from preftune.models.config import ModelConfig
 from preftune.models.scalar import score_head
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class ModelConfig:
-    model: str = ""
-    """Policy (or base) checkpoint: a local folder written by save_pretrained or `preftune tiny`."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    """Dtype the weights are loaded in; 'auto' keeps the checkpoint's. Mixed precision is --bf16/--fp16."""
-    trust_remote_code: bool = False
-    """Run modelling code shipped with the checkpoint. Off by default: only enable for code you trust."""
-    attn_implementation: str | None = None
-    """Attention kernel passed to transformers (sdpa, eager, flash_attention_2); None lets it choose."""
-    use_peft: bool = False
-    """Train a LoRA adapter (peft) instead of all weights."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA input. 0 by default so log-probs are deterministic."""
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    """Modules that get adapters: names such as q_proj v_proj, or 'all-linear'."""
-
-    def __post_init__(self) -> None:
-        if self.lora_r <= 0:
-            raise ValueError(f"lora_r must be > 0, got {self.lora_r}. Typical values: 8 to 64.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")

@@ -14,7 +14,8 @@ from preftune.data import DataConfig
 from preftune.engine import TrainConfig, read_metrics
 from preftune.losses.registry import LOSSES
 from preftune.models.loading import ModelConfig
-from preftune.trainers.dpo import DPOConfig, DPOTrainer
+from preftune.trainers.dpo import DPOTrainer
+from preftune.trainers.dpo_config import DPOConfig
 
 
 def dpo_config(model, synth_world, output_dir, eval_data=False, model_options=None, **overrides) -> DPOConfig:

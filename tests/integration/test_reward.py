@@ -17,7 +17,8 @@ from preftune.data import DataConfig, load_rows
 from preftune.engine import TrainConfig, read_metrics
 from preftune.judges import RewardModelJudge, load_judge
 from preftune.models.loading import ModelConfig
-from preftune.trainers.reward import RewardConfig, RewardTrainer
+from preftune.trainers.reward import RewardTrainer
+from preftune.trainers.reward_config import RewardConfig
 
 
 def rm_config(model, synth_world, output_dir, eval_data=True, **overrides) -> RewardConfig:

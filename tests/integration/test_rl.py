@@ -15,10 +15,11 @@ from preftune.cli import main
 from preftune.data import DataConfig
 from preftune.engine import TrainConfig, read_metrics
 from preftune.models.loading import ModelConfig
-from preftune.rollout.experience import ScoringConfig
-from preftune.rollout.generate import SamplingConfig
-from preftune.trainers.ppo import PPOConfig, PPOTrainer
-from preftune.trainers.rloo_grpo import GRPOConfig, RLOOConfig, RLOOTrainer
+from preftune.rollout.config import SamplingConfig, ScoringConfig
+from preftune.trainers.ppo import PPOTrainer
+from preftune.trainers.ppo_config import PPOConfig
+from preftune.trainers.rloo_grpo import RLOOTrainer
+from preftune.trainers.rloo_grpo_config import GRPOConfig, RLOOConfig
 
 
 class LetterJudge:
@@ -166,7 +167,8 @@ def test_value_model_starts_from_the_reward_model(synth_world, tiny_base, tmp_pa
 def test_value_model_from_an_ensemble_reward_model_is_one_head_their_mean(synth_world, tiny_base, tmp_path):
     """`rm --num_heads 2` saves num_labels=2; PPO's default value model (from --judge rm:PATH) gets one
     head, the mean of the two, whose score is the ensemble's mean score (the reward the judge gives)."""
-    from preftune.trainers.reward import RewardConfig, RewardTrainer
+    from preftune.trainers.reward import RewardTrainer
+    from preftune.trainers.reward_config import RewardConfig
 
     data = DataConfig(dataset=str(synth_world["pairs"]), max_length=96)
     rm = RewardConfig(

@@ -8,7 +8,8 @@ from typing import Any
 from preftune.data import DataConfig
 from preftune.engine import TrainConfig
 from preftune.models.loading import ModelConfig
-from preftune.trainers.dpo import DPOConfig, DPOTrainer
+from preftune.trainers.dpo import DPOTrainer
+from preftune.trainers.dpo_config import DPOConfig
 
 
 def loss_only_trainer(**fields: Any) -> DPOTrainer:

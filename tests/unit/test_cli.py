@@ -1,6 +1,10 @@
 """The `preftune` command's contract (DESIGN.md section 2)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +190,43 @@ def test_tables_are_not_wrapped_off_a_terminal(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any("policy/ppo_against_the_length_biased_reward_model/win_rate_ci_low" in line and "0.1235" in line
                for line in lines)  # fmt: skip
+
+
+HEAVY = ("torch", "peft", "accelerate", "matplotlib", "datasets", "scipy", "transformers.modeling_utils")
+"""What `--help` must not import (torch and what needs it, plots): together they took 7-8 s of CPU."""
+
+_HELP_PROBE = """
+import json, sys
+from preftune.cli import main
+for name in sys.argv[1:]:
+    try:
+        main([name, "--help"])
+    except SystemExit as stop:
+        assert stop.code == 0, (name, stop.code)
+heavy = sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in {heavy}))
+print("IMPORTED " + json.dumps(heavy))
+"""
+
+
+def _help_imports(commands: list[str]) -> tuple[str, list[str]]:
+    """Run `preftune COMMAND --help` for each command in a fresh interpreter: (help text, heavy modules)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE.format(heavy=HEAVY), *commands],
+        capture_output=True, text=True, env=env, cwd=root, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text, _, imported = done.stdout.rpartition("IMPORTED ")
+    return text, json.loads(imported)
+
+
+def test_dpo_help_imports_no_torch():
+    text, heavy = _help_imports(["dpo"])
+    assert "--f_alpha_divergence_coef" in text and "--loss_type" in text
+    assert heavy == []
+
+
+def test_no_command_help_imports_torch_transformers_models_peft_accelerate_or_matplotlib():
+    _, heavy = _help_imports(list(COMMANDS))
+    assert heavy == []

@@ -10,10 +10,10 @@ from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.pairwise import F_DIVERGENCE_SYNONYMS, F_DIVERGENCES
 from preftune.losses.registry import LOSSES, SORTED_LOSSES
 from preftune.rollout.backends import BACKENDS
-from preftune.rollout.generate import SamplingConfig
-from preftune.trainers.dpo import DPOConfig
-from preftune.trainers.online_dpo import OnlineLossType
-from preftune.trainers.ppo import PPOConfig
+from preftune.rollout.config import SamplingConfig
+from preftune.trainers.dpo_config import DPOConfig
+from preftune.trainers.online_dpo_config import OnlineLossType
+from preftune.trainers.ppo_config import PPOConfig
 
 
 def choices(config: type, name: str) -> set[str]:
