@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         rest = [f"--{command.positional}", *rest]
     config = parse_config(config_cls, rest, prog=f"preftune {name}")  # --help prints and exits here
     from preftune.engine.loop import TrainingDiverged  # torch and accelerate: only once a command runs
+    from preftune.judges.http import JudgeRequestError
 
     setup_logging()
     logging.getLogger("preftune").info(
@@ -392,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         err_console.print("(set PREFTUNE_LOG_LEVEL=DEBUG to see the traceback)", style="dim")
         return 2
-    except TrainingDiverged as error:
+    except (TrainingDiverged, JudgeRequestError) as error:  # the message says what happened and what to do
+        if os.environ.get("PREFTUNE_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
         err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return 1
     except KeyboardInterrupt:

@@ -230,3 +230,31 @@ def test_dpo_help_imports_no_torch():
 def test_no_command_help_imports_torch_transformers_models_peft_accelerate_or_matplotlib():
     _, heavy = _help_imports(list(COMMANDS))
     assert heavy == []
+
+
+def test_a_judge_server_without_logprobs_is_one_error_line_not_a_traceback(capsys, monkeypatch):
+    """Issue 18: HTTPJudge's "the server must support logprobs" reached the terminal inside a traceback."""
+    from dataclasses import dataclass
+
+    from preftune.cli import Command
+    from tests.unit.test_judges import _offline_http_judge, _reply
+
+    judge = _offline_http_judge(monkeypatch, lambda text: _reply(None))  # a reply without top_logprobs
+
+    @dataclass
+    class JudgeConfig:
+        texts: int = 2
+        """How many texts to judge."""
+
+    def load():
+        return JudgeConfig, lambda cfg: judge.answer_logps([f"text {i}" for i in range(cfg.texts)])
+
+    monkeypatch.setitem(COMMANDS, "judge-texts", Command("Judge some texts.", load))
+    monkeypatch.delenv("PREFTUNE_LOG_LEVEL", raising=False)
+    assert main(["judge-texts"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert (
+        "judge.invalid/v1/chat/completions returned no readable" in line and "must support logprobs" in line
+    )
