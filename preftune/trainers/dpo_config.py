@@ -45,12 +45,6 @@ def loss_registry() -> dict[str, PairwiseLoss]:
     return LOSSES
 
 
-def sorted_losses_of_registry() -> tuple[str, ...]:
-    from preftune.losses.registry import SORTED_LOSSES
-
-    return SORTED_LOSSES
-
-
 @dataclass
 class DPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -137,7 +131,7 @@ class DPOConfig:
         if self.ld_alpha is not None and (
             self.use_weighting
             or SFT_TERM in self.loss_type
-            or any(loss_registry()[n].length_normalized for n in self.loss_type if n in loss_registry())
+            or any(loss_registry()[n].length_normalized for n in self.loss_type if n != SFT_TERM)
         ):
             raise ValueError("--ld_alpha reweights tokens inside the summed log-probs, so per-token means "
                              "(length-normalised losses, the sft term, WPO) would be divided by the wrong length; "
@@ -168,14 +162,16 @@ class DPOConfig:
             )
         if self.sync_ref_model:
             self._check_tr_dpo()
-        sorted_losses = [name for name in self.loss_type if name in sorted_losses_of_registry()]
+        from preftune.losses.registry import SORTED_LOSSES  # torch: when checked, not for --help
+
+        sorted_losses = [name for name in self.loss_type if name in SORTED_LOSSES]
         if sorted_losses and self.use_weighting:
             raise ValueError(f"{sorted_losses} are computed per sorted position, not per pair, so WPO's per-pair "
                              "weights (--use_weighting) cannot apply; drop one of them.")  # fmt: skip
 
     def _check_loss_params(self) -> None:
         """Each loss's own parameters in range, and none set for losses that ignore it."""
-        params = {p for n in self.loss_type if n in loss_registry() for p in loss_registry()[n].params}
+        params = {p for n in self.loss_type if n != SFT_TERM for p in loss_registry()[n].params}
         if self.label_smoothing and "label_smoothing" not in params:
             raise ValueError(
                 f"--label_smoothing {self.label_smoothing} is not used by {self.loss_type}; drop it."
