@@ -96,7 +96,8 @@ def evaluate_policy(
     from preftune.data import encode_prompt
     from preftune.eval.stats import bootstrap_mean_ci
     from preftune.models.loading import ModelConfig, load_policy, load_tokenizer, token_id
-    from preftune.rollout.generate import SamplingConfig, sample_responses
+    from preftune.rollout.config import SamplingConfig
+    from preftune.rollout.generate import sample_responses
     from preftune.tasks import get_task
 
     tokenizer = load_tokenizer(path)

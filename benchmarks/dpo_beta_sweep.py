@@ -28,8 +28,10 @@ from preftune.engine import TrainConfig
 from preftune.models.loading import ModelConfig
 from preftune.models.tiny import make_tiny, texts_of_row
 from preftune.tasks import SynthConfig, write_task
-from preftune.trainers.dpo import DPOConfig, DPOTrainer
-from preftune.trainers.sft import SFTConfig, SFTTrainer
+from preftune.trainers.dpo import DPOTrainer
+from preftune.trainers.dpo_config import DPOConfig
+from preftune.trainers.sft import SFTTrainer
+from preftune.trainers.sft_config import SFTConfig
 
 logger = logging.getLogger("dpo_beta_sweep")
 

@@ -351,7 +351,7 @@ def preftune_config(job: dict[str, Any], mode: str) -> Any:
     from preftune.data import DataConfig
     from preftune.engine import TrainConfig
     from preftune.models.loading import ModelConfig
-    from preftune.trainers.dpo import DPOConfig
+    from preftune.trainers.dpo_config import DPOConfig
 
     check = mode == "check"
     train = TrainConfig(

@@ -36,14 +36,18 @@ from preftune.config import load_config
 from preftune.data import DataConfig, load_rows
 from preftune.engine import TrainConfig
 from preftune.feedback.aggregate import aggregate_ratings, write_aggregated
-from preftune.feedback.audit import AuditConfig, run_audit
+from preftune.feedback.audit import run_audit
+from preftune.feedback.config import AuditConfig
 from preftune.judges import RewardModelJudge
 from preftune.models.loading import ModelConfig
-from preftune.pipelines.loop import LoopConfig, run_loop
+from preftune.pipelines.config import LoopConfig
+from preftune.pipelines.loop import run_loop
 from preftune.tasks import PanelConfig, SynthConfig, get_task, write_task
 from preftune.tasks.synth import write_jsonl
-from preftune.trainers.dpo import DPOConfig, DPOTrainer
-from preftune.trainers.reward import RewardConfig, RewardTrainer
+from preftune.trainers.dpo import DPOTrainer
+from preftune.trainers.dpo_config import DPOConfig
+from preftune.trainers.reward import RewardTrainer
+from preftune.trainers.reward_config import RewardConfig
 
 logger = logging.getLogger("feedback_study")
 FLIP_RATES = [0.02, 0.05, 0.05, 0.1, 0.1, 0.15, 0.2, 0.2, 0.25, 0.3, 0.35, 0.4]

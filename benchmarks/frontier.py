@@ -33,12 +33,14 @@ from preftune.data import DataConfig, load_rows
 from preftune.engine import TrainConfig, read_metrics
 from preftune.judges import RewardModelJudge
 from preftune.models.loading import ModelConfig
-from preftune.rollout.best_of_n import BoNConfig, run_best_of_n
-from preftune.rollout.experience import ScoringConfig
-from preftune.rollout.generate import SamplingConfig
-from preftune.trainers.dpo import DPOConfig, DPOTrainer
-from preftune.trainers.ppo import PPOConfig, PPOTrainer
-from preftune.trainers.reward import RewardConfig, RewardTrainer
+from preftune.rollout.best_of_n import run_best_of_n
+from preftune.rollout.config import BoNConfig, SamplingConfig, ScoringConfig
+from preftune.trainers.dpo import DPOTrainer
+from preftune.trainers.dpo_config import DPOConfig
+from preftune.trainers.ppo import PPOTrainer
+from preftune.trainers.ppo_config import PPOConfig
+from preftune.trainers.reward import RewardTrainer
+from preftune.trainers.reward_config import RewardConfig
 
 
 def parse_args() -> argparse.Namespace:

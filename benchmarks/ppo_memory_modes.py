@@ -22,8 +22,9 @@ import torch
 from preftune.data import DataConfig
 from preftune.engine import TrainConfig
 from preftune.models.loading import ModelConfig
-from preftune.rollout.experience import ScoringConfig
-from preftune.trainers.ppo import PPOConfig, PPOTrainer
+from preftune.rollout.config import ScoringConfig
+from preftune.trainers.ppo import PPOTrainer
+from preftune.trainers.ppo_config import PPOConfig
 
 
 def parameter_mib(modules: list[torch.nn.Module | None]) -> float:

@@ -28,9 +28,11 @@ from rl_synthetic import CONFIGS, prepare
 
 from preftune.config import load_config
 from preftune.engine import read_metrics
-from preftune.pipelines.cai import CAIConfig, run_cai
-from preftune.pipelines.loop import LoopConfig, run_loop
-from preftune.trainers.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from preftune.pipelines.cai import run_cai
+from preftune.pipelines.config import CAIConfig, LoopConfig
+from preftune.pipelines.loop import run_loop
+from preftune.trainers.online_dpo import OnlineDPOTrainer
+from preftune.trainers.online_dpo_config import OnlineDPOConfig
 
 logger = logging.getLogger("practice_loop")
 RUNS = ("loop_rm", "loop_rm_seed1", "loop_rm_beta0.1", "loop_panel", "online_dpo", "cai", "cai_revision",

@@ -33,12 +33,17 @@ from preftune.engine import TrainConfig
 from preftune.judges import RewardModelJudge
 from preftune.models.loading import ModelConfig
 from preftune.models.tiny import make_tiny, texts_of_row
-from preftune.rollout.best_of_n import BoNConfig, run_best_of_n
+from preftune.rollout.best_of_n import run_best_of_n
+from preftune.rollout.config import BoNConfig
 from preftune.tasks import SynthConfig, write_task
-from preftune.trainers.ppo import PPOConfig, PPOTrainer
-from preftune.trainers.reward import RewardConfig, RewardTrainer
-from preftune.trainers.rloo_grpo import GRPOConfig, RLOOConfig, RLOOTrainer
-from preftune.trainers.sft import SFTConfig, SFTTrainer
+from preftune.trainers.ppo import PPOTrainer
+from preftune.trainers.ppo_config import PPOConfig
+from preftune.trainers.reward import RewardTrainer
+from preftune.trainers.reward_config import RewardConfig
+from preftune.trainers.rloo_grpo import RLOOTrainer
+from preftune.trainers.rloo_grpo_config import GRPOConfig, RLOOConfig
+from preftune.trainers.sft import SFTTrainer
+from preftune.trainers.sft_config import SFTConfig
 
 logger = logging.getLogger("rl_synthetic")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -289,8 +289,7 @@ def run_preftune(job: dict[str, Any]) -> dict[str, Any]:
     from preftune.engine import TrainConfig
     from preftune.engine.metrics import read_metrics
     from preftune.models.loading import ModelConfig
-    from preftune.rollout.experience import ScoringConfig
-    from preftune.rollout.generate import SamplingConfig
+    from preftune.rollout.config import SamplingConfig, ScoringConfig
     from preftune.trainers import rloo_grpo
 
     config = rloo_grpo.RLOOConfig(

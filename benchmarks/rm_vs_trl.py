@@ -180,7 +180,8 @@ def run_child(name: str, job: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def evaluate(final_dir: str, job: dict[str, Any]) -> dict[str, Any]:
     """Held-out metrics of one final model, with preftune's evaluator (the same for both)."""
-    from preftune.eval.reward_model import RewardEvalConfig, evaluate_reward_model
+    from preftune.eval.config import RewardEvalConfig
+    from preftune.eval.reward_model import evaluate_reward_model
     from preftune.judges import RewardModelJudge
 
     options = RewardEvalConfig(
@@ -221,7 +222,8 @@ def train_preftune(job: dict[str, Any]) -> dict[str, Any]:
     from preftune.engine import TrainConfig
     from preftune.models.loading import ModelConfig
     from preftune.models.scalar import PooledScorer
-    from preftune.trainers.reward import RewardConfig, RewardTrainer
+    from preftune.trainers.reward import RewardTrainer
+    from preftune.trainers.reward_config import RewardConfig
 
     data = DataConfig(
         dataset=job["data"], dataset_split=job["train_split"], max_length=job["max_length"], skip_invalid=True

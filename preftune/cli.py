@@ -26,64 +26,108 @@ err_console = Console(soft_wrap=True, stderr=True)
 class Command:
     summary: str
     load: Callable[[], tuple[type, Callable[[Any], Any]]] | None = None
-    """Imports lazily and returns (config class, run function); None: not built yet."""
+    """Returns (config class, run function); None: not built yet. It imports only the config class (no
+    torch, transformers models, peft, accelerate or matplotlib: `--help` needs none of them); the run
+    function imports the rest when it runs (tests/unit/test_cli.py checks this)."""
     planned: str = ""
     positional: str = ""
     """A flag the command's first argument stands for when it is not a flag (`preftune audit DATA`)."""
 
 
 def _sft() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.trainers.sft import SFTConfig, SFTTrainer
+    from preftune.trainers.sft_config import SFTConfig
 
-    return SFTConfig, lambda cfg: SFTTrainer(cfg).train()
+    def run(cfg: SFTConfig) -> Any:
+        from preftune.trainers.sft import SFTTrainer
+
+        return SFTTrainer(cfg).train()
+
+    return SFTConfig, run
 
 
 def _rm() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.trainers.reward import RewardConfig, RewardTrainer
+    from preftune.trainers.reward_config import RewardConfig
 
-    return RewardConfig, lambda cfg: RewardTrainer(cfg).train()
+    def run(cfg: RewardConfig) -> Any:
+        from preftune.trainers.reward import RewardTrainer
+
+        return RewardTrainer(cfg).train()
+
+    return RewardConfig, run
 
 
 def _dpo() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.trainers.dpo import DPOConfig, DPOTrainer
+    from preftune.trainers.dpo_config import DPOConfig
 
-    return DPOConfig, lambda cfg: DPOTrainer(cfg).train()
+    def run(cfg: DPOConfig) -> Any:
+        from preftune.trainers.dpo import DPOTrainer
+
+        return DPOTrainer(cfg).train()
+
+    return DPOConfig, run
 
 
 def _kto() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.trainers.kto import KTOConfig, KTOTrainer
+    from preftune.trainers.kto_config import KTOConfig
 
-    return KTOConfig, lambda cfg: KTOTrainer(cfg).train()
+    def run(cfg: KTOConfig) -> Any:
+        from preftune.trainers.kto import KTOTrainer
+
+        return KTOTrainer(cfg).train()
+
+    return KTOConfig, run
 
 
 def _ppo() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.trainers.ppo import PPOConfig, PPOTrainer
+    from preftune.trainers.ppo_config import PPOConfig
 
-    return PPOConfig, lambda cfg: PPOTrainer(cfg).train()
+    def run(cfg: PPOConfig) -> Any:
+        from preftune.trainers.ppo import PPOTrainer
+
+        return PPOTrainer(cfg).train()
+
+    return PPOConfig, run
 
 
 def _rloo() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.trainers.rloo_grpo import RLOOConfig, RLOOTrainer
+    from preftune.trainers.rloo_grpo_config import RLOOConfig
 
-    return RLOOConfig, lambda cfg: RLOOTrainer(cfg).train()
+    def run(cfg: RLOOConfig) -> Any:
+        from preftune.trainers.rloo_grpo import RLOOTrainer
+
+        return RLOOTrainer(cfg).train()
+
+    return RLOOConfig, run
 
 
 def _grpo() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.trainers.rloo_grpo import GRPOConfig, GRPOTrainer
+    from preftune.trainers.rloo_grpo_config import GRPOConfig
 
-    return GRPOConfig, lambda cfg: GRPOTrainer(cfg).train()
+    def run(cfg: GRPOConfig) -> Any:
+        from preftune.trainers.rloo_grpo import GRPOTrainer
+
+        return GRPOTrainer(cfg).train()
+
+    return GRPOConfig, run
 
 
 def _online_dpo() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.trainers.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+    from preftune.trainers.online_dpo_config import OnlineDPOConfig
 
-    return OnlineDPOConfig, lambda cfg: OnlineDPOTrainer(cfg).train()
+    def run(cfg: OnlineDPOConfig) -> Any:
+        from preftune.trainers.online_dpo import OnlineDPOTrainer
+
+        return OnlineDPOTrainer(cfg).train()
+
+    return OnlineDPOConfig, run
 
 
 def _eval() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.eval.command import EvalConfig, run_eval
+    from preftune.eval.config import EvalConfig
 
     def run(cfg: EvalConfig) -> Any:
+        from preftune.eval.command import run_eval
+
         result = run_eval(cfg)
         scalars = {k: v for k, v in result.items() if not isinstance(v, dict) and not k.endswith("/examples")}
         if cfg.reward.reward_model:
@@ -97,9 +141,11 @@ def _eval() -> tuple[type, Callable[[Any], Any]]:
 
 
 def _bon() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.rollout.best_of_n import BoNConfig, run_best_of_n
+    from preftune.rollout.config import BoNConfig
 
     def run(cfg: BoNConfig) -> Any:
+        from preftune.rollout.best_of_n import run_best_of_n
+
         result = run_best_of_n(cfg)
         table = Table(title=escape(f"best-of-n: {cfg.model.model} judged by {cfg.judge}"), show_header=True)
         gold_column = ["gold reward"] if result["task"] else []
@@ -118,9 +164,11 @@ def _bon() -> tuple[type, Callable[[Any], Any]]:
 
 
 def _loop() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.pipelines.loop import LoopConfig, render_markdown, run_loop
+    from preftune.pipelines.config import LoopConfig
 
     def run(cfg: LoopConfig) -> Any:
+        from preftune.pipelines.loop import render_markdown, run_loop
+
         summary = run_loop(cfg)
         show_markdown(render_markdown(summary))
         return summary
@@ -129,9 +177,11 @@ def _loop() -> tuple[type, Callable[[Any], Any]]:
 
 
 def _cai() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.pipelines.cai import CAIConfig, run_cai
+    from preftune.pipelines.config import CAIConfig
 
     def run(cfg: CAIConfig) -> Any:
+        from preftune.pipelines.cai import run_cai
+
         summary = run_cai(cfg)
         scalars = {k: v for k, v in summary.items() if not isinstance(v, dict)}
         for stage in ("before", "after_sft", "after"):
@@ -143,9 +193,11 @@ def _cai() -> tuple[type, Callable[[Any], Any]]:
 
 
 def _audit() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.feedback.audit import AuditConfig, run_audit
+    from preftune.feedback.config import AuditConfig
 
     def run(cfg: AuditConfig) -> Any:
+        from preftune.feedback.audit import run_audit
+
         result = run_audit(cfg)
         table = Table(
             title=escape(f"audit of {cfg.dataset}: {len(result['flags'])} finding(s)"), show_header=True
@@ -168,10 +220,12 @@ def _synth() -> tuple[type, Callable[[Any], Any]]:
 
 
 def _tiny() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.data import load_rows
-    from preftune.models.tiny import TinyConfig, make_tiny, texts_of_row
+    from preftune.models.config import TinyConfig
 
     def run(cfg: TinyConfig) -> Any:
+        from preftune.data import load_rows
+        from preftune.models.tiny import make_tiny, texts_of_row
+
         texts = (text for row in load_rows(cfg.data).rows for text in texts_of_row(row))
         return make_tiny(texts, cfg.out, size=cfg.size, vocab_size=cfg.vocab_size, seed=cfg.seed)
 
@@ -179,15 +233,22 @@ def _tiny() -> tuple[type, Callable[[Any], Any]]:
 
 
 def _import_gguf() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.models.gguf import ImportGGUFConfig, import_gguf
+    from preftune.models.config import ImportGGUFConfig
 
-    return ImportGGUFConfig, import_gguf
+    def run(cfg: ImportGGUFConfig) -> Any:
+        from preftune.models.gguf import import_gguf
+
+        return import_gguf(cfg)
+
+    return ImportGGUFConfig, run
 
 
 def _demo() -> tuple[type, Callable[[Any], Any]]:
-    from preftune.pipelines.demo import DemoConfig, run_demo
+    from preftune.pipelines.config import DemoConfig
 
     def run(cfg: DemoConfig) -> Any:
+        from preftune.pipelines.demo import run_demo
+
         summary = run_demo(cfg)
         show_demo_table(summary)
         return summary
@@ -335,13 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     from preftune.config import config_to_flat_dict, config_to_yaml, parse_config
-    from preftune.engine import TrainingDiverged
-    from preftune.errors import user_message
 
     config_cls, run = command.load()
     if command.positional and rest and not rest[0].startswith("-"):
         rest = [f"--{command.positional}", *rest]
-    config = parse_config(config_cls, rest, prog=f"preftune {name}")
+    config = parse_config(config_cls, rest, prog=f"preftune {name}")  # --help prints and exits here
+    from preftune.engine.loop import TrainingDiverged  # torch and accelerate: only once a command runs
+    from preftune.errors import user_message
+
     setup_logging()
     logging.getLogger("preftune").info(
         "preftune %s, resolved config:\n%s", name, config_to_yaml(config).rstrip()

@@ -46,7 +46,8 @@ def sft_model(synth_world, tiny_base, tmp_path_factory):
     from preftune.data import DataConfig
     from preftune.engine import TrainConfig
     from preftune.models.loading import ModelConfig
-    from preftune.trainers.sft import SFTConfig, SFTTrainer
+    from preftune.trainers.sft import SFTTrainer
+    from preftune.trainers.sft_config import SFTConfig
 
     out = tmp_path_factory.mktemp("sft_model")
     train = TrainConfig(output_dir=str(out), learning_rate=3e-3, per_device_train_batch_size=16, max_steps=150,

@@ -9,7 +9,11 @@ Typical use (a pairwise trainer)::
     batch = pad_batch([pair.chosen for pair in pairs[:8]], tokenizer.pad_token_id)
 """
 
-from preftune.data.collate import collate_packed, pack_examples, pad_batch
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from preftune.data.config import DataConfig
 from preftune.data.errors import DataError, Skip, report_skips, summarize_skips
 from preftune.data.formats import (
@@ -45,6 +49,19 @@ from preftune.data.tokenize import (
     encode_sft,
     encode_unpaired,
 )
+
+if TYPE_CHECKING:
+    from preftune.data.collate import collate_packed, pack_examples, pad_batch
+
+_LAZY = {name: "preftune.data.collate" for name in ("collate_packed", "pack_examples", "pad_batch")}
+"""Loaded on first use (torch): the rest of the package, config classes included, imports no torch."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FORMAT_COLUMNS",

@@ -1,16 +1,12 @@
-"""Fields shared by every training command (names as in transformers' TrainingArguments)."""
+"""Fields shared by every training command (names as in transformers' TrainingArguments).
+
+Imports neither torch nor accelerate at the top, so `preftune <command> --help` does not load them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
-
-import torch
-from accelerate.utils import LoggerType
-
-# accelerate's trackers, plus "none".
-_TRACKERS = {tracker.value for tracker in LoggerType} | {"none"}
-
 
 RUN_CONTROL = ("resume", "overwrite_output_dir")
 """Flags that say how a run starts, not what it computes. They are left out of the config.yaml a run
@@ -92,11 +88,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0 (0 turns it off), got {value}.")
         if self.bf16 and self.fp16:
             raise ValueError("Choose one of --bf16 and --fp16, not both.")
-        unknown = set(self.report_to) - _TRACKERS
-        if unknown:
-            raise ValueError(f"Unknown --report_to {sorted(unknown)}; choose from {sorted(_TRACKERS)}.")
-        if self.fp16 and not torch.cuda.is_available():
-            raise ValueError("--fp16 needs a CUDA device (loss scaling); on CPU use --bf16 true or neither.")
+        if set(self.report_to) - {"none"}:
+            from accelerate.utils import LoggerType  # here, not at the top: --help needs no accelerate
+
+            trackers = {tracker.value for tracker in LoggerType} | {"none"}
+            unknown = set(self.report_to) - trackers
+            if unknown:
+                raise ValueError(f"Unknown --report_to {sorted(unknown)}; choose from {sorted(trackers)}.")
+        if self.fp16:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    "--fp16 needs a CUDA device (loss scaling); on CPU use --bf16 true or neither."
+                )
 
 
 def require_run_inputs(model: str, dataset: str, train: TrainConfig) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,93 +36,22 @@ import torch
 from preftune.data import DataConfig, EncodedExample
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.eval import policy_metrics as pm
+from preftune.eval.config import PolicyEvalConfig
 from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.report import write_report
 from preftune.judges import GoldJudge, Judge, check_judge_spec, load_judge
-from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer, token_id
+from preftune.models.config import ModelConfig
+from preftune.models.loading import check_model_path, load_policy, load_tokenizer, token_id
 from preftune.models.logps import ResponseLogps
+from preftune.rollout.config import SamplingConfig
 from preftune.rollout.experience import judge_scores, model_inputs, per_token, rollout_examples
-from preftune.rollout.generate import RolloutBatch, SamplingConfig, TransformersBackend
+from preftune.rollout.generate import RolloutBatch, TransformersBackend
 from preftune.tasks import detect_task
 
 logger = logging.getLogger(__name__)
 
 NUM_EXAMPLES = 5
 """Sample responses kept per policy in eval.json."""
-
-
-@dataclass
-class PolicyEvalConfig:
-    """The policy-evaluation flags of `preftune eval` (the shared ones are in RewardEvalConfig)."""
-
-    policy: list[str] = field(default_factory=list)
-    """Policies to evaluate, as NAME=PATH or PATH (named by its folder); repeat the flag or list several."""
-    reference: str = ""
-    """Reference policy (usually the SFT model): the baseline of the win rate and the anchor of the KL."""
-    prompts: str = ""
-    """Prompt-only data (a `prompt` column) the policies answer."""
-    prompts_split: str = "train"
-    """Split or slice of --prompts, e.g. 'train[:200]'."""
-    judge: str = ""
-    """Judge spec: gold, rm:PATH (a reward model; a bare PATH too) or rm:PATH1,PATH2."""
-    heldout_judge: str = ""
-    """A second judge scoring the same samples (e.g. rm:PATH of a reward model trained on pairs the policies never
-    saw): held-out reward and win rate, and the reward-hacking check where there is no gold reward."""
-    samples_per_prompt: int = 1
-    """Responses sampled per prompt and policy."""
-    max_new_tokens: int = 32
-    """Longest sampled response."""
-    temperature: float = 1.0
-    """Sampling temperature (0 = greedy)."""
-    seed: int = 0
-    """Seed of the sampling streams (the same for every policy)."""
-    max_prompts: int = 0
-    """Evaluate the first this many prompts; 0 = all."""
-    num_resamples: int = 2000
-    """Bootstrap resamples of the intervals."""
-
-    def __post_init__(self) -> None:
-        if self.samples_per_prompt < 1 or self.max_new_tokens < 1 or self.num_resamples < 100:
-            raise ValueError(
-                f"samples_per_prompt and max_new_tokens must be >= 1 and num_resamples >= 100, got "
-                f"{self.samples_per_prompt}, {self.max_new_tokens} and {self.num_resamples}."
-            )
-        if self.max_prompts < 0 or self.seed < 0:
-            raise ValueError(f"max_prompts and seed must be >= 0, got {self.max_prompts} and {self.seed}.")
-
-    def check(self) -> None:
-        """The flags policy evaluation needs (checked when --policy is given)."""
-        for flag, value in (
-            ("--reference", self.reference),
-            ("--prompts", self.prompts),
-            ("--judge", self.judge),
-        ):
-            if not value:
-                raise ValueError(
-                    f"{flag} is required with --policy: preftune eval --policy NAME=PATH --reference SFT_PATH "
-                    "--prompts PROMPTS --judge SPEC --output_dir OUT."
-                )
-        names = [name for name, _ in self.named_policies()]
-        duplicates = sorted({n for n in names if names.count(n) > 1} | ({"reference"} & set(names)))
-        if duplicates:
-            raise ValueError(
-                f"Policy names must be unique and not 'reference' (the baseline), got {duplicates}; name them "
-                "with NAME=PATH."
-            )
-
-    def named_policies(self) -> list[tuple[str, str]]:
-        """(name, path) of each --policy entry."""
-        named = []
-        for spec in self.policy:
-            name, sep, path = spec.partition("=")
-            if not sep:
-                path = spec
-                folder = Path(spec.rstrip("/"))
-                name = folder.parent.name if folder.name == "final" and folder.parent.name else folder.name
-            if not name or not path:
-                raise ValueError(f"--policy {spec!r}: give NAME=PATH or a checkpoint folder.")
-            named.append((name, path))
-        return named
 
 
 @dataclass

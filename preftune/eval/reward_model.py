@@ -19,64 +19,20 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from preftune.data import EncodedPair, PairExample, Parsed, encode_dataset, load_rows, parse_pairs
 from preftune.eval import reward_metrics as rm_metrics
+from preftune.eval.config import RewardEvalConfig
 from preftune.judges import STATS_FILE, RewardModelJudge, load_judge
 from preftune.judges.reward_model import reward_statistics
 from preftune.tasks import detect_task, get_task
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RewardEvalConfig:
-    """`preftune eval --reward_model PATH --dataset PAIRS --output_dir OUT`."""
-
-    reward_model: str = ""
-    """Reward model to evaluate: rm:PATH (or a bare PATH), or rm:PATH1,PATH2 for an ensemble."""
-    dataset: str = ""
-    """Preference pairs (prompt/chosen/rejected, or chosen/rejected with an implicit prompt)."""
-    output_dir: str = ""
-    """Folder for eval.json (reward models: also reward_stats.json; policies: also samples.jsonl)."""
-    dataset_split: str = "train"
-    """Split or slice of --dataset, e.g. 'train[1500:]'."""
-    max_length: int | None = None
-    """Longest tokenized prompt + response (longer pairs follow --truncation); default: the max_length the
-    reward model was trained with (from its reward_stats.json), else 1024 (policies: 512)."""
-    truncation: Literal["left", "error"] = "left"
-    """'left' drops prompt tokens from the left (counted); 'error' stops."""
-    skip_invalid: bool = False
-    """Skip rows that fail validation (counted and reported) instead of stopping."""
-    dialogue_format: Literal["text", "hh"] = "text"
-    """'hh' reads text transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...") as message lists for the chat
-    template (use what the reward model or policy was trained with)."""
-    task: str = "auto"
-    """Synthetic task for gold agreement / gold reward: 'auto' reads task.json beside --dataset (or
-    --prompts); 'none' turns it off."""
-    batch_size: int = 32
-    """Sequences scored per forward pass."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype the reward model is loaded in."""
-    device: str | None = None
-    """Device to score on (default: cuda if available, else cpu)."""
-    confidence: float = 0.95
-    """Level of the confidence intervals."""
-    num_bins: int = 10
-    """Bins of the calibration error."""
-    write_stats: bool = False
-    """Also write reward_stats.json next to the reward model (a single model), replacing the one training
-    wrote, so PPO normalises rewards with the statistics of these pairs. It is always written to --output_dir."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}.")
 
 
 def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: RewardEvalConfig) -> dict[str, Any]:

@@ -7,6 +7,11 @@
 See docs/feedback.md.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from preftune.feedback.aggregate import (
     AGGREGATE_METHODS,
     LabelNoiseEstimate,
@@ -17,10 +22,21 @@ from preftune.feedback.aggregate import (
     write_aggregated,
 )
 from preftune.feedback.agreement import krippendorff_alpha_binary
-from preftune.feedback.audit import AuditConfig, run_audit
+from preftune.feedback.config import AuditConfig
 from preftune.feedback.dawid_skene import DawidSkeneResult, dawid_skene
 from preftune.feedback.rater_audit import AuditThresholds
 from preftune.feedback.ratings import Ratings, ratings_from_rows
+
+if TYPE_CHECKING:
+    from preftune.feedback.audit import run_audit
+
+
+def __getattr__(name: str) -> Any:
+    """`run_audit` loads preftune/feedback/audit.py (its report draws with matplotlib) on first use."""
+    if name == "run_audit":
+        return importlib.import_module("preftune.feedback.audit").run_audit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AGGREGATE_METHODS",

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,9 @@ import numpy as np
 
 from preftune.data import report_skips
 from preftune.feedback.audit_report import write_audit_report
+from preftune.feedback.config import AuditConfig
 from preftune.feedback.hygiene import hygiene_stats, load_audit_pairs, prompt_overlap
 from preftune.feedback.rater_audit import (
-    AuditThresholds,
     annotator_audit,
     length_bias,
     make_flag,
@@ -40,41 +39,6 @@ from preftune.feedback.rater_audit import (
 from preftune.feedback.ratings import ratings_from_rows
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class AuditConfig:
-    """`preftune audit --dataset PAIRS --output_dir OUT [--eval_dataset HELD_OUT]`."""
-
-    dataset: str = ""
-    """Pairwise data to audit: a JSON/JSONL(.gz)/Parquet/CSV file, a saved dataset folder or a hub name."""
-    dataset_split: str = "train"
-    """Split of --dataset (files have one split, 'train'; slices such as 'train[:80%]' work)."""
-    eval_dataset: str = ""
-    """Held-out pairwise data; when given, the audit counts its prompts that also occur in --dataset."""
-    eval_dataset_split: str = "train"
-    """Split of --eval_dataset."""
-    output_dir: str = ""
-    """Folder for audit.json and report.html (created if missing)."""
-    skip_invalid: bool = False
-    """Skip and count rows that are not valid pairs (ties and empty responses are always counted, never fatal)."""
-    seed: int = 0
-    """Seed of the bootstrap and permutation resamples."""
-    num_bootstrap: int = 1000
-    """Resamples for the fatigue slopes' standard errors and relabellings for the group-divergence test
-    (0: robust formula for the slopes, no divergence test)."""
-    thresholds: AuditThresholds = field(default_factory=AuditThresholds)
-    """When findings become warnings."""
-
-    def __post_init__(self) -> None:
-        if not self.dataset:
-            raise ValueError(
-                "--dataset is required: the pairwise data to audit (e.g. --dataset data/pairs.jsonl)."
-            )
-        if not self.output_dir:
-            raise ValueError("--output_dir is required: the folder for audit.json and report.html.")
-        if self.num_bootstrap < 0:
-            raise ValueError(f"num_bootstrap must be >= 0, got {self.num_bootstrap}. Typical: 1000.")
 
 
 def _hygiene_flags(stats: dict[str, Any], source: str) -> list[dict[str, str]]:

@@ -5,7 +5,8 @@ Implemented (registry key: objective, paper):
   conservative DPO (Mitchell 2023, a note without an arXiv id).
 - `cdpo`: the same objective with `label_smoothing` required in (0, 0.5).
 - `robust`: rDPO, Chowdhury et al. 2024 (arXiv 2403.00409), the de-biased loss for flipped labels.
-- `ipo`: IPO, Azar et al. 2023 (arXiv 2310.12036, eq. 17).
+- `ipo`: IPO, Azar et al. 2023 (arXiv 2310.12036, eq. 17), on summed log-ratios as the paper writes it.
+- `ipo_norm`: IPO on per-token-mean log-ratios, the form of the paper's experiments (TRL's `ipo`).
 - `hinge`: the SLiC-HF rank-calibration hinge, Zhao et al. 2023 (arXiv 2305.10425), on log-ratios.
 - `simpo`: SimPO, Meng et al. 2024 (arXiv 2405.14734, eq. 6), reference-free.
 - `sigmoid_norm`: DPO on per-token-mean log-ratios (length-normalised DPO, as in SimPO's analysis).
@@ -20,7 +21,7 @@ Every loss in `PAIRWISE_LOSSES` has one signature::
 
 with `chosen_logratio = logps(y_w) - ref_logps(y_w)`, shape (B,), summed over response tokens.
 Reference-free losses (`reference_free=True`: simpo, orpo) take the policy's own log-probs in the same
-two slots, and losses with `length_normalized=True` (sigmoid_norm, simpo, orpo) take per-token means
+two slots, and losses with `length_normalized=True` (sigmoid_norm, ipo_norm, simpo, orpo) take per-token means
 (summed log-probs or log-ratios divided by the response length); the trainer fills the slots as the
 registry entry says and passes the keyword params named in its `params`. Each loss returns per-pair
 losses (B,), never reduced, and detached (B,) metrics: "rewards/chosen" (beta * chosen slot),
@@ -45,8 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-FDivergence = Literal["reverse_kl", "forward_kl", "js", "alpha"]
+FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence", "js", "alpha"]
 F_DIVERGENCES: tuple[str, ...] = get_args(FDivergence)
+"""Every name `f_divergence_logratio` takes: TRL's, and preftune's shorter synonyms."""
+F_DIVERGENCE_SYNONYMS: dict[str, str] = {"js": "js_divergence", "alpha": "alpha_divergence"}
+"""preftune's short names of the divergences TRL calls "js_divergence" and "alpha_divergence"."""
 
 
 def _check_pair(chosen: Tensor, rejected: Tensor, beta: float) -> None:
@@ -175,13 +179,30 @@ def ipo_loss(
 
     Returns:
         (B,) losses and the detached (B,) reward metrics (rewards = beta * log-ratio).
-    Departure: none. TRL divides each log-ratio by its response length before this loss; to get that
-    form the trainer passes per-token-mean log-ratios (the registry entry asks for summed ones).
+    Departure: none. TRL's "ipo" divides each log-ratio by its response length first: that is
+    `ipo_norm` here.
     """
     _check_pair(chosen_logratio, rejected_logratio, beta)
     gap = chosen_logratio - rejected_logratio  # (B,)
     losses = (gap - 1 / (2 * beta)) ** 2
     return losses, pair_metrics(beta * chosen_logratio, beta * rejected_logratio)
+
+
+def ipo_norm_loss(
+    chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """IPO on per-token-mean log-ratios: `ipo_loss`'s (h - 1 / (2 beta))^2 with h = c - r, beta is tau.
+
+    The trainer passes (logps - ref_logps) / response length, (B,), for each response: TRL's "ipo". The
+    paper (arXiv 2310.12036, eq. 17) defines h on whole sequences; TRL's code notes that the IPO authors
+    confirmed the paper's reported results use this per-token normalisation. The target gap 1 / (2 tau)
+    is then in nats per token, so a tau tuned for one form is far off for the other.
+
+    Returns:
+        (B,) losses and the detached (B,) reward metrics (rewards = beta * mean log-ratio).
+    Departure: h on per-token means, as in the authors' experiments, not on summed log-ratios as in eq. 17.
+    """
+    return ipo_loss(chosen_logratio, rejected_logratio, beta)
 
 
 def hinge_loss(
@@ -341,27 +362,34 @@ def combine_losses(
 
 
 def f_divergence_logratio(logratio: Tensor, divergence: FDivergence, alpha: float = 0.5) -> Tensor:
-    """f'(u) at u = pi / pi_ref, the value f-DPO puts where DPO has log(pi / pi_ref).
+    """f'(u) - f'(1) at u = pi / pi_ref, the value f-DPO puts where DPO has log(pi / pi_ref).
 
-    Wang et al. 2023, arXiv 2309.16240 (Table 1 lists f and f'). Apply it to both log-ratios, then call
-    a loss of the margin chosen - rejected alone (sigmoid, cdpo, robust, ipo, hinge, ...), so that
-    constants in f' cancel and are dropped; losses that read each log-ratio on its own do not qualify. With u = exp(logratio):
-    - "reverse_kl": f'(u) = log u + 1 -> logratio (the +1 dropped; this is DPO);
-    - "forward_kl": f'(u) = -1/u -> -exp(-logratio);
-    - "js": f'(u) = log(2u / (1 + u)) -> log 2 + logsigmoid(logratio);
-    - "alpha": f'(u) = (1 - u^-alpha) / alpha, alpha in (0, 1) -> -expm1(-alpha * logratio) / alpha.
-    `alpha` is read only for "alpha". Returns a tensor of logratio's shape. Nothing is clamped: large
-    negative log-ratios overflow forward_kl and alpha to -inf rather than being silently cut.
-    Departure: none. TRL's forward KL adds 1 (cancels); TRL 1.16's alpha coefficient a gives
-    (u^(a-1) - 1) / (a - 1), which equals ours at alpha = 1 - a (the same only at 0.5).
+    Wang et al. 2023, arXiv 2309.16240 (Table 1 lists f and f'). Each f' is shifted so that f'(1) = 0:
+    f(u) + c (u - 1) defines the same divergence, so the shift changes nothing in the objective, and
+    a policy equal to its reference gets 0 in every slot, as in DPO. The shift matters once a loss
+    divides each response's value by its own length (sigmoid_norm, ipo_norm): a constant left in f'
+    would add k (1/L_chosen - 1/L_rejected) to the margin. Apply it to both log-ratios, then call a
+    loss of the two values' difference (sigmoid, cdpo, robust, ipo, hinge, ...); losses that read
+    each log-ratio on its own (nca_pair, apo_*, ...) have no f-divergence form. With u = exp(logratio):
+    - "reverse_kl": f'(u) = log u + 1 -> logratio (this is DPO);
+    - "forward_kl": f'(u) = -1/u -> 1 - exp(-logratio);
+    - "js_divergence" (or "js"): f'(u) = log(2u / (1 + u)) -> log 2 + logsigmoid(logratio);
+    - "alpha_divergence" (or "alpha"): f'(u) = (1 - u^-alpha) / alpha, alpha in (0, 1)
+      -> -expm1(-alpha * logratio) / alpha; alpha -> 0 gives reverse_kl, alpha -> 1 forward_kl.
+    `alpha` is the paper's, read only for the alpha divergence. Returns a tensor of logratio's shape.
+    Nothing is clamped: large negative log-ratios overflow forward_kl and alpha to -inf rather than
+    being silently cut.
+    Departure: none. The names are TRL's. TRL 1.16's alpha coefficient a gives (u^(a-1) - 1) / (a - 1):
+    the paper's alpha is 1 - a (DPOConfig's --f_alpha_divergence_coef is TRL's a, and converts).
     """
-    if divergence == "reverse_kl":
+    kind = F_DIVERGENCE_SYNONYMS.get(divergence, divergence)
+    if kind == "reverse_kl":
         return logratio
-    if divergence == "forward_kl":
-        return -torch.exp(-logratio)
-    if divergence == "js":
+    if kind == "forward_kl":
+        return -torch.expm1(-logratio)  # 1 - 1/u without cancellation near u = 1
+    if kind == "js_divergence":
         return math.log(2.0) + F.logsigmoid(logratio)  # log(2u / (1 + u)) without overflow
-    if divergence == "alpha":
+    if kind == "alpha_divergence":
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1) for the alpha divergence, got {alpha}. Try 0.5.")
         return -torch.expm1(-alpha * logratio) / alpha
@@ -387,6 +415,7 @@ PAIRWISE_LOSSES: dict[str, PairwiseLoss] = {
     "cdpo": PairwiseLoss(cdpo_loss, False, False, ("label_smoothing",)),
     "robust": PairwiseLoss(robust_loss, False, False, ("label_smoothing",)),
     "ipo": PairwiseLoss(ipo_loss, False, False, ()),
+    "ipo_norm": PairwiseLoss(ipo_norm_loss, False, True, ()),
     "hinge": PairwiseLoss(hinge_loss, False, False, ()),
     "simpo": PairwiseLoss(simpo_loss, True, True, ("gamma", "label_smoothing")),
     "sigmoid_norm": PairwiseLoss(sigmoid_norm_loss, False, True, ("label_smoothing",)),

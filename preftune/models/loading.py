@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -29,46 +28,12 @@ from transformers import (
 )
 
 from preftune.errors import UserFault, file_system_fault
+from preftune.models.config import ModelConfig
+from preftune.models.scalar import score_head
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class ModelConfig:
-    model: str = ""
-    """Policy (or base) checkpoint: a local folder written by save_pretrained or `preftune tiny`."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    """Dtype the weights are loaded in; 'auto' keeps the checkpoint's. Mixed precision is --bf16/--fp16."""
-    trust_remote_code: bool = False
-    """Run modelling code shipped with the checkpoint. Off by default: only enable for code you trust."""
-    attn_implementation: str | None = None
-    """Attention kernel passed to transformers (sdpa, eager, flash_attention_2); None lets it choose."""
-    use_peft: bool = False
-    """Train a LoRA adapter (peft) instead of all weights."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA input. 0 by default so log-probs are deterministic."""
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    """Modules that get adapters: names such as q_proj v_proj, or 'all-linear'."""
-    lora_layers_to_transform: list[int] = field(default_factory=list)
-    """Indices of the transformer layers that get adapters (peft's layers_to_transform), e.g. the top six of
-    a 30-layer model: 24 25 26 27 28 29; empty = every layer. Backpropagation stops at the lowest adapted
-    layer, so adapting only the top layers makes each step much cheaper."""
-
-    def __post_init__(self) -> None:
-        if self.lora_r <= 0:
-            raise ValueError(f"lora_r must be > 0, got {self.lora_r}. Typical values: 8 to 64.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        if any(index < 0 for index in self.lora_layers_to_transform):
-            raise ValueError(
-                f"lora_layers_to_transform takes layer indices >= 0, got {self.lora_layers_to_transform}."
-            )
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -246,13 +211,17 @@ def load_scalar_model(
     num_labels: int | None = None,
     pad_token_id: int | None = None,
     require_classifier: bool = False,
+    average_heads: bool = False,
 ) -> PreTrainedModel:
     """A sequence classifier with `num_labels` scalar heads (reward or value model), on `device`.
 
     A causal-LM checkpoint gets freshly initialised heads (1 unless `num_labels` says more);
     a sequence-classifier checkpoint keeps its heads, and `num_labels`, when given, must
-    match them. `pad_token_id` fills in a config that has none. With `require_classifier`, a
-    causal-LM checkpoint is an error (its heads would be random). Dropout is off.
+    match them, except that with `average_heads` and `num_labels=1` the K heads of an ensemble
+    reward model (`preftune rm --num_heads K`) become one, the mean of the K (its score is the
+    ensemble's mean score, the reward the judge gives). `pad_token_id` fills in a config that has
+    none. With `require_classifier`, a causal-LM checkpoint is an error (its heads would be
+    random). Dropout is off.
     """
     check_model_path(path, flag)
     with reading_checkpoint(path, flag):
@@ -263,7 +232,8 @@ def load_scalar_model(
             f"{flag} {path} is not a reward model (its architecture is {config.architectures}), so its score head "
             f"would be random. Train one first: preftune rm --model {path} --dataset PAIRS --output_dir OUT."
         )
-    if is_classifier and num_labels is not None and num_labels != config.num_labels:
+    merge = average_heads and num_labels == 1
+    if is_classifier and num_labels is not None and num_labels != config.num_labels and not merge:
         raise ValueError(
             f"{flag} {path} is a reward model with {config.num_labels} head(s), but {num_labels} were asked "
             f"for. Pass --num_heads {config.num_labels}, or start from a causal-LM checkpoint to get new heads."
@@ -278,6 +248,9 @@ def load_scalar_model(
             output_loading_info=True,
         )
     _report_missing_weights(path, info)
+    if merge and model.config.num_labels > 1:
+        _average_score_heads(model)
+        logger.info("%s: its %d score heads averaged into one.", path, config.num_labels)
     if model.config.pad_token_id is None:
         if pad_token_id is None:
             raise ValueError(f"{flag} {path}: config.pad_token_id is unset; set it so batches can be padded.")
@@ -286,6 +259,26 @@ def load_scalar_model(
     if device is not None:
         cast(torch.nn.Module, model).to(torch.device(device))
     return model
+
+
+def _average_score_heads(model: PreTrainedModel) -> None:
+    """Replace the (K, H) score layer by a (1, H) one holding the mean of the K rows (and biases): a linear
+    head, so its score is the mean of the K scores."""
+    head = score_head(model)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(
+            f"{type(model).__name__}'s score head is {type(head).__name__}, not a linear layer, so its heads cannot "
+            "be averaged into one value head; pass --value_model with a causal-LM checkpoint (a new value head)."
+        )
+    merged = torch.nn.Linear(
+        head.in_features, 1, bias=head.bias is not None, device=head.weight.device, dtype=head.weight.dtype
+    )
+    with torch.no_grad():
+        merged.weight.copy_(head.weight.mean(dim=0, keepdim=True))  # (1, H)
+        if head.bias is not None:
+            merged.bias.copy_(head.bias.mean(dim=0, keepdim=True))  # (1,)
+    model.add_module("score", merged)  # replaces the child of that name
+    model.config.num_labels = 1
 
 
 QUIET_LOADING_LOGGERS = ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")
@@ -332,7 +325,9 @@ def add_lora(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=_lora_targets(config.lora_target_modules, model, bool(config.lora_layers_to_transform)),
+        target_modules=_lora_targets(
+            config.lora_target_modules, model, bool(config.lora_layers_to_transform)
+        ),
         layers_to_transform=config.lora_layers_to_transform or None,
         task_type=task_type,
     )

@@ -17,7 +17,8 @@ from peft import PeftModel
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from preftune.models.loading import ModelConfig, load_reference
+from preftune.models.config import ModelConfig
+from preftune.models.loading import load_reference
 from preftune.ops.logprobs import gather_token_logps
 
 logger = logging.getLogger(__name__)

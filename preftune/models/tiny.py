@@ -166,21 +166,3 @@ def make_tiny(
         "Wrote a %s model (%.2fM parameters, vocab %d) to %s", size, n_params / 1e6, len(tokenizer), out
     )
     return out
-
-
-@dataclass
-class TinyConfig:
-    data: str = ""
-    """Dataset file whose text (every string field of every row) trains the tokenizer."""
-    out: str = ""
-    """Folder to write the model and tokenizer to (loadable with from_pretrained)."""
-    size: Literal["tiny", "small"] = "tiny"
-    """Model shape: tiny (about a minute of SFT on 2 CPU cores) or small (real data, GPU checks)."""
-    vocab_size: int = 2048
-    """Tokenizer vocabulary size, special tokens included (BPE may stop earlier on little text)."""
-    seed: int = 0
-    """Seed of the random initialisation."""
-
-    def __post_init__(self) -> None:
-        if not self.data or not self.out:
-            raise ValueError("Pass both --data FILE (text to train the tokenizer on) and --out DIR.")

@@ -36,179 +36,33 @@ import dataclasses
 import json
 import logging
 import shutil
-import string
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from preftune.config import save_config
 from preftune.data import DataConfig, encode_prompt
 from preftune.data.prompts import PromptSet, load_prompts
-from preftune.engine.config import RUN_CONTROL, TrainConfig
-from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
+from preftune.engine.config import RUN_CONTROL
+from preftune.eval.config import PolicyEvalConfig
+from preftune.eval.policy import run_policy_eval
 from preftune.judges import check_judge_spec, compare, load_judge
-from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
-from preftune.rollout.generate import SamplingConfig, TransformersBackend
+from preftune.models.loading import check_model_path, load_policy, load_tokenizer
+from preftune.pipelines.config import CAIConfig
+from preftune.pipelines.constitution import Constitution, load_constitution
+from preftune.rollout.config import SamplingConfig
+from preftune.rollout.generate import TransformersBackend
 from preftune.tasks import detect_task
 from preftune.tasks.synth import write_jsonl
-from preftune.trainers.dpo import DPOConfig, DPOTrainer
-from preftune.trainers.sft import SFTConfig, SFTTrainer
+from preftune.trainers.dpo import DPOTrainer
+from preftune.trainers.dpo_config import DPOConfig
+from preftune.trainers.sft import SFTTrainer
+from preftune.trainers.sft_config import SFTConfig
 
 logger = logging.getLogger(__name__)
-
-BUILTIN = Path(__file__).parent / "constitutions"
-"""The constitutions shipped with preftune, by file stem (`--constitution kindness`)."""
-PLACEHOLDERS = {"critique": {"prompt", "response"}, "revision": {"prompt", "response", "critique"}}
-
-
-@dataclass(frozen=True)
-class Principle:
-    name: str
-    description: str
-    critique: str
-    """Critique request template ({prompt}, {response})."""
-    revision: str
-    """Revision request template ({prompt}, {response}, {critique})."""
-    no_issue: str = ""
-    """Text that, found in a critique, means the answer already follows the principle: it is then kept as
-    its own revision (no revision is generated, and it yields no pair). Empty: always revise."""
-
-
-@dataclass(frozen=True)
-class Constitution:
-    name: str
-    principles: tuple[Principle, ...]
-    source: str
-
-
-def _placeholders(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-
-
-def load_constitution(source: str = "") -> Constitution:
-    """Read and validate a constitution: a YAML path, or the name of a built-in one (default kindness)."""
-    path = Path(source) if source else BUILTIN / "kindness.yaml"
-    if source and not path.exists() and (BUILTIN / f"{source}.yaml").exists():
-        path = BUILTIN / f"{source}.yaml"
-    if not path.is_file():
-        builtins = ", ".join(sorted(p.stem for p in BUILTIN.glob("*.yaml")))
-        raise ValueError(
-            f"--constitution {source!r}: no such file, nor a built-in constitution ({builtins})."
-        )
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    fix = "see docs/cai.md for the format (name, principles: [{name, description, critique, revision}])"
-    if not isinstance(raw, dict) or not isinstance(raw.get("principles"), list) or not raw["principles"]:
-        raise ValueError(f"{path}: a constitution needs a non-empty 'principles' list; {fix}.")
-    principles = []
-    for i, item in enumerate(raw["principles"]):
-        where = f"{path}: principles[{i}]"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where} must be a mapping; {fix}.")
-        unknown = sorted(set(item) - {"name", "description", "critique", "revision", "no_issue"})
-        if unknown:
-            raise ValueError(f"{where} has unknown keys {unknown}; {fix}.")
-        for key in ("critique", "revision"):
-            if not isinstance(item.get(key), str) or not item[key].strip():
-                raise ValueError(f"{where}.{key} must be a non-empty request template; {fix}.")
-            try:
-                names = _placeholders(item[key])
-            except ValueError as error:
-                raise ValueError(
-                    f"{where}.{key} is not a valid template ({error}); write literal braces as {{{{ }}}}."
-                ) from None
-            if names - PLACEHOLDERS[key]:
-                raise ValueError(
-                    f"{where}.{key} uses unknown placeholders {sorted(names - PLACEHOLDERS[key])}; it may use "
-                    f"{sorted(PLACEHOLDERS[key])}."
-                )
-            if "response" not in names:
-                raise ValueError(f"{where}.{key} must contain {{response}}, the answer it is about.")
-        principles.append(Principle(
-            name=str(item.get("name") or f"principle-{i}"), description=str(item.get("description") or ""),
-            critique=item["critique"], revision=item["revision"], no_issue=str(item.get("no_issue") or ""),
-        ))  # fmt: skip
-    names = [p.name for p in principles]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: principle names must be unique, got {names}.")
-    return Constitution(str(raw.get("name") or path.stem), tuple(principles), str(path))
-
-
-@dataclass
-class CAIConfig:
-    """`preftune cai --model M --dataset PROMPTS --output_dir OUT [--constitution FILE.yaml]`."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            learning_rate=5e-4, per_device_train_batch_size=32, num_train_epochs=2, warmup_ratio=0.1,
-            logging_steps=10,
-        )
-    )  # fmt: skip
-    """The DPO stage (learning_rate, batch size, epochs...); the SFT stage has its own sft_* fields."""
-    constitution: str = ""
-    """Constitution YAML, or a built-in name (kindness, assistant); default: kindness."""
-    num_prompts: int = 512
-    """Prompts of --dataset to answer, critique and revise (0 = all)."""
-    max_new_tokens: int = 32
-    """Longest answer, critique or revision."""
-    temperature: float = 1.0
-    """Sampling temperature of the answers (critiques and revisions are greedy)."""
-    preference: Literal["auto", "revision", "critique", "judge"] = "auto"
-    """Preference pairs: `revision`, the revision over the original answer; `critique`, two samples of the
-    revision-tuned model labelled by the starting model's own critiques (the one its critique finds no issue
-    with wins; needs `no_issue` in every principle); `judge`, two samples labelled by --judge (RLAIF).
-    auto: critique when every principle has `no_issue`, else revision."""
-    judge: str = ""
-    """AI judge of --preference judge (llm:PATH, http:URL, ...); its template gets the sampled principle."""
-    judge_options: dict[str, Any] = field(default_factory=dict)
-    """Options of the judge as JSON, e.g. '{"template": "judge.txt", "timeout": 30}' (docs/judges.md)."""
-    sft_learning_rate: float = 5e-4
-    """Learning rate of SFT on the revisions."""
-    sft_epochs: float = 2.0
-    """Epochs of SFT on the revisions."""
-    beta: float = 0.1
-    """DPO's KL strength."""
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"])
-    """DPO-family objective(s) of the preference stage, as `preftune dpo --loss_type`."""
-    eval_judge: str = ""
-    """Judge of the before/after evaluation (default: gold when the prompts are a synthetic task's)."""
-    num_eval_prompts: int = 128
-    """Held-out prompts: the first of --eval_dataset, or without it the last of --dataset (not used to train)."""
-    task: str = "auto"
-    """Synthetic task whose gold reward is reported: auto (task.json beside --dataset), none, or a name."""
-    device: str | None = None
-    """Device (default: cuda if available, else cpu)."""
-
-    def __post_init__(self) -> None:
-        usage = "preftune cai --model M --dataset PROMPTS --output_dir OUT"
-        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset),
-                            ("--output_dir", self.train.output_dir)):  # fmt: skip
-            if not value:
-                raise ValueError(f"{flag} is required: {usage}.")
-        if self.preference == "judge" and not self.judge:
-            raise ValueError("--preference judge needs --judge SPEC (e.g. llm:PATH or http:URL).")
-        if self.preference != "judge" and self.judge:
-            raise ValueError(
-                "--judge is only used with --preference judge; drop it or add --preference judge."
-            )
-        verdicts = all(p.no_issue for p in load_constitution(self.constitution).principles)  # checks the file
-        if self.preference == "auto":
-            self.preference = "critique" if verdicts else "revision"
-        if self.preference == "critique" and not verdicts:
-            raise ValueError(
-                "--preference critique reads each critique's verdict from the principle's `no_issue` text; give every "
-                "principle of the constitution a no_issue entry (docs/cai.md), or use --preference revision."
-            )
-        if self.num_prompts < 0 or self.num_eval_prompts < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_prompts must be >= 0, num_eval_prompts and max_new_tokens >= 1.")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (the answers are sampled), got {self.temperature}.")
 
 
 class _Generator:

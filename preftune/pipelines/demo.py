@@ -14,67 +14,38 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from preftune.data import DataConfig, encode_prompt, load_rows
 from preftune.engine import TrainConfig, read_metrics
-from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
+from preftune.eval.config import PolicyEvalConfig
+from preftune.eval.policy import run_policy_eval
 from preftune.eval.report import write_report
 from preftune.eval.stats import bootstrap_mean_ci
-from preftune.models.loading import ModelConfig, load_policy, load_tokenizer
+from preftune.models.config import ModelConfig
+from preftune.models.loading import load_policy, load_tokenizer
 from preftune.models.tiny import make_tiny, texts_of_row
-from preftune.rollout.best_of_n import BoNConfig, run_best_of_n
-from preftune.rollout.experience import ScoringConfig
-from preftune.rollout.generate import SamplingConfig, sample_responses
+from preftune.pipelines.config import DemoConfig
+from preftune.rollout.best_of_n import run_best_of_n
+from preftune.rollout.config import BoNConfig, SamplingConfig, ScoringConfig
+from preftune.rollout.generate import sample_responses
 from preftune.tasks import PanelConfig, SynthConfig, get_task, write_task
-from preftune.trainers.dpo import DPOConfig, DPOTrainer
-from preftune.trainers.ppo import PPOConfig, PPOTrainer
-from preftune.trainers.reward import RewardConfig, RewardTrainer
-from preftune.trainers.rloo_grpo import RLOOConfig, RLOOTrainer
-from preftune.trainers.sft import SFTConfig, SFTTrainer
+from preftune.trainers.dpo import DPOTrainer
+from preftune.trainers.dpo_config import DPOConfig
+from preftune.trainers.ppo import PPOTrainer
+from preftune.trainers.ppo_config import PPOConfig
+from preftune.trainers.reward import RewardTrainer
+from preftune.trainers.reward_config import RewardConfig
+from preftune.trainers.rloo_grpo import RLOOTrainer
+from preftune.trainers.rloo_grpo_config import RLOOConfig
+from preftune.trainers.sft import SFTTrainer
+from preftune.trainers.sft_config import SFTConfig
 
 logger = logging.getLogger(__name__)
 
 TUNED = ("dpo", "ppo", "rloo")
 """Policies trained from SFT and evaluated against it (best-of-n is reported from its samples)."""
-
-
-@dataclass
-class DemoConfig:
-    output_dir: str = "preftune-demo"
-    """Folder for the data, models, report.md and summary.json."""
-    task: str = "kindness"
-    """Synthetic task (see `preftune synth --help`)."""
-    size: Literal["tiny", "small"] = "tiny"
-    """Model shape for the tiny-model factory."""
-    sft_steps: int = 1000
-    """SFT optimizer steps."""
-    sft_learning_rate: float = 3e-3
-    """SFT learning rate (tiny random-init models need a large one)."""
-    sft_batch_size: int = 32
-    """SFT examples per step."""
-    rl_steps: int = 40
-    """PPO and RLOO steps (and the reward-hacking case's)."""
-    best_of_n: int = 16
-    """Samples per prompt of best-of-n."""
-    num_eval_prompts: int = 128
-    """Held-out prompts sampled from each policy."""
-    max_new_tokens: int = 24
-    """Longest sampled response."""
-    quick: bool = False
-    """A shorter run for CI: fewer SFT and RL steps and held-out prompts (the numbers are noisier)."""
-    seed: int = 0
-    """Seed of data, model initialisation, training and sampling."""
-
-    def __post_init__(self) -> None:
-        for name in ("sft_steps", "rl_steps", "best_of_n", "num_eval_prompts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.quick:
-            self.sft_steps, self.rl_steps = min(self.sft_steps, 400), min(self.rl_steps, 20)
-            self.num_eval_prompts, self.best_of_n = min(self.num_eval_prompts, 64), min(self.best_of_n, 8)
 
 
 def gold_scores(task_name: str, prompts: list[str], responses: list[str]) -> dict[str, Any]:

@@ -36,9 +36,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,19 +45,20 @@ import torch
 from preftune.config import config_to_flat_dict, save_config
 from preftune.data import DataConfig
 from preftune.data.prompts import PromptSet, load_prompts
-from preftune.engine.checkpoint import list_checkpoints
-from preftune.engine.config import RUN_CONTROL, TrainConfig
+from preftune.engine.config import RUN_CONTROL
+from preftune.eval.config import PolicyEvalConfig
 from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
-from preftune.eval.policy import PolicyEvalConfig, run_policy_eval
+from preftune.eval.policy import run_policy_eval
 from preftune.eval.report import write_report
 from preftune.eval.reward_model import json_safe
 from preftune.judges import GroupRanking, check_judge_spec, is_pairwise_spec, load_judge, rank_groups
-from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
+from preftune.models.loading import check_model_path, load_policy, load_tokenizer
+from preftune.pipelines.config import LoopConfig
 from preftune.rollout.experience import response_completions
-from preftune.rollout.generate import SamplingConfig, TransformersBackend
+from preftune.rollout.generate import TransformersBackend
 from preftune.tasks import detect_task
 from preftune.tasks.synth import write_jsonl
-from preftune.trainers.dpo import DPOConfig, DPOTrainer
+from preftune.trainers.dpo import DPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -72,109 +72,6 @@ RESUME_SAFE = ("rounds", "disable_tqdm", "overwrite_output_dir", "logging_steps"
                "judge_batch_size", "save_total_limit", "margin", "min_confidence")  # fmt: skip
 """Settings that may change between a run and its resumption: more rounds, logging, where it runs, and the
 pair filters (they apply to the rounds still to come; each round's provenance.json records its own)."""
-
-
-@dataclass
-class LoopConfig:
-    """`preftune loop --model POLICY --dataset PROMPTS --judge SPEC --rounds K --output_dir OUT`."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            learning_rate=5e-4, per_device_train_batch_size=32, num_train_epochs=2, warmup_ratio=0.1,
-            logging_steps=5, save_steps=10, lr_scheduler_type="cosine",
-        )
-    )  # fmt: skip
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
-    judge: str = ""
-    """Who rates the samples: gold, rm:PATH (or rm:P1,P2), panel, llm:PATH or http:URL (see docs/judges.md)."""
-    judge_options: dict[str, Any] = field(default_factory=dict)
-    """Options of the judge as JSON, e.g. '{"min_answer_mass": 0.1, "template": "judge.txt"}' for llm/http
-    judges, '{"seed": 1}' for the panel (docs/judges.md lists them)."""
-    rounds: int = 3
-    """Rounds of generate -> rate -> tune -> evaluate. Raising it on a finished loop adds rounds."""
-    num_generations: int = 4
-    """Samples per prompt and round (k); pairs are built among them."""
-    prompts_per_round: int = 256
-    """Prompts sampled per round, a fresh slice of --dataset each round (0 = all prompts every round)."""
-    pairs: Literal["best_worst", "all"] = "best_worst"
-    """best_worst: one pair per prompt, its best sample over its worst; all: every pair of samples whose
-    judge scores differ by more than --margin."""
-    margin: float = 0.0
-    """Smallest judge-score difference between chosen and rejected (pairwise judges score a sample by its
-    mean probability of beating the prompt's other samples, in [0, 1])."""
-    min_confidence: float = 0.0
-    """Keep only pairs the judge is confident about: |2 P(chosen beats rejected) - 1| >= this, with P the
-    pairwise judge's direct verdict, or sigmoid(score difference) for a pointwise judge (in [0, 1))."""
-    reference: Literal["initial", "previous"] = "initial"
-    """DPO's reference policy in each round: the starting policy (round 0), or the previous round's."""
-    beta: float = 0.3
-    """DPO's KL strength, to the reference. Higher than one DPO run's usual 0.1: with --reference initial it
-    bounds how far all rounds together move from the starting policy (benchmarks/RESULTS.md)."""
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
-    """DPO-family objective(s), as `preftune dpo --loss_type` (sigmoid, ipo, hinge, robust, ...)."""
-    label_smoothing: float = 0.0
-    """Assumed label-flip rate for --loss_type cdpo/robust."""
-    eval_judge: str = ""
-    """Pointwise judge of the held-out evaluation (default: --judge when it is pointwise, else gold)."""
-    num_eval_prompts: int = 128
-    """Held-out prompts: the first of --eval_dataset, or without it the last of --dataset (not trained on)."""
-    eval_samples_per_prompt: int = 2
-    """Responses per held-out prompt and round."""
-    task: str = "auto"
-    """Synthetic task whose gold reward is reported: auto (task.json beside --dataset), none, or a name."""
-    judge_batch_size: int = 32
-    """Sequences per judge forward pass."""
-    device: str | None = None
-    """Device (default: cuda if available, else cpu)."""
-
-    def __post_init__(self) -> None:
-        usage = "preftune loop --model POLICY --dataset PROMPTS --judge SPEC --rounds K --output_dir OUT"
-        for flag, value in (
-            ("--model", self.model.model),
-            ("--dataset", self.data.dataset),
-            ("--judge", self.judge),
-            ("--output_dir", self.train.output_dir),
-        ):
-            if not value:
-                raise ValueError(f"{flag} is required: {usage}.")
-        for name, value, least in (
-            ("rounds", self.rounds, 1),
-            ("num_generations", self.num_generations, 2),
-            ("prompts_per_round", self.prompts_per_round, 0),
-            ("num_eval_prompts", self.num_eval_prompts, 1),
-            ("eval_samples_per_prompt", self.eval_samples_per_prompt, 1),
-            ("judge_batch_size", self.judge_batch_size, 1),
-        ):
-            if value < least:
-                raise ValueError(f"{name} must be >= {least}, got {value}.")
-        if self.margin < 0 or not 0 <= self.min_confidence < 1:
-            raise ValueError(
-                f"margin must be >= 0 and min_confidence in [0, 1), got {self.margin} and {self.min_confidence}."
-            )
-        if self.sampling.temperature == 0:
-            raise ValueError(
-                "temperature 0 is greedy decoding: all samples of a prompt would be the same response and "
-                "no pair could be built. Use a temperature > 0 (1.0 samples the policy itself)."
-            )
-        if self.train.resume:
-            raise ValueError("--resume is not needed: running the same loop again resumes it. Drop --resume.")
-        # The per-round DPO config checks beta, loss_type and label_smoothing before anything runs.
-        self.dpo_config(self.model.model, "<pairs>", None, Path(self.train.output_dir) / "check")
-
-    def dpo_config(self, policy: str, pairs: str, reference: str | None, out: Path) -> DPOConfig:
-        """The DPO run of one round: from `policy` on `pairs`, output into `out`."""
-        checkpoints = out.is_dir() and bool(list_checkpoints(out / "checkpoints"))
-        train = dataclasses.replace(
-            self.train, output_dir=str(out), resume=checkpoints, overwrite_output_dir=not checkpoints
-        )
-        data = DataConfig(dataset=pairs, max_length=self.data.max_length, truncation=self.data.truncation,
-                          skip_invalid=self.data.skip_invalid)  # fmt: skip
-        return DPOConfig(
-            model=dataclasses.replace(self.model, model=policy), data=data, train=train, ref_model=reference,
-            beta=self.beta, loss_type=list(self.loss_type), label_smoothing=self.label_smoothing,
-        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

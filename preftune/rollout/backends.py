@@ -14,7 +14,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from preftune.rollout.generate import RolloutBatch, SamplingConfig, TransformersBackend
+from preftune.rollout.config import SamplingConfig
+from preftune.rollout.generate import RolloutBatch, TransformersBackend
 from preftune.rollout.vllm_backend import VLLMBackend
 
 __all__ = ["BACKENDS", "GenerationBackend", "TransformersBackend", "VLLMBackend", "load_backend"]

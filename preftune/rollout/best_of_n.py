@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,108 +49,18 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from preftune.config import save_config
-from preftune.data import Completion, DataConfig, Prompt
+from preftune.data import Completion, Prompt
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.judges import GoldJudge, Judge, check_judge_spec, load_judge
-from preftune.models.loading import ModelConfig, check_model_path, load_policy, load_tokenizer
+from preftune.models.loading import check_model_path, load_policy, load_tokenizer
 from preftune.ops.best_of_n import best_of_n_kl, best_of_n_probabilities, expected_best_of_n, kl_bound
+from preftune.rollout.config import BoNConfig
 from preftune.rollout.experience import response_completions
-from preftune.rollout.generate import SamplingConfig, sample_responses
+from preftune.rollout.generate import sample_responses
 from preftune.tasks import detect_task, get_task
 from preftune.tasks.synth import write_jsonl
 
 logger = logging.getLogger(__name__)
-
-JUDGE_SPECS = "gold, gold:TASK, rm:PATH (or a bare PATH), or rm:PATH1,PATH2 for an ensemble"
-
-
-@dataclass
-class BoNConfig:
-    """`preftune bon --model PATH --dataset PROMPTS --judge SPEC --output_dir OUT`."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    judge: str = ""
-    """Judge that ranks the samples: gold, gold:TASK, rm:PATH (or a bare PATH), rm:PATH1,PATH2 (ensemble)."""
-    n: int = 16
-    """Samples per prompt (N); the curve in bon.json covers best-of-n for n = 1, 2, 4, ... up to N."""
-    max_new_tokens: int = 32
-    """Most tokens generated per response; generation also stops at EOS."""
-    temperature: float = 1.0
-    """Softmax temperature of sampling (must be > 0 when n > 1: greedy decoding repeats one response)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1.0 keeps the whole distribution)."""
-    top_k: int = 0
-    """Sample among the k most likely tokens; 0 turns this off."""
-    generation_batch_size: int = 64
-    """Sequences per generate() call (each prompt appears n times)."""
-    output_dir: str = ""
-    """Folder for samples.jsonl, best.jsonl, pairs.jsonl and bon.json."""
-    seed: int = 0
-    """Seed of sampling: the same seed, prompts and generation_batch_size give the same samples."""
-    task: str = "auto"
-    """Synthetic task whose gold reward is reported next to the judge's: 'auto' reads task.json beside
-    --dataset, 'none' turns it off, or a task name."""
-    max_prompts: int = 0
-    """Use only the first max_prompts prompts of --dataset; 0 uses all."""
-    judge_batch_size: int = 32
-    """Sequences per reward-model forward pass."""
-    device: str | None = None
-    """Device to sample and score on (default: cuda if available, else cpu)."""
-    disable_tqdm: bool = False
-    """Hide the progress bars."""
-
-    def __post_init__(self) -> None:
-        usage = "preftune bon --model PATH --dataset PROMPTS --judge SPEC --output_dir OUT"
-        for flag, value in (
-            ("--model", self.model.model),
-            ("--dataset", self.data.dataset),
-            ("--judge", self.judge),
-            ("--output_dir", self.output_dir),
-        ):
-            if not value:
-                raise ValueError(f"{flag} is required: {usage} (judge specs: {JUDGE_SPECS}).")
-        if self.data.eval_dataset is not None:
-            raise ValueError(
-                f"--eval_dataset {self.data.eval_dataset!r} is not used by preftune bon: it samples from the "
-                "prompts of --dataset only. Drop --eval_dataset, or pass that file as --dataset."
-            )
-        if self.model.use_peft:
-            raise ValueError(
-                "--use_peft true would add an untrained LoRA adapter; preftune bon samples from --model as "
-                "saved (an adapter folder works as --model). Drop --use_peft."
-            )
-        for name, value, least in (
-            ("n", self.n, 1),
-            ("judge_batch_size", self.judge_batch_size, 1),
-            ("max_prompts", self.max_prompts, 0),
-            ("seed", self.seed, 0),
-        ):
-            if value < least:
-                raise ValueError(f"{name} must be >= {least}, got {value}.")
-        if self.temperature == 0 and self.n > 1:
-            raise ValueError(
-                f"temperature 0 is greedy decoding: all n={self.n} samples of a prompt would be the same "
-                "response. Use a temperature > 0 (1.0 samples from the policy itself), or --n 1."
-            )
-        if self.data.max_length - self.max_new_tokens < 2:
-            raise ValueError(
-                f"max_length ({self.data.max_length}) leaves no room for a prompt after max_new_tokens "
-                f"({self.max_new_tokens}); the prompt is cut to max_length - max_new_tokens tokens (at least "
-                "2). Raise --max_length or lower --max_new_tokens."
-            )
-        if self.task not in ("auto", "none"):
-            get_task(self.task)  # raises with the available names
-        self.sampling_config()  # checks the sampling fields
-
-    def sampling_config(self) -> SamplingConfig:
-        return SamplingConfig(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            generation_batch_size=self.generation_batch_size,
-        )
 
 
 # ---------------------------------------------------------------------------------------------

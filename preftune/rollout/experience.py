@@ -11,8 +11,6 @@ The RL trainers (PPO, RLOO, GRPO) share these steps between sampling and the upd
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -127,41 +125,3 @@ def shape_scores(
     if clip > 0:
         scores = scores.clamp(-clip, clip)
     return scores - missing_eos_penalty * (~ended).float()
-
-
-@dataclass
-class ScoringConfig:
-    """How sampled responses are judged and turned into the score at the end of each response."""
-
-    judge: str = ""
-    """Judge spec: gold (the synthetic task's gold reward), rm:PATH (a reward model; a bare PATH too), or
-    rm:PATH1,PATH2 (an ensemble's mean)."""
-    reward_normalization: Literal["initial_policy", "none"] = "initial_policy"
-    """initial_policy: scores are standardised with the judge's mean and std on the starting policy's
-    samples (Ziegler et al. 2019), measured once before training; none: raw scores."""
-    reward_norm_samples: int = 256
-    """Prompts sampled from the starting policy to measure the judge's mean and std."""
-    reward_clip: float = 10.0
-    """Clip standardised scores to [-reward_clip, reward_clip]; 0 turns clipping off."""
-    missing_eos_penalty: float = 1.0
-    """Subtracted from the score of a response cut at --max_new_tokens without EOS (the 'EOS trick');
-    0 turns it off."""
-    judge_batch_size: int = 64
-    """Sequences per reward-model forward."""
-    task: str = "auto"
-    """Synthetic task whose gold reward is logged at evaluation: auto (from task.json beside the
-    prompts), none, or a task name."""
-    heldout_judge: str = ""
-    """A second judge (e.g. rm:OTHER_RM) scored on the held-out prompts, which the reward-hacking monitor
-    compares the optimised judge with; the synthetic task's gold reward takes this role when it applies."""
-
-    def __post_init__(self) -> None:
-        if self.reward_norm_samples < 2:
-            raise ValueError(f"reward_norm_samples must be >= 2, got {self.reward_norm_samples}.")
-        if self.reward_clip < 0 or self.missing_eos_penalty < 0:
-            raise ValueError(
-                f"reward_clip and missing_eos_penalty must be >= 0, got {self.reward_clip} and "
-                f"{self.missing_eos_penalty}."
-            )
-        if self.judge_batch_size < 1:
-            raise ValueError(f"judge_batch_size must be >= 1, got {self.judge_batch_size}.")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -36,36 +36,7 @@ from transformers import (
 )
 
 from preftune.models.loading import token_id
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 32
-    """Most tokens generated per response; generation also stops at EOS."""
-    temperature: float = 1.0
-    """Softmax temperature; 0 means greedy decoding (log-probs are then those at temperature 1)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1.0 keeps the whole distribution)."""
-    top_k: int = 0
-    """Sample among the k most likely tokens; 0 turns this off."""
-    generation_batch_size: int = 64
-    """Sequences (prompts x samples per prompt) per generate() call; lower it if generation runs out of memory."""
-    generation_backend: Literal["transformers", "vllm"] = "transformers"
-    """RL rollouts: transformers' generate on the live policy, or vLLM (CUDA, `pip install vllm`; its copy of
-    the weights is refreshed from the policy before each rollout)."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.generation_batch_size < 1:
-            raise ValueError(
-                f"max_new_tokens and generation_batch_size must be >= 1, got {self.max_new_tokens} "
-                f"and {self.generation_batch_size}."
-            )
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}.")
+from preftune.rollout.config import SamplingConfig
 
 
 @dataclass

@@ -19,6 +19,7 @@ from preftune.data.prompts import PromptSet
 from preftune.judges import GoldJudge, Judge, RewardModelJudge
 from preftune.models.logps import ResponseLogps
 from preftune.rollout.backends import TransformersBackend
+from preftune.rollout.config import SamplingConfig
 from preftune.rollout.experience import (
     judge_scores,
     model_inputs,
@@ -26,7 +27,6 @@ from preftune.rollout.experience import (
     response_completions,
     rollout_examples,
 )
-from preftune.rollout.generate import SamplingConfig
 
 
 @dataclass

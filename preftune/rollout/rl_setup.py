@@ -4,7 +4,6 @@ evaluation, the judge's statistics on the starting policy, sampling seeds, globa
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +16,13 @@ from transformers import PreTrainedTokenizerBase
 from preftune.data import DataConfig
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.judges import GoldJudge, Judge, load_judge
-from preftune.models.loading import ModelConfig, token_id
+from preftune.models.loading import token_id
 from preftune.models.logps import ResponseLogps
 from preftune.ops.whiten import whiten
 from preftune.rollout.backends import GenerationBackend, TransformersBackend, VLLMBackend, load_backend
-from preftune.rollout.experience import ScoringConfig, judge_scores
-from preftune.rollout.generate import RolloutBatch, SamplingConfig
+from preftune.rollout.config import SamplingConfig, ScoringConfig
+from preftune.rollout.experience import judge_scores
+from preftune.rollout.generate import RolloutBatch
 from preftune.rollout.heldout import HeldOutEvaluator
 from preftune.tasks import detect_task
 
@@ -30,36 +30,6 @@ logger = logging.getLogger(__name__)
 
 EVAL_SEED_OFFSET = 7_777
 """Held-out samples use seed + this at every evaluation (not the training stream)."""
-
-
-def check_rl_sampling(sampling: SamplingConfig, model: ModelConfig) -> None:
-    """RL learns from the policy's own samples: temperature > 0, no dropout in a LoRA adapter (the
-    log-probs of sampling and of the update must come from the same function), and a warning when
-    top-k/top-p make the sampling distribution differ from the one the log-probs are computed under."""
-    if sampling.generation_backend == "vllm" and (
-        importlib.util.find_spec("vllm") is None or not torch.cuda.is_available()
-    ):
-        raise ValueError(
-            "--generation_backend vllm needs a CUDA GPU and the vllm package (pip install -e '.[vllm]'); "
-            "use --generation_backend transformers here."
-        )
-    if model.use_peft and model.lora_dropout > 0:
-        raise ValueError(
-            f"--lora_dropout {model.lora_dropout}: RL compares log-probs of the same tokens at sampling and at "
-            "the update, so dropout must be off in every model. Use --lora_dropout 0."
-        )
-    if sampling.temperature <= 0:
-        raise ValueError(
-            f"--temperature must be > 0 for RL (the policy learns from its own samples), got "
-            f"{sampling.temperature}. Use 1.0 to sample the policy as it is."
-        )
-    if sampling.top_p < 1 or sampling.top_k > 0:
-        logger.warning(
-            "top_p=%s / top_k=%s: responses are sampled from a truncated distribution, but log-probs and the KL "
-            "use the full one (at the temperature), so updates are slightly off-policy.",
-            sampling.top_p,
-            sampling.top_k,
-        )
 
 
 @dataclass

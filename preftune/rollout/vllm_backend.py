@@ -41,7 +41,8 @@ from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from preftune.models.loading import token_id
-from preftune.rollout.generate import RolloutBatch, SamplingConfig, check_rollout_request, request_seed
+from preftune.rollout.config import SamplingConfig
+from preftune.rollout.generate import RolloutBatch, check_rollout_request, request_seed
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,8 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate.utils import gather_object, set_seed
@@ -36,18 +35,16 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
-from preftune.data import DataConfig, EncodedPair
+from preftune.data import EncodedPair
 from preftune.data.pairs import chosen_probabilities, collate_pairs_packed, collate_pairs_padded, load_pairs
-from preftune.engine import Engine, TrainConfig, build_accelerator
-from preftune.engine.config import require_run_inputs
-from preftune.feedback.aggregate import parse_label_noise, resolve_label_smoothing
+from preftune.engine import Engine, build_accelerator
+from preftune.feedback.aggregate import resolve_label_smoothing
 from preftune.losses.kl import token_kl
-from preftune.losses.pairwise import F_DIVERGENCES, chosen_nll, f_divergence_logratio
+from preftune.losses.pairwise import chosen_nll, f_divergence_logratio
 from preftune.losses.pairwise_variants import ld_logps_flat, wpo_weights
 from preftune.losses.registry import LOSSES, SORTED_LOSSES
 from preftune.losses.reward import compose_label_smoothing
 from preftune.models.loading import (
-    ModelConfig,
     attention_implementation,
     check_model_path,
     load_policy,
@@ -63,191 +60,13 @@ from preftune.models.ref_cache import (
     read_cached,
     write_cached,
 )
+from preftune.trainers.dpo_config import (
+    SFT_TERM,
+    SOFT_LABEL_LOSSES,
+    DPOConfig,
+)
 
 logger = logging.getLogger(__name__)
-
-MARGIN_LOSSES = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "sigmoid_norm", "exo_pair", "discopop")
-"""Losses of the margin beta * (logratio_chosen - logratio_rejected) alone, where an f-divergence applies."""
-
-SOFT_LABEL_LOSSES = ("sigmoid", "cdpo", "sigmoid_norm", "simpo")
-"""Losses whose label smoothing is the expected loss under label flips: a soft label p (the
-`chosen_probability` column) enters as per-pair smoothing 1 - p. robust de-biases hard labels of a known
-flip rate instead (a posterior is not such a rate), and the rest take no smoothing, so they refuse soft labels."""
-
-LABEL_NOISE_LOSSES = ("sigmoid", "cdpo", "robust", "sigmoid_norm", "simpo")
-"""Losses whose --label_smoothing is a label-flip rate, which --label_noise may set."""
-
-SFT_TERM = "sft"
-"""--loss_type entry for the NLL of the chosen response (RPO / ORPO's language-modelling term)."""
-
-
-@dataclass
-class DPOConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
-    ref_model: str | None = None
-    """Reference policy checkpoint (frozen). Default: --model itself, or with --use_peft the policy with
-    its adapter disabled (no second copy of the weights)."""
-    beta: float = 0.1
-    """KL strength: larger keeps the policy closer to the reference (0.01 to 0.5 is typical)."""
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
-    """Objectives to add up (see preftune/losses/pairwise.py), e.g. sigmoid, ipo, simpo, orpo; 'sft' adds
-    the chosen response's NLL (RPO)."""
-    loss_weights: list[float] | None = None
-    """Weight of each --loss_type entry (default: all 1)."""
-    label_smoothing: float = 0.0
-    """Assumed label-flip rate for cdpo/robust (and the smoothed sigmoid): in [0, 0.5)."""
-    label_noise: str = "none"
-    """Where label_smoothing comes from: 'none' (use --label_smoothing), 'auto' (the Dawid-Skene flip rate of the
-    training ratings; needs annotator ids and items rated more than once) or a flip rate such as '0.1'."""
-    gamma: float = 0.5
-    """SimPO's target reward margin."""
-    discopop_tau: float = 0.05
-    """DiscoPOP's temperature of the mix between the logistic and exponential losses."""
-    f_divergence_type: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
-    """Divergence to the reference (f-DPO, arXiv 2309.16240); reverse_kl is DPO's."""
-    f_alpha_divergence_coef: float = 0.5
-    """alpha of the alpha-divergence (--f_divergence_type alpha), in (0, 1)."""
-    ld_alpha: float | None = None
-    """LD-DPO (arXiv 2409.06411): weight in [0, 1] of response tokens past the shorter response's length;
-    None counts every token fully (plain DPO)."""
-    use_weighting: bool = False
-    """WPO (arXiv 2406.11827): weight each pair by the policy's probability of its two responses."""
-    precompute_ref_log_probs: bool = False
-    """Score every pair with the reference once before training and free the reference. The log-probs are
-    cached on disk ($PREFTUNE_CACHE/ref_logps, keyed by the reference's and the tokenized data's hashes),
-    so a later run on the same data and reference reads them instead."""
-    sync_ref_model: bool = False
-    """TR-DPO (arXiv 2404.09656): every --ref_model_sync_steps, move the reference towards the policy."""
-    ref_model_mixup_alpha: float = 0.6
-    """TR-DPO soft update: reference <- alpha * policy + (1 - alpha) * reference."""
-    ref_model_sync_steps: int = 512
-    """Optimizer steps between TR-DPO reference updates."""
-    prefix_sharing: bool = True
-    """Run each pair as one [prompt][chosen][rejected] block (prompt once, rows packed, no padding)."""
-
-    def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
-        known = sorted([*LOSSES, SFT_TERM])
-        for name in self.loss_type:
-            if name not in known:
-                raise ValueError(f"Unknown loss_type {name!r}. Choose from: {', '.join(known)}.")
-        if not [name for name in self.loss_type if name != SFT_TERM]:
-            raise ValueError(
-                "loss_type needs a preference objective besides 'sft', e.g. --loss_type sigmoid sft."
-            )
-        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
-            raise ValueError(
-                f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss types; "
-                "give one weight per --loss_type entry."
-            )
-        if self.ref_model and self.reference_free:
-            raise ValueError(
-                f"loss_type {self.loss_type} is reference-free, so --ref_model would be loaded for nothing; drop it."
-            )
-        self._check_variants()
-
-    def _check_variants(self) -> None:
-        """Options that only make sense with some losses fail here, before any model loads."""
-        assert set(F_DIVERGENCES) == {"reverse_kl", "forward_kl", "js", "alpha"}
-        self._check_label_noise()
-        if self.f_divergence_type != "reverse_kl" and self.reference_free:
-            raise ValueError(f"--f_divergence_type {self.f_divergence_type} needs a reference, but {self.loss_type} "
-                             "is reference-free; use a reference-based loss such as sigmoid.")  # fmt: skip
-        other = [n for n in self.loss_type if n not in (*MARGIN_LOSSES, SFT_TERM)]
-        if self.f_divergence_type != "reverse_kl" and other:
-            raise ValueError(f"--f_divergence_type replaces the log-ratio inside losses of the margin "
-                             f"r_chosen - r_rejected only ({', '.join(MARGIN_LOSSES)}); {other} are not.")  # fmt: skip
-        if self.ld_alpha is not None and (
-            self.use_weighting
-            or SFT_TERM in self.loss_type
-            or any(LOSSES[n].length_normalized for n in self.loss_type if n in LOSSES)
-        ):
-            raise ValueError("--ld_alpha reweights tokens inside the summed log-probs, so per-token means "
-                             "(length-normalised losses, the sft term, WPO) would be divided by the wrong length; "
-                             "use --ld_alpha with sum-based losses alone.")  # fmt: skip
-        if "orpo" in self.loss_type and SFT_TERM not in self.loss_type:
-            raise ValueError("ORPO is its odds-ratio term plus the NLL of the chosen response: pass "
-                             "--loss_type sft orpo (beta is ORPO's lambda).")  # fmt: skip
-        self._check_loss_params()
-        if not 0 < self.f_alpha_divergence_coef < 1:
-            raise ValueError(
-                f"f_alpha_divergence_coef must be in (0, 1), got {self.f_alpha_divergence_coef}."
-            )
-        if self.ld_alpha is not None and not 0 <= self.ld_alpha <= 1:
-            raise ValueError(
-                f"ld_alpha must be in [0, 1] (or unset), got {self.ld_alpha}. The paper uses 0.3 to 0.7."
-            )
-        if "cdpo" in self.loss_type and self.label_noise == "none" and not 0 < self.label_smoothing < 0.5:
-            raise ValueError(f"cdpo needs --label_smoothing in (0, 0.5), the assumed label-flip rate (e.g. 0.1); "
-                             f"got {self.label_smoothing}. With clean labels use sigmoid.")  # fmt: skip
-        if "exo_pair" in self.loss_type and not 0 < self.label_smoothing < 1:
-            raise ValueError(f"exo_pair needs --label_smoothing in (0, 1) (its paper uses 1e-3); got "
-                             f"{self.label_smoothing}.")  # fmt: skip
-        if self.precompute_ref_log_probs and self.reference_free:
-            raise ValueError(
-                f"--precompute_ref_log_probs: {self.loss_type} is reference-free; drop the flag."
-            )
-        if self.sync_ref_model:
-            self._check_tr_dpo()
-        sorted_losses = [name for name in self.loss_type if name in SORTED_LOSSES]
-        if sorted_losses and self.use_weighting:
-            raise ValueError(f"{sorted_losses} are computed per sorted position, not per pair, so WPO's per-pair "
-                             "weights (--use_weighting) cannot apply; drop one of them.")  # fmt: skip
-
-    def _check_loss_params(self) -> None:
-        """Each loss's own parameters in range, and none set for losses that ignore it."""
-        params = {p for n in self.loss_type if n in LOSSES for p in LOSSES[n].params}
-        if self.label_smoothing and "label_smoothing" not in params:
-            raise ValueError(
-                f"--label_smoothing {self.label_smoothing} is not used by {self.loss_type}; drop it."
-            )
-        if not 0 <= self.label_smoothing < (1 if "exo_pair" in self.loss_type else 0.5):
-            raise ValueError(
-                f"label_smoothing must be in [0, 0.5) (exo_pair: (0, 1)), got {self.label_smoothing}."
-            )
-        if "gamma" in params and self.gamma < 0:
-            raise ValueError(f"gamma (SimPO's target margin) must be >= 0, got {self.gamma}.")
-        if "tau" in params and self.discopop_tau <= 0:
-            raise ValueError(f"discopop_tau must be > 0, got {self.discopop_tau}.")
-        if any(w < 0 for w in self.weights) or not any(self.weights):
-            raise ValueError(f"loss_weights must be >= 0 and not all 0, got {self.weights}.")
-
-    def _check_label_noise(self) -> None:
-        if parse_label_noise(self.label_noise) is None:
-            return
-        smoothed = [n for n in self.loss_type if n in LOSSES and "label_smoothing" in LOSSES[n].params]
-        if not smoothed or set(smoothed) - set(LABEL_NOISE_LOSSES):
-            raise ValueError(f"--label_noise {self.label_noise} sets the label-flip rate of {', '.join(LABEL_NOISE_LOSSES)}; "
-                             f"loss_type {self.loss_type} has {smoothed or 'none of them'}. Use e.g. --loss_type robust.")  # fmt: skip
-        if self.label_smoothing:
-            raise ValueError(f"--label_noise {self.label_noise} sets the label smoothing, but --label_smoothing "
-                             f"{self.label_smoothing} is set too; give only one of them.")  # fmt: skip
-
-    def _check_tr_dpo(self) -> None:
-        if self.reference_free or self.precompute_ref_log_probs or self.model.use_peft:
-            raise ValueError(
-                "--sync_ref_model updates a separate reference model during training, so it cannot be used with "
-                "reference-free losses, precomputed reference log-probs, or a LoRA policy (whose weights differ "
-                "from the reference's in layout); train all weights for TR-DPO."
-            )
-        if not 0 < self.ref_model_mixup_alpha <= 1 or self.ref_model_sync_steps < 1:
-            raise ValueError(f"ref_model_mixup_alpha must be in (0, 1] and ref_model_sync_steps >= 1, got "
-                             f"{self.ref_model_mixup_alpha} and {self.ref_model_sync_steps}.")  # fmt: skip
-        if self.train.resume:
-            raise ValueError("--resume with --sync_ref_model: the moving reference is not saved in checkpoints "
-                             "yet, so a resumed run would not match; restart the run instead.")  # fmt: skip
-
-    @property
-    def reference_free(self) -> bool:
-        return all(LOSSES[name].reference_free for name in self.loss_type if name != SFT_TERM)
-
-    @property
-    def weights(self) -> list[float]:
-        return self.loss_weights or [1.0] * len(self.loss_type)
 
 
 class DPOTrainer:
@@ -437,8 +256,9 @@ class DPOTrainer:
         if ref_logps is None or spec.reference_free:
             values = logps
         else:
+            # TRL's coefficient a is the paper's alpha = 1 - a (see DPOConfig.f_alpha_divergence_coef)
             values = f_divergence_logratio(
-                logps - ref_logps, cfg.f_divergence_type, cfg.f_alpha_divergence_coef
+                logps - ref_logps, cfg.f_divergence_type, alpha=1 - cfg.f_alpha_divergence_coef
             )
         if spec.length_normalized:
             values = values / lengths

@@ -32,20 +32,18 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 from accelerate.utils import gather_object, set_seed
 from torch import Tensor
 
 from preftune.config import config_to_flat_dict
-from preftune.data import Completion, DataConfig, EncodedExample, Prompt
-from preftune.engine import Engine, TrainConfig, build_accelerator
-from preftune.engine.config import require_run_inputs
+from preftune.data import Completion, EncodedExample, Prompt
+from preftune.engine import Engine, build_accelerator
 from preftune.eval.hacking import (
-    HackingConfig,
     HackingMonitor,
     RewardHackingDetected,
     watch_evaluation,
@@ -61,19 +59,11 @@ from preftune.judges import (
     rank_groups,
 )
 from preftune.losses.registry import LOSSES
-from preftune.models.loading import (
-    ModelConfig,
-    check_model_path,
-    load_policy,
-    load_tokenizer,
-    save_final,
-    token_id,
-)
+from preftune.models.loading import check_model_path, load_policy, load_tokenizer, save_final, token_id
 from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view, sequence_sums
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.backends import TransformersBackend
 from preftune.rollout.experience import (
-    ScoringConfig,
     collate_on,
     decode_responses,
     judge_scores,
@@ -83,73 +73,17 @@ from preftune.rollout.experience import (
     rollout_examples,
     shape_scores,
 )
-from preftune.rollout.generate import RolloutBatch, SamplingConfig
-from preftune.rollout.rl_setup import RLSetup, check_rl_sampling
+from preftune.rollout.generate import RolloutBatch
+from preftune.rollout.rl_setup import RLSetup
+from preftune.trainers.online_dpo_config import OnlineDPOConfig, OnlineLossType
 
 logger = logging.getLogger(__name__)
 
-OnlineLossType = Literal[
-    "sigmoid", "cdpo", "robust", "ipo", "hinge", "sigmoid_norm",
-    "exo_pair", "nca_pair", "apo_zero", "apo_down", "sppo_hard",
-]  # fmt: skip
-"""The objectives of preftune/losses/registry.py that take only the two log-ratios (and label_smoothing)."""
 
 ONLINE_LOSSES = {name: LOSSES[name] for name in get_args(OnlineLossType)}
 
 PAIRWISE_EOS_MARGIN = 1e-6
 """A missing-EOS penalty of 1 or more on pairwise scores (in [0, 1]) is at least 1 + this: strictly below."""
-
-
-@dataclass
-class OnlineDPOConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(learning_rate=5e-7, max_steps=200, per_device_train_batch_size=8)
-    )
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64))
-    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(reward_normalization="none"))
-    hacking: HackingConfig = field(default_factory=HackingConfig)
-    ref_model: str | None = None
-    """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
-    beta: float = 0.1
-    """KL strength of the DPO objective: larger keeps the policy closer to the reference (0.01 to 0.5)."""
-    loss_type: OnlineLossType = "sigmoid"
-    """Pairwise objective on the sampled pairs (see preftune/losses/pairwise.py): sigmoid (DPO), ipo, hinge,
-    cdpo or robust (with --label_smoothing), ..."""
-    label_smoothing: float = 0.0
-    """Assumed rate of wrong judge verdicts for sigmoid/cdpo/robust/exo_pair: in [0, 0.5) (exo_pair: (0, 1))."""
-    num_generations: int = 2
-    """Samples per prompt (k >= 2); each prompt gives one pair, its best against its worst sample."""
-
-    def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
-        if not self.scoring.judge:
-            raise ValueError("--judge is required: gold, rm:PATH (a reward model), or a pairwise judge spec.")
-        check_rl_sampling(self.sampling, self.model)
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
-        if self.num_generations < 2:
-            raise ValueError(
-                f"num_generations must be >= 2 (a pair needs two samples), got {self.num_generations}."
-            )
-        if self.loss_type not in ONLINE_LOSSES:
-            raise ValueError(
-                f"Unknown loss_type {self.loss_type!r}. Choose from: {', '.join(ONLINE_LOSSES)}."
-            )
-        uses_smoothing = "label_smoothing" in ONLINE_LOSSES[self.loss_type].params
-        if self.label_smoothing and not uses_smoothing:
-            raise ValueError(
-                f"--label_smoothing {self.label_smoothing} is not used by {self.loss_type}; drop it."
-            )
-        open_at_zero = self.loss_type in ("cdpo", "exo_pair")  # these need some smoothing
-        high = 1.0 if self.loss_type == "exo_pair" else 0.5
-        low_ok = self.label_smoothing > 0 if open_at_zero else self.label_smoothing >= 0
-        if uses_smoothing and not (low_ok and self.label_smoothing < high):
-            raise ValueError(
-                f"{self.loss_type} needs --label_smoothing in {'(0' if open_at_zero else '[0'}, {high:g}), got "
-                f"{self.label_smoothing}: the assumed rate of wrong verdicts, e.g. 0.1."
-            )
 
 
 @dataclass

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate.utils import set_seed
@@ -37,12 +36,9 @@ from peft import PeftModel
 from torch import Tensor
 
 from preftune.config import config_to_flat_dict
-from preftune.data import DataConfig
-from preftune.engine import Engine, TrainConfig, build_accelerator
-from preftune.engine.config import require_run_inputs
+from preftune.engine import Engine, build_accelerator
 from preftune.engine.minibatch import minibatch_updates
 from preftune.eval.hacking import (
-    HackingConfig,
     HackingMonitor,
     RewardHackingDetected,
     watch_evaluation,
@@ -59,7 +55,6 @@ from preftune.losses.policy_gradient import (
 )
 from preftune.models.actor_critic import VALUE_ADAPTER, ActorCritic, SharedBackboneActorCritic
 from preftune.models.loading import (
-    ModelConfig,
     check_model_path,
     load_policy,
     load_scalar_model,
@@ -71,7 +66,6 @@ from preftune.models.logps import ResponseLogps, load_frozen_reference, referenc
 from preftune.models.scalar import PooledScorer
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.experience import (
-    ScoringConfig,
     collate_on,
     judge_scores,
     model_inputs,
@@ -79,90 +73,11 @@ from preftune.rollout.experience import (
     rollout_examples,
     shape_scores,
 )
-from preftune.rollout.generate import RolloutBatch, SamplingConfig
-from preftune.rollout.rl_setup import RLSetup, check_rl_sampling
+from preftune.rollout.generate import RolloutBatch
+from preftune.rollout.rl_setup import RLSetup
+from preftune.trainers.ppo_config import PPOConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PPOConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(learning_rate=1e-5, max_steps=200, per_device_train_batch_size=16)
-    )
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    hacking: HackingConfig = field(default_factory=HackingConfig)
-    ref_model: str | None = None
-    """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
-    value_model: str | None = None
-    """Initial value model: default the reward model of --judge (rm:PATH), else --model (a new head)."""
-    share_backbone: bool = False
-    """One copy of the base weights: the policy is a LoRA adapter, the value model a second adapter with
-    a value head, the reference the base with adapters disabled (needs --use_peft)."""
-    num_mini_batches: int = 1
-    """Optimizer updates per PPO epoch; the rollout batch per process is per_device_train_batch_size x
-    gradient_accumulation_steps x num_mini_batches sequences."""
-    ppo_epochs: int = 4
-    """Passes over each rollout batch."""
-    clip_range: float = 0.2
-    """PPO's epsilon: the policy ratio is clipped to [1 - clip_range, 1 + clip_range]."""
-    clip_range_value: float = 0.2
-    """Values are clipped to old value +- this in the value loss; 0 turns value clipping off."""
-    vf_coef: float = 0.1
-    """Weight of the value loss."""
-    gamma: float = 1.0
-    """Discount factor of GAE."""
-    lam: float = 0.95
-    """GAE's lambda (bias-variance trade-off of the advantage)."""
-    kl_coef: float = 0.05
-    """Weight of the KL to the reference (initial value when --target_kl is set)."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    """k1: -kl_coef * (logp - ref_logp) per token in the reward; k2 or k3: a KL term in the loss instead."""
-    target_kl: float | None = None
-    """Adaptive KL controller (Ziegler et al. 2019): the sequence-level KL it steers kl_coef towards; None
-    keeps kl_coef fixed."""
-    kl_horizon: int = 10000
-    """Horizon of the adaptive controller, in samples."""
-    whiten_advantages: bool = True
-    """Standardise advantages over the global batch."""
-
-    def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
-        if not self.scoring.judge:
-            raise ValueError("--judge is required: gold, rm:PATH (a reward model) or rm:PATH1,PATH2.")
-        check_rl_sampling(self.sampling, self.model)
-        for name, value in (("num_mini_batches", self.num_mini_batches), ("ppo_epochs", self.ppo_epochs)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}.")
-        if not 0 < self.clip_range < 1 or self.clip_range_value < 0 or self.vf_coef < 0:
-            raise ValueError(
-                f"clip_range must be in (0, 1), clip_range_value and vf_coef >= 0; got {self.clip_range}, "
-                f"{self.clip_range_value}, {self.vf_coef}."
-            )
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}.")
-        if self.kl_coef < 0 or (self.target_kl is not None and self.target_kl <= 0) or self.kl_horizon < 1:
-            raise ValueError(f"kl_coef must be >= 0, target_kl > 0 (or unset), kl_horizon >= 1; got "
-                             f"{self.kl_coef}, {self.target_kl}, {self.kl_horizon}.")  # fmt: skip
-        if self.share_backbone and not self.model.use_peft:
-            raise ValueError(
-                "--share_backbone puts policy and value adapters on one base model: add --use_peft true."
-            )
-        if self.share_backbone and (self.value_model or self.ref_model):
-            raise ValueError("--share_backbone uses the base model as reference and a new value adapter on it; "
-                             "drop --value_model and --ref_model.")  # fmt: skip
-
-    @property
-    def rollout_size(self) -> int:
-        """Sequences sampled per process per step."""
-        return (
-            self.train.per_device_train_batch_size
-            * self.train.gradient_accumulation_steps
-            * self.num_mini_batches
-        )
 
 
 class PPOTrainer:
@@ -231,8 +146,9 @@ class PPOTrainer:
         from_judge = judge.paths[0] if isinstance(judge, RewardModelJudge) and len(judge.paths) == 1 else None
         path = cfg.value_model or from_judge or cfg.model.model
         value = load_scalar_model(
-            path, cfg.model.dtype, None, cfg.model.trust_remote_code, "--value_model", 1, self.pad_id
-        )
+            path, cfg.model.dtype, None, cfg.model.trust_remote_code, "--value_model", 1, self.pad_id,
+            average_heads=True,  # an ensemble reward model (rm --num_heads K): one head, the mean of the K
+        )  # fmt: skip
         value_vocab = load_tokenizer(path, cfg.model.trust_remote_code, "--value_model").get_vocab()
         if value_vocab != self.tokenizer.get_vocab():
             raise ValueError(

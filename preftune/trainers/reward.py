@@ -28,7 +28,6 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +36,14 @@ from accelerate.utils import gather_object, set_seed
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
-from preftune.data import DataConfig, EncodedPair
+from preftune.data import EncodedPair
 from preftune.data.pairs import chosen_probabilities, collate_pairs_packed, collate_pairs_padded, load_pairs
-from preftune.engine import Engine, TrainConfig, build_accelerator
-from preftune.engine.config import require_run_inputs
-from preftune.feedback.aggregate import parse_label_noise, resolve_label_smoothing
+from preftune.engine import Engine, build_accelerator
+from preftune.feedback.aggregate import resolve_label_smoothing
 from preftune.judges.reward_model import STATS_FILE, reward_statistics
 from preftune.losses import bradley_terry_loss
 from preftune.losses.reward import compose_label_smoothing
 from preftune.models.loading import (
-    ModelConfig,
     add_lora,
     attention_implementation,
     check_model_path,
@@ -56,48 +53,9 @@ from preftune.models.loading import (
     token_id,
 )
 from preftune.models.scalar import PooledScorer
+from preftune.trainers.reward_config import RewardConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RewardConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-5))
-    num_heads: int = 1
-    """Scalar heads on one backbone (an ensemble); > 1 gives the judge a standard deviation."""
-    bootstrap_heads: bool = True
-    """With num_heads > 1, train each head on its own bootstrap resample of the pairs."""
-    center_rewards_coefficient: float = 0.0
-    """Weight of (r_chosen + r_rejected)^2, which keeps rewards centred on 0 (0.01 is typical)."""
-    label_smoothing: float = 0.0
-    """Assumed probability that a label is flipped, in [0, 0.5); > 0 for noisy ratings."""
-    label_noise: str = "none"
-    """Where label_smoothing comes from: 'none' (use --label_smoothing), 'auto' (the Dawid-Skene flip rate of the
-    training ratings; needs annotator ids and items rated more than once) or a flip rate such as '0.1'."""
-    prefix_sharing: bool = True
-    """Run each pair as one [prompt][chosen][rejected] block (prompt computed once, rows packed,
-    no padding). False uses padded batches; flash attention always does."""
-
-    def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
-        if self.num_heads < 1:
-            raise ValueError(f"num_heads must be >= 1, got {self.num_heads}.")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(
-                f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}: it is the probability "
-                "that a label is wrong (0.1 is a typical value for noisy ratings)."
-            )
-        if parse_label_noise(self.label_noise) is not None and self.label_smoothing:
-            raise ValueError(
-                f"label_noise {self.label_noise!r} sets the label smoothing, but label_smoothing "
-                f"{self.label_smoothing} is set too; give only one of them."
-            )
-        if self.center_rewards_coefficient < 0:
-            raise ValueError(
-                f"center_rewards_coefficient must be >= 0, got {self.center_rewards_coefficient}."
-            )
 
 
 class RewardTrainer:

@@ -23,21 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate.utils import set_seed
 from torch import Tensor
 
 from preftune.config import config_to_flat_dict
-from preftune.data import DataConfig
-from preftune.engine import Engine, TrainConfig, build_accelerator
-from preftune.engine.config import require_run_inputs
+from preftune.engine import Engine, build_accelerator
 from preftune.engine.minibatch import minibatch_updates
 from preftune.eval.hacking import (
-    HackingConfig,
     HackingMonitor,
     RewardHackingDetected,
     watch_evaluation,
@@ -47,18 +43,10 @@ from preftune.judges import Judge, check_judge_spec
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rloo_advantages
 from preftune.models.actor_critic import ActorCritic
-from preftune.models.loading import (
-    ModelConfig,
-    check_model_path,
-    load_policy,
-    load_tokenizer,
-    save_final,
-    token_id,
-)
+from preftune.models.loading import check_model_path, load_policy, load_tokenizer, save_final, token_id
 from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.experience import (
-    ScoringConfig,
     collate_on,
     judge_scores,
     model_inputs,
@@ -66,95 +54,12 @@ from preftune.rollout.experience import (
     rollout_examples,
     shape_scores,
 )
-from preftune.rollout.generate import SamplingConfig
-from preftune.rollout.rl_setup import RLSetup, check_rl_sampling
+from preftune.rollout.rl_setup import RLSetup
+from preftune.trainers.rloo_grpo_config import GRPOConfig, RLOOConfig
+
+__all__ = ["GRPOConfig", "GRPOTrainer", "RLOOConfig", "RLOOTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RLOOConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(learning_rate=1e-5, max_steps=200, per_device_train_batch_size=16)
-    )
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    hacking: HackingConfig = field(default_factory=HackingConfig)
-    ref_model: str | None = None
-    """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
-    advantage_estimator: Literal["rloo", "grpo"] = "rloo"
-    """rloo: reward minus the mean of the other samples' rewards; grpo: standardised within the group."""
-    num_generations: int = 4
-    """Samples per prompt (k >= 2); the rollout batch must be a multiple of it."""
-    scale_rewards: bool = True
-    """GRPO: divide by the group's std; false is Dr. GRPO (mean-centred only)."""
-    num_mini_batches: int = 1
-    """Optimizer updates per epoch; the rollout batch per process is per_device_train_batch_size x
-    gradient_accumulation_steps x num_mini_batches sequences."""
-    ppo_epochs: int = 1
-    """Passes over each rollout batch (1: on-policy REINFORCE; more reuse samples with clipping)."""
-    clip_range: float = 0.2
-    """The policy ratio is clipped to [1 - clip_range, 1 + clip_range] (active from the second update)."""
-    kl_coef: float = 0.05
-    """Weight of the KL to the reference."""
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    """k1: kl_coef * sum(logp - ref_logp) is subtracted from the sequence reward (RLOO); k3: kl_coef * k3 per
-    token is added to the loss (GRPO)."""
-    rollout_logps: Literal["recompute", "sampling"] = "recompute"
-    """The policy's log-probs of its samples before the update: recompute them with a forward pass, or take
-    the ones recorded while sampling (one forward fewer per step; equal to 1e-6 in float32 with the
-    transformers backend, the gap is logged as rollout/logp_gap; under bf16 autocast or another backend
-    they differ a little and the clipped ratio absorbs it)."""
-
-    def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
-        if not self.scoring.judge:
-            raise ValueError("--judge is required: gold, rm:PATH (a reward model) or rm:PATH1,PATH2.")
-        check_rl_sampling(self.sampling, self.model)
-        if self.num_generations < 2:
-            raise ValueError(
-                f"num_generations must be >= 2 (the others are the baseline), got {self.num_generations}."
-            )
-        if self.rollout_size % self.num_generations:
-            raise ValueError(
-                f"The rollout batch per process ({self.rollout_size} sequences = per_device_train_batch_size x "
-                f"gradient_accumulation_steps x num_mini_batches) must be a multiple of num_generations "
-                f"({self.num_generations})."
-            )
-        if (
-            self.num_mini_batches < 1
-            or self.ppo_epochs < 1
-            or not 0 < self.clip_range < 1
-            or self.kl_coef < 0
-        ):
-            raise ValueError(
-                f"num_mini_batches and ppo_epochs must be >= 1, clip_range in (0, 1), kl_coef >= 0; got "
-                f"{self.num_mini_batches}, {self.ppo_epochs}, {self.clip_range}, {self.kl_coef}."
-            )
-        if not self.scale_rewards and self.advantage_estimator != "grpo":
-            raise ValueError("--scale_rewards false (Dr. GRPO) applies to --advantage_estimator grpo only.")
-
-    @property
-    def rollout_size(self) -> int:
-        """Sequences sampled per process per step."""
-        return (
-            self.train.per_device_train_batch_size
-            * self.train.gradient_accumulation_steps
-            * self.num_mini_batches
-        )
-
-
-@dataclass
-class GRPOConfig(RLOOConfig):
-    """RLOOConfig with GRPO's defaults: group-standardised advantages and a k3 KL term in the loss."""
-
-    advantage_estimator: Literal["rloo", "grpo"] = "grpo"
-    """rloo: reward minus the mean of the other samples' rewards; grpo: standardised within the group."""
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    """k1: kl_coef * sum(logp - ref_logp) is subtracted from the sequence reward (RLOO); k3: kl_coef * k3 per
-    token is added to the loss (GRPO)."""
 
 
 class RLOOTrainer:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import (
-    DataConfig,
     EncodedExample,
     collate_packed,
     encode_dataset,
@@ -34,11 +32,9 @@ from preftune.data import (
     pad_batch,
     parse_sft,
 )
-from preftune.engine import Engine, TrainConfig, build_accelerator
-from preftune.engine.config import require_run_inputs
+from preftune.engine import Engine, build_accelerator
 from preftune.losses import sft_loss
 from preftune.models.loading import (
-    ModelConfig,
     attention_implementation,
     check_model_path,
     load_policy,
@@ -47,30 +43,9 @@ from preftune.models.loading import (
 )
 from preftune.ops.logprobs import masked_token_logps
 from preftune.ops.reduce import reduce_loss
+from preftune.trainers.sft_config import SFTConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SFTConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=2e-5))
-    completion_only_loss: bool = True
-    """Train on response tokens only (prompt masked). False trains on the prompt too."""
-    packing: bool = False
-    """Pack several examples into each row of --max_length tokens (block-diagonal attention, no padding)."""
-    dataset_text_field: str | None = None
-    """Train on this string column as plain text (e.g. 'chosen' of HH-RLHF) instead of detecting the format."""
-
-    def __post_init__(self) -> None:
-        # Checked here, before any file is read, so a forgotten flag fails at once.
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
-        if self.packing and (self.model.attn_implementation or "").startswith("flash"):
-            raise ValueError(
-                f"--packing needs custom 4D attention masks, which --attn_implementation "
-                f"{self.model.attn_implementation} does not take. Use sdpa (the default) or eager, or turn packing off."
-            )
 
 
 Item = EncodedExample | list[EncodedExample]

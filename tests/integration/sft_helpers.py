@@ -3,7 +3,7 @@
 from preftune.data.config import DataConfig
 from preftune.engine import TrainConfig
 from preftune.models.loading import ModelConfig
-from preftune.trainers.sft import SFTConfig
+from preftune.trainers.sft_config import SFTConfig
 
 
 def sft_config(model: str, dataset: str, output_dir: str, **train_overrides) -> SFTConfig:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from preftune.feedback.audit import AuditConfig, run_audit
+from preftune.feedback.audit import run_audit
+from preftune.feedback.config import AuditConfig
 from preftune.tasks import PanelConfig, SynthConfig, write_task
 
 HH_RLHF = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl.gz"

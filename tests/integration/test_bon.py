@@ -16,7 +16,8 @@ from transformers import AutoModelForSequenceClassification
 from preftune.cli import main
 from preftune.data import DataConfig, DataError, load_rows, parse_pairs, parse_sft
 from preftune.models.loading import ModelConfig, load_tokenizer
-from preftune.rollout.best_of_n import BoNConfig, run_best_of_n
+from preftune.rollout.best_of_n import run_best_of_n
+from preftune.rollout.config import BoNConfig
 
 SAMPLE_KEYS = {"prompt", "response", "judge_score", "gold_score", "sample", "row"}
 PAIR_KEYS = {"prompt", "chosen", "rejected", "chosen_score", "rejected_score"}

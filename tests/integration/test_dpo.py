@@ -14,7 +14,8 @@ from preftune.data import DataConfig
 from preftune.engine import TrainConfig, read_metrics
 from preftune.losses.registry import LOSSES
 from preftune.models.loading import ModelConfig
-from preftune.trainers.dpo import DPOConfig, DPOTrainer
+from preftune.trainers.dpo import DPOTrainer
+from preftune.trainers.dpo_config import DPOConfig
 
 
 def dpo_config(model, synth_world, output_dir, eval_data=False, model_options=None, **overrides) -> DPOConfig:
@@ -128,9 +129,7 @@ def test_f_divergences_start_at_log_2_and_train(synth_world, tiny_base, tmp_path
     config.f_divergence_type = divergence
     DPOTrainer(config).train()
     records = read_metrics(tmp_path / "metrics.jsonl")
-    assert records[0]["loss"] == pytest.approx(
-        math.log(2), abs=1e-5
-    )  # f'(1) terms cancel between the responses
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # f'(1) = 0: policy == reference
     assert records[-1]["loss"] < records[0]["loss"]
 
 

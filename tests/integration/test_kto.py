@@ -14,7 +14,8 @@ from preftune.data import DataConfig, EncodedExample
 from preftune.engine import TrainConfig, read_metrics
 from preftune.losses.unpaired import kto_recommended_weights
 from preftune.models.loading import ModelConfig, token_id
-from preftune.trainers.kto import KTOConfig, KTOTrainer, mismatched_examples
+from preftune.trainers.kto import KTOTrainer, mismatched_examples
+from preftune.trainers.kto_config import KTOConfig
 
 
 def kto_config(model, data, output_dir, eval_data=None, model_options=None, **overrides) -> KTOConfig:

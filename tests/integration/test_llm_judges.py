@@ -235,7 +235,8 @@ def reward_model(synth_world, tiny_base, tmp_path_factory):
     """A tiny reward model trained for a few steps on the synthetic panel's pairs."""
     from preftune.data import DataConfig
     from preftune.engine import TrainConfig
-    from preftune.trainers.reward import RewardConfig, RewardTrainer
+    from preftune.trainers.reward import RewardTrainer
+    from preftune.trainers.reward_config import RewardConfig
 
     out = tmp_path_factory.mktemp("judge-rm")
     train = TrainConfig(

@@ -17,15 +17,15 @@ from preftune.engine import TrainConfig, read_metrics
 from preftune.judges import PairVerdicts
 from preftune.losses.registry import LOSSES, SORTED_LOSSES
 from preftune.models.loading import ModelConfig
-from preftune.rollout.experience import ScoringConfig
-from preftune.rollout.generate import RolloutBatch, SamplingConfig
+from preftune.rollout.config import SamplingConfig, ScoringConfig
+from preftune.rollout.generate import RolloutBatch
 from preftune.trainers.online_dpo import (
     ONLINE_LOSSES,
-    OnlineDPOConfig,
     OnlineDPOTrainer,
     load_ranking_judge,
     pairwise_ranking_scores,
 )
+from preftune.trainers.online_dpo_config import OnlineDPOConfig
 
 
 def letter_share(text: str) -> float:

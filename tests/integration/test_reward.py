@@ -17,7 +17,8 @@ from preftune.data import DataConfig, load_rows
 from preftune.engine import TrainConfig, read_metrics
 from preftune.judges import RewardModelJudge, load_judge
 from preftune.models.loading import ModelConfig
-from preftune.trainers.reward import RewardConfig, RewardTrainer
+from preftune.trainers.reward import RewardTrainer
+from preftune.trainers.reward_config import RewardConfig
 
 
 def rm_config(model, synth_world, output_dir, eval_data=True, **overrides) -> RewardConfig:
@@ -286,3 +287,35 @@ def test_label_noise_auto_estimates_the_flip_rate_and_records_it(synth_world, ti
     config.train.output_dir = str(tmp_path / "fails")
     with pytest.raises(ValueError, match="needs an 'annotator'"):
         RewardTrainer(config)
+
+
+def test_the_documented_plain_transformers_snippet_gives_the_judges_score(trained_rm, synth_world, capsys):
+    """docs/reward_models.md's code, run as written on a trained model (its path swapped in), gives the
+    rm: judge's scores for text and conversations; the naive call without the EOS does not."""
+    out, _ = trained_rm
+    final = str(out / "final")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "reward_models.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
+    assert '"runs/rm/final"' in block
+    namespace: dict = {}
+    exec(compile(block.replace('"runs/rm/final"', repr(final)), "docs/reward_models.md", "exec"), namespace)
+    assert math.isfinite(float(capsys.readouterr().out))  # the block's own example prints one score
+    rm_score = namespace["rm_score"]
+    judge = RewardModelJudge(final)
+    prompts, responses = _eval_responses(synth_world)
+    prompts, responses = prompts[:3] + prompts[-3:], responses[:3] + responses[-3:]
+    expected = judge.score(prompts, responses)
+    documented = torch.tensor([rm_score(final, p, r) for p, r in zip(prompts, responses, strict=True)])
+    torch.testing.assert_close(documented, expected, rtol=1e-5, atol=1e-5)
+    messages = [[{"role": "user", "content": p.strip()}] for p in prompts]
+    replies = [[{"role": "assistant", "content": r}] for r in responses]
+    torch.testing.assert_close(
+        torch.tensor([rm_score(final, m, r) for m, r in zip(messages, replies, strict=True)]),
+        judge.score(messages, replies),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    tokenizer, model = judge.tokenizer, AutoModelForSequenceClassification.from_pretrained(final).eval()
+    with torch.no_grad():
+        naive = model(**tokenizer(prompts[0] + responses[0], return_tensors="pt")).logits[0, 0].item()
+    assert abs(naive - expected[0].item()) > 1e-3  # without the EOS the model is read elsewhere

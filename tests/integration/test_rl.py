@@ -4,6 +4,7 @@ resume reproduces, the shared-backbone layout works, the value model starts from
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 
 import pytest
@@ -14,10 +15,11 @@ from preftune.cli import main
 from preftune.data import DataConfig
 from preftune.engine import TrainConfig, read_metrics
 from preftune.models.loading import ModelConfig
-from preftune.rollout.experience import ScoringConfig
-from preftune.rollout.generate import SamplingConfig
-from preftune.trainers.ppo import PPOConfig, PPOTrainer
-from preftune.trainers.rloo_grpo import GRPOConfig, RLOOConfig, RLOOTrainer
+from preftune.rollout.config import SamplingConfig, ScoringConfig
+from preftune.trainers.ppo import PPOTrainer
+from preftune.trainers.ppo_config import PPOConfig
+from preftune.trainers.rloo_grpo import RLOOTrainer
+from preftune.trainers.rloo_grpo_config import GRPOConfig, RLOOConfig
 
 
 class LetterJudge:
@@ -160,6 +162,32 @@ def test_value_model_starts_from_the_reward_model(synth_world, tiny_base, tmp_pa
     value = trainer.accelerator.unwrap_model(trainer.model).value
     assert value is not None
     torch.testing.assert_close(value.classifier.score.weight.cpu(), reward_model.score.weight)
+
+
+def test_value_model_from_an_ensemble_reward_model_is_one_head_their_mean(synth_world, tiny_base, tmp_path):
+    """`rm --num_heads 2` saves num_labels=2; PPO's default value model (from --judge rm:PATH) gets one
+    head, the mean of the two, whose score is the ensemble's mean score (the reward the judge gives)."""
+    from preftune.trainers.reward import RewardTrainer
+    from preftune.trainers.reward_config import RewardConfig
+
+    data = DataConfig(dataset=str(synth_world["pairs"]), max_length=96)
+    rm = RewardConfig(
+        model=ModelConfig(model=tiny_base), data=data, train=_train(tmp_path / "rm", 2, 8), num_heads=2
+    )
+    RewardTrainer(rm).train()
+    final = tmp_path / "rm" / "final"
+    heads = AutoModelForSequenceClassification.from_pretrained(final).score.weight  # (2, H)
+    assert heads.shape[0] == 2
+    config = PPOConfig(
+        **_common(tiny_base, synth_world, tmp_path / "run", steps=2, batch=8, judge=f"rm:{final}")
+    )
+    trainer = PPOTrainer(config)
+    value = trainer.accelerator.unwrap_model(trainer.model).value
+    assert value is not None and value.num_heads == 1
+    torch.testing.assert_close(value.classifier.score.weight.cpu(), heads.mean(dim=0, keepdim=True))
+    trainer.train()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
 
 
 def test_bad_rl_settings_fail_before_loading(synth_world, tiny_base, tmp_path):

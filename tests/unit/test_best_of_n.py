@@ -10,7 +10,8 @@ import torch
 from preftune.data import DataConfig
 from preftune.models.loading import ModelConfig
 from preftune.ops.best_of_n import best_of_n_kl, best_of_n_probabilities, expected_best_of_n, kl_bound
-from preftune.rollout.best_of_n import BoNConfig, bon_curve, curve_sizes, distinct_response_ids
+from preftune.rollout.best_of_n import bon_curve, curve_sizes, distinct_response_ids
+from preftune.rollout.config import BoNConfig
 
 
 def _distinct(P: int, N: int) -> torch.Tensor:

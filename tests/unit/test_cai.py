@@ -4,15 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from preftune.pipelines.cai import (
-    CAIConfig,
-    Constitution,
-    Principle,
-    critique_and_revise,
-    critique_pairs,
-    load_constitution,
-    revision_pairs,
-)
+from preftune.pipelines.cai import critique_and_revise, critique_pairs, revision_pairs
+from preftune.pipelines.config import CAIConfig
+from preftune.pipelines.constitution import Constitution, Principle, load_constitution
 from preftune.tasks import get_task
 
 TASK = get_task("kindness")

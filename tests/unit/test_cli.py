@@ -4,6 +4,9 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +14,9 @@ from preftune.cli import COMMANDS, main
 from tests.cli_errors import one_error_line
 
 # DESIGN.md section 2, plus online-dpo (issue 7) and import-gguf (issue 13), recorded in docs/architecture.md
-CONTRACT = "demo sft rm dpo kto ppo rloo grpo online-dpo bon eval loop cai audit synth tiny import-gguf".split()
+CONTRACT = (
+    "demo sft rm dpo kto ppo rloo grpo online-dpo bon eval loop cai audit synth tiny import-gguf".split()
+)
 
 
 def test_help_lists_every_command_of_the_contract(capsys):
@@ -247,3 +252,71 @@ def test_tables_are_not_wrapped_off_a_terminal(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any("policy/ppo_against_the_length_biased_reward_model/win_rate_ci_low" in line and "0.1235" in line
                for line in lines)  # fmt: skip
+
+
+HEAVY = ("torch", "peft", "accelerate", "matplotlib", "datasets", "scipy", "transformers.modeling_utils")
+"""What `--help` must not import (torch and what needs it, plots): together they took 7-8 s of CPU."""
+
+_HELP_PROBE = """
+import json, sys
+from preftune.cli import main
+for name in sys.argv[1:]:
+    try:
+        main([name, "--help"])
+    except SystemExit as stop:
+        assert stop.code == 0, (name, stop.code)
+heavy = sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in {heavy}))
+print("IMPORTED " + json.dumps(heavy))
+"""
+
+
+def _help_imports(commands: list[str]) -> tuple[str, list[str]]:
+    """Run `preftune COMMAND --help` for each command in a fresh interpreter: (help text, heavy modules)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE.format(heavy=HEAVY), *commands],
+        capture_output=True, text=True, env=env, cwd=root, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text, _, imported = done.stdout.rpartition("IMPORTED ")
+    return text, json.loads(imported)
+
+
+def test_dpo_help_imports_no_torch():
+    text, heavy = _help_imports(["dpo"])
+    assert "--f_alpha_divergence_coef" in text and "--loss_type" in text
+    assert heavy == []
+
+
+def test_no_command_help_imports_torch_transformers_models_peft_accelerate_or_matplotlib():
+    _, heavy = _help_imports(list(COMMANDS))
+    assert heavy == []
+
+
+def test_a_judge_server_without_logprobs_is_one_error_line_not_a_traceback(capsys, monkeypatch):
+    """Issue 18: HTTPJudge's "the server must support logprobs" reached the terminal inside a traceback."""
+    from dataclasses import dataclass
+
+    from preftune.cli import Command
+    from tests.unit.test_judges import _offline_http_judge, _reply
+
+    judge = _offline_http_judge(monkeypatch, lambda text: _reply(None))  # a reply without top_logprobs
+
+    @dataclass
+    class JudgeConfig:
+        texts: int = 2
+        """How many texts to judge."""
+
+    def load():
+        return JudgeConfig, lambda cfg: judge.answer_logps([f"text {i}" for i in range(cfg.texts)])
+
+    monkeypatch.setitem(COMMANDS, "judge-texts", Command("Judge some texts.", load))
+    monkeypatch.delenv("PREFTUNE_LOG_LEVEL", raising=False)
+    assert main(["judge-texts"]) == 2  # a UserFault (preftune/errors.py)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert (
+        "judge.invalid/v1/chat/completions returned no readable" in line and "must support logprobs" in line
+    )

@@ -27,7 +27,8 @@ from preftune.feedback.agreement import (
     slope_with_se,
     wilson_interval,
 )
-from preftune.feedback.audit import AuditConfig, run_audit
+from preftune.feedback.audit import run_audit
+from preftune.feedback.config import AuditConfig
 from preftune.feedback.dawid_skene import DawidSkeneResult, dawid_skene, vote_log_odds
 from preftune.feedback.hygiene import hygiene_stats, load_audit_pairs, normalize_text, prompt_overlap
 from preftune.feedback.rater_audit import AuditThresholds, annotator_audit, length_bias, position_bias

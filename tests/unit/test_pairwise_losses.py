@@ -20,6 +20,7 @@ from preftune.losses.pairwise import (
     f_divergence_logratio,
     hinge_loss,
     ipo_loss,
+    ipo_norm_loss,
     orpo_loss,
     robust_loss,
     sigmoid_loss,
@@ -78,6 +79,13 @@ def test_ipo_closed_form():
     losses, metrics = ipo_loss(torch.tensor([3.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 2.0]), beta=0.25)
     torch.testing.assert_close(losses, torch.tensor([0.0, 4.0, 9.0]))
     torch.testing.assert_close(metrics["rewards/margins"], torch.tensor([0.5, 0.0, -0.25]))
+
+
+def test_ipo_norm_is_ipo_on_the_per_token_means_it_is_given():
+    """The formula is ipo's; the trainer divides by lengths (tests/unit/test_dpo_pair_losses.py)."""
+    chosen, rejected = torch.tensor([0.3, -0.2]), torch.tensor([-0.3, 0.1])
+    torch.testing.assert_close(ipo_norm_loss(chosen, rejected, 0.5)[0], ipo_loss(chosen, rejected, 0.5)[0])
+    torch.testing.assert_close(ipo_norm_loss(chosen, rejected, 0.5)[0], torch.tensor([0.16, 1.69]))
 
 
 def test_hinge_closed_form_and_gradient():
@@ -270,32 +278,58 @@ def test_sigmoid_norm_is_sigmoid_on_the_inputs_it_is_given():
 LOGRATIOS = [-2.0, -0.5, 0.0, 0.7, 3.0]
 
 
+# f' of Wang et al. 2023, Table 1, as the paper writes it (constants included)
+TABLE_1_F_PRIME = {
+    "reverse_kl": lambda u, alpha: math.log(u) + 1,
+    "forward_kl": lambda u, alpha: -1 / u,
+    "js": lambda u, alpha: math.log(2 * u / (1 + u)),
+    "alpha": lambda u, alpha: (1 - u**-alpha) / alpha,
+}
+
+
 @pytest.mark.parametrize(
-    ("divergence", "alpha", "f_prime", "dropped"),
-    [
-        ("reverse_kl", 0.5, lambda u: math.log(u) + 1, 1.0),
-        ("forward_kl", 0.5, lambda u: -1 / u, 0.0),
-        ("js", 0.5, lambda u: math.log(2 * u / (1 + u)), 0.0),
-        ("alpha", 0.3, lambda u: (1 - u**-0.3) / 0.3, 0.0),
-        ("alpha", 0.5, lambda u: (1 - u**-0.5) / 0.5, 0.0),
-        ("alpha", 0.9, lambda u: (1 - u**-0.9) / 0.9, 0.0),
-    ],
+    ("divergence", "alpha"),
+    [("reverse_kl", 0.5), ("forward_kl", 0.5), ("js", 0.5), ("alpha", 0.3), ("alpha", 0.5), ("alpha", 0.9)],
 )
-def test_f_divergence_is_f_prime_of_the_ratio(divergence, alpha, f_prime, dropped):
-    """Wang et al. 2023, Table 1, at u = exp(logratio); reverse KL drops the +1 that cancels in c - r."""
+def test_f_divergence_is_f_prime_of_the_ratio_shifted_to_zero_at_one(divergence, alpha):
+    """Table 1's f'(u) - f'(1) at u = exp(logratio): forward KL is 1 - 1/u, reverse KL log u."""
+    f_prime = TABLE_1_F_PRIME[divergence]
     logratio = torch.tensor(LOGRATIOS, dtype=torch.float64)
-    expected = torch.tensor([f_prime(math.exp(x)) - dropped for x in LOGRATIOS], dtype=torch.float64)
-    torch.testing.assert_close(f_divergence_logratio(logratio, divergence, alpha=alpha), expected)
+    expected = torch.tensor([f_prime(math.exp(x), alpha) - f_prime(1.0, alpha) for x in LOGRATIOS])
+    torch.testing.assert_close(
+        f_divergence_logratio(logratio, divergence, alpha=alpha), expected.to(torch.float64)
+    )
+
+
+@pytest.mark.parametrize("divergence", F_DIVERGENCES)
+def test_f_divergence_is_zero_where_the_policy_equals_the_reference(divergence):
+    values = f_divergence_logratio(torch.zeros(3, dtype=torch.float64), divergence, alpha=0.3)
+    torch.testing.assert_close(values, torch.zeros(3, dtype=torch.float64))
+
+
+def test_forward_kl_on_a_length_normalised_loss_has_no_length_term():
+    """Issue 18's reproduction: log-ratios -0.5 and -2.0 over lengths 3 and 9, sigmoid_norm, beta 0.1.
+
+    1 - 1/u: c = (1 - e^0.5) / 3 = -0.216241, r = (1 - e^2) / 9 = -0.709895,
+    loss = softplus(-0.1 * (c - r)) = softplus(-0.0493654) = 0.668769. With f'(u) = -1/u the margin
+    gains 0.1 * (1/9 - 1/3) = -0.0222 and the loss is 0.679668.
+    """
+    chosen = f_divergence_logratio(torch.tensor([-0.5], dtype=torch.float64), "forward_kl") / 3
+    rejected = f_divergence_logratio(torch.tensor([-2.0], dtype=torch.float64), "forward_kl") / 9
+    c, r = (1 - math.exp(0.5)) / 3, (1 - math.exp(2.0)) / 9
+    losses, _ = sigmoid_norm_loss(chosen, rejected, beta=0.1)
+    assert losses.item() == pytest.approx(softplus(-0.1 * (c - r)), abs=1e-12)
+    assert losses.item() == pytest.approx(0.668769, abs=1e-6)
 
 
 def test_reverse_kl_is_the_identity_and_alpha_interpolates_to_both_kls():
     logratio = torch.tensor(LOGRATIOS, dtype=torch.float64)
     assert f_divergence_logratio(logratio, "reverse_kl") is logratio
-    # (1 - u^-alpha) / alpha -> log u as alpha -> 0, and -> 1 - 1/u (forward KL + 1) as alpha -> 1;
+    # (1 - u^-alpha) / alpha -> log u as alpha -> 0, and -> 1 - 1/u (forward KL) as alpha -> 1;
     # the error is first order in alpha (resp. 1 - alpha), ~ alpha * logratio^2 / 2
     torch.testing.assert_close(f_divergence_logratio(logratio, "alpha", alpha=1e-9), logratio)
     near_one = f_divergence_logratio(logratio, "alpha", alpha=1 - 1e-9)
-    torch.testing.assert_close(near_one, f_divergence_logratio(logratio, "forward_kl") + 1)
+    torch.testing.assert_close(near_one, f_divergence_logratio(logratio, "forward_kl"))
 
 
 def test_js_is_finite_for_extreme_logratios():
@@ -380,13 +414,19 @@ def test_registry_keys_and_flags():
         "cdpo",
         "robust",
         "ipo",
+        "ipo_norm",
         "hinge",
         "simpo",
         "sigmoid_norm",
         "orpo",
     }
     assert {k for k, v in PAIRWISE_LOSSES.items() if v.reference_free} == {"simpo", "orpo"}
-    assert {k for k, v in PAIRWISE_LOSSES.items() if v.length_normalized} == {"simpo", "orpo", "sigmoid_norm"}
+    assert {k for k, v in PAIRWISE_LOSSES.items() if v.length_normalized} == {
+        "simpo",
+        "orpo",
+        "sigmoid_norm",
+        "ipo_norm",
+    }
 
 
 @pytest.mark.parametrize("key", sorted(PAIRWISE_LOSSES))
@@ -446,3 +486,12 @@ def test_bad_label_smoothing_fails_with_the_range(key, eps, interval):
 def test_simpo_rejects_a_bad_margin(gamma):
     with pytest.raises(ValueError, match=f"gamma must be a finite number >= 0, got {gamma}"):
         simpo_loss(-torch.rand(3), -torch.rand(3), beta=2.0, gamma=gamma)
+
+
+@pytest.mark.parametrize(("trl_name", "short"), [("js_divergence", "js"), ("alpha_divergence", "alpha")])
+def test_f_divergence_takes_trls_names(trl_name, short):
+    logratio = torch.tensor(LOGRATIOS, dtype=torch.float64)
+    torch.testing.assert_close(
+        f_divergence_logratio(logratio, trl_name, alpha=0.3),
+        f_divergence_logratio(logratio, short, alpha=0.3),
+    )

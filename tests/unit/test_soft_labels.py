@@ -18,8 +18,8 @@ from preftune.losses import bradley_terry_loss
 from preftune.losses.pairwise import cdpo_loss, robust_loss, sigmoid_loss, sigmoid_norm_loss, simpo_loss
 from preftune.losses.reward import compose_label_smoothing
 from preftune.models.loading import ModelConfig
-from preftune.trainers.dpo import LABEL_NOISE_LOSSES, SOFT_LABEL_LOSSES, DPOConfig
-from preftune.trainers.reward import RewardConfig
+from preftune.trainers.dpo_config import LABEL_NOISE_LOSSES, SOFT_LABEL_LOSSES, DPOConfig
+from preftune.trainers.reward_config import RewardConfig
 
 # ----------------------------------------------------------------------------- Bradley-Terry
 
