@@ -385,13 +385,15 @@ def preftune_config(job: dict[str, Any], mode: str) -> Any:
 
 def run_preftune(job: dict[str, Any], mode: str) -> dict[str, Any]:
     from preftune.engine.metrics import read_metrics
+    from preftune.models import logps
     from preftune.models.loading import load_tokenizer
     from preftune.trainers import dpo
 
     loads: list[float] = []
     saves: list[float] = []
     dpo.load_policy = timing(dpo.load_policy, loads)
-    dpo.load_reference = timing(dpo.load_reference, loads)
+    # The reference is loaded by models.logps.load_frozen_reference (shared with KTO) since 604ea0f.
+    logps.load_reference = timing(logps.load_reference, loads)
     dpo.save_final = timing(dpo.save_final, saves)
     config = preftune_config(job, mode)
     tokenizer = load_tokenizer(job["policy"])
