@@ -346,6 +346,12 @@ def token_counts(pairs: list[Sequences], prompt_once: bool) -> dict[str, int]:
     return counts
 
 
+def check_batch_size(job: dict[str, Any], mode: str) -> int:
+    """--batch_size, or in the check all its pairs when fewer are uncut: preftune fills a short last
+    batch from the next epoch's order and TRL does not, so the check would compare different batches."""
+    return min(job["batch_size"], job["check_pairs"]) if mode == "check" else job["batch_size"]
+
+
 def preftune_config(job: dict[str, Any], mode: str) -> Any:
     """preftune's DPOConfig: its defaults, with the settings held equal."""
     from preftune.data import DataConfig
@@ -357,7 +363,7 @@ def preftune_config(job: dict[str, Any], mode: str) -> Any:
     train = TrainConfig(
         output_dir=job["output_dir"],
         learning_rate=job["learning_rate"],
-        per_device_train_batch_size=job["batch_size"],
+        per_device_train_batch_size=check_batch_size(job, mode),
         num_train_epochs=1,
         max_steps=1 if check else -1,
         lr_scheduler_type="linear",
@@ -434,7 +440,7 @@ def trl_arguments(job: dict[str, Any], run: str, mode: str) -> dict[str, Any]:
     return {
         "output_dir": job["output_dir"],
         "learning_rate": job["learning_rate"],
-        "per_device_train_batch_size": job["batch_size"],
+        "per_device_train_batch_size": check_batch_size(job, mode),
         "num_train_epochs": 1,
         "max_steps": 1 if mode == "check" else -1,
         "lr_scheduler_type": "linear",
