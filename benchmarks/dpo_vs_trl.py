@@ -1,17 +1,20 @@
 """DPO training speed, side by side: preftune's DPOTrainer against TRL 1.16's DPOTrainer.
 
-One run builds a tiny random-init Llama once and trains it for one pass over the same fixed
-pairs with three setups, each in its own subprocess (imports and memory do not mix): preftune's
-defaults (frozen copy of --model as reference; each pair one [prompt][chosen][rejected] block,
-prompt computed once, no padding), TRL's defaults (a reference copy run every step on padded
-chosen/rejected batches) and TRL with `precompute_ref_log_probs=True` (one reference pass in
-the constructor). It prints pairs/s, real tokens/s, model-FLOP utilisation (MFU), peak RSS and
-the first-step loss against a reference *different* from the policy for each, the ratios
-preftune / TRL's fastest setup, and the issue's targets (>= 3x TRL's best pairs/s, peak memory
-no higher, first-step losses equal within 1e-4). Worker output goes to --workdir/log_*.txt.
+One run builds a tiny random-init Llama once (or reads a pretrained checkpoint, --model) and
+trains it for one pass over the same fixed pairs with three setups, each in its own subprocess
+(imports and memory do not mix): preftune's defaults (frozen copy of the policy as reference;
+each pair one [prompt][chosen][rejected] block, prompt computed once, no padding), TRL's
+defaults (a reference copy run every step on padded chosen/rejected batches) and TRL with
+`precompute_ref_log_probs=True` (one reference pass in the constructor). It prints pairs/s,
+real tokens/s, model-FLOP utilisation (MFU), peak RSS and the first-step loss against a
+reference *different* from the policy for each, the ratios preftune / TRL's fastest setup, and
+the issue's targets (>= 3x TRL's best pairs/s, peak memory no higher, first-step losses equal
+within 1e-4). Worker output goes to --workdir/log_*.txt.
 
     python benchmarks/dpo_vs_trl.py --out dpo_vs_trl.json --profile      # minutes on a GPU
     python benchmarks/dpo_vs_trl.py --num_pairs 32 --vocab_size 1024 --hidden 64 --layers 2
+    python benchmarks/dpo_vs_trl.py --model /tmp/models/smollm2 --num_pairs 16 --batch_size 4 \
+        --max_length 256 --learning_rate 1e-6                 # SmolLM2-135M-Instruct: a smoke test
 
 Workload: the first --num_pairs pairs that preftune's data layer keeps of the first --num_rows
 rows of HH-RLHF harmless (implicit prompts; rows with an empty response, or one that alone fills
@@ -23,14 +26,34 @@ on every pair (the count is printed). Tokenizer: preftune's byte-level BPE train
 Model: Llama, --hidden, --layers, 4 heads (4 key/value heads), intermediate 11/4 x hidden,
 tied embeddings, torch.manual_seed(0). A second model (seed 1) is the reference of the
 first-step check only (reference == policy gives log 2 whatever the code does): one step of
-each setup on one batch of exactly the first --batch_size uncut pairs, so order cannot differ.
+each setup on one batch of exactly the first --batch_size uncut pairs (all of them, in one
+batch, if fewer are uncut), so order cannot differ.
+
+With --model PATH (a local Hugging Face causal-LM folder, read in place; --vocab_size, --hidden
+and --layers are then errors): the tokenizer and the policy are the checkpoint's, and the data
+goes through its chat template. preftune reads the rows' transcripts with dialogue_format "hh"
+(preftune/data/dialogues.py: message lists, the implicit prompt being the leading messages both
+sides share); TRL gets the same conversations, split by preftune's parser into prompt, chosen and
+rejected message lists, and applies the chat template itself (conversational data: the prompt
+rendered with the generation prompt, prompt + response rendered whole, no EOS appended: the
+template ends the turn). Messages rather than token ids because this script lets TRL tokenize,
+as a TRL user would; fairness is checked, not assumed: the table counts the pairs on which TRL's
+ids equal preftune's (every uncut pair should). The rest is as above (keep_end; preftune keeps the
+template's first token, <|im_start|> for ChatML, when it cuts a prompt). The first-step check's
+reference is the checkpoint with N(0, (0.02 rms(W))^2) noise added to every weight tensor W (a
+tied embedding once), drawn from a torch.Generator seeded 1 and saved to --workdir/reference
+with the tokenizer: deterministic, different from the policy (on four HH pairs of <= 256 tokens
+it moves the first-step loss from log 2 = 0.693 to about 0.745), and still a language model.
+The default --learning_rate suits the random-init model; a pretrained one wants ~1e-6 (neither
+the timing nor the first-step loss depends on it).
 
 Held equal: float32, sigmoid loss, beta 0.1, learning rate, linear decay without warmup, no
 weight decay, clipping at 1.0, batch size, one epoch, seed 0, no dropout, logging every step.
 TRL defaults overridden: bf16 True -> False, gradient (activation) checkpointing True -> False,
 seed 42 -> 0, logging_steps 10 -> 1, save_strategy "steps" -> "no", report_to -> "none",
 max_length 1024 -> --max_length, truncation_mode "keep_start" -> "keep_end". Kept: its optimizer
-(adamw_torch_fused; preftune steps torch.optim.AdamW), padding_free False, dataset_num_proc None,
+(adamw_torch_fused; preftune steps torch.optim.AdamW), padding_free False (TRL 1.16 turns True
+back to False with a warning: "temporarily unavailable"), dataset_num_proc None,
 pad_to_multiple_of "auto" (None off Neuron), disable_dropout True.
 
 Timed, "from trainer start to finish": reading the pairs file, the trainer's constructor
@@ -56,9 +79,17 @@ attention 4 L d per forward per (query, key) pair causal attention scores (T (T 
 sequence: the 12 L d T term of 6N + 12 L d T, counted causally). "MFU, real tokens" counts the
 real tokens (the same work for every setup, so its ratio is the pairs/s ratio); "MFU, computed
 tokens" counts what each runs (preftune's attention pairs causal(P + C) + causal(P + R) -
-causal(P)): how close its kernels get to the peak. --profile adds an untimed preftune run
+causal(P)): how close its kernels get to the peak. N, L, d and V are read from the policy's
+config: with --model the checkpoint's (SmolLM2-135M: N = 106.2M, L = 30, d = 576, V = 49,152;
+with grouped-query attention d = heads x head_dim still gives the attention term, and the smaller
+key/value projections are in N). A footnote gives the LM head's share of these FLOPs, and what it
+would be were the head run at every position (as TRL's setups run it; the formula counts the
+same work for every setup). --profile adds an untimed preftune run
 under torch.profiler: the top 15 ops by self time and the FLOP rate inside its matmuls.
-RSS is read from /proc and getrusage (Linux).
+RSS is read from /proc and getrusage (Linux). A worker's getrusage peak starts at the parent's
+peak RSS when it spawns the worker (Linux carries ru_maxrss across exec), so the parent's peak at
+each spawn is recorded and printed as a floor under every peak (with --model the parent has held
+one copy of the checkpoint, to perturb it); a figure at that floor says little about the worker.
 """
 
 from __future__ import annotations
@@ -79,7 +110,13 @@ from typing import Any, NamedTuple
 
 import torch
 from common import current_rss_mib, environment, padding_share, peak_rss_mib
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "../shared/data/hh-rlhf-harmless/train.jsonl.gz"
@@ -88,7 +125,9 @@ LABELS = {"preftune": "preftune", "trl_default": "TRL default", "trl_precompute"
 MODES = ("timed", "check", "profile")
 SEED = 0
 REFERENCE_SEED = 1
+REFERENCE_NOISE = 0.02  # --model: the check's reference adds N(0, (0.02 rms(W))^2) noise to every weight W
 NUM_HEADS = 4
+TINY_DEFAULTS = {"vocab_size": 8192, "hidden": 256, "layers": 4}  # the random-init model's shape
 BETA = 0.1
 LOSS_TOLERANCE = 1e-4
 TARGET_SPEEDUP = 3.0
@@ -103,14 +142,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="DPO training speed: preftune vs TRL, side by side.")
     add = parser.add_argument
     add("--data", default=DEFAULT_DATA, help="Pairs file (chosen/rejected); relative to the repo root.")
-    add("--num_rows", type=int, default=600, help="Rows read: they train the tokenizer and give the pairs.")
+    add(
+        "--model",
+        default=None,
+        help="Local causal-LM checkpoint (Hugging Face folder) to train instead "
+        "of the random-init Llama; its tokenizer and chat template are used (HH transcripts as messages).",
+    )
+    add("--num_rows", type=int, default=600, help="Rows read: they give the pairs (and train the tokenizer).")
     add("--num_pairs", type=int, default=480, help="Pairs trained on: the first that preftune keeps.")
     add("--batch_size", type=int, default=8, help="Pairs per optimizer step.")
     add("--max_length", type=int, default=512, help="Longest prompt + response in tokens.")
     add("--learning_rate", type=float, default=5e-5, help="Peak AdamW learning rate (both frameworks).")
-    add("--vocab_size", type=int, default=8192, help="BPE vocabulary size of the tokenizer.")
-    add("--hidden", type=int, default=256, help="Model width (4 heads; intermediate 11/4 x hidden).")
-    add("--layers", type=int, default=4, help="Decoder layers.")
+    add(
+        "--vocab_size",
+        type=int,
+        default=None,
+        help="BPE vocabulary size of the tokenizer (default 8192; not with --model).",
+    )
+    add(
+        "--hidden",
+        type=int,
+        default=None,
+        help="Model width (4 heads; intermediate 11/4 x hidden; default 256; not with --model).",
+    )
+    add("--layers", type=int, default=None, help="Decoder layers (default 4; not with --model).")
     add("--threads", type=int, default=0, help="torch CPU threads in every process; 0 keeps torch's default.")
     add("--workdir", default=None, help="Folder for models, data files, runs and results (default: temp).")
     add("--out", default=None, help="Also write all results to this JSON file.")
@@ -124,7 +179,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--num_pairs ({args.num_pairs}) must be >= --batch_size ({args.batch_size}) >= 1.")
     if args.num_rows < args.num_pairs:
         parser.error(f"--num_rows ({args.num_rows}) must be >= --num_pairs ({args.num_pairs}).")
-    if args.learning_rate <= 0 or args.hidden % NUM_HEADS or args.layers < 1:
+    options = vars(args)
+    if args.model is not None:
+        given = [f"--{name}" for name in TINY_DEFAULTS if options[name] is not None]
+        if given:
+            parser.error(f"{', '.join(given)} shape the random-init model; --model {args.model} has its own.")
+        if not (Path(args.model) / "config.json").is_file():
+            parser.error(f"--model {args.model} is not a Hugging Face folder (no config.json there).")
+        args.model = str(Path(args.model).resolve())
+    else:
+        options.update({name: value for name, value in TINY_DEFAULTS.items() if options[name] is None})
+    if args.learning_rate <= 0 or (not args.model and (args.hidden % NUM_HEADS or args.layers < 1)):
         parser.error(f"--learning_rate must be > 0, --hidden a multiple of {NUM_HEADS}, --layers >= 1.")
     return args
 
@@ -153,23 +218,58 @@ def build_model(tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace, se
     return LlamaForCausalLM(config)
 
 
-def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Train the tokenizer, save policy and reference, write each framework's data files."""
-    from preftune.data import encode_dataset, load_rows, parse_pairs
+@torch.no_grad()
+def perturb_(model: PreTrainedModel, seed: int, noise: float) -> None:
+    """Add N(0, (noise x rms(W))^2) to every weight W of `model` in place (a tied one once), drawn
+    from a generator seeded with `seed`: a reference that differs from the policy, deterministically."""
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in model.parameters():  # deduplicated: a tied embedding is perturbed once
+        scale = noise * parameter.pow(2).mean().sqrt()
+        parameter.add_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * scale)
+
+
+def save_models(
+    args: argparse.Namespace, table: Any, workdir: Path
+) -> tuple[Path, Path, PreTrainedModel, PreTrainedTokenizerBase]:
+    """Policy and check-reference folders, a model of the policy's shape and the tokenizer. Random
+    init: a BPE tokenizer trained on the rows, the policy under seed 0 and the reference under seed 1,
+    both saved in `workdir`. --model: the checkpoint is the policy (read in place) and the reference
+    is the checkpoint after `perturb_` (seed 1), saved in `workdir` with the checkpoint's tokenizer
+    (one copy in memory: this process's peak RSS is a floor under the workers', see `run_child`)."""
     from preftune.models.loading import load_tokenizer
     from preftune.models.tiny import texts_of_row, train_tokenizer
 
+    reference_dir = workdir / "reference"
+    if args.model is None:
+        trained = train_tokenizer((text for row in table.rows for text in texts_of_row(row)), args.vocab_size)
+        policy_dir = workdir / "policy"
+        policy = build_model(trained, args, SEED)
+        for path, model in (
+            (policy_dir, policy),
+            (reference_dir, build_model(trained, args, REFERENCE_SEED)),
+        ):
+            model.save_pretrained(path)
+            trained.save_pretrained(path)
+        return policy_dir, reference_dir, policy, load_tokenizer(str(policy_dir))
+    policy_dir = Path(args.model)
+    reference = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    perturb_(reference, REFERENCE_SEED, REFERENCE_NOISE)
+    reference.save_pretrained(reference_dir)
+    tokenizer = load_tokenizer(str(policy_dir))
+    tokenizer.save_pretrained(reference_dir)
+    return policy_dir, reference_dir, reference, tokenizer
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Save (or read) policy and reference, write each framework's data files."""
+    from preftune.data import encode_dataset, load_rows, parse_pairs
+
     data = Path(args.data) if Path(args.data).is_absolute() else (REPO / args.data).resolve()
     table = load_rows(str(data), f"train[:{args.num_rows}]")
-    trained = train_tokenizer((text for row in table.rows for text in texts_of_row(row)), args.vocab_size)
-    policy_dir, reference_dir = workdir / "policy", workdir / "reference"
-    policy = build_model(trained, args, SEED)
-    for path, model in ((policy_dir, policy), (reference_dir, build_model(trained, args, REFERENCE_SEED))):
-        model.save_pretrained(path)
-        trained.save_pretrained(path)
+    policy_dir, reference_dir, policy, tokenizer = save_models(args, table, workdir)
     # The same parse and encode as preftune's DPOTrainer, to know which pairs it keeps.
-    tokenizer = load_tokenizer(str(policy_dir))
-    parsed = parse_pairs(table, skip_invalid=True)
+    dialogue_format = "text" if args.model is None else "hh"
+    parsed = parse_pairs(table, skip_invalid=True, dialogue_format=dialogue_format)
     encoded, report = encode_dataset(tokenizer, parsed, args.max_length, "left", skip_invalid=True)
     logger.info("Pairs: %s", report.summary())
     if len(encoded) < args.num_pairs:
@@ -194,12 +294,16 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     real_tokens = sum(c + r for c, r in lengths)
     job = {
         "policy": str(policy_dir), "reference": str(reference_dir), **files,
-        "num_pairs": args.num_pairs, "check_pairs": len(check), "batch_size": args.batch_size,
-        "max_length": args.max_length, "learning_rate": args.learning_rate, "threads": args.threads,
+        "dialogue_format": dialogue_format, "num_pairs": args.num_pairs, "check_pairs": len(check),
+        "batch_size": args.batch_size, "max_length": args.max_length, "learning_rate": args.learning_rate,
+        "threads": args.threads,
     }  # fmt: skip
+    config = policy.config
     shape = {
-        "hidden": args.hidden, "layers": args.layers, "heads": NUM_HEADS, "vocab": len(tokenizer),
-        "intermediate": policy.config.intermediate_size, "parameters": policy.num_parameters(),
+        "hidden": config.hidden_size, "layers": config.num_hidden_layers, "heads": config.num_attention_heads,
+        "kv_heads": config.num_key_value_heads, "vocab": config.vocab_size,
+        "intermediate": config.intermediate_size, "tied_embeddings": config.tie_word_embeddings,
+        "parameters": policy.num_parameters(),
         "non_embedding_parameters": policy.num_parameters(exclude_embeddings=True),
     }  # fmt: skip
     summary = {
@@ -261,7 +365,9 @@ def measure_matmul_peak() -> dict[str, Any]:
 
 
 def run_child(run: str, mode: str, job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """One setup in a fresh Python process; returns its measurements."""
+    """One setup in a fresh Python process; returns its measurements, with this process's peak RSS
+    when it started the worker: Linux starts a child's ru_maxrss there (it carries the peak across
+    exec), so it is a floor under the worker's peak RSS."""
     tag = f"{run}_{mode}"
     job_path, result_path = workdir / f"job_{tag}.json", workdir / f"result_{tag}.json"
     result_path.unlink(missing_ok=True)
@@ -272,6 +378,7 @@ def run_child(run: str, mode: str, job: dict[str, Any], workdir: Path) -> dict[s
     script = str(Path(__file__).resolve())
     command = [sys.executable, script, "--worker", run, "--mode", mode, "--job", str(job_path)]
     log_path = workdir / f"log_{tag}.txt"  # TRL prints a line per logged step; keep the table readable
+    parent_peak = peak_rss_mib()
     with log_path.open("w") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if finished.returncode:
@@ -279,7 +386,7 @@ def run_child(run: str, mode: str, job: dict[str, Any], workdir: Path) -> dict[s
         raise RuntimeError(
             f"{LABELS[run]} ({mode}) failed (exit {finished.returncode}); the end of {log_path}:\n{tail}"
         )
-    return json.loads(result_path.read_text())
+    return {**json.loads(result_path.read_text()), "parent_peak_rss_mib": parent_peak}
 
 
 # ---------------------------------------------------------------- workers (one setup per process)
@@ -346,6 +453,12 @@ def token_counts(pairs: list[Sequences], prompt_once: bool) -> dict[str, int]:
     return counts
 
 
+def check_batch_size(job: dict[str, Any], mode: str) -> int:
+    """--batch_size, or in the check all its pairs when fewer are uncut: preftune fills a short last
+    batch from the next epoch's order and TRL does not, so the check would compare different batches."""
+    return min(job["batch_size"], job["check_pairs"]) if mode == "check" else job["batch_size"]
+
+
 def preftune_config(job: dict[str, Any], mode: str) -> Any:
     """preftune's DPOConfig: its defaults, with the settings held equal."""
     from preftune.data import DataConfig
@@ -357,7 +470,7 @@ def preftune_config(job: dict[str, Any], mode: str) -> Any:
     train = TrainConfig(
         output_dir=job["output_dir"],
         learning_rate=job["learning_rate"],
-        per_device_train_batch_size=job["batch_size"],
+        per_device_train_batch_size=check_batch_size(job, mode),
         num_train_epochs=1,
         max_steps=1 if check else -1,
         lr_scheduler_type="linear",
@@ -371,7 +484,9 @@ def preftune_config(job: dict[str, Any], mode: str) -> Any:
         save_steps=0,
     )
     data = DataConfig(
-        dataset=job["check_preftune" if check else "train_preftune"], max_length=job["max_length"]
+        dataset=job["check_preftune" if check else "train_preftune"],
+        max_length=job["max_length"],
+        dialogue_format=job["dialogue_format"],
     )
     return DPOConfig(
         model=ModelConfig(model=job["policy"]),
@@ -385,13 +500,15 @@ def preftune_config(job: dict[str, Any], mode: str) -> Any:
 
 def run_preftune(job: dict[str, Any], mode: str) -> dict[str, Any]:
     from preftune.engine.metrics import read_metrics
+    from preftune.models import logps
     from preftune.models.loading import load_tokenizer
     from preftune.trainers import dpo
 
     loads: list[float] = []
     saves: list[float] = []
     dpo.load_policy = timing(dpo.load_policy, loads)
-    dpo.load_reference = timing(dpo.load_reference, loads)
+    # The reference is loaded by models.logps.load_frozen_reference (shared with KTO) since 604ea0f.
+    logps.load_reference = timing(logps.load_reference, loads)
     dpo.save_final = timing(dpo.save_final, saves)
     config = preftune_config(job, mode)
     tokenizer = load_tokenizer(job["policy"])
@@ -432,7 +549,7 @@ def trl_arguments(job: dict[str, Any], run: str, mode: str) -> dict[str, Any]:
     return {
         "output_dir": job["output_dir"],
         "learning_rate": job["learning_rate"],
-        "per_device_train_batch_size": job["batch_size"],
+        "per_device_train_batch_size": check_batch_size(job, mode),
         "num_train_epochs": 1,
         "max_steps": 1 if mode == "check" else -1,
         "lr_scheduler_type": "linear",
@@ -683,7 +800,7 @@ ROWS = (
     ("MFU, real tokens", "mfu_real"), ("MFU, computed tokens", "mfu_computed"),
     ("peak RSS MiB", "peak_rss_mib"), ("RSS before start MiB", "rss_before_mib"),
     ("RSS increase MiB", "rss_increase_mib"), ("CUDA peak MiB", "cuda_peak_mib"),
-    ("first-step loss (reference seed 1)", "first_step_loss"),
+    ("first-step loss (check reference)", "first_step_loss"),
     ("  |difference| to preftune", "loss_difference"),
     ("pairs with preftune's token ids", "pairs_with_preftune_token_ids"),
 )  # fmt: skip
@@ -709,7 +826,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def footnotes(results: dict[str, Any]) -> list[str]:
-    data, shape, peak, setup = results["data"], results["shape"], results["peak"], results["setup"]
+    data, peak, setup = results["data"], results["peak"], results["setup"]
     lines = []
     if "ratios" in results:
         speedups = ", ".join(f"{x:.2f}x {LABELS[run]}" for run, x in results["speedups"].items())
@@ -718,6 +835,7 @@ def footnotes(results: dict[str, Any]) -> list[str]:
         )
         lines.append(f"preftune pairs/s: {speedups}")
     rates = ", ".join(f"{n}: {rate / 1e9:.0f}" for n, rate in peak["flop_per_second_by_size"].items())
+    floor = max(results[run]["parent_peak_rss_mib"] for run in RUNS if run in results)
     return [
         *lines,
         f"data: {data['pairs']} pairs, the first kept of {data['rows_read']} rows "
@@ -726,14 +844,47 @@ def footnotes(results: dict[str, Any]) -> list[str]:
         f"padded batches of {setup['batch_size']} pairs (TRL's layout) would be "
         f"{100 * data['padded_batch_padding_share']:.1f}% padding; first-step check on "
         f"{data['check_pairs']} uncut pairs",
-        f"model: Llama, hidden {shape['hidden']}, {shape['layers']} layers, {shape['heads']} heads, "
-        f"intermediate {shape['intermediate']}, vocab {shape['vocab']} (asked {setup['vocab_size']}), "
-        f"{shape['parameters'] / 1e6:.2f}M parameters ({shape['non_embedding_parameters'] / 1e6:.2f}M "
-        "non-embedding)",
+        *model_lines(results),
         f"fp32 matmul peak: {peak['peak_flop_per_second'] / 1e9:.1f} GFLOP/s at n = {peak['matmul_size']} "
         f"(GFLOP/s by n: {rates})",
+        f"peak RSS is each worker's ru_maxrss, which Linux starts at the parent's peak when it spawns "
+        f"the worker ({floor:,.0f} MiB at most here): a floor under every figure",
         "environment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items()),
     ]
+
+
+def model_lines(results: dict[str, Any]) -> list[str]:
+    """The model's shape, the first-step check's reference and the LM head's share of the FLOPs."""
+    shape, setup = results["shape"], results["setup"]
+    if setup["model"] is None:
+        name = f"random-init Llama, vocab {shape['vocab']} (asked {setup['vocab_size']})"
+        reference = f"the same architecture initialised under seed {REFERENCE_SEED}"
+    else:
+        name = f"{setup['model']} (pretrained), vocab {shape['vocab']}"
+        reference = (
+            f"the checkpoint plus N(0, ({REFERENCE_NOISE:g} rms(W))^2) noise on every weight W, "
+            f"seed {REFERENCE_SEED} ({setup['workdir']}/reference)"
+        )
+    lines = [
+        f"model: {name}, hidden {shape['hidden']}, {shape['layers']} layers, {shape['heads']} heads "
+        f"({shape['kv_heads']} key/value), intermediate {shape['intermediate']}, "
+        f"{'tied' if shape['tied_embeddings'] else 'untied'} embeddings, {shape['parameters'] / 1e6:.2f}M "
+        f"parameters ({shape['non_embedding_parameters'] / 1e6:.2f}M non-embedding)",
+        f"first-step check reference: {reference}",
+    ]
+    run = next((results[run] for run in RUNS if run in results), None)
+    if run is not None:  # the same pairs for every setup; preftune's cut if it ran
+        head = 8 * shape["hidden"] * shape["vocab"]
+        tokens, pairs = run["real_tokens"], run["real_attention_pairs"]
+        at_responses = (
+            head * run["response_tokens"] / model_flops(shape, tokens, run["response_tokens"], pairs)
+        )
+        everywhere = head * tokens / model_flops(shape, tokens, tokens, pairs)
+        lines.append(
+            f"LM head: {100 * at_responses:.1f}% of the model FLOPs (real tokens) at response positions "
+            f"only, as counted here; {100 * everywhere:.1f}% if run at every position"
+        )
+    return lines
 
 
 def format_profile(profile: dict[str, Any], peak: float) -> str:
