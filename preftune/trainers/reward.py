@@ -74,6 +74,8 @@ class RewardTrainer:
             if config.data.eval_dataset
             else []
         )
+        self._eval_scores: tuple[int, torch.Tensor, torch.Tensor] = (-1, torch.empty(0), torch.empty(0))
+        """(step, chosen (N, K), rejected (N, K)) of the latest held-out pass."""
         if sum(pair.loss_weight for pair in self.train_pairs) == 0:
             raise ValueError(
                 f"Every pair of {config.data.dataset} has weight 0: nothing to train on. Fix the 'weight' column."
@@ -239,6 +241,7 @@ class RewardTrainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out loss (unweighted, no smoothing), accuracy and reward margin."""
         chosen, rejected = self.score_pairs(self.eval_pairs)  # (N, K)
+        self._eval_scores = (self.engine.step, chosen, rejected)  # the final ones also give reward_stats.json
         losses, metrics = bradley_terry_loss(chosen, rejected)
         result = {
             "eval/loss": losses.mean().item(),
@@ -255,8 +258,9 @@ class RewardTrainer:
 
     def _finish(self) -> dict[str, Any]:
         final = Path(self.config.train.output_dir) / "final"
-        reference = self.eval_pairs or self.train_pairs
-        chosen, rejected = self.score_pairs(reference)
+        scored_at, chosen, rejected = self._eval_scores
+        if not self.eval_pairs or scored_at != self.engine.step:  # no held-out pass by the final model
+            chosen, rejected = self.score_pairs(self.eval_pairs or self.train_pairs)
         stats = reward_statistics(torch.cat([chosen, rejected]), self.config.data.max_length)
         stats["source"] = "eval_dataset" if self.eval_pairs else "dataset"
         self.accelerator.wait_for_everyone()
