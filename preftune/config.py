@@ -532,9 +532,33 @@ def parse_config(config_cls: type[ConfigT], argv: Sequence[str], prog: str | Non
             parser.error(str(err))
     namespace, _ = parser.parse_known_args(yaml_tokens + argv)  # later values win: flags override YAML
     try:
-        return _assemble(config_cls, namespace)
+        return _checked(_assemble(config_cls, namespace))
     except (ValueError, TypeError) as err:
         parser.error(str(err))
+
+
+def make_config(config_cls: type[ConfigT], **settings: Any) -> ConfigT:
+    """Build `config_cls` from flat settings named like its flags and YAML keys, e.g.
+    `make_config(DPOConfig, model="models/smollm2", output_dir="runs/dpo", beta=0.1, max_steps=100)`:
+    the command line's names and defaults, from Python. Unknown names are refused with the closest one.
+    A trainer given objects (a model, a dataset) needs no `model` or `dataset` here."""
+    leaves = {leaf.name: leaf for leaf in _leaves(config_cls)}
+    unknown = [name for name in settings if name not in leaves]
+    if unknown:
+        close = _closest(unknown[0], list(leaves))
+        hint = f" Did you mean {close!r}?" if close else ""
+        raise TypeError(f"{config_cls.__name__} has no setting {unknown[0]!r}.{hint}")
+    values: dict[str, Any] = {}
+    for name, leaf in leaves.items():
+        if name in settings:
+            values[name] = settings[name]
+        elif leaf.field.default_factory is not dataclasses.MISSING:
+            values[name] = leaf.field.default_factory()
+        elif leaf.field.default is not dataclasses.MISSING:
+            values[name] = leaf.field.default
+        else:
+            raise TypeError(f"{config_cls.__name__} needs the setting {name!r}.")
+    return _instantiate(config_cls, values)
 
 
 def load_config(config_cls: type[ConfigT], path: str | Path) -> ConfigT:
@@ -546,10 +570,25 @@ def load_config(config_cls: type[ConfigT], path: str | Path) -> ConfigT:
     parser = _make_parser(config_cls, None)
     tokens = _yaml_tokens(config_cls, parser, path)
     namespace, _ = parser.parse_known_args(tokens)  # every token was already checked
-    return _assemble(config_cls, namespace)
+    return _checked(_assemble(config_cls, namespace))
+
+
+def _checked(config: ConfigT) -> ConfigT:
+    """`config` after its `check_run_inputs`, where it has one: the inputs a file-based run needs (a training
+    config's --model, --dataset and --output_dir), which Python callers may give as objects instead."""
+    check = getattr(config, "check_run_inputs", None)
+    if check is not None:
+        check()
+    return config
 
 
 def _plain(value: Any) -> Any:
+    if hasattr(value, "column_names") or (
+        isinstance(value, (list, tuple)) and value and all(isinstance(item, dict) for item in value)
+    ):  # data given in memory (a datasets.Dataset, a list of rows) is named, not written out
+        from preftune.data.io import describe_source
+
+        return describe_source(value)
     if isinstance(value, enum.Enum):
         return _plain(value.value)
     if isinstance(value, Path):

@@ -9,6 +9,10 @@ Every source takes a split with an optional slice in the syntax of Hugging Face 
 `train`, `train[:1500]`, `train[1500:]`, `train[100:200]`, `train[:80%]`, `train[80%:]`.
 A file has one split, `train`. Slicing happens after the split is read, for every kind of
 source, and the kept rows keep their original row numbers.
+
+From Python, a source may also be data in memory (the trainers' `train_dataset=`): a
+`datasets.Dataset`, a `datasets.DatasetDict` (the split names which one) or a list of dicts,
+numbered from 1 like a JSON array.
 """
 
 from __future__ import annotations
@@ -113,7 +117,40 @@ def parse_split(split: str, source: str = "split") -> SplitSlice:
     return SplitSlice(match["name"], bounds[0], bounds[1], sliced="[" in split)
 
 
-def load_rows(source: str, split: str = "train") -> RowTable:
+def describe_source(source: Any) -> str:
+    """How messages and config.yaml name a data source: a path as given, data in memory by its type and size."""
+    if isinstance(source, str):
+        return source
+    size = f"{len(source)} rows" if hasattr(source, "__len__") else "rows"
+    if isinstance(source, dict):  # a DatasetDict
+        size = ", ".join(f"{name}: {len(part)} rows" for name, part in source.items())
+    return f"<{type(source).__name__} in memory, {size}>"
+
+
+def _in_memory_table(source: Any, split: str) -> RowTable:
+    """The rows of a `datasets.Dataset`, a `datasets.DatasetDict` (its split `split`) or a list of dicts."""
+    name = describe_source(source)
+    if isinstance(source, dict):
+        if split not in source:
+            raise DataError(name, None, None, f"no split {split!r} (found {sorted(source)})", "pass one of those splits")
+        source = source[split]
+    if hasattr(source, "to_list") and hasattr(source, "column_names"):  # a datasets.Dataset
+        return _table_from_dataset(source, name)
+    if not isinstance(source, (list, tuple)):
+        raise DataError(
+            name,
+            None,
+            None,
+            f"a data source is a path, a datasets.Dataset or a list of dicts, got {type(source).__name__}",
+            "pass one of those",
+        )
+    for number, row in enumerate(source, start=1):
+        if not isinstance(row, dict):
+            raise DataError(name, number, None, f"a row is a dict of columns, got {_preview(row)}", "fix that row")
+    return RowTable(source=name, rows=list(source), row_numbers=list(range(1, len(source) + 1)))
+
+
+def load_rows(source: Any, split: str = "train") -> RowTable:
     """Read the rows of `split` of `source`: a local file, a saved dataset directory, or a hub name.
 
     Files: `.json` (a JSON array of objects, or JSON Lines content), `.jsonl`, `.jsonl.gz`,
@@ -121,10 +158,13 @@ def load_rows(source: str, split: str = "train") -> RowTable:
     `save_to_disk` is read with `datasets.load_from_disk`; any other directory or a string that
     is not a path goes to `datasets.load_dataset(source, split=name)`. `split` may slice the
     split (see `parse_split`); the kept rows keep their row numbers and the table's source
-    names the slice, e.g. 'data/pairs.jsonl[train[:1500]]'. Raises `DataError` naming the file
-    and line for malformed JSON, rows that are not objects, missing files, unknown types, bad
-    split syntax and slices that select no rows.
+    names the slice, e.g. 'data/pairs.jsonl[train[:1500]]'. Data in memory (module docstring)
+    is read as it is. Raises `DataError` naming the file and line for malformed JSON, rows that are
+    not objects, missing files, unknown types, bad split syntax and slices that select no rows.
     """
+    if not isinstance(source, str):
+        spec = parse_split(split, describe_source(source))
+        return _sliced(_in_memory_table(source, spec.name), spec, split, describe_source(source))
     if not source.strip():
         raise DataError(
             "<no source>", None, None, "no data source given", "pass --dataset FILE (or a datasets folder)"
@@ -153,6 +193,11 @@ def load_rows(source: str, split: str = "train") -> RowTable:
             f"file not found (looked for {path.resolve()})",
             "check the path (relative paths start from the current directory)",
         )
+    return _sliced(table, spec, split, source)
+
+
+def _sliced(table: RowTable, spec: SplitSlice, split: str, source: str) -> RowTable:
+    """The rows of `table` that `spec` keeps, under the name `source[split]`."""
     if not spec.sliced:
         return table
     kept = spec.select(len(table))

@@ -6,7 +6,7 @@ Imports neither torch nor accelerate at the top, so `preftune <command> --help` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 RUN_CONTROL = ("resume", "overwrite_output_dir")
 """Flags that say how a run starts, not what it computes. They are left out of the config.yaml a run
@@ -104,10 +104,22 @@ class TrainConfig:
                 )
 
 
-def require_run_inputs(model: str, dataset: str, train: TrainConfig) -> None:
-    """The flags every training command needs, checked before any file is read."""
+def require_run_inputs(model: Any, dataset: Any, train: TrainConfig) -> None:
+    """The flags every training command needs, checked before any file is read. `model` and `dataset` are
+    paths, or the objects a trainer was given in their place (preftune/trainers/inputs.py)."""
     for flag, value in (("--model", model), ("--dataset", dataset)):
-        if not value:
+        if value is None or (isinstance(value, str) and not value):
             raise ValueError(f"{flag} is required: pass {flag} PATH.")
     if not train.output_dir:
         raise ValueError("--output_dir is required: the folder for checkpoints, metrics and final/.")
+
+
+class RunInputs:
+    """Base of the training configs (fields `model`, `data`, `train`): the command line checks --model,
+    --dataset and --output_dir as it parses them (preftune.config.parse_config calls `check_run_inputs`);
+    from Python a trainer checks them once the objects it was given (a model, a dataset) stand in for
+    the paths, so a config may leave those empty."""
+
+    def check_run_inputs(self) -> None:
+        config: Any = self
+        require_run_inputs(config.model.model, config.data.dataset, config.train)

@@ -59,6 +59,17 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         log_with=cast(list[Any], trackers) or None,
         project_dir=config.output_dir or None,
     )
+    return check_accelerator(accelerator, config)
+
+
+def check_accelerator(accelerator: Accelerator, config: TrainConfig) -> Accelerator:
+    """`accelerator` when the engine can train with it: the config's mixed precision, and no sharding."""
+    mixed = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+    if str(accelerator.mixed_precision) != mixed:
+        raise ValueError(
+            f"The accelerator has mixed_precision={accelerator.mixed_precision!r} but the config asks for {mixed!r} "
+            "(--bf16/--fp16): build the Accelerator with the config's precision, or set bf16/fp16 to match."
+        )
     if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ValueError(
             f"accelerate is configured for {accelerator.distributed_type.value}, which preftune's engine does not "

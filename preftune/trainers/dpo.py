@@ -30,28 +30,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import EncodedPair
+from preftune.data.io import describe_source
 from preftune.data.pairs import chosen_probabilities, collate_pairs_packed, collate_pairs_padded, load_pairs
-from preftune.engine import Engine, build_accelerator
+from preftune.engine import Engine
 from preftune.feedback.aggregate import resolve_label_smoothing
 from preftune.losses.kl import token_kl
 from preftune.losses.pairwise import chosen_nll, f_divergence_logratio
 from preftune.losses.pairwise_variants import ld_logps_flat, wpo_weights
 from preftune.losses.registry import LOSSES, SORTED_LOSSES
 from preftune.losses.reward import compose_label_smoothing
-from preftune.models.loading import (
-    attention_implementation,
-    check_model_path,
-    load_policy,
-    load_tokenizer,
-    save_final,
-    token_id,
-)
+from preftune.models.loading import attention_implementation, check_model_path, save_final, token_id
 from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view, sequence_sums
 from preftune.models.ref_cache import (
     cache_path,
@@ -65,20 +60,50 @@ from preftune.trainers.dpo_config import (
     SOFT_LABEL_LOSSES,
     DPOConfig,
 )
+from preftune.trainers.inputs import (
+    ModelInput,
+    accelerator_for,
+    frozen,
+    policy_for,
+    take_inputs,
+    tokenizer_for,
+)
 
 logger = logging.getLogger(__name__)
 
 
 class DPOTrainer:
-    """`DPOTrainer(config).train()` runs the whole job."""
+    """`DPOTrainer(config).train()` runs the whole job from the config's paths. From Python, objects may
+    stand in for them (preftune/trainers/inputs.py): `DPOTrainer(args=config, model=model,
+    ref_model=ref, processing_class=tokenizer, train_dataset=dataset, eval_dataset=held_out)`. Without
+    a reference, a model object's reference is a frozen copy of it taken before training (with
+    --use_peft: the policy with its adapter disabled)."""
 
-    def __init__(self, config: DPOConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    def __init__(
+        self,
+        config: DPOConfig | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        args: DPOConfig | None = None,
+        model: ModelInput = None,
+        ref_model: ModelInput = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        config = config or args
+        if config is None:
+            raise TypeError("DPOTrainer needs its config: DPOTrainer(args=DPOConfig(...), ...).")
         self.config = config
         set_seed(config.train.seed)
-        check_model_path(config.model.model)
+        model = take_inputs(config, model, train_dataset, eval_dataset)
+        if isinstance(ref_model, str):
+            config.ref_model, ref_model = ref_model, None
         if config.ref_model:
             check_model_path(config.ref_model, "--ref_model")
-        self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
+        self.in_memory_models = model is not None or ref_model is not None
+        self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
         # Data is read, validated and tokenized before any model loads, so bad rows fail fast.
         self.train_pairs = self._encode(config.data.dataset, config.data.dataset_split, "train")
         self.eval_pairs = (
@@ -88,7 +113,7 @@ class DPOTrainer:
         )
         if sum(pair.loss_weight for pair in self.train_pairs) == 0:
             raise ValueError(
-                f"Every pair of {config.data.dataset} has weight 0: nothing to train on. Fix the 'weight' column."
+                f"Every pair of {describe_source(config.data.dataset)} has weight 0: nothing to train on. Fix the 'weight' column."
             )
         self._check_soft_labels()
         self.label_smoothing, self.label_noise_report = resolve_label_smoothing(
@@ -100,11 +125,11 @@ class DPOTrainer:
                              f"{self.label_smoothing}; use sigmoid for clean labels.")  # fmt: skip
         sorted_losses = [name for name in config.loss_type if name in SORTED_LOSSES]
         if sorted_losses and any(pair.loss_weight != 1.0 for pair in self.train_pairs):
-            raise ValueError(f"{config.data.dataset} has a 'weight' column, but {sorted_losses} are computed per "
+            raise ValueError(f"{describe_source(config.data.dataset)} has a 'weight' column, but {sorted_losses} are computed per "
                              "sorted position, not per pair, so the weights cannot apply; drop one of them.")  # fmt: skip
-        self.accelerator = build_accelerator(config.train)
-        policy = load_policy(config.model)
-        self.reference = self._load_reference()
+        self.accelerator = accelerator_for(config.train, accelerator)
+        policy = policy_for(config.model, model)
+        self.reference = self._load_reference(model, ref_model)
         attention = attention_implementation(policy)
         self.prefix_sharing = config.prefix_sharing and not attention.startswith("flash")
         if config.prefix_sharing and not self.prefix_sharing:
@@ -130,6 +155,8 @@ class DPOTrainer:
     def _precompute(self, pairs: list[EncodedPair], name: str) -> torch.Tensor:
         """(N, 2) reference log-probs (chosen, rejected) of `pairs`, from the disk cache or computed now."""
         cfg = self.config
+        if self.in_memory_models:  # no checkpoint on disk names the reference: no disk cache
+            return self._score_reference(pairs, name)
         model_key = checkpoint_fingerprint(cfg.ref_model or cfg.model.model)
         sequences = (
             ids
@@ -144,6 +171,15 @@ class DPOTrainer:
         if cached is not None and cached.shape == (len(pairs), 2):
             logger.info("%s: reference log-probs of %d pairs read from %s.", name, len(pairs), path)
             return cached
+        result = self._score_reference(pairs, name)
+        if self.accelerator.is_main_process:
+            write_cached(path, result, {"reference": cfg.ref_model or cfg.model.model, "data": name})
+            logger.info("%s: reference log-probs of %d pairs cached in %s.", name, len(pairs), path)
+        return result
+
+    def _score_reference(self, pairs: list[EncodedPair], name: str) -> torch.Tensor:
+        """(N, 2) reference log-probs (chosen, rejected) of `pairs`, each process scoring a share."""
+        cfg = self.config
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         size = cfg.train.per_device_train_batch_size
         mine = list(range(rank, len(pairs), world))
@@ -159,13 +195,9 @@ class DPOTrainer:
             B = len(indices)
             scored += zip(indices, ref[:B].tolist(), ref[B:].tolist(), strict=True)
         everything = sorted(gather_object(scored) if world > 1 else scored)
-        result = torch.tensor([[c, r] for _, c, r in everything])  # (N, 2)
-        if self.accelerator.is_main_process:
-            write_cached(path, result, {"reference": cfg.ref_model or cfg.model.model, "data": name})
-            logger.info("%s: reference log-probs of %d pairs cached in %s.", name, len(pairs), path)
-        return result
+        return torch.tensor([[c, r] for _, c, r in everything])  # (N, 2)
 
-    def _encode(self, source: str, split: str, name: str) -> list[EncodedPair]:
+    def _encode(self, source: Any, split: str, name: str) -> list[EncodedPair]:
         return load_pairs(self.tokenizer, source, split, self.config.data, name)[0]
 
     def _check_soft_labels(self) -> None:
@@ -178,11 +210,17 @@ class DPOTrainer:
                              f"use {', '.join(SOFT_LABEL_LOSSES)}, or drop the column (its 'weight' still applies).")  # fmt: skip
         logger.info("Using the 'chosen_probability' column as soft labels (per-pair label smoothing 1 - p).")
 
-    def _load_reference(self) -> ResponseLogps | None:
-        """A frozen reference model, or None when it is the adapter-disabled policy or not needed."""
-        if self.config.reference_free:
+    def _load_reference(self, model: ModelInput, ref_model: ModelInput) -> ResponseLogps | None:
+        """The frozen reference: the object given, a copy of the model object given, or --ref_model (default
+        --model) from disk; None when it is the adapter-disabled policy (--use_peft) or not needed."""
+        cfg, device = self.config, self.accelerator.device
+        if cfg.reference_free:
             return None
-        return load_frozen_reference(self.config.model, self.config.ref_model, str(self.accelerator.device))
+        if ref_model is not None:
+            return ResponseLogps(frozen(ref_model, device, copy=ref_model is model)).eval()
+        if model is not None and not cfg.model.use_peft and not cfg.ref_model:
+            return ResponseLogps(frozen(model, device, copy=True)).eval()
+        return load_frozen_reference(cfg.model, cfg.ref_model, str(device))
 
     def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
         return reference_view(

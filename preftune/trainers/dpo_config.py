@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from preftune.data.config import DataConfig
-from preftune.engine.config import TrainConfig, require_run_inputs
+from preftune.engine.config import RunInputs, TrainConfig
 from preftune.feedback.aggregate import parse_label_noise
 from preftune.models.config import ModelConfig
 
@@ -46,7 +46,7 @@ def loss_registry() -> dict[str, PairwiseLoss]:
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(RunInputs):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
@@ -96,7 +96,6 @@ class DPOConfig:
     """Run each pair as one [prompt][chosen][rejected] block (prompt once, rows packed, no padding)."""
 
     def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
         known = sorted([*loss_registry(), SFT_TERM])

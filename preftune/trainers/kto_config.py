@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from preftune.data.config import DataConfig
-from preftune.engine.config import TrainConfig, require_run_inputs
+from preftune.engine.config import RunInputs, TrainConfig
 from preftune.models.config import ModelConfig
 
 
 @dataclass
-class KTOConfig:
+class KTOConfig(RunInputs):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
@@ -30,7 +30,6 @@ class KTOConfig:
     """lambda_U, the weight of undesirable examples; set both weights or neither."""
 
     def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
         weights = (self.desirable_weight, self.undesirable_weight)

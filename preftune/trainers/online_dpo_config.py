@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from preftune.data.config import DataConfig
-from preftune.engine.config import TrainConfig, require_run_inputs
+from preftune.engine.config import RunInputs, TrainConfig
 from preftune.eval.hacking import HackingConfig
 from preftune.models.config import ModelConfig
 from preftune.rollout.config import SamplingConfig, ScoringConfig, check_rl_sampling
@@ -23,7 +23,7 @@ OnlineLossType = Literal[
 
 
 @dataclass
-class OnlineDPOConfig:
+class OnlineDPOConfig(RunInputs):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
     train: TrainConfig = field(
@@ -45,7 +45,6 @@ class OnlineDPOConfig:
     """Samples per prompt (k >= 2); each prompt gives one pair, its best against its worst sample."""
 
     def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if not self.scoring.judge:
             raise ValueError("--judge is required: gold, rm:PATH (a reward model), or a pairwise judge spec.")
         check_rl_sampling(self.sampling, self.model)

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from preftune.data.config import DataConfig
-from preftune.engine.config import TrainConfig, require_run_inputs
+from preftune.engine.config import RunInputs, TrainConfig
 from preftune.eval.hacking import HackingConfig
 from preftune.models.config import ModelConfig
 from preftune.rollout.config import SamplingConfig, ScoringConfig, check_rl_sampling
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(RunInputs):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
     train: TrainConfig = field(
@@ -62,7 +62,6 @@ class PPOConfig:
     """Standardise advantages over the global batch."""
 
     def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if not self.scoring.judge:
             raise ValueError("--judge is required: gold, rm:PATH (a reward model) or rm:PATH1,PATH2.")
         check_rl_sampling(self.sampling, self.model)

@@ -32,13 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import EncodedPair
+from preftune.data.io import describe_source
 from preftune.data.pairs import chosen_probabilities, collate_pairs_packed, collate_pairs_padded, load_pairs
-from preftune.engine import Engine, build_accelerator
+from preftune.engine import Engine
 from preftune.feedback.aggregate import resolve_label_smoothing
 from preftune.judges.reward_model import STATS_FILE, reward_statistics
 from preftune.losses import bradley_terry_loss
@@ -46,26 +49,46 @@ from preftune.losses.reward import compose_label_smoothing
 from preftune.models.loading import (
     add_lora,
     attention_implementation,
-    check_model_path,
+    disable_dropout,
     load_scalar_model,
-    load_tokenizer,
     save_final,
     token_id,
 )
 from preftune.models.scalar import PooledScorer
+from preftune.trainers.inputs import ModelInput, accelerator_for, take_inputs, tokenizer_for
 from preftune.trainers.reward_config import RewardConfig
 
 logger = logging.getLogger(__name__)
 
 
 class RewardTrainer:
-    """Bradley-Terry reward model. `RewardTrainer(config).train()` runs the whole job."""
+    """Bradley-Terry reward model. `RewardTrainer(config).train()` runs the whole job from the config's paths;
+    from Python, objects may stand in for them (preftune/trainers/inputs.py): `RewardTrainer(args=config,
+    model=classifier, processing_class=tokenizer, train_dataset=dataset)`, where the model object is a
+    sequence classifier with --num_heads labels, e.g.
+    `AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)`."""
 
-    def __init__(self, config: RewardConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    def __init__(
+        self,
+        config: RewardConfig | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        args: RewardConfig | None = None,
+        model: ModelInput = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        config = config or args
+        if config is None:
+            raise TypeError("RewardTrainer needs its config: RewardTrainer(args=RewardConfig(...), ...).")
         self.config = config
         set_seed(config.train.seed)
-        check_model_path(config.model.model)
-        self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
+        model = take_inputs(config, model, train_dataset, eval_dataset)
+        if model is not None:
+            _check_classifier(model, config.num_heads)
+        self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
         # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
         self.data_report: dict[str, dict[str, int]] = {}
         self.train_pairs = self._encode(config.data.dataset, config.data.dataset_split, "train")
@@ -78,7 +101,7 @@ class RewardTrainer:
         """(step, chosen (N, K), rejected (N, K)) of the latest held-out pass."""
         if sum(pair.loss_weight for pair in self.train_pairs) == 0:
             raise ValueError(
-                f"Every pair of {config.data.dataset} has weight 0: nothing to train on. Fix the 'weight' column."
+                f"Every pair of {describe_source(config.data.dataset)} has weight 0: nothing to train on. Fix the 'weight' column."
             )
         self.label_smoothing, self.label_noise_report = resolve_label_smoothing(
             config.label_noise, config.label_smoothing, config.data.dataset, config.data.dataset_split,
@@ -91,18 +114,20 @@ class RewardTrainer:
                 "before the final EOS: score the saved model with preftune.judges.RewardModelJudge, or give the "
                 "tokenizer a distinct pad token before training."
             )
-        self.accelerator = build_accelerator(config.train)
-        model = load_scalar_model(
-            config.model.model,
-            dtype=config.model.dtype,
-            trust_remote_code=config.model.trust_remote_code,
-            flag="--model",
-            num_labels=config.num_heads,
-            pad_token_id=token_id(self.tokenizer, "pad"),
-        )
+        self.accelerator = accelerator_for(config.train, accelerator)
+        if model is None:
+            model = load_scalar_model(
+                config.model.model,
+                dtype=config.model.dtype,
+                trust_remote_code=config.model.trust_remote_code,
+                flag="--model",
+                num_labels=config.num_heads,
+                pad_token_id=token_id(self.tokenizer, "pad"),
+            )
+        disable_dropout(model)
         # plain transformers pools at the last non-pad token: the saved config must know our pad token
         model.config.pad_token_id = token_id(self.tokenizer, "pad")
-        if config.model.use_peft:
+        if config.model.use_peft and not isinstance(model, PeftModel):
             model = add_lora(model, config.model, "SEQ_CLS")
         attention = attention_implementation(model)
         self.prefix_sharing = config.prefix_sharing and not attention.startswith("flash")
@@ -285,3 +310,19 @@ def _ensemble_metrics(chosen: torch.Tensor) -> dict[str, torch.Tensor]:
     if chosen.shape[-1] == 1:
         return {}
     return {"reward/ensemble_std": chosen.detach().std(dim=-1, keepdim=True)}
+
+
+def _check_classifier(model: Any, num_heads: int) -> None:
+    """A model object given to RewardTrainer is a sequence classifier with `num_heads` labels."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    name = type(base).__name__
+    if not name.endswith("ForSequenceClassification"):
+        raise TypeError(
+            f"RewardTrainer's model object is a {name}; a reward model is a sequence classifier: pass "
+            f"AutoModelForSequenceClassification.from_pretrained(path, num_labels={num_heads}), or the path."
+        )
+    if base.config.num_labels != num_heads:
+        raise ValueError(
+            f"RewardTrainer's model has {base.config.num_labels} score head(s) but num_heads is {num_heads}: "
+            "make them match."
+        )

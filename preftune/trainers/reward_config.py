@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from preftune.data.config import DataConfig
-from preftune.engine.config import TrainConfig, require_run_inputs
+from preftune.engine.config import RunInputs, TrainConfig
 from preftune.feedback.aggregate import parse_label_noise
 from preftune.models.config import ModelConfig
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(RunInputs):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-5))
@@ -35,7 +35,6 @@ class RewardConfig:
     no padding). False uses padded batches; flash attention always does."""
 
     def __post_init__(self) -> None:
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {self.num_heads}.")
         if not 0.0 <= self.label_smoothing < 0.5:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
-from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import (
@@ -32,17 +32,15 @@ from preftune.data import (
     pad_batch,
     parse_sft,
 )
-from preftune.engine import Engine, build_accelerator
+from preftune.engine import Engine
 from preftune.losses import sft_loss
 from preftune.models.loading import (
     attention_implementation,
-    check_model_path,
-    load_policy,
-    load_tokenizer,
     save_final,
 )
 from preftune.ops.logprobs import masked_token_logps
 from preftune.ops.reduce import reduce_loss
+from preftune.trainers.inputs import ModelInput, accelerator_for, policy_for, take_inputs, tokenizer_for
 from preftune.trainers.sft_config import SFTConfig
 
 logger = logging.getLogger(__name__)
@@ -67,26 +65,37 @@ def _num_tokens(items: list[Item]) -> int:
 
 
 class SFTTrainer:
-    """Maximum likelihood on demonstrations. `SFTTrainer(config).train()` runs the whole job."""
+    """Maximum likelihood on demonstrations. `SFTTrainer(config).train()` runs the whole job from the config's
+    paths; from Python, objects may stand in for them (preftune/trainers/inputs.py): `SFTTrainer(args=config,
+    model=model, processing_class=tokenizer, train_dataset=dataset)`."""
 
     def __init__(
         self,
-        config: SFTConfig,
-        model: PreTrainedModel | PeftModel | None = None,
+        config: SFTConfig | None = None,
+        model: ModelInput = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        args: SFTConfig | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        accelerator: Accelerator | None = None,
     ) -> None:
+        config = config or args
+        if config is None:
+            raise TypeError("SFTTrainer needs its config: SFTTrainer(args=SFTConfig(...), ...).")
         self.config = config
         set_seed(config.train.seed)  # before anything random: LoRA initialisation, data order
-        check_model_path(config.model.model)
-        self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
+        model = take_inputs(config, model, train_dataset, eval_dataset)
+        self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
         # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
         data = config.data
         self.train_items = self._encode(data.dataset, data.dataset_split, "train")
         self.eval_items = (
             self._encode(data.eval_dataset, data.eval_split, "eval") if data.eval_dataset else []
         )
-        self.accelerator = build_accelerator(config.train)
-        policy = model or load_policy(config.model)
+        self.accelerator = accelerator_for(config.train, accelerator)
+        policy = policy_for(config.model, model)
         # sdpa takes boolean 4D masks (4x smaller than additive float ones); eager needs float.
         self.mask_dtype = torch.bool if attention_implementation(policy) == "sdpa" else torch.float32
         self.engine = Engine(
@@ -94,7 +103,7 @@ class SFTTrainer:
         )
         self.model = self.engine.model
 
-    def _encode(self, source: str, split: str, name: str) -> Sequence[Item]:
+    def _encode(self, source: Any, split: str, name: str) -> Sequence[Item]:
         cfg = self.config
         table = load_rows(source, split)
         parsed = parse_sft(

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from preftune.data.config import DataConfig
-from preftune.engine.config import TrainConfig, require_run_inputs
+from preftune.engine.config import RunInputs, TrainConfig
 from preftune.models.config import ModelConfig
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(RunInputs):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=2e-5))
@@ -27,7 +27,6 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         # Checked here, before any file is read, so a forgotten flag fails at once.
-        require_run_inputs(self.model.model, self.data.dataset, self.train)
         if self.packing and (self.model.attn_implementation or "").startswith("flash"):
             raise ValueError(
                 f"--packing needs custom 4D attention masks, which --attn_implementation "

@@ -117,12 +117,12 @@ def test_unknown_tracker_is_rejected_at_parse_time(capsys):
 
 
 def test_bad_row_fails_before_the_model_loads(tiny_base, tmp_path, capsys, monkeypatch):
-    import preftune.trainers.sft as sft_module
+    import preftune.trainers.inputs as inputs_module  # where the trainers load the policy
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the data was validated")
 
-    monkeypatch.setattr(sft_module, "load_policy", must_not_load)
+    monkeypatch.setattr(inputs_module, "load_policy", must_not_load)
     data = tmp_path / "bad.jsonl"
     rows = [{"prompt": "hi\n", "completion": "there"}, {"prompt": "x\n", "completion": ""}]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -1,0 +1,92 @@
+"""What a trainer is given: objects (a model, a tokenizer, datasets, an accelerator) from Python, or the
+config's paths from the command line. The trainers turn either into what they use here, in one place.
+
+    trainer = DPOTrainer(args=config, model=model, ref_model=ref, processing_class=tokenizer,
+                         train_dataset=dataset, eval_dataset=held_out)
+
+- A dataset is a path (as --dataset takes), a `datasets.Dataset`, a `datasets.DatasetDict` (the
+  split flag picks the split) or a list of dicts; preftune.data.io.load_rows reads each of them.
+- A model is a path or a `transformers` model object; a tokenizer object comes with a model object.
+- A model path given as a string is the config's --model; an object is used as it is (dropout off, and
+  wrapped in a fresh LoRA adapter when --use_peft, unless it is a peft model already).
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+from accelerate import Accelerator
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from preftune.engine import build_accelerator
+from preftune.engine.config import require_run_inputs
+from preftune.engine.loop import check_accelerator
+from preftune.models.config import ModelConfig
+from preftune.models.loading import (
+    add_lora,
+    check_model_path,
+    disable_dropout,
+    freeze,
+    load_policy,
+    load_tokenizer,
+)
+
+ModelInput = str | PreTrainedModel | PeftModel | None
+
+
+def take_inputs(config: Any, model: ModelInput, train_dataset: Any = None, eval_dataset: Any = None) -> Any:
+    """The model object given (None for a path), after putting a model path and the datasets into `config`
+    (data in memory stays an object there: load_rows reads it, config.yaml names it) and checking that
+    the run has a model, a training dataset and an output folder."""
+    if isinstance(model, str):
+        config.model.model = model
+        model = None
+    if train_dataset is not None:
+        config.data.dataset = train_dataset
+    if eval_dataset is not None:
+        config.data.eval_dataset = eval_dataset
+    require_run_inputs(model if model is not None else config.model.model, config.data.dataset, config.train)
+    if model is None:
+        check_model_path(config.model.model)
+    elif not isinstance(model, PreTrainedModel | PeftModel):
+        raise TypeError(
+            f"model must be a path or a transformers model (e.g. AutoModelForCausalLM.from_pretrained(path)), "
+            f"got {type(model).__name__}."
+        )
+    return model
+
+
+def tokenizer_for(
+    config: ModelConfig, model: ModelInput, processing_class: PreTrainedTokenizerBase | None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer given, or the one saved with --model; a model object needs its tokenizer given."""
+    if processing_class is not None:
+        return processing_class
+    if model is not None:
+        raise ValueError(
+            "A model object needs its tokenizer: pass processing_class=AutoTokenizer.from_pretrained(path)."
+        )
+    return load_tokenizer(config.model, config.trust_remote_code)
+
+
+def policy_for(config: ModelConfig, model: ModelInput) -> PreTrainedModel | PeftModel:
+    """The trainable causal LM: loaded from --model, or the object given, with LoRA added when --use_peft."""
+    if model is None:
+        return load_policy(config)
+    disable_dropout(model)
+    if config.use_peft and not isinstance(model, PeftModel):
+        return add_lora(model, config, "CAUSAL_LM")
+    return model
+
+
+def frozen(model: PreTrainedModel | PeftModel, device: Any, copy: bool) -> PreTrainedModel:
+    """`model` frozen on `device` (eval mode, no gradients, dropout off) as a reference; with `copy`, a frozen
+    copy taken now, so that training the object given leaves the reference as it was."""
+    return freeze((deepcopy(model) if copy else model).to(device))
+
+
+def accelerator_for(train: Any, accelerator: Accelerator | None) -> Accelerator:
+    """The accelerator given (its mixed precision must be the config's), or a new one built from the config."""
+    return check_accelerator(accelerator, train) if accelerator is not None else build_accelerator(train)
