@@ -132,7 +132,9 @@ def _in_memory_table(source: Any, split: str) -> RowTable:
     name = describe_source(source)
     if isinstance(source, dict):
         if split not in source:
-            raise DataError(name, None, None, f"no split {split!r} (found {sorted(source)})", "pass one of those splits")
+            raise DataError(
+                name, None, None, f"no split {split!r} (found {sorted(source)})", "pass one of those splits"
+            )
         source = source[split]
     if hasattr(source, "to_list") and hasattr(source, "column_names"):  # a datasets.Dataset
         return _table_from_dataset(source, name)
@@ -146,7 +148,9 @@ def _in_memory_table(source: Any, split: str) -> RowTable:
         )
     for number, row in enumerate(source, start=1):
         if not isinstance(row, dict):
-            raise DataError(name, number, None, f"a row is a dict of columns, got {_preview(row)}", "fix that row")
+            raise DataError(
+                name, number, None, f"a row is a dict of columns, got {_preview(row)}", "fix that row"
+            )
     return RowTable(source=name, rows=list(source), row_numbers=list(range(1, len(source) + 1)))
 
 

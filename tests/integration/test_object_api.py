@@ -71,7 +71,9 @@ def test_reward_model_object_trains_as_its_saved_folder_does(synth_world, tiny_b
 
 def test_sft_takes_a_dataset_dict_and_its_split(synth_world, tiny_base, tmp_path):
     rows = load_rows(str(synth_world["sft"])).rows[:32]
-    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:8])})
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:8])}
+    )
     SFTTrainer(make_config(SFTConfig, model=tiny_base, dataset=str(synth_world["sft"]), dataset_split="train[:32]",
                            output_dir=str(tmp_path / "paths"), **STEPS)).train()  # fmt: skip
     SFTTrainer(args=make_config(SFTConfig, model=tiny_base, output_dir=str(tmp_path / "objects"), **STEPS),

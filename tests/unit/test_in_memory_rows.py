@@ -33,5 +33,8 @@ def test_in_memory_data_errors_name_the_split_or_the_row():
 def test_config_yaml_names_in_memory_data_instead_of_writing_it_out():
     config = DataConfig(dataset=datasets.Dataset.from_list(ROWS), eval_dataset=ROWS[:3])
     flat = config_to_flat_dict(config)
-    assert flat["dataset"] == "<Dataset in memory, 10 rows>" and flat["eval_dataset"] == "<list in memory, 3 rows>"
+    assert (
+        flat["dataset"] == "<Dataset in memory, 10 rows>"
+        and flat["eval_dataset"] == "<list in memory, 3 rows>"
+    )
     assert describe_source("data/pairs.jsonl") == "data/pairs.jsonl"
