@@ -11,7 +11,7 @@ Below, c = chosen_logratio, r = rejected_logratio and z = beta * (c - r).
 
 Implemented (papers and equations in each docstring):
 - sppo_hard: SPPO, Wu et al. 2024 (arXiv 2405.00675), with hard win probabilities.
-- aot, aot_pair: AOT, Melnyk et al. 2024 (arXiv 2406.05882), unpaired and paired forms.
+- aot, aot_unpaired: AOT, Melnyk et al. 2024 (arXiv 2406.05882), paired and unpaired forms.
 - apo_zero, apo_down: APO, D'Oosterlinck et al. 2024 (arXiv 2408.06266).
 - bco_pair: BCO, Jung et al. 2024 (arXiv 2404.04656), on pairs, with the reward shift delta.
 - exo_pair: EXO, Ji et al. 2024 (arXiv 2402.00856), pairwise form.
@@ -383,5 +383,6 @@ VARIANT_LOSS_FUNCTIONS: dict[str, tuple[PairwiseLossFn, tuple[str, ...]]] = {
     "discopop": (discopop_loss, ("tau",)),
 }
 """Loss name -> (function, names of its keyword-only parameters). All use reference log-ratios;
-none is length-normalised. aot_pair also needs the reference log-probs; bco_pair needs the
-trainer's running mean reward delta."""
+none is length-normalised. aot also needs the reference log-probs; bco_pair needs the reward shift
+delta, which the DPO trainer takes as the micro-batch's mean implicit reward (a departure from the
+paper's running mean, see preftune/trainers/dpo.py)."""
