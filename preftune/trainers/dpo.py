@@ -55,6 +55,7 @@ from preftune.models.ref_cache import (
     read_cached,
     write_cached,
 )
+from preftune.ops.logprobs import gather_token_logps
 from preftune.trainers.dpo_config import (
     SFT_TERM,
     SOFT_LABEL_LOSSES,
@@ -237,10 +238,10 @@ class DPOTrainer:
 
     def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(2B,) summed response log-probs: chosen sequences first, then rejected."""
-        token_logps = model(
-            batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-            batch["response_logit_index"], batch["response_target"],
-        )  # fmt: skip
+        return self._sequence_logps(model(*_logit_inputs(batch), batch["response_target"]), batch)
+
+    def _sequence_logps(self, token_logps: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(2B,) sequence log-probs from the (M,) response-token log-probs (LD-DPO's weighting with --ld_alpha)."""
         S = 2 * batch["chosen_index"].shape[0]
         if self.config.ld_alpha is None:
             return sequence_sums(token_logps, batch["response_seq"], S)
@@ -313,21 +314,43 @@ class DPOTrainer:
         return spec.fn(values[:B], values[B:], cfg.beta, **{p: params[p] for p in spec.params})
 
     def _step_losses(
-        self, pairs: Sequence[EncodedPair], model: torch.nn.Module, cached: torch.Tensor | None = None
+        self,
+        pairs: Sequence[EncodedPair],
+        model: torch.nn.Module,
+        cached: torch.Tensor | None = None,
+        with_kl: bool = False,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
-        """Batch, (B,) losses and (B,) metrics; `cached` (B, 2) are precomputed reference log-probs."""
+        """Batch, (B,) losses and (B,) metrics; `cached` (B, 2) are precomputed reference log-probs. With
+        `with_kl` (evaluation, `model` unwrapped), metrics["kl"] is the (B,) KL to the reference summed over
+        both responses, from the same forward passes of policy and reference as the log-probs."""
         batch = self._collate(pairs)
-        logps = self._logps(model, batch)
-        lengths = torch.bincount(batch["response_seq"], minlength=logps.shape[0]).to(logps.dtype)  # (2B,)
-        if cached is not None:
-            ref_logps: torch.Tensor | None = torch.cat([cached[:, 0], cached[:, 1]]).to(logps.device)
+        kl = None
+        if with_kl:
+            assert isinstance(model, ResponseLogps) and cached is None and not self.config.reference_free
+            target = batch["response_target"]
+            logits = model.logits_at(*_logit_inputs(batch))  # (M, V)
+            with torch.no_grad(), self._reference() as reference:
+                ref_logits = reference.logits_at(*_logit_inputs(batch))
+            logps = self._sequence_logps(gather_token_logps(logits[None], target[None])[0], batch)
+            ref_logps: torch.Tensor | None = self._sequence_logps(
+                gather_token_logps(ref_logits[None], target[None])[0], batch
+            )
+            token_kls = token_kl(logits.log_softmax(dim=-1), ref_logits.log_softmax(dim=-1))  # (M,)
+            kl = sequence_sums(token_kls, batch["response_seq"], logps.shape[0])  # (2B,)
         else:
-            ref_logps = self._ref_logps(batch)
+            logps = self._logps(model, batch)
+            if cached is not None:
+                ref_logps = torch.cat([cached[:, 0], cached[:, 1]]).to(logps.device)
+            else:
+                ref_logps = self._ref_logps(batch)
+        lengths = torch.bincount(batch["response_seq"], minlength=logps.shape[0]).to(logps.dtype)  # (2B,)
         losses, metrics = self.pair_losses(logps, ref_logps, lengths, chosen_probabilities(pairs))
         if self.config.use_weighting:  # WPO: detached weights, the policy's probability of the pair
             B = len(pairs)
             wpo = wpo_weights(logps[:B].detach() / lengths[:B], logps[B:].detach() / lengths[B:])
             losses, metrics = losses * wpo, {**metrics, "wpo/weight": wpo}
+        if kl is not None:
+            metrics["kl"] = kl[: len(pairs)] + kl[len(pairs) :]
         return batch, losses, metrics
 
     def train(self) -> dict[str, Any]:
@@ -379,31 +402,15 @@ class DPOTrainer:
             sums["kl"] = 0.0
         for start in self.engine.eval_starts(len(mine), size):
             cached = cache[start : start + size] if cache is not None else None
-            batch, losses, metrics = self._step_losses(mine[start : start + size], model, cached)
+            _, losses, metrics = self._step_losses(mine[start : start + size], model, cached, with_kl)
             sums["loss"] += losses.sum()
             for name in ("rewards/accuracies", "rewards/margins"):
                 sums[name] += metrics[name].sum()
             if with_kl:  # summed over the chosen and rejected responses, so /2 per response
-                assert isinstance(model, ResponseLogps)
-                sums["kl"] += self._response_kl(model, batch).sum() / 2
+                sums["kl"] += metrics["kl"].sum() / 2
         self.model.train()
         totals = self.engine.global_sums(sums)
         return {f"eval/{name}": value / len(self.eval_pairs) for name, value in totals.items()}
-
-    def _response_kl(self, model: ResponseLogps, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(2B,) KL(policy || reference) summed over each response's positions (teacher-forced)."""
-        inputs = (
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["position_ids"],
-            batch["response_logit_index"],
-        )
-        logprobs = model.logits_at(*inputs).log_softmax(dim=-1)  # (M, V)
-        with self._reference() as reference:
-            ref_logprobs = reference.logits_at(*inputs).log_softmax(dim=-1)
-        return sequence_sums(
-            token_kl(logprobs, ref_logprobs), batch["response_seq"], 2 * batch["chosen_index"].shape[0]
-        )
 
     @torch.no_grad()
     def _sync_reference(self) -> None:
@@ -429,3 +436,8 @@ class DPOTrainer:
         summary = self.engine.finish(extra)
         logger.info("DPO done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary
+
+
+def _logit_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """What ResponseLogps.logits_at takes from a collated batch: ids, mask, positions, response positions."""
+    return batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["response_logit_index"]
