@@ -46,8 +46,8 @@ from preftune.losses.pairwise import chosen_nll, f_divergence_logratio
 from preftune.losses.pairwise_variants import ld_logps_flat, wpo_weights
 from preftune.losses.registry import LOSSES, SORTED_LOSSES
 from preftune.losses.reward import compose_label_smoothing
-from preftune.models.loading import attention_implementation, check_model_path, save_final, token_id
-from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view, sequence_sums
+from preftune.models.loading import attention_implementation, save_final, token_id
+from preftune.models.logps import ResponseLogps, reference_view, sequence_sums
 from preftune.models.ref_cache import (
     cache_path,
     checkpoint_fingerprint,
@@ -64,9 +64,10 @@ from preftune.trainers.dpo_config import (
 from preftune.trainers.inputs import (
     ModelInput,
     accelerator_for,
-    frozen,
     policy_for,
+    reference_for,
     take_inputs,
+    take_reference,
     tokenizer_for,
 )
 
@@ -99,10 +100,7 @@ class DPOTrainer:
         self.config = config
         set_seed(config.train.seed)
         model = take_inputs(config, model, train_dataset, eval_dataset)
-        if isinstance(ref_model, str):
-            config.ref_model, ref_model = ref_model, None
-        if config.ref_model:
-            check_model_path(config.ref_model, "--ref_model")
+        ref_model = take_reference(config, ref_model)
         self.in_memory_models = model is not None or ref_model is not None
         self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
         # Data is read, validated and tokenized before any model loads, so bad rows fail fast.
@@ -130,7 +128,11 @@ class DPOTrainer:
                              "sorted position, not per pair, so the weights cannot apply; drop one of them.")  # fmt: skip
         self.accelerator = accelerator_for(config.train, accelerator)
         policy = policy_for(config.model, model)
-        self.reference = self._load_reference(model, ref_model)
+        self.reference = (
+            None
+            if config.reference_free
+            else reference_for(config.model, config.ref_model, model, ref_model, self.accelerator.device)
+        )
         attention = attention_implementation(policy)
         self.prefix_sharing = config.prefix_sharing and not attention.startswith("flash")
         if config.prefix_sharing and not self.prefix_sharing:
@@ -210,18 +212,6 @@ class DPOTrainer:
             raise ValueError(f"The data has a 'chosen_probability' column (soft labels), which {other} cannot use; "
                              f"use {', '.join(SOFT_LABEL_LOSSES)}, or drop the column (its 'weight' still applies).")  # fmt: skip
         logger.info("Using the 'chosen_probability' column as soft labels (per-pair label smoothing 1 - p).")
-
-    def _load_reference(self, model: ModelInput, ref_model: ModelInput) -> ResponseLogps | None:
-        """The frozen reference: the object given, a copy of the model object given, or --ref_model (default
-        --model) from disk; None when it is the adapter-disabled policy (--use_peft) or not needed."""
-        cfg, device = self.config, self.accelerator.device
-        if cfg.reference_free:
-            return None
-        if ref_model is not None:
-            return ResponseLogps(frozen(ref_model, device, copy=ref_model is model)).eval()
-        if model is not None and not cfg.model.use_peft and not cfg.ref_model:
-            return ResponseLogps(frozen(model, device, copy=True)).eval()
-        return load_frozen_reference(cfg.model, cfg.ref_model, str(device))
 
     def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
         return reference_view(

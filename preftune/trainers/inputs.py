@@ -32,6 +32,7 @@ from preftune.models.loading import (
     load_policy,
     load_tokenizer,
 )
+from preftune.models.logps import ResponseLogps, load_frozen_reference
 
 ModelInput = str | PreTrainedModel | PeftModel | None
 
@@ -79,6 +80,27 @@ def policy_for(config: ModelConfig, model: ModelInput) -> PreTrainedModel | Peft
     if config.use_peft and not isinstance(model, PeftModel):
         return add_lora(model, config, "CAUSAL_LM")
     return model
+
+
+def take_reference(config: Any, ref_model: ModelInput) -> ModelInput:
+    """The reference object given (None for a path, which becomes --ref_model), after checking --ref_model."""
+    if isinstance(ref_model, str):
+        config.ref_model, ref_model = ref_model, None
+    if config.ref_model:
+        check_model_path(config.ref_model, "--ref_model")
+    return ref_model
+
+
+def reference_for(
+    config: ModelConfig, ref_path: str | None, model: ModelInput, ref_model: ModelInput, device: Any
+) -> ResponseLogps | None:
+    """The frozen reference: the object given, a copy of the model object given (taken before training), or
+    `ref_path` (default --model) from disk; None when it is the policy with its LoRA adapter disabled."""
+    if ref_model is not None:
+        return ResponseLogps(frozen(ref_model, device, copy=ref_model is model)).eval()
+    if model is not None and not config.use_peft and not ref_path:
+        return ResponseLogps(frozen(model, device, copy=True)).eval()
+    return load_frozen_reference(config, ref_path, str(device))
 
 
 def frozen(model: PreTrainedModel | PeftModel, device: Any, copy: bool) -> PreTrainedModel:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase
 
@@ -69,10 +70,19 @@ from preftune.data import (
 )
 from preftune.data.formats import PAIR_FORMATS, UNPAIRED_FORMATS
 from preftune.data.pairs import collate_responses
-from preftune.engine import Engine, build_accelerator
+from preftune.engine import Engine
 from preftune.losses.unpaired import kto_loss, kto_recommended_weights, kto_reference_point
-from preftune.models.loading import check_model_path, load_policy, load_tokenizer, save_final, token_id
-from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view, sequence_sums
+from preftune.models.loading import save_final, token_id
+from preftune.models.logps import ResponseLogps, reference_view, sequence_sums
+from preftune.trainers.inputs import (
+    ModelInput,
+    accelerator_for,
+    policy_for,
+    reference_for,
+    take_inputs,
+    take_reference,
+    tokenizer_for,
+)
 from preftune.trainers.kto_config import KTOConfig
 
 logger = logging.getLogger(__name__)
@@ -82,15 +92,31 @@ _CLASS_SUMS = [f"{metric}/{name}" for name in CLASSES for metric in ("count", "r
 
 
 class KTOTrainer:
-    """`KTOTrainer(config).train()` runs the whole job."""
+    """`KTOTrainer(config).train()` runs the whole job from the config's paths; from Python, objects may stand in
+    for them as in DPOTrainer (preftune/trainers/inputs.py): `KTOTrainer(args=config, model=model,
+    ref_model=ref, processing_class=tokenizer, train_dataset=dataset, eval_dataset=held_out)`."""
 
-    def __init__(self, config: KTOConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    def __init__(
+        self,
+        config: KTOConfig | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        args: KTOConfig | None = None,
+        model: ModelInput = None,
+        ref_model: ModelInput = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        config = config or args
+        if config is None:
+            raise TypeError("KTOTrainer needs its config: KTOTrainer(args=KTOConfig(...), ...).")
         self.config = config
         set_seed(config.train.seed)
-        check_model_path(config.model.model)
-        if config.ref_model:
-            check_model_path(config.ref_model, "--ref_model")
-        self.tokenizer = tokenizer or load_tokenizer(config.model.model, config.model.trust_remote_code)
+        model = take_inputs(config, model, train_dataset, eval_dataset)
+        ref_model = take_reference(config, ref_model)
+        self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
         # Data is read, validated and tokenized before any model loads, so bad rows fail fast.
         self.train_examples = self._encode(config.data.dataset, config.data.dataset_split, "train")
         self.eval_examples = (
@@ -101,9 +127,11 @@ class KTOTrainer:
         self.num_desirable = sum(example.label for example in self.train_examples)
         self.num_undesirable = len(self.train_examples) - self.num_desirable
         self.desirable_weight, self.undesirable_weight = self._class_weights()
-        self.accelerator = build_accelerator(config.train)
-        policy = load_policy(config.model)
-        self.reference = self._load_reference()
+        self.accelerator = accelerator_for(config.train, accelerator)
+        policy = policy_for(config.model, model)
+        self.reference = reference_for(
+            config.model, config.ref_model, model, ref_model, self.accelerator.device
+        )
         self.engine = Engine(
             config.train,
             ResponseLogps(policy),
@@ -113,7 +141,7 @@ class KTOTrainer:
         )
         self.model = self.engine.model
 
-    def _encode(self, source: str, split: str, name: str) -> list[EncodedUnpaired]:
+    def _encode(self, source: Any, split: str, name: str) -> list[EncodedUnpaired]:
         cfg = self.config.data
         parsed = self._parse(load_rows(source, split))
         examples, report = encode_dataset(
@@ -178,10 +206,6 @@ class KTOTrainer:
                 *kto_recommended_weights(n_d, n_u),
             )
         return cfg.desirable_weight, cfg.undesirable_weight
-
-    def _load_reference(self) -> ResponseLogps | None:
-        """A frozen reference model, or None when it is the adapter-disabled policy."""
-        return load_frozen_reference(self.config.model, self.config.ref_model, str(self.accelerator.device))
 
     def _collate(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
         batch = collate_responses(examples, token_id(self.tokenizer, "pad"))

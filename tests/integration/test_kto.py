@@ -231,12 +231,12 @@ def test_bad_settings_fail_before_models_load(synth_world, tiny_base, tmp_path, 
         kto_config(tiny_base, pairs, tmp_path, desirable_weight=0.0, undesirable_weight=0.0)
     with pytest.raises(ValueError, match="at least 2 examples per step"):
         kto_config(tiny_base, pairs, tmp_path, per_device_train_batch_size=1)
-    import preftune.trainers.kto as kto_module
+    import preftune.trainers.inputs as inputs_module  # where the trainers load the policy
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("a model was loaded before the data was validated")
 
-    monkeypatch.setattr(kto_module, "load_policy", must_not_load)
+    monkeypatch.setattr(inputs_module, "load_policy", must_not_load)
     data = tmp_path / "bad.jsonl"
     data.write_text('{"prompt": "hi\\n", "completion": "there", "label": "yes"}\n')
     with pytest.raises(ValueError, match="field 'label'"):

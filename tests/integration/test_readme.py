@@ -44,8 +44,17 @@ SMALL: dict[str, list[str]] = {
     "cai": ["--num_prompts", "8", "--num_eval_prompts", "4", "--max_new_tokens", "8", "--max_steps", "1",
             "--disable_tqdm", "true"],
     "audit": [],
+    "import-gguf": [],
 }  # fmt: skip
 SMALL["grpo"] = SMALL["rloo"]
+HH_SMALL: dict[str, list[str]] = {
+    "rm": ["--per_device_train_batch_size", "2", "--eval_dataset_split", "train[1500:1504]"],
+    "dpo": ["--per_device_train_batch_size", "2", "--eval_dataset_split", "train[1500:1504]"],
+    "rloo": ["--num_generations", "2", "--eval_dataset_split", "train[1500:1502]", "--eval_steps", "0"],
+    "loop": ["--eval_dataset_split", "train[1500:1504]", "--per_device_train_batch_size", "2"],
+    "eval": ["--max_length", "384"],
+}  # fmt: skip
+"""Added to SMALL for the SmolLM2 recipes on HH-RLHF (their held-out splits are hundreds of rows)."""
 SKIPPED = ("pip ", "pytest", "preftune demo")
 """Set-up commands, checked elsewhere (module docstring)."""
 
@@ -86,7 +95,8 @@ def expand(commands: list[str]) -> list[list[str]]:
                 words[out] = f"{words[out]}-{number}"
         else:
             full.append(words)
-        runnable.append([*words, *SMALL[name]])
+        hh = HH_SMALL.get(name, []) if "hh-smollm2" in command or "models/smollm2" in command else []
+        runnable.append([*words, *SMALL[name], *hh])
     return runnable
 
 
