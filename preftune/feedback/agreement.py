@@ -9,7 +9,7 @@
 - `length_excess`: length bias against what an unbiased rater with the same flip rate would do;
 - `group_divergence`: do raters of one group agree with each other more than across groups,
   beyond what their flip rates explain (a permutation test over annotators' group labels);
-- `wilson_interval`, `proportion_z_test`: intervals and tests of a share.
+- `proportion_z_test`: a test of a share (its Wilson interval is `preftune.stats.wilson_interval`).
 """
 
 from __future__ import annotations
@@ -19,17 +19,6 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
-
-
-def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial share; (nan, nan) when n == 0."""
-    if n <= 0:
-        return math.nan, math.nan
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    share = successes / n
-    center = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
 
 
 def proportion_z_test(successes: float, n: float, null: float = 0.5) -> tuple[float, float]:
