@@ -1,6 +1,7 @@
 """Plain statistics that the audit (feedback/) and the evaluations (eval/) share; no preftune imports.
 
-- `wilson_interval`: the Wilson score interval of a binomial share.
+- `wilson_interval`: the Wilson score interval of a binomial share;
+- `least_squares_slope`: the slope of a least-squares line, over the last axis.
 
 Bootstrap intervals of a mean are in eval/stats.py.
 """
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+
+import numpy as np
+from numpy.typing import ArrayLike
 
 
 def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -36,3 +40,22 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     center = (p + z * z / (2 * n)) / denominator
     half_width = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return max(0.0, center - half_width), min(1.0, center + half_width)
+
+
+def least_squares_slope(x: ArrayLike, y: ArrayLike) -> np.ndarray:
+    """Slope b of the least-squares line y = a + b x, fitted over the last axis: (..., n) -> (...).
+
+    b = sum((x - mean x)(y - mean y)) / sum((x - mean x)^2), float64; NaN where x has no spread (one
+    point, or all x equal). The intercept is mean y - b mean x. Leading axes are separate fits, e.g.
+    bootstrap resamples (R, n) -> (R,).
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim == 0:
+        raise ValueError(f"x and y must have the same shape (..., n), got {x.shape} and {y.shape}.")
+    if x.shape[-1] == 0:
+        return np.full(x.shape[:-1], np.nan)
+    dx = x - x.mean(axis=-1, keepdims=True)  # (..., n)
+    dy = y - y.mean(axis=-1, keepdims=True)  # (..., n)
+    sxx = (dx * dx).sum(axis=-1)  # (...)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sxx > 0, (dx * dy).sum(axis=-1) / sxx, np.nan)

@@ -5,7 +5,8 @@
   (leave the rater's ratings out, or the rater's whole group), the reference against which
   each rater's agreement, fatigue and length bias are measured;
 - `longer_prior`: P(the longer response is truly better), fitted to the ratings by EM;
-- `slope_with_se`: a least-squares slope and its standard error (bootstrap or robust);
+- `slope_with_se`: a least-squares slope (`stats.least_squares_slope`) and its standard error
+  (bootstrap or robust);
 - `length_excess`: length bias against what an unbiased rater with the same flip rate would do;
 - `group_divergence`: do raters of one group agree with each other more than across groups,
   beyond what their flip rates explain (a permutation test over annotators' group labels);
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+
+from preftune.stats import least_squares_slope
 
 
 def proportion_z_test(successes: float, n: float, null: float = 0.5) -> tuple[float, float]:
@@ -103,16 +106,12 @@ def slope_with_se(
     sxx = (dx * dx).sum()
     if sxx <= 0:
         return math.nan, math.nan, math.nan
-    slope = float((dx * (y - y.mean())).sum() / sxx)
+    slope = float(least_squares_slope(x, y))
     intercept = float(y.mean() - slope * x.mean())
     if num_bootstrap > 0:
         rng = np.random.default_rng(0) if rng is None else rng
         picks = rng.integers(0, len(x), size=(num_bootstrap, len(x)))  # (B, n)
-        xb, yb = x[picks], y[picks]
-        dxb = xb - xb.mean(axis=1, keepdims=True)
-        sxxb = (dxb * dxb).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            slopes = (dxb * (yb - yb.mean(axis=1, keepdims=True))).sum(axis=1) / sxxb
+        slopes = least_squares_slope(x[picks], y[picks])  # (B,), NaN for a resample without spread
         return slope, float(np.nanstd(slopes, ddof=1)), intercept
     residuals = y - intercept - slope * x
     return slope, float(math.sqrt((dx * dx * residuals * residuals).sum()) / sxx), intercept

@@ -2,9 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from preftune.stats import wilson_interval
+from preftune.stats import least_squares_slope, wilson_interval
 
 # --- wilson_interval ---------------------------------------------------------------------------------
 
@@ -72,3 +73,39 @@ def test_wilson_narrows_with_more_data_and_widens_with_confidence():
 def test_wilson_rejects_bad_input(successes, n, confidence, message):
     with pytest.raises(ValueError, match=message):
         wilson_interval(successes, n, confidence)
+
+
+# --- least_squares_slope -----------------------------------------------------------------------------
+
+
+def test_least_squares_slope_closed_form():
+    """x (0, 1, 2, 3), y (1, 3, 2, 6): means 1.5 and 3; dx (-1.5, -0.5, 0.5, 1.5), dy (-2, 0, -1, 3);
+    sum dx dy = 3 + 0 - 0.5 + 4.5 = 7, sum dx^2 = 5 -> slope 1.4."""
+    assert float(least_squares_slope([0, 1, 2, 3], [1.0, 3.0, 2.0, 6.0])) == pytest.approx(1.4, abs=1e-15)
+
+
+def test_least_squares_slope_of_a_line_and_through_two_points():
+    x = np.array([3.0, 7.0, 8.0, 20.0])
+    assert float(least_squares_slope(x, 0.9 - 0.2 * x)) == pytest.approx(-0.2, abs=1e-12)
+    assert float(least_squares_slope([10, 30], [0.5, 0.1])) == pytest.approx(-0.02, abs=1e-15)
+
+
+def test_least_squares_slope_fits_each_row_of_a_batch_alone():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, 9)), rng.normal(size=(5, 9))
+    batched = least_squares_slope(x, y)
+    assert batched.shape == (5,)
+    for row in range(5):
+        assert batched[row] == pytest.approx(np.polyfit(x[row], y[row], 1)[0], abs=1e-12)
+
+
+def test_least_squares_slope_is_nan_without_spread_and_warns_nothing():
+    with np.errstate(all="raise"):
+        assert math.isnan(float(least_squares_slope([2.0, 2.0, 2.0], [1.0, 2.0, 3.0])))
+        assert math.isnan(float(least_squares_slope([5.0], [1.0])))
+        assert least_squares_slope(np.zeros((3, 0)), np.zeros((3, 0))).shape == (3,)
+
+
+def test_least_squares_slope_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        least_squares_slope([1.0, 2.0, 3.0], [1.0, 2.0])
