@@ -9,6 +9,7 @@ LAYERS = {
     "ops": 0,
     "errors": 0,
     "stats": 0,
+    "figures": 0,
     "config": 1,
     "data": 1,
     "models": 1,
