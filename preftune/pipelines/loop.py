@@ -44,20 +44,19 @@ import torch
 
 from preftune.config import config_to_flat_dict, save_config
 from preftune.data import DataConfig
+from preftune.data.io import json_safe, write_jsonl
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.engine.config import RUN_CONTROL
 from preftune.eval.config import PolicyEvalConfig
 from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.policy import run_policy_eval
 from preftune.eval.report import write_report
-from preftune.eval.reward_model import json_safe
 from preftune.judges import GroupRanking, check_judge_spec, is_pairwise_spec, load_judge, rank_groups
 from preftune.models.loading import check_model_path, load_policy, load_tokenizer
 from preftune.pipelines.config import LoopConfig
 from preftune.rollout.experience import response_completions
 from preftune.rollout.generate import TransformersBackend
 from preftune.tasks import detect_task
-from preftune.tasks.synth import write_jsonl
 from preftune.trainers.dpo import DPOTrainer
 
 logger = logging.getLogger(__name__)
