@@ -14,7 +14,8 @@ From Python, a source may also be data in memory (the trainers' `train_dataset=`
 `datasets.Dataset`, a `datasets.DatasetDict` (the split names which one) or a list of dicts,
 numbered from 1 like a JSON array.
 
-Writing: `write_jsonl` (rows as JSON Lines) and `json_safe` (NaN and infinities as null, for strict JSON).
+Writing: `write_jsonl` (rows as JSON Lines), `json_safe` (NaN and infinities as null, for strict JSON) and
+`atomic_path` (write to a temporary file, then rename it into place).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import gzip
 import json
 import logging
 import math
+import os
 import re
-from collections.abc import Iterable
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,3 +399,20 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [json_safe(v) for v in value]
     return value
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write the file to; renamed onto `path` when the block ends.
+
+    A killed job leaves `path` as it was or complete, never half written. The name is unique per process
+    and call (processes that share a folder, such as a cache, do not collide); when the block raises, the
+    temporary file is removed and `path` is untouched.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
