@@ -34,6 +34,7 @@ from rl_synthetic import CONFIGS, prepare
 
 from preftune.config import load_config
 from preftune.data import DataConfig, load_rows
+from preftune.data.io import write_jsonl
 from preftune.engine import TrainConfig
 from preftune.feedback.aggregate import aggregate_ratings, write_aggregated
 from preftune.feedback.audit import run_audit
@@ -43,7 +44,6 @@ from preftune.models.loading import ModelConfig
 from preftune.pipelines.config import LoopConfig
 from preftune.pipelines.loop import run_loop
 from preftune.tasks import PanelConfig, SynthConfig, get_task, write_task
-from preftune.tasks.synth import write_jsonl
 from preftune.trainers.dpo import DPOTrainer
 from preftune.trainers.dpo_config import DPOConfig
 from preftune.trainers.reward import RewardTrainer

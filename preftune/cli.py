@@ -25,11 +25,10 @@ err_console = Console(soft_wrap=True, stderr=True)
 @dataclass(frozen=True)
 class Command:
     summary: str
-    load: Callable[[], tuple[type, Callable[[Any], Any]]] | None = None
-    """Returns (config class, run function); None: not built yet. It imports only the config class (no
-    torch, transformers models, peft, accelerate or matplotlib: `--help` needs none of them); the run
-    function imports the rest when it runs (tests/unit/test_cli.py checks this)."""
-    planned: str = ""
+    load: Callable[[], tuple[type, Callable[[Any], Any]]]
+    """Returns (config class, run function). It imports only the config class (no torch, transformers
+    models, peft, accelerate or matplotlib: `--help` needs none of them); the run function imports the
+    rest when it runs (tests/unit/test_cli.py checks this)."""
     positional: str = ""
     """A flag the command's first argument stands for when it is not a flag (`preftune audit DATA`)."""
 
@@ -348,8 +347,7 @@ def print_usage() -> None:
     table.add_column("command")
     table.add_column("what it does")
     for name, command in COMMANDS.items():
-        note = "" if command.load else escape(f"  [not built yet: {command.planned}]")
-        table.add_row(name, command.summary + note)
+        table.add_row(name, command.summary)
     console.print(table)
     console.print("\n`preftune <command> --help` lists the command's flags.")
 
@@ -390,11 +388,6 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"Unknown command '{name}'.{hint} Run `preftune --help` for the list.")
         return 2
     command = COMMANDS[name]
-    if command.load is None:
-        err_console.print(
-            f"`preftune {name}` is not built yet (planned in {command.planned}). Nothing was run."
-        )
-        return 2
     from preftune.config import config_to_flat_dict, config_to_yaml, parse_config
 
     config_cls, run = command.load()

@@ -1,4 +1,4 @@
-"""Read dataset rows from local files or the Hugging Face hub, keeping row numbers.
+"""Read dataset rows from local files or the Hugging Face hub, keeping row numbers; write JSON Lines.
 
 Local files are read here (not through `datasets`) so that every row keeps the number
 a user can find in the file: the line number for JSON Lines, the 1-based record index
@@ -13,6 +13,9 @@ source, and the kept rows keep their original row numbers.
 From Python, a source may also be data in memory (the trainers' `train_dataset=`): a
 `datasets.Dataset`, a `datasets.DatasetDict` (the split names which one) or a list of dicts,
 numbered from 1 like a JSON array.
+
+Writing: `write_jsonl` (rows as JSON Lines), `json_safe` (NaN and infinities as null, for strict JSON) and
+`atomic_path` (write to a temporary file, then rename it into place).
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
+import os
 import re
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,3 +381,38 @@ def _table_from_dataset(dataset: Any, source: str) -> RowTable:
 def _preview(value: Any, limit: int = 40) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows as JSON lines (UTF-8, "\\n" line ends, keys in insertion order)."""
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as None (null), so the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write the file to; renamed onto `path` when the block ends.
+
+    A killed job leaves `path` as it was or complete, never half written. The name is unique per process
+    and call (processes that share a folder, such as a cache, do not collide); when the block raises, the
+    temporary file is removed and `path` is untouched.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

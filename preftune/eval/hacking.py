@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from preftune.stats import least_squares_slope
+
 logger = logging.getLogger(__name__)
 
 DIVERGENCE = "divergence"
@@ -139,15 +141,6 @@ class Finding:
     """Step of the observation at which it was made."""
     message: str
     """The warning, with its evidence."""
-
-
-def _slope(steps: list[int], values: list[float]) -> float:
-    """Least-squares slope of values against steps (per step); needs >= 2 distinct steps."""
-    mean_step = sum(steps) / len(steps)
-    mean_value = sum(values) / len(values)
-    covariance = sum((s - mean_step) * (v - mean_value) for s, v in zip(steps, values, strict=True))
-    variance = sum((s - mean_step) ** 2 for s in steps)
-    return covariance / variance
 
 
 class HackingMonitor:
@@ -253,8 +246,10 @@ class HackingMonitor:
             return None
         steps = [o.step for o in recent]
         span = steps[-1] - steps[0]
-        proxy_change = _slope(steps, [o.proxy for o in recent]) * span
-        heldout_change = _slope(steps, [o.heldout for o in recent if o.heldout is not None]) * span
+        proxy_change = float(least_squares_slope(steps, [o.proxy for o in recent])) * span
+        heldout_change = (
+            float(least_squares_slope(steps, [o.heldout for o in recent if o.heldout is not None])) * span
+        )
         return proxy_change, heldout_change
 
     # --- the rules ---------------------------------------------------------------------------------------
@@ -357,10 +352,10 @@ class HackingMonitor:
             out["hacking/length_ratio"] = last.length / self._baseline_length[1]
         if len(recent) >= 2:
             steps = [o.step for o in recent]
-            out["hacking/proxy_slope"] = _slope(steps, [o.proxy for o in recent])
+            out["hacking/proxy_slope"] = float(least_squares_slope(steps, [o.proxy for o in recent]))
             if last.heldout is not None:
-                out["hacking/heldout_slope"] = _slope(
-                    steps, [o.heldout for o in recent if o.heldout is not None]
+                out["hacking/heldout_slope"] = float(
+                    least_squares_slope(steps, [o.heldout for o in recent if o.heldout is not None])
                 )
         if self._best_heldout is not None and last.heldout is not None:
             out["hacking/heldout_below_best"] = self._best_heldout[1] - last.heldout

@@ -232,7 +232,7 @@ def _write(
 ) -> dict[str, Any]:  # fmt: skip
     """eval.json (flat `policy/<NAME>/<metric>` keys plus examples), samples.jsonl and report.html (the
     gold reward, or the judge's reward where there is no gold, by policy and against KL)."""
-    from preftune.eval.reward_model import json_safe
+    from preftune.data.io import json_safe
 
     out.mkdir(parents=True, exist_ok=True)
     k = config.samples_per_prompt

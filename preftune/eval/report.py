@@ -12,23 +12,16 @@ browser, the page's body gets `data-rendered` = the number of images that decode
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from preftune.figures import png_data_uri
 
-def _png(figure: Figure, path: Path) -> str:
-    """Save `figure` to `path` and return it as a base64 data URI."""
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    path.write_bytes(buffer.getvalue())
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+DPI = 110
+"""Resolution of the plots, embedded and written as PNG files."""
 
 
 def gold_reward_plot(methods: dict[str, dict[str, Any]], label: str = "gold reward") -> Figure:
@@ -122,16 +115,16 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = summary["methods"]
     images = {
-        f"{reward_label.capitalize()} by method": _png(
-            gold_reward_plot(methods, reward_label), out_dir / "gold_reward.png"
+        f"{reward_label.capitalize()} by method": png_data_uri(
+            gold_reward_plot(methods, reward_label), DPI, out_dir / "gold_reward.png"
         ),
-        f"{reward_label.capitalize()} against KL to the reference": _png(
-            reward_kl_plot(methods, reward_label), out_dir / "reward_kl.png"
+        f"{reward_label.capitalize()} against KL to the reference": png_data_uri(
+            reward_kl_plot(methods, reward_label), DPI, out_dir / "reward_kl.png"
         ),
     }
     if hacking_history:
-        images["Reward hacking: proxy vs gold reward during PPO"] = _png(
-            hacking_plot(hacking_history), out_dir / "hacking.png"
+        images["Reward hacking: proxy vs gold reward during PPO"] = png_data_uri(
+            hacking_plot(hacking_history), DPI, out_dir / "hacking.png"
         )
     hacking_section = ""
     if "hacking" in summary:

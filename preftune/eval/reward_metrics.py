@@ -22,10 +22,11 @@ Inputs are 1-D float arrays of length N, one entry per preference pair; ``margin
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from preftune.stats import wilson_interval
 
 
 def _as_vector(values: ArrayLike, name: str) -> np.ndarray:
@@ -85,25 +86,6 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(values.size, dtype=np.float64)
     ranks[order] = group_rank[group]
     return ranks
-
-
-def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval (low, high) for the proportion ``successes / n``.
-
-    ``successes`` may be fractional (ties count half). With ``p = successes / n`` and ``z`` the
-    ``(1 + confidence) / 2`` normal quantile: ``(p + z^2/2n +- z * sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``.
-    """
-    if n < 1 or n != int(n):
-        raise ValueError(f"n must be an integer >= 1, got {n}. Pass the number of pairs evaluated.")
-    if not (math.isfinite(successes) and 0 <= successes <= n):
-        raise ValueError(f"successes must be in [0, n={n}], got {successes}. Count successes among n trials.")
-    _check_confidence(confidence)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    denominator = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half_width = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, center - half_width), min(1.0, center + half_width)
 
 
 def pairwise_accuracy(margins: ArrayLike, confidence: float = 0.95) -> dict[str, float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from preftune.data import EncodedPair, PairExample, Parsed, encode_dataset, load_rows, parse_pairs
+from preftune.data.io import json_safe
 from preftune.eval import reward_metrics as rm_metrics
 from preftune.eval.config import RewardEvalConfig
 from preftune.judges import STATS_FILE, RewardModelJudge, load_judge
@@ -135,17 +135,6 @@ def write_reward_stats(
         logger.info("Wrote %s", target)
     except OSError as error:
         logger.warning("Could not write %s (%s); the statistics are in %s.", target, error, out / STATS_FILE)
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with NaN and infinities as None (null), so the file is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def run_reward_eval(config: RewardEvalConfig) -> dict[str, Any]:

@@ -49,10 +49,9 @@ import numpy as np
 
 from preftune.data import PairExample, load_rows, parse_pairs
 from preftune.data.formats import SOFT_LABEL
-from preftune.data.io import RowTable
+from preftune.data.io import RowTable, write_jsonl
 from preftune.feedback.dawid_skene import DawidSkeneResult, dawid_skene
 from preftune.feedback.ratings import Ratings, ratings_from_rows, response_text
-from preftune.tasks.synth import write_jsonl
 
 logger = logging.getLogger(__name__)
 

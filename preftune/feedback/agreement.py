@@ -5,11 +5,12 @@
   (leave the rater's ratings out, or the rater's whole group), the reference against which
   each rater's agreement, fatigue and length bias are measured;
 - `longer_prior`: P(the longer response is truly better), fitted to the ratings by EM;
-- `slope_with_se`: a least-squares slope and its standard error (bootstrap or robust);
+- `slope_with_se`: a least-squares slope (`stats.least_squares_slope`) and its standard error
+  (bootstrap or robust);
 - `length_excess`: length bias against what an unbiased rater with the same flip rate would do;
 - `group_divergence`: do raters of one group agree with each other more than across groups,
   beyond what their flip rates explain (a permutation test over annotators' group labels);
-- `wilson_interval`, `proportion_z_test`: intervals and tests of a share.
+- `proportion_z_test`: a test of a share (its Wilson interval is `preftune.stats.wilson_interval`).
 """
 
 from __future__ import annotations
@@ -20,16 +21,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-
-def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial share; (nan, nan) when n == 0."""
-    if n <= 0:
-        return math.nan, math.nan
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    share = successes / n
-    center = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+from preftune.stats import least_squares_slope
 
 
 def proportion_z_test(successes: float, n: float, null: float = 0.5) -> tuple[float, float]:
@@ -114,16 +106,12 @@ def slope_with_se(
     sxx = (dx * dx).sum()
     if sxx <= 0:
         return math.nan, math.nan, math.nan
-    slope = float((dx * (y - y.mean())).sum() / sxx)
+    slope = float(least_squares_slope(x, y))
     intercept = float(y.mean() - slope * x.mean())
     if num_bootstrap > 0:
         rng = np.random.default_rng(0) if rng is None else rng
         picks = rng.integers(0, len(x), size=(num_bootstrap, len(x)))  # (B, n)
-        xb, yb = x[picks], y[picks]
-        dxb = xb - xb.mean(axis=1, keepdims=True)
-        sxxb = (dxb * dxb).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            slopes = (dxb * (yb - yb.mean(axis=1, keepdims=True))).sum(axis=1) / sxxb
+        slopes = least_squares_slope(x[picks], y[picks])  # (B,), NaN for a resample without spread
         return slope, float(np.nanstd(slopes, ddof=1)), intercept
     residuals = y - intercept - slope * x
     return slope, float(math.sqrt((dx * dx * residuals * residuals).sum()) / sxx), intercept

@@ -6,31 +6,25 @@ flip rates and fatigue curves); groups (table and a plot of length bias by group
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from preftune.figures import png_data_uri
 
 _STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
     "th{background:#f3f3f3}.warning{color:#a40000}.info{color:#555}img{max-width:100%}"
 )
+DPI = 100
+"""Resolution of the embedded plots."""
 ANNOTATOR_COLUMNS = ("n", "n_overlap", "group", "agreement", "flip_rate", "fatigue_slope", "fatigue_ci",
                      "length_bias", "share_chosen_longer", "share_chose_first")  # fmt: skip
 GROUP_COLUMNS = ("n", "num_annotators", "agreement_with_other_groups", "mean_flip_rate", "share_chosen_longer",
                  "length_bias", "length_bias_ci")  # fmt: skip
-
-
-def _data_uri(figure: Figure) -> str:
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _cell(value: Any) -> str:
@@ -118,16 +112,16 @@ def write_audit_report(audit: dict[str, Any], plots: dict[str, Any], out_dir: Pa
         parts.append("<h2>Annotators</h2>" + _key_table(audit, "agreement/") + _key_table(audit, "fatigue/"))
         parts.append(_entity_table(audit, "annotators/", ANNOTATOR_COLUMNS))
         parts.append(
-            f"<img alt='flip rates' src='{_data_uri(flip_rate_plot(plots['annotators'], plots['flip_rate']))}'>"
+            f"<img alt='flip rates' src='{png_data_uri(flip_rate_plot(plots['annotators'], plots['flip_rate']), DPI)}'>"
         )
         if plots.get("fatigue_bins"):
-            uri = _data_uri(fatigue_plot(plots["fatigue_bins"], plots.get("fatigue_pooled")))
+            uri = png_data_uri(fatigue_plot(plots["fatigue_bins"], plots.get("fatigue_pooled")), DPI)
             parts.append(f"<img alt='fatigue curves' src='{uri}'>")
     if "group_length" in plots:
         parts.append("<h2>Groups</h2>" + _entity_table(audit, "groups/", GROUP_COLUMNS))
         parts.append(_key_table(audit, "group_divergence/"))
         parts.append(
-            f"<img alt='length bias by group' src='{_data_uri(group_length_plot(plots['group_length']))}'>"
+            f"<img alt='length bias by group' src='{png_data_uri(group_length_plot(plots['group_length']), DPI)}'>"
         )
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>preftune audit</title><style>{_STYLE}"
             f"</style></head><body>{''.join(parts)}</body></html>")  # fmt: skip

@@ -55,10 +55,10 @@ from preftune.feedback.agreement import (
     longer_prior,
     proportion_z_test,
     slope_with_se,
-    wilson_interval,
 )
 from preftune.feedback.dawid_skene import DawidSkeneResult, dawid_skene, vote_log_odds
 from preftune.feedback.ratings import Ratings
+from preftune.stats import wilson_interval
 
 Z95 = 1.959964
 NUM_PANEL_TESTS = 3
@@ -142,7 +142,7 @@ def length_bias(ratings: Ratings, thresholds: AuditThresholds) -> RatingAudit:
     unequal = ~np.isnan(chose_longer)
     n, longer = int(unequal.sum()), float(np.nansum(chose_longer))
     accuracy = longer / n if n else math.nan
-    low, high = wilson_interval(longer, n)
+    low, high = wilson_interval(longer, n) if n else (math.nan, math.nan)  # no unequal pair: null interval
     z, p = proportion_z_test(longer, n)
     chosen_words = np.where(ratings.votes == 1, ratings.a_words, ratings.b_words)
     rejected_words = np.where(ratings.votes == 1, ratings.b_words, ratings.a_words)
@@ -416,7 +416,8 @@ def _per_annotator(
         timed = overlap & ~np.isnan(position)
         slope, se, intercept = slope_with_se(position[timed], consensus.soft_agree[timed], num_bootstrap, rng)
         excess = _length_excess(ratings, consensus, per_rating.evidence, per_rating.flips, mine)
-        low, high = wilson_interval(agreed, int(decided.sum()))
+        num_decided = int(decided.sum())
+        low, high = wilson_interval(agreed, num_decided) if num_decided else (math.nan, math.nan)
         key = f"annotators/{name}"
         out.metrics.update(
             {

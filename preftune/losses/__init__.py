@@ -5,7 +5,6 @@ from preftune.losses.pairwise import (
     PAIRWISE_LOSSES,
     PairwiseLoss,
     chosen_nll,
-    combine_losses,
     f_divergence_logratio,
 )
 from preftune.losses.pairwise_variants import VARIANT_LOSS_FUNCTIONS
@@ -31,7 +30,6 @@ __all__ = [
     "adaptive_kl_coef",
     "bradley_terry_loss",
     "chosen_nll",
-    "combine_losses",
     "f_divergence_logratio",
     "gae",
     "grpo_advantages",

@@ -11,9 +11,10 @@ Implemented (registry key: objective, paper):
 - `simpo`: SimPO, Meng et al. 2024 (arXiv 2405.14734, eq. 6), reference-free.
 - `sigmoid_norm`: DPO on per-token-mean log-ratios (length-normalised DPO, as in SimPO's analysis).
 - `orpo`: the odds-ratio term of ORPO, Hong et al. 2024 (arXiv 2403.07691, eq. 6-7), reference-free.
-Also here: `chosen_nll` (the length-normalised NLL of the chosen response that ORPO and RPO add),
-`combine_losses` (a weighted sum of such terms) and `f_divergence_logratio` (f-DPO, Wang et al. 2023,
-arXiv 2309.16240, which swaps the reverse-KL log-ratio for f'(pi/pi_ref)).
+Also here: `chosen_nll` (the length-normalised NLL of the chosen response that ORPO and RPO add; the DPO
+trainer sums it with a pairwise loss as `--loss_type orpo sft` with `--loss_weights`) and
+`f_divergence_logratio` (f-DPO, Wang et al. 2023, arXiv 2309.16240, which swaps the reverse-KL log-ratio
+for f'(pi/pi_ref)).
 
 Every loss in `PAIRWISE_LOSSES` has one signature::
 
@@ -220,7 +221,7 @@ def hinge_loss(
         (B,) losses and the detached (B,) reward metrics.
     Departure: SLiC-HF compares policy log-probs without a reference; we use log-ratios (the form
     TRL calls "hinge"), and leave out its regulariser -lambda log pi(y_ref|x) (add
-    `chosen_nll` with `combine_losses`; it uses y_w where the paper uses the SFT target).
+    `chosen_nll`, `--loss_type hinge sft`; it uses y_w where the paper uses the SFT target).
     """
     _check_pair(chosen_logratio, rejected_logratio, beta)
     losses = torch.relu(1 - beta * (chosen_logratio - rejected_logratio))
@@ -287,7 +288,7 @@ def orpo_loss(
         (B,) losses and detached (B,) metrics: rewards = beta * mean log-prob, and
         "orpo/log_odds_ratio", log odds(y_w) - log odds(y_l).
     Departure: none in this term. The NLL term of eq. 6 is separate: add `chosen_nll` with weight 1
-    and this term with weight 1 through `combine_losses`.
+    and this term with weight 1 (`--loss_type orpo sft`).
     """
     _check_pair(chosen_logratio, rejected_logratio, beta)
     log_odds_chosen = chosen_logratio - torch.log(-torch.expm1(chosen_logratio))  # (B,)
@@ -303,7 +304,7 @@ def chosen_nll(chosen_logps: Tensor, chosen_lengths: Tensor) -> tuple[Tensor, di
     """Length-normalised NLL of the chosen response, -logps(y_w) / |y_w|: ORPO's L_SFT, RPO's NLL.
 
     ORPO (arXiv 2403.07691, eq. 6) and RPO (Pang et al. 2024, arXiv 2404.19733) add this term to a
-    pairwise loss; combine them with `combine_losses`.
+    pairwise loss; the DPO trainer sums them as `--loss_type <loss> sft` with `--loss_weights`.
 
     Args:
         chosen_logps: (B,) log pi(y_w|x) summed over response tokens.
@@ -326,39 +327,6 @@ def chosen_nll(chosen_logps: Tensor, chosen_lengths: Tensor) -> tuple[Tensor, di
         )
     losses = -chosen_logps / chosen_lengths
     return losses, {"nll/chosen": losses.detach()}
-
-
-def combine_losses(
-    parts: dict[str, tuple[Tensor, dict[str, Tensor]]], weights: dict[str, float]
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted sum of per-pair losses, e.g. parts {"orpo": orpo_loss(...), "nll": chosen_nll(...)}.
-
-    parts maps a name to (losses (B,), metrics) as the losses here return them; weights maps the same
-    names to weights >= 0, not all 0. Returns the (B,) sum of weight * losses and metrics: the first
-    part's keys as they are, then each later part's keys (one already taken is stored as
-    "<name>/<key>"), and "loss/<name>" for every part, its unweighted losses, detached.
-    """
-    if not parts or set(weights) != set(parts):
-        raise ValueError(
-            f"weights {sorted(weights)} must name exactly the parts {sorted(parts)}, and there must be at "
-            "least one part; give one weight per part."
-        )
-    bad = {name: weight for name, weight in weights.items() if not (math.isfinite(weight) and weight >= 0)}
-    if bad or not any(weights.values()):
-        raise ValueError(
-            f"weights must be finite, >= 0 and not all 0, got {weights}. Leave a part out instead of "
-            "giving it a negative weight."
-        )
-    shapes = {name: tuple(losses.shape) for name, (losses, _) in parts.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"all parts must have per-pair losses of one shape, got {shapes}.")
-    total = torch.stack([weights[name] * losses for name, (losses, _) in parts.items()]).sum(dim=0)  # (B,)
-    metrics: dict[str, Tensor] = {}
-    for name, (losses, part_metrics) in parts.items():
-        for key, value in part_metrics.items():
-            metrics[f"{name}/{key}" if key in metrics else key] = value
-        metrics[f"loss/{name}"] = losses.detach()
-    return total, metrics
 
 
 def f_divergence_logratio(logratio: Tensor, divergence: FDivergence, alpha: float = 0.5) -> Tensor:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from preftune.data.io import atomic_path
 
 _WEIGHT_SUFFIXES = (".safetensors", ".json")
 _CHUNK = 1 << 20
@@ -65,9 +66,7 @@ def read_cached(path: Path) -> torch.Tensor | None:
 
 
 def write_cached(path: Path, ref_logps: torch.Tensor, metadata: dict[str, str]) -> None:
-    """Write (N, 2) chosen/rejected log-probs atomically (temp file + rename)."""
+    """Write (N, 2) chosen/rejected log-probs atomically (`atomic_path`: temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    save_file({"ref_logps": ref_logps.contiguous().cpu()}, temp, metadata=metadata)
-    os.replace(temp, path)
+    with atomic_path(path) as temporary:
+        save_file({"ref_logps": ref_logps.contiguous().cpu()}, str(temporary), metadata=metadata)

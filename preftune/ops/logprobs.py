@@ -30,14 +30,6 @@ def gather_token_logps(logits: Tensor, labels: Tensor, temperature: float = 1.0)
     return picked - log_norm
 
 
-def shifted_token_logps(logits: Tensor, input_ids: Tensor, temperature: float = 1.0) -> Tensor:
-    """Log-prob of each token given the ones before it: (B, T) logits/ids -> (B, T-1).
-
-    Position t of the result scores input_ids[:, t + 1]; pair it with `mask[:, 1:]`.
-    """
-    return gather_token_logps(logits[:, :-1], input_ids[:, 1:], temperature)
-
-
 def masked_token_logps(logits: Tensor, labels: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
     """Like `gather_token_logps`, but computed only where `mask` is True (0 elsewhere).
 

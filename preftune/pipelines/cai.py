@@ -45,6 +45,7 @@ import torch
 
 from preftune.config import save_config
 from preftune.data import DataConfig, encode_prompt
+from preftune.data.io import write_jsonl
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.engine.config import RUN_CONTROL
 from preftune.eval.config import PolicyEvalConfig
@@ -56,7 +57,6 @@ from preftune.pipelines.constitution import Constitution, load_constitution
 from preftune.rollout.config import SamplingConfig
 from preftune.rollout.generate import TransformersBackend
 from preftune.tasks import detect_task
-from preftune.tasks.synth import write_jsonl
 from preftune.trainers.dpo import DPOTrainer
 from preftune.trainers.dpo_config import DPOConfig
 from preftune.trainers.sft import SFTTrainer

@@ -34,7 +34,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -44,20 +43,19 @@ import torch
 
 from preftune.config import config_to_flat_dict, save_config
 from preftune.data import DataConfig
+from preftune.data.io import atomic_path, json_safe, write_jsonl
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.engine.config import RUN_CONTROL
 from preftune.eval.config import PolicyEvalConfig
 from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.policy import run_policy_eval
 from preftune.eval.report import write_report
-from preftune.eval.reward_model import json_safe
 from preftune.judges import GroupRanking, check_judge_spec, is_pairwise_spec, load_judge, rank_groups
 from preftune.models.loading import check_model_path, load_policy, load_tokenizer
 from preftune.pipelines.config import LoopConfig
 from preftune.rollout.experience import response_completions
 from preftune.rollout.generate import TransformersBackend
 from preftune.tasks import detect_task
-from preftune.tasks.synth import write_jsonl
 from preftune.trainers.dpo import DPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -191,10 +189,9 @@ def trend(rounds: list[dict[str, Any]]) -> str:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a killed job leaves no half file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2, allow_nan=False) + "\n")
-    os.replace(temporary, path)
+    """Write strict JSON atomically (`atomic_path`), so a killed job leaves no half file."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=2, allow_nan=False) + "\n")
 
 
 class PracticeLoop:
@@ -260,9 +257,8 @@ class PracticeLoop:
                 shutil.rmtree(child)
         self.out.mkdir(parents=True, exist_ok=True)
         if self.eval_prompts is not None:  # the held-out prompts of this run, never an older run's
-            temporary = self.out / "eval_prompts.jsonl.tmp"
-            write_jsonl(temporary, ({"prompt": p} for p in self.eval_prompts))
-            os.replace(temporary, self.out / "eval_prompts.jsonl")
+            with atomic_path(self.out / "eval_prompts.jsonl") as temporary:
+                write_jsonl(temporary, ({"prompt": p} for p in self.eval_prompts))
         _write_json(path, {"settings": json_safe(settings)})
         save_config(self.config, self.out / "config.yaml", leave_out=RUN_CONTROL)
 

@@ -50,6 +50,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from preftune.config import save_config
 from preftune.data import Completion, Prompt
+from preftune.data.io import write_jsonl
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.judges import GoldJudge, Judge, check_judge_spec, load_judge
 from preftune.models.loading import check_model_path, load_policy, load_tokenizer
@@ -58,7 +59,6 @@ from preftune.rollout.config import BoNConfig
 from preftune.rollout.experience import response_completions
 from preftune.rollout.generate import sample_responses
 from preftune.tasks import detect_task, get_task
-from preftune.tasks.synth import write_jsonl
 
 logger = logging.getLogger(__name__)
 

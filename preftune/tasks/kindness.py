@@ -299,11 +299,6 @@ class KindnessTask:
             + w.format * c["format"]
         )
 
-    @property
-    def max_gold_reward(self) -> float:
-        """The highest gold reward any response can get."""
-        return self.weights.sentiment
-
     # ----------------------------------------------------------------- corpus
     def sample_response(self, prompt: str, rng: np.random.Generator, quality: float | None = None) -> str:
         """Draw one response from the (mixed-quality) SFT corpus distribution.

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from preftune.data.io import write_jsonl
 from preftune.tasks.panel import PanelConfig, rate_pairs
 from preftune.tasks.registry import Task, get_task
 
@@ -132,13 +133,6 @@ def build_pairs(
             )
         pairs.append((first, second))
     return prompts, pairs
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows as JSON lines (UTF-8, "\\n" line ends, keys in insertion order)."""
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def panel_gold_agreement(task: Task, ratings: Iterable[dict[str, Any]]) -> float | None:

@@ -19,7 +19,6 @@ def test_recipes_are_found():
 def test_recipe_is_valid_and_documented(path):
     command = path.relative_to(CONFIGS).parts[0]
     assert command in COMMANDS, f"{path}: folder must be a command name"
-    assert COMMANDS[command].load is not None, f"{path}: `preftune {command}` is not built yet"
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and f"preftune {command}" in first, (
         "first line: what it trains + the command"

@@ -1,4 +1,4 @@
-"""Reading rows from files: formats round-trip, row numbers, and errors that name file and line."""
+"""Reading rows from files: formats round-trip, row numbers, and errors that name file and line; atomic writes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from preftune.data import DataConfig, DataError, Skip, load_rows, parse_pairs, report_skips, summarize_skips
-from preftune.data.io import parse_split
+from preftune.data.io import atomic_path, parse_split
 
 ROWS = [
     {"prompt": "What is two plus two?", "chosen": " Four.", "rejected": " Five.", "margin": 1.5},
@@ -385,3 +385,32 @@ def test_report_skips_logs_a_warning_and_returns_the_summary(caplog):
         summary = report_skips("d.jsonl", [Skip(3, "text", "empty text")], 10)
     assert summary == "Skipped 1 of 10 rows of d.jsonl: 1 x empty text (field 'text'). Rows: 3."
     assert [(record.levelname, record.getMessage()) for record in caplog.records] == [("WARNING", summary)]
+
+
+def test_atomic_path_replaces_the_file_only_when_the_block_ends(tmp_path):
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with atomic_path(target) as temporary:
+        assert temporary.parent == tmp_path and temporary != target
+        temporary.write_text("new")
+        assert target.read_text() == "old"  # not yet in place
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_atomic_path_leaves_the_file_and_no_temporary_when_the_block_raises(tmp_path):
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_path(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_atomic_path_gives_each_call_its_own_temporary(tmp_path):
+    with atomic_path(tmp_path / "a") as first, atomic_path(tmp_path / "a") as second:
+        assert first != second
+        first.write_text("1")
+        second.write_text("2")
+    assert (tmp_path / "a").read_text() == "1"  # the outer block ends last

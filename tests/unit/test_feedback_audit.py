@@ -25,7 +25,6 @@ from preftune.feedback.agreement import (
     length_excess,
     proportion_z_test,
     slope_with_se,
-    wilson_interval,
 )
 from preftune.feedback.audit import run_audit
 from preftune.feedback.config import AuditConfig
@@ -95,13 +94,6 @@ def _warnings(flags: list[dict[str, str]]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- statistics
-
-
-def test_wilson_interval_closed_form():
-    """8/10 at 95%: center (0.8 + z^2/20) / (1 + z^2/10) = 0.71677, half-width 1.41602 * 0.16001 = 0.22658."""
-    low, high = wilson_interval(8, 10)
-    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9434, abs=1e-4)
-    assert all(math.isnan(v) for v in wilson_interval(0, 0))
 
 
 def test_proportion_z_test():
@@ -409,6 +401,15 @@ def test_position_bias_flagged_only_when_present():
     flagged = position_bias(skewed, AuditThresholds())
     assert _warnings(flagged.flags) == ["Position bias: raters favour the response shown first"]
     assert flagged.metrics["position_bias/ci"][0] > 0.5
+
+
+def test_length_bias_without_unequal_pairs_has_no_interval():
+    """Every pair has two one-word responses: no pair to measure "prefer longer" on, so the accuracy
+    and its Wilson interval are NaN (null in audit.json), not an error."""
+    ratings = ratings_from_rows([_pair(f"p{i}", "good", "bad", i + 1) for i in range(4)])
+    metrics = length_bias(ratings, AuditThresholds()).metrics
+    assert metrics["length_bias/num_unequal"] == 0 and metrics["length_bias/prefer_longer_accuracy"] is None
+    assert all(math.isnan(v) for v in metrics["length_bias/prefer_longer_ci"])
 
 
 # ----------------------------------------------------------------------------- ratings and hygiene

@@ -8,6 +8,8 @@ LAYERS = {
     "losses": 0,
     "ops": 0,
     "errors": 0,
+    "stats": 0,
+    "figures": 0,
     "config": 1,
     "data": 1,
     "models": 1,

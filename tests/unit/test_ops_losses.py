@@ -5,7 +5,7 @@ import math
 import torch
 
 from preftune.losses import sft_loss
-from preftune.ops.logprobs import gather_token_logps, masked_token_logps, shifted_token_logps
+from preftune.ops.logprobs import gather_token_logps, masked_token_logps
 from preftune.ops.reduce import masked_mean, masked_sum, reduce_loss
 
 
@@ -39,16 +39,6 @@ def test_gather_token_logps_gradient_float64():
     probs = torch.softmax(logits.detach(), -1)
     onehot = torch.nn.functional.one_hot(labels, 5).double()
     torch.testing.assert_close(logits.grad, onehot - probs, atol=1e-6, rtol=1e-5)
-
-
-def test_shifted_token_logps_aligns_targets():
-    """Position t scores token t+1: logits at position 0 put log 3 on token 3 (V=4, others 0),
-    so p(token 3) = 3 / (3 + 3) = 1/2 at the first target; uniform (1/4) elsewhere."""
-    logits = torch.zeros(1, 4, 4)
-    logits[0, 0, 3] = math.log(3.0)
-    ids = torch.tensor([[1, 3, 2, 2]])
-    expected = torch.tensor([[math.log(0.5), math.log(0.25), math.log(0.25)]])
-    torch.testing.assert_close(shifted_token_logps(logits, ids), expected)
 
 
 def test_masked_token_logps_equals_full_gather_where_masked():

@@ -16,7 +16,6 @@ from preftune.losses.pairwise import (
     PAIRWISE_LOSSES,
     cdpo_loss,
     chosen_nll,
-    combine_losses,
     f_divergence_logratio,
     hinge_loss,
     ipo_loss,
@@ -362,50 +361,6 @@ def test_chosen_nll_rejects_bad_lengths():
         chosen_nll(torch.tensor([-1.0, -2.0]), torch.tensor([3, 0]))
     with pytest.raises(ValueError, match="same shape"):
         chosen_nll(torch.tensor([-1.0, -2.0]), torch.tensor([3]))
-
-
-def test_combine_losses_is_the_weighted_sum_with_each_part_logged():
-    """ORPO, eq. 6: nll + lambda * odds term; here weights 2 and 0.5 on [2, 0.5] and [1, 3]."""
-    nll = chosen_nll(torch.tensor([-6.0, -2.0]), torch.tensor([3, 4]))
-    pair = (torch.tensor([1.0, 3.0]), {"rewards/chosen": torch.tensor([0.1, 0.2])})
-    total, metrics = combine_losses({"orpo": pair, "nll": nll}, {"nll": 2.0, "orpo": 0.5})
-    torch.testing.assert_close(total, torch.tensor([2 * 2.0 + 0.5 * 1.0, 2 * 0.5 + 0.5 * 3.0]))
-    assert list(metrics) == ["rewards/chosen", "loss/orpo", "nll/chosen", "loss/nll"]
-    torch.testing.assert_close(metrics["loss/orpo"], torch.tensor([1.0, 3.0]))  # unweighted
-    torch.testing.assert_close(metrics["loss/nll"], torch.tensor([2.0, 0.5]))
-
-
-def test_combine_losses_keeps_the_first_parts_metrics_and_prefixes_later_clashes():
-    chosen, rejected = torch.tensor([1.0, -1.0]), torch.tensor([0.0, 0.0])
-    sigmoid, ipo = sigmoid_loss(chosen, rejected, beta=0.5), ipo_loss(chosen, rejected, beta=0.25)
-    total, metrics = combine_losses({"sigmoid": sigmoid, "ipo": ipo}, {"sigmoid": 1.0, "ipo": 0.0})
-    torch.testing.assert_close(total, sigmoid[0])  # a zero weight is allowed for one part
-    torch.testing.assert_close(metrics["rewards/chosen"], torch.tensor([0.5, -0.5]))
-    torch.testing.assert_close(metrics["ipo/rewards/chosen"], torch.tensor([0.25, -0.25]))
-    assert {"loss/sigmoid", "loss/ipo"} <= set(metrics)
-
-
-@pytest.mark.parametrize(
-    ("weights", "message"),
-    [
-        ({"a": 1.0}, "must name exactly the parts"),
-        ({"a": 1.0, "b": 1.0, "c": 1.0}, "must name exactly the parts"),
-        ({"a": 1.0, "b": -0.5}, "finite, >= 0 and not all 0"),
-        ({"a": 1.0, "b": math.nan}, "finite, >= 0 and not all 0"),
-        ({"a": 0.0, "b": 0.0}, "finite, >= 0 and not all 0"),
-    ],
-)
-def test_combine_losses_rejects_bad_weights(weights, message):
-    parts = {"a": (torch.ones(2), {}), "b": (torch.ones(2), {})}
-    with pytest.raises(ValueError, match=message):
-        combine_losses(parts, weights)
-
-
-def test_combine_losses_rejects_no_parts_and_mismatched_shapes():
-    with pytest.raises(ValueError, match="at least one part"):
-        combine_losses({}, {})
-    with pytest.raises(ValueError, match="one shape"):
-        combine_losses({"a": (torch.ones(2), {}), "b": (torch.ones(3), {})}, {"a": 1.0, "b": 1.0})
 
 
 def test_registry_keys_and_flags():

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from preftune.eval.reward_model import json_safe
+from preftune.data.io import json_safe
 from preftune.tasks import detect_task
 
 

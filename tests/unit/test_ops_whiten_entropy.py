@@ -1,4 +1,4 @@
-"""Ops for the policy-gradient trainers: ragged -> padded layout, masked whitening, entropy."""
+"""Ops for the policy-gradient trainers: masked whitening, entropy."""
 
 import math
 
@@ -6,74 +6,7 @@ import pytest
 import torch
 
 from preftune.ops.logprobs import entropy_from_logits
-from preftune.ops.ragged import pad_ragged
 from preftune.ops.whiten import whiten
-
-# --- pad_ragged -------------------------------------------------------------------------------
-
-
-def _random_ragged(
-    seed: int, num_seqs: int = 6, max_len: int = 5
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(0, max_len + 1, (num_seqs,), generator=g).tolist()
-    seq_index = torch.repeat_interleave(torch.arange(num_seqs), torch.tensor(lengths))
-    values = torch.randn(seq_index.numel(), generator=g)
-    return values, seq_index, lengths
-
-
-def test_pad_ragged_closed_form():
-    """Tokens 1, 2 of sequence 0 and 3, 4, 5 of sequence 2; sequences 1 and 3 are empty -> T = 3."""
-    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
-    padded, mask = pad_ragged(values, torch.tensor([0, 0, 2, 2, 2]), num_seqs=4, fill=-1.0)
-    expected = torch.tensor([[1.0, 2.0, -1.0], [-1.0, -1.0, -1.0], [3.0, 4.0, 5.0], [-1.0, -1.0, -1.0]])
-    torch.testing.assert_close(padded, expected)
-    assert mask.tolist() == [
-        [True, True, False],
-        [False, False, False],
-        [True, True, True],
-        [False, False, False],
-    ]
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_pad_ragged_is_inverted_by_boolean_indexing_and_matches_a_loop(seed):
-    values, seq_index, lengths = _random_ragged(seed)
-    padded, mask = pad_ragged(values, seq_index, num_seqs=len(lengths))
-    torch.testing.assert_close(padded[mask], values)
-    assert padded.shape == (len(lengths), max(max(lengths), 1))
-    assert mask.sum(dim=1).tolist() == lengths
-    start = 0
-    for row, length in enumerate(lengths):
-        torch.testing.assert_close(padded[row, :length], values[start : start + length])
-        assert torch.all(padded[row, length:] == 0.0)
-        start += length
-
-
-def test_pad_ragged_keeps_trailing_dims_and_gradients():
-    values = torch.randn(4, 3, requires_grad=True)
-    padded, mask = pad_ragged(values, torch.tensor([0, 1, 1, 1]), num_seqs=2)
-    assert padded.shape == (2, 3, 3)
-    torch.testing.assert_close(padded[mask], values)
-    (padded * 2).sum().backward()
-    torch.testing.assert_close(values.grad, torch.full((4, 3), 2.0))
-
-
-def test_pad_ragged_with_no_tokens_gives_one_empty_column():
-    padded, mask = pad_ragged(torch.zeros(0), torch.zeros(0, dtype=torch.long), num_seqs=3)
-    assert padded.shape == (3, 1) and not mask.any()
-
-
-@pytest.mark.parametrize(
-    ("seq_index", "match"),
-    [([0, 1, 0], "non-decreasing"), ([0, 3], r"in \[0, 3\)"), ([-1, 0], r"in \[0, 3\)"), ([0], "shape")],
-)
-def test_pad_ragged_rejects_bad_indices(seq_index, match):
-    with pytest.raises(ValueError, match=match):
-        pad_ragged(
-            torch.zeros(len(seq_index) if match != "shape" else 2), torch.tensor(seq_index), num_seqs=3
-        )
-
 
 # --- whiten -----------------------------------------------------------------------------------
 
