@@ -104,3 +104,18 @@ def test_every_trainer_and_config_imports_from_the_top_level():
         assert name in preftune.__all__ and isinstance(getattr(preftune, name), type)
     with pytest.raises(AttributeError):
         preftune.NoSuchTrainer  # noqa: B018
+
+
+def test_kto_with_objects_is_the_run_the_paths_give(synth_world, tiny_base, tmp_path):
+    from preftune import KTOConfig, KTOTrainer
+
+    pairs = str(synth_world["pairs"])
+    KTOTrainer(make_config(KTOConfig, model=tiny_base, dataset=pairs, dataset_split="train[:24]",
+                           output_dir=str(tmp_path / "paths"), **STEPS)).train()  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    KTOTrainer(args=make_config(KTOConfig, output_dir=str(tmp_path / "objects"), **STEPS), model=model,
+               ref_model=AutoModelForCausalLM.from_pretrained(tiny_base),
+               processing_class=AutoTokenizer.from_pretrained(tiny_base),
+               train_dataset=load_rows(pairs).rows[:24]).train()  # fmt: skip
+    by_paths, by_objects = _losses(tmp_path / "paths"), _losses(tmp_path / "objects")
+    assert len(by_objects) == 3 and by_objects == pytest.approx(by_paths, rel=1e-5, abs=1e-7)
