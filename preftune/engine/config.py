@@ -54,6 +54,10 @@ class TrainConfig:
     """Start a new run in an output_dir that holds an earlier run (its checkpoints, final/, metrics are deleted)."""
     seed: int = 0
     """Seed for initialisation, data order and sampling."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (transformers'
+    non-reentrant checkpointing, on every model the run trains): less activation memory for about a third
+    more compute."""
     bf16: bool = False
     """bfloat16 mixed precision (autocast)."""
     fp16: bool = False

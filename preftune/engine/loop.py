@@ -33,6 +33,7 @@ from preftune.engine.checkpoint import list_checkpoints, load_checkpoint, save_c
 from preftune.engine.config import RUN_CONTROL, TrainConfig
 from preftune.engine.metrics import MetricsLog
 from preftune.errors import FileSystemFault, UserFault, file_system_fault
+from preftune.models.loading import enable_gradient_checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ class Engine:
             else max(1, math.ceil(config.num_train_epochs * num_items / self.global_batch_size))
         )
         self.unwrapped = model
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.optimizer, self.scheduler = _build_optimizer(model, config, self.total_steps)
         self.step = 0
         self.skipped_steps = 0

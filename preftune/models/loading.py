@@ -340,6 +340,36 @@ def add_lora(
     return cast(PeftModel, get_peft_model(model, lora))
 
 
+def enable_gradient_checkpointing(module: torch.nn.Module) -> list[str]:
+    """Turn on transformers' non-reentrant activation checkpointing in every trained model inside `module`
+    (the outermost transformers model of each; frozen ones are skipped). Returns their class names; raises
+    ValueError when one cannot checkpoint or none is found, rather than training without it."""
+    names: list[str] = []
+    inside: set[int] = set()
+    for child in module.modules():
+        if id(child) in inside or not isinstance(child, PreTrainedModel):
+            continue
+        inside.update(id(grandchild) for grandchild in child.modules())
+        if not any(p.requires_grad for p in child.parameters()):
+            continue
+        if not child.supports_gradient_checkpointing:
+            raise ValueError(
+                f"--gradient_checkpointing: {type(child).__name__} does not support gradient checkpointing in "
+                "transformers; train without the flag."
+            )
+        if hasattr(
+            child, "activation_checkpointing_enable"
+        ):  # its name since transformers 5.x; older 5.x lack it
+            child.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            child.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        names.append(type(child).__name__)
+    if not names:
+        raise ValueError("--gradient_checkpointing: the run trains no transformers model to checkpoint.")
+    logger.info("Gradient checkpointing on in %s.", ", ".join(names))
+    return names
+
+
 def freeze(model: PreTrainedModel) -> PreTrainedModel:
     """Eval mode, no gradients, dropout off."""
     model.eval()
