@@ -25,6 +25,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.tracking import get_available_trackers
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -50,6 +51,13 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
     """
     mixed = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
     trackers = [name for name in config.report_to if name != "none"]
+    installed = {str(tracker) for tracker in get_available_trackers()}
+    missing = [name for name in trackers if name != "all" and name not in installed]
+    if missing:  # accelerate would drop them with a debug message and log to the others
+        raise ValueError(
+            f"--report_to {', '.join(missing)}: not installed here (installed trackers: {sorted(installed) or 'none'}). "
+            f"Install it (pip install {' '.join(missing)}) or leave it out of --report_to."
+        )
     # accelerate keeps one AcceleratorState per process, but a pipeline runs several trainers in
     # one process (SFT, then DPO, ...) that may differ in mixed precision: start each from a
     # fresh state. The process group (PartialState) is kept. accelerate has no public reset.

@@ -120,6 +120,11 @@ class LoopConfig:
         ):
             if not value:
                 raise ValueError(f"{flag} is required: {usage}.")
+        if self.sampling.generation_backend != "transformers":
+            raise ValueError(
+                f"--generation_backend {self.sampling.generation_backend}: preftune loop samples with transformers "
+                "(the backend is used by ppo, rloo, grpo and online-dpo); drop the flag."
+            )
         for name, value, least in (
             ("rounds", self.rounds, 1),
             ("num_generations", self.num_generations, 2),

@@ -311,3 +311,9 @@ def test_a_judge_server_without_logprobs_is_one_error_line_not_a_traceback(capsy
     assert (
         "judge.invalid/v1/chat/completions returned no readable" in line and "must support logprobs" in line
     )
+
+
+def test_a_backend_the_command_does_not_use_is_refused(capsys):
+    argv = ["loop", "--model", "m", "--dataset", "d.jsonl", "--judge", "gold", "--output_dir", "o",
+            "--generation_backend", "vllm"]  # fmt: skip
+    assert "preftune loop samples with transformers" in " ".join(_parse_error(argv, capsys).split())

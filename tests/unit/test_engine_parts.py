@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from preftune.engine.checkpoint import list_checkpoints
 from preftune.engine.loop import index_stream
 from preftune.engine.metrics import MetricsLog, read_metrics
@@ -46,3 +48,16 @@ def test_list_checkpoints_ignores_incomplete_saves(tmp_path):
     for name in ("step-5", "step-10"):
         (tmp_path / name / "trainer_state.json").write_text("{}")
     assert [step for step, _ in list_checkpoints(tmp_path)] == [5, 10]
+
+
+def test_a_tracker_that_is_not_installed_is_refused_not_dropped(tmp_path, monkeypatch):
+    from accelerate.utils import LoggerType
+
+    import preftune.engine.loop as loop_module
+    from preftune.engine import TrainConfig, build_accelerator
+
+    monkeypatch.setattr(loop_module, "get_available_trackers", lambda: [LoggerType.TENSORBOARD])
+    config = TrainConfig(output_dir=str(tmp_path), report_to=["tensorboard", "wandb"])
+    with pytest.raises(ValueError, match=r"--report_to wandb: not installed here .*pip install wandb"):
+        build_accelerator(config)
+    assert build_accelerator(TrainConfig(output_dir=str(tmp_path), report_to=["tensorboard"])).log_with
