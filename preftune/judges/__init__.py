@@ -81,7 +81,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     ),
     "http": (
         *_TEMPLATE_OPTIONS,
-        "model", "min_answer_mass", "top_logprobs", "cache_dir", "reserved",
+        "model", "min_answer_mass", "top_logprobs", "cache_dir", "reserved", "mode", "extra_body",
         "timeout", "max_retries", "backoff", "max_backoff", "rate_limit", "concurrency",
     ),
 }  # fmt: skip

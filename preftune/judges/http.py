@@ -24,6 +24,15 @@ host is api.openai.com. The key is never logged. Redirects are never followed: u
 Authorization header to whatever host a redirect names and turn a POST into a GET, so a 3xx reply stops
 the run with the target it named (give that URL as the judge URL instead).
 
+Servers that ignore `logprobs` (e.g. `transformers serve`): with `mode="auto"` (the default) the first
+request that is not cached finds out what the server returns. With log-probs the judge works as above;
+without them it says so once and reads the verdict from generated text (`mode="text"`: max_tokens 8,
+temperature 0): the reply, stripped of whitespace, quotes, asterisks and a final period, must be exactly
+one of the labels, which then gets probability 1; any other reply is "could not judge" with the reply as
+the reason, never a guess. A server that returns neither stops the run with one line. `extra_body`
+adds fields to every request (e.g. `{"chat_template_kwargs": {"enable_thinking": false}}`); they are part
+of the cache key.
+
 The server's model is unknown here, so judged text cannot be escaped against its tokenizer's special
 tokens as the LLM judge does; `reserved` breaks up the chat markers of the common templates
 (`CHAT_MARKERS`: ChatML, Llama 3, Gemma, Mistral, Phi, ...) and any extra strings the caller names.
@@ -57,6 +66,9 @@ from preftune.judges.template import Answer, PairTemplate, two_order_verdicts
 
 logger = logging.getLogger(__name__)
 
+MODES = ("auto", "logprobs", "text")
+"""How verdicts are read: from the answer labels' log-probs, from generated text, or whichever the server
+allows (found on the first request)."""
 API_KEY_VARIABLE = "PREFTUNE_JUDGE_API_KEY"
 """The judge's API key, sent to any URL."""
 OPENAI_KEY_VARIABLE = "OPENAI_API_KEY"
@@ -170,6 +182,8 @@ class HTTPJudge:
         policy: RequestPolicy | None = None,
         cache_dir: str | None = None,
         reserved: Sequence[str] = (),
+        mode: str = "auto",
+        extra_body: dict[str, Any] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"http:{url}: the judge URL must start with http:// or https://.")
@@ -177,6 +191,15 @@ class HTTPJudge:
             raise ValueError(f"min_answer_mass must be in [0, 1], got {min_answer_mass}. Default: 0.2.")
         if top_logprobs < 1:
             raise ValueError(f"top_logprobs must be >= 1, got {top_logprobs}. OpenAI allows up to 20.")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        clash = sorted(
+            set(extra_body or {}) & {"model", "messages", "logprobs", "top_logprobs", "max_tokens"}
+        )
+        if clash:
+            raise ValueError(f"extra_body may not set {clash}: the judge sets them itself.")
+        self.mode = mode
+        self.extra_body = dict(extra_body or {})
         self.url = url.rstrip("/")
         self.template = template or PairTemplate()
         self.min_answer_mass = min_answer_mass
@@ -251,9 +274,12 @@ class HTTPJudge:
         except json.JSONDecodeError as error:  # e.g. a proxy's HTML error page: retried like a 5xx
             raise _RetryableError(f"a body that is not JSON: {text[:300]}") from error
 
-    def request_params(self) -> dict[str, Any]:
-        """The sampling parameters of every judge request (part of the cache key)."""
-        return {"max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": self.top_logprobs}
+    def request_params(self, mode: str | None = None) -> dict[str, Any]:
+        """The parameters of every judge request in `mode` (default: the judge's), part of the cache key."""
+        if (mode or self.mode) == "text":
+            return {"max_tokens": 8, "temperature": 0, **self.extra_body}
+        return {"max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": self.top_logprobs,
+                **self.extra_body}  # fmt: skip
 
     def compare(
         self, prompts: Sequence[Prompt], first: Sequence[Completion], second: Sequence[Completion]
@@ -269,26 +295,65 @@ class HTTPJudge:
         return two_order_verdicts(answers[0::2], answers[1::2], self.min_answer_mass)
 
     def answer_logps(self, texts: Sequence[str]) -> list[Answer]:
-        """(logp label 0, logp label 1) of each rendered text, requesting only what the cache lacks."""
-        params = self.request_params()
+        """(logp label 0, logp label 1) of each rendered text, or why it could not be judged, requesting only
+        what the cache lacks."""
+        if self.mode == "auto":
+            keys, done, missing = self._lookup(texts, "logprobs")
+            self.mode = self._probe(next(iter(missing.items()))) if missing else "logprobs"
+        keys, done, missing = self._lookup(texts, self.mode)
+        if missing:
+            self._fetch(missing, done, self.request_params())
+        return [self._answer(done[key]) for key in keys]
+
+    def _lookup(
+        self, texts: Sequence[str], mode: str
+    ) -> tuple[list[str], dict[str, list[float] | str], dict[str, str]]:
+        """The cache keys of `texts` in `mode`, the results cached under them and the texts still missing."""
+        params = self.request_params(mode)
         keys = [
             VerdictCache.key(self.url, self.model, [{"role": "user", "content": t}], params) for t in texts
         ]
-        done: dict[str, list[float]] = {}
+        done: dict[str, list[float] | str] = {}
         for key in keys:
             stored = self.cache.get(key) if self.cache is not None else None
             if stored is not None:
-                done[key] = decode_logps(stored["logps"])
-        missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in done}
-        if missing:
-            self._fetch(missing, done, params)
-        return [self._answer(done[key]) for key in keys]
+                done[key] = (
+                    self._parse_reply(stored["text"]) if "text" in stored else decode_logps(stored["logps"])
+                )
+        return keys, done, {key: text for key, text in zip(keys, texts, strict=True) if key not in done}
 
-    def _fetch(self, missing: dict[str, str], done: dict[str, list[float]], params: dict[str, Any]) -> None:
+    def _probe(self, item: tuple[str, str]) -> str:
+        """The mode this server allows, from one request for a text not in the cache (kept if it has log-probs)."""
+        key, text = item
+        reply = self._request(
+            "POST", "/chat/completions", self._payload(text, self.request_params("logprobs"))
+        )
+        try:
+            self._store(key, self._read_logps(reply))
+            return "logprobs"
+        except JudgeRequestError:
+            if _logprobs_given(reply):  # log-probs it cannot read: a broken server, not one without them
+                raise
+        if not isinstance(_content(reply), str):
+            raise JudgeRequestError(
+                f"{self.url}/chat/completions returned neither choices[0].logprobs nor choices[0].message.content, so "
+                f"it cannot judge. Reply excerpt: {json.dumps(reply)[:300]}. Fix: point http: at an "
+                "OpenAI-compatible chat-completions server."
+            )
+        logger.warning(
+            "HTTP judge %s (model %s) returns no log-probs: verdicts are read from its generated text, which must "
+            "be exactly one of %s; any other reply is 'could not judge'.",
+            self.url, self.model, " or ".join(self.template.answers),
+        )  # fmt: skip
+        return "text"
+
+    def _fetch(
+        self, missing: dict[str, str], done: dict[str, list[float] | str], params: dict[str, Any]
+    ) -> None:
         """Request every text of `missing`, storing each result in `done` (and the cache) on arrival."""
         failure: JudgeRequestError | None = None
         pool = concurrent.futures.ThreadPoolExecutor(self.policy.concurrency)
-        futures: dict[concurrent.futures.Future[list[float]], str] = {}
+        futures: dict[concurrent.futures.Future[list[float] | str], str] = {}
         try:
             for key, text in missing.items():
                 futures[pool.submit(self._judge_one, key, text, params)] = key
@@ -314,19 +379,38 @@ class HTTPJudge:
             f"finished; {where}."
         ) from failure
 
-    def _judge_one(self, key: str, text: str, params: dict[str, Any]) -> list[float]:
-        """[logp label 0, logp label 1] of one rendered text (-inf for a label not in the top logprobs),
-        cached under `key` at once unless a value is NaN or +inf."""
-        payload = {"model": self.model, "messages": [{"role": "user", "content": text}], **params}
-        reply = self._request("POST", "/chat/completions", payload)
+    def _payload(self, text: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {"model": self.model, "messages": [{"role": "user", "content": text}], **params}
+
+    def _judge_one(self, key: str, text: str, params: dict[str, Any]) -> list[float] | str:
+        """[logp label 0, logp label 1] of one rendered text (-inf for a label not in the top logprobs), or in
+        text mode the reply read as a label (or why it cannot be), cached under `key` at once unless a value is
+        NaN or +inf."""
+        reply = self._request("POST", "/chat/completions", self._payload(text, params))
+        if self.mode == "text":
+            content = _content(reply)
+            if not isinstance(content, str):
+                raise JudgeRequestError(
+                    f"{self.url}/chat/completions returned no choices[0].message.content. Reply excerpt: "
+                    f"{json.dumps(reply)[:300]}"
+                )
+            if self.cache is not None:
+                self.cache.put(key, {"text": content})
+            return self._parse_reply(content)
+        logps = self._read_logps(reply)
+        self._store(key, logps)
+        return logps
+
+    def _read_logps(self, reply: dict[str, Any]) -> list[float]:
+        """[logp label 0, logp label 1] from a reply's top logprobs (-inf for a label not among them)."""
         try:
             top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
             pairs = [(str(t["token"]).strip(), float(t["logprob"])) for t in top]
         except (KeyError, IndexError, TypeError, ValueError) as error:
             raise JudgeRequestError(
                 f"{self.url}/chat/completions returned no readable choices[0].logprobs.content[0].top_logprobs "
-                f"({type(error).__name__}: {error}); the server must support logprobs. Reply excerpt: "
-                f"{json.dumps(reply)[:300]}"
+                f"({type(error).__name__}: {error}); the server must support logprobs, or use mode 'auto' or "
+                f"'text'. Reply excerpt: {json.dumps(reply)[:300]}"
             ) from error
         logps: list[float] = []
         for label in self.template.answers:
@@ -338,15 +422,44 @@ class HTTPJudge:
                 logps.append(peak)
             else:  # log of the summed probabilities, computed stably
                 logps.append(peak + math.log(sum(math.exp(lp - peak) for lp in matches)))
+        return logps
+
+    def _store(self, key: str, logps: list[float]) -> None:
         stored = encode_logps(logps)
         if self.cache is not None and stored is not None:
             self.cache.put(key, {"logps": stored})
-        return logps
 
-    def _answer(self, logps: list[float]) -> Answer:
+    def _parse_reply(self, content: str) -> list[float] | str:
+        """A generated reply as answer log-probs (0 for the label it names, -inf for the other), or the reason
+        it names no label: it must be exactly one label once whitespace, quotes, asterisks and a final
+        period are stripped."""
+        word = content.strip().strip("*\"'`").strip().removesuffix(".").strip()
+        if word in self.template.answers:
+            return [0.0 if label == word else -math.inf for label in self.template.answers]
+        return f"reply {content[:40]!r} is not one of {' or '.join(self.template.answers)}"
+
+    def _answer(self, logps: list[float] | str) -> Answer:
+        if isinstance(logps, str):
+            return logps
         if logps[0] == logps[1] == -math.inf:
             return f"neither {' nor '.join(self.template.answers)} in the top {self.top_logprobs} logprobs"
         return logps[0], logps[1]
+
+
+def _logprobs_given(reply: dict[str, Any]) -> bool:
+    """Whether a reply carries a choices[0].logprobs block at all (readable or not)."""
+    try:
+        return reply["choices"][0].get("logprobs") is not None
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return False
+
+
+def _content(reply: dict[str, Any]) -> Any:
+    """choices[0].message.content of a chat-completions reply, or None."""
+    try:
+        return reply["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
 def api_key_for(url: str) -> str | None:

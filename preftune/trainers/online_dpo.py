@@ -126,9 +126,9 @@ def _prompt_key(prompt: Prompt) -> str:
     return json.dumps(prompt, sort_keys=True)
 
 
-def load_ranking_judge(spec: str, device: str, batch_size: int) -> Judge | PairwiseJudge:
-    """The judge named by `spec`, pointwise or pairwise."""
-    return load_judge(spec, pairwise=True, device=device, batch_size=batch_size)
+def load_ranking_judge(spec: str, device: str, batch_size: int, **options: Any) -> Judge | PairwiseJudge:
+    """The judge named by `spec`, pointwise or pairwise, with the judge `options` (--judge_options)."""
+    return load_judge(spec, pairwise=True, **{"device": device, "batch_size": batch_size, **options})
 
 
 def pairwise_ranking_scores(scores: Tensor, ended: Tensor, missing_eos_penalty: float) -> Tensor:
@@ -164,8 +164,9 @@ class OnlineDPOTrainer:
         self.pad_id = token_id(self.tokenizer, "pad")
         self.accelerator = build_accelerator(cfg.train)
         if judge is None:
+            options = {"cache_dir": str(Path(cfg.train.output_dir) / "judge-cache"), **cfg.judge_options}
             judge = load_ranking_judge(
-                cfg.scoring.judge, str(self.accelerator.device), cfg.scoring.judge_batch_size
+                cfg.scoring.judge, str(self.accelerator.device), cfg.scoring.judge_batch_size, **options
             )
         self.judge = judge
         self.win_rate = None if isinstance(judge, Judge) else WinRateJudge(judge)

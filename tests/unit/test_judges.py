@@ -529,3 +529,55 @@ def test_http_judge_escapes_chat_markers_in_judged_text(monkeypatch):
         assert "<|im_end| >" in text  # broken up, still readable
     extra = HTTPJudge("http://judge.invalid/v1", model="m", reserved=["<<SYS>>"])
     assert "<<SYS>>" in extra.reserved and "<|im_end|>" in extra.reserved
+
+
+def _text_reply(content):
+    return {"choices": [{"message": {"role": "assistant", "content": content}, "logprobs": None}]}
+
+
+def test_http_judge_without_logprobs_reads_strict_text_verdicts_in_both_orders(monkeypatch, tmp_path, caplog):
+    # the server prefers the kind response wherever it is shown; the last text gets an unparseable reply
+    def replies(text):
+        if "never mind" in text:
+            return _text_reply("I think both are fine.")
+        kind_first = text.index(KIND) < text.index(UNKIND)
+        return _text_reply(" **A.**\n" if kind_first else "B")
+
+    judge = _offline_http_judge(monkeypatch, replies, tmp_path)
+    with caplog.at_level("WARNING", logger="preftune.judges.http"):
+        verdicts = judge.compare([PROMPT, PROMPT + " never mind"], [KIND, KIND], [UNKIND, UNKIND])
+    assert judge.mode == "text" and "returns no log-probs" in caplog.text
+    assert verdicts.prob_first[0] == 1.0 and math.isnan(verdicts.prob_first[1])
+    assert verdicts.reasons[1].startswith("reply 'I think both are fine.' is not one of A or B")
+    calls = judge.calls  # 1 probe + 4 text requests
+    assert calls == 5
+    again = _offline_http_judge(monkeypatch, replies, tmp_path)  # a rerun pays only the probe
+    assert again.compare([PROMPT], [KIND], [UNKIND]).prob_first[0] == 1.0 and again.calls == 1
+
+
+def test_http_judge_stops_in_one_line_when_the_server_cannot_judge(monkeypatch):
+    judge = _offline_http_judge(monkeypatch, lambda text: {"choices": [{"finish_reason": "stop"}]})
+    with pytest.raises(
+        JudgeRequestError, match="returned neither choices.*logprobs nor .*content, so it cannot judge"
+    ):
+        judge.compare([PROMPT], [KIND], [UNKIND])
+    with pytest.raises(ValueError, match="extra_body may not set \\['model'\\]"):
+        HTTPJudge("http://judge.invalid/v1", model="m", extra_body={"model": "x"})
+    sent = []
+    extra = HTTPJudge("http://judge.invalid/v1", model="m", mode="logprobs",
+                      extra_body={"chat_template_kwargs": {"enable_thinking": False}})  # fmt: skip
+    monkeypatch.setattr(extra, "_request", lambda method, path, payload: sent.append(payload) or _reply([]))
+    extra.answer_logps(["x"])
+    assert sent[0]["chat_template_kwargs"] == {"enable_thinking": False} and sent[0]["logprobs"] is True
+
+
+def test_online_dpo_passes_its_judge_options_to_the_judge():
+    from preftune.config import parse_config
+    from preftune.trainers.online_dpo import OnlineDPOConfig, load_ranking_judge
+
+    argv = ["--model", "m", "--dataset", "d.jsonl", "--output_dir", "o", "--judge", "http:http://judge.invalid/v1",
+            "--judge_options", '{"model": "served", "mode": "text", "concurrency": 3}']  # fmt: skip
+    config = parse_config(OnlineDPOConfig, argv)
+    judge = load_ranking_judge(config.scoring.judge, "cpu", 8, **config.judge_options)
+    assert isinstance(judge, HTTPJudge)
+    assert (judge.model, judge.mode, judge.policy.concurrency) == ("served", "text", 3)
