@@ -145,10 +145,18 @@ def load_judge(spec: str, *, pairwise: bool = False, **options: Any) -> AnyJudge
     return RewardModelJudge(paths, **given)
 
 
-def check_judge_spec(spec: str) -> None:
+def check_judge_spec(spec: str, options: dict[str, Any] | None = None) -> None:
     """Fail early, before any model loads, when `spec` names a missing checkpoint (rm:PATH, llm:PATH)
-    or an unknown judge kind; loads nothing."""
+    or an unknown judge kind, or when the user's judge `options` (--judge_options) hold one this kind of
+    judge does not take (load_judge passes the callers' generic options only where they apply); loads
+    nothing."""
     kind, rest = _parse_spec(spec)
+    unused = sorted(set(options or {}) - set(OPTIONS[kind]))
+    if unused:
+        takes = ", ".join(OPTIONS[kind]) or "no options"
+        raise ValueError(
+            f"--judge_options {unused}: the {kind} judge ({spec}) does not take them; it takes {takes}."
+        )
     if kind == "rm":
         for path in (p for p in rest.split(",") if p):
             check_model_path(path, "rm:")

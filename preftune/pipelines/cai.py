@@ -218,7 +218,7 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
     out = Path(config.train.output_dir)
     check_model_path(config.model.model)
     if config.judge:
-        check_judge_spec(config.judge)
+        check_judge_spec(config.judge, config.judge_options)
     constitution = load_constitution(config.constitution)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)

@@ -201,7 +201,7 @@ class PracticeLoop:
         self.config = config
         self.out = Path(config.train.output_dir)
         check_model_path(config.model.model)
-        check_judge_spec(config.judge)
+        check_judge_spec(config.judge, config.judge_options)
         self.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)
         max_prompt = config.data.max_length - config.sampling.max_new_tokens

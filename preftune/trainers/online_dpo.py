@@ -157,9 +157,10 @@ class OnlineDPOTrainer:
         check_model_path(cfg.model.model)
         if cfg.ref_model:
             check_model_path(cfg.ref_model, "--ref_model")
-        for spec, given in ((cfg.scoring.judge, judge), (cfg.scoring.heldout_judge, heldout_judge)):
+        for spec, given, options in ((cfg.scoring.judge, judge, cfg.judge_options),
+                                     (cfg.scoring.heldout_judge, heldout_judge, None)):  # fmt: skip
             if spec and given is None:
-                check_judge_spec(spec)
+                check_judge_spec(spec, options)
         self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
         self.pad_id = token_id(self.tokenizer, "pad")
         self.accelerator = build_accelerator(cfg.train)

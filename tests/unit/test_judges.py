@@ -581,3 +581,15 @@ def test_online_dpo_passes_its_judge_options_to_the_judge():
     judge = load_ranking_judge(config.scoring.judge, "cpu", 8, **config.judge_options)
     assert isinstance(judge, HTTPJudge)
     assert (judge.model, judge.mode, judge.policy.concurrency) == ("served", "text", 3)
+
+
+def test_judge_options_a_judge_does_not_take_are_refused_before_anything_loads():
+    from preftune.judges import check_judge_spec
+
+    with pytest.raises(
+        ValueError, match=r"--judge_options \['template'\]: the gold judge \(gold\) does not take"
+    ):
+        check_judge_spec("gold", {"template": "t.txt"})
+    with pytest.raises(ValueError, match=r"\['concurrency'\]: the panel judge"):
+        check_judge_spec("panel", {"seed": 1, "concurrency": 4})
+    check_judge_spec("http:http://judge.invalid/v1", {"concurrency": 4, "mode": "text"})
