@@ -35,9 +35,9 @@ import torch
 
 from preftune.data import DataConfig, EncodedExample
 from preftune.data.prompts import PromptSet, load_prompts
+from preftune.engine.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval import policy_metrics as pm
 from preftune.eval.config import PolicyEvalConfig
-from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.report import write_report
 from preftune.judges import GoldJudge, Judge, check_judge_spec, load_judge
 from preftune.models.config import ModelConfig

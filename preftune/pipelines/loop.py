@@ -46,8 +46,8 @@ from preftune.data import DataConfig
 from preftune.data.io import atomic_path, json_safe, write_jsonl
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.engine.config import RUN_CONTROL
+from preftune.engine.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.config import PolicyEvalConfig
-from preftune.eval.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval.policy import run_policy_eval
 from preftune.eval.report import write_report
 from preftune.judges import GroupRanking, check_judge_spec, is_pairwise_spec, load_judge, rank_groups

@@ -43,7 +43,7 @@ from torch import Tensor
 from preftune.config import config_to_flat_dict
 from preftune.data import Completion, EncodedExample, Prompt
 from preftune.engine import Engine, build_accelerator
-from preftune.eval.hacking import (
+from preftune.engine.hacking import (
     HackingMonitor,
     RewardHackingDetected,
     watch_evaluation,

@@ -37,13 +37,13 @@ from torch import Tensor
 
 from preftune.config import config_to_flat_dict
 from preftune.engine import Engine, build_accelerator
-from preftune.engine.minibatch import minibatch_updates
-from preftune.eval.hacking import (
+from preftune.engine.hacking import (
     HackingMonitor,
     RewardHackingDetected,
     watch_evaluation,
     watch_start,
 )
+from preftune.engine.minibatch import minibatch_updates
 from preftune.judges import Judge, RewardModelJudge, check_judge_spec
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import (

@@ -11,7 +11,7 @@ from typing import Literal
 
 from preftune.data.config import DataConfig
 from preftune.engine.config import RunInputs, TrainConfig
-from preftune.eval.hacking import HackingConfig
+from preftune.engine.hacking import HackingConfig
 from preftune.models.config import ModelConfig
 from preftune.rollout.config import SamplingConfig, ScoringConfig, check_rl_sampling
 

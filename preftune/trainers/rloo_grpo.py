@@ -32,13 +32,13 @@ from torch import Tensor
 
 from preftune.config import config_to_flat_dict
 from preftune.engine import Engine, build_accelerator
-from preftune.engine.minibatch import minibatch_updates
-from preftune.eval.hacking import (
+from preftune.engine.hacking import (
     HackingMonitor,
     RewardHackingDetected,
     watch_evaluation,
     watch_start,
 )
+from preftune.engine.minibatch import minibatch_updates
 from preftune.judges import Judge, check_judge_spec
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rloo_advantages

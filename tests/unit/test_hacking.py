@@ -1,4 +1,4 @@
-"""Reward-hacking monitor (preftune/eval/hacking.py) on hand-built and simulated training runs."""
+"""Reward-hacking monitor (preftune/engine/hacking.py) on hand-built and simulated training runs."""
 
 import json
 import logging
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from preftune.eval.hacking import (
+from preftune.engine.hacking import (
     DIVERGENCE,
     KL_BUDGET,
     LENGTH_DRIFT,
@@ -56,7 +56,7 @@ def _simulated_run(games_length: bool, noise: float = 0.01, seed: int = 0) -> li
 
 def test_a_policy_gaming_a_length_biased_proxy_is_flagged(caplog):
     monitor = HackingMonitor(HackingConfig())
-    with caplog.at_level(logging.WARNING, logger="preftune.eval.hacking"):
+    with caplog.at_level(logging.WARNING, logger="preftune.engine.hacking"):
         found = _run(monitor, _simulated_run(games_length=True))
     assert monitor.flagged
     assert sorted(_kinds(monitor)) == [DIVERGENCE, LENGTH_DRIFT]
@@ -73,7 +73,7 @@ def test_a_policy_gaming_a_length_biased_proxy_is_flagged(caplog):
 
 def test_an_honest_policy_stays_quiet(caplog):
     monitor = HackingMonitor(HackingConfig())
-    with caplog.at_level(logging.WARNING, logger="preftune.eval.hacking"):
+    with caplog.at_level(logging.WARNING, logger="preftune.engine.hacking"):
         found = _run(monitor, _simulated_run(games_length=False))
     assert found == {}
     assert not monitor.flagged and not caplog.records

@@ -80,3 +80,15 @@ def test_losses_and_ops_import_torch_only():
                 if root == "preftune" and name.split(".")[1] not in ("losses", "ops"):
                     bad.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+def test_trainers_and_evaluation_stand_side_by_side():
+    """trainers/ and eval/ share a layer but not code: what both need (the hacking monitor) sits below them."""
+    bad = [
+        f"{path.relative_to(PACKAGE)} imports {name}"
+        for layer, other in (("trainers", "eval"), ("eval", "trainers"))
+        for path in (PACKAGE / layer).rglob("*.py")
+        for name in _imports(path)
+        if name.startswith(f"preftune.{other}")
+    ]
+    assert not bad, "\n".join(bad)
