@@ -299,7 +299,10 @@ class HTTPJudge:
         what the cache lacks."""
         if self.mode == "auto":
             keys, done, missing = self._lookup(texts, "logprobs")
-            self.mode = self._probe(next(iter(missing.items()))) if missing else "logprobs"
+            try:
+                self.mode = self._probe(next(iter(missing.items()))) if missing else "logprobs"
+            except JudgeRequestError as failure:
+                raise self._stopped(failure, 0, len(missing)) from failure
         keys, done, missing = self._lookup(texts, self.mode)
         if missing:
             self._fetch(missing, done, self.request_params())
@@ -368,16 +371,19 @@ class HTTPJudge:
         if failure is None:
             return
         finished = sum(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+        raise self._stopped(failure, finished, len(missing)) from failure
+
+    def _stopped(self, failure: JudgeRequestError, finished: int, total: int) -> JudgeRequestError:
+        """The error that ends a batch of requests: the failure, how many finished, and how to resume."""
         where = (
             f"{len(self.cache)} verdict requests are cached in {self.cache.path.parent}; re-running with "
             "the same cache_dir resumes from there"
             if self.cache is not None
             else "nothing was cached: pass cache_dir so that a re-run resumes instead of starting over"
         )
-        raise JudgeRequestError(
-            f"The HTTP judge at {self.url} stopped: {failure}. {finished} of {len(missing)} new requests "
-            f"finished; {where}."
-        ) from failure
+        return JudgeRequestError(
+            f"The HTTP judge at {self.url} stopped: {failure}. {finished} of {total} new requests finished; {where}."
+        )
 
     def _payload(self, text: str, params: dict[str, Any]) -> dict[str, Any]:
         return {"model": self.model, "messages": [{"role": "user", "content": text}], **params}
