@@ -297,16 +297,29 @@ class HTTPJudge:
     def answer_logps(self, texts: Sequence[str]) -> list[Answer]:
         """(logp label 0, logp label 1) of each rendered text, or why it could not be judged, requesting only
         what the cache lacks."""
+        probed: dict[str, list[float]] = {}
         if self.mode == "auto":
-            keys, done, missing = self._lookup(texts, "logprobs")
-            try:
-                self.mode = self._probe(next(iter(missing.items()))) if missing else "logprobs"
-            except JudgeRequestError as failure:
-                raise self._stopped(failure, 0, len(missing)) from failure
+            self.mode, probed = self._find_mode(texts)
         keys, done, missing = self._lookup(texts, self.mode)
+        for key, logps in probed.items():  # the probe's log-prob reply is kept, not asked for again
+            done[key] = logps
+            missing.pop(key, None)
         if missing:
             self._fetch(missing, done, self.request_params())
         return [self._answer(done[key]) for key in keys]
+
+    def _find_mode(self, texts: Sequence[str]) -> tuple[str, dict[str, list[float]]]:
+        """The mode the server allows, from the first of `texts` not in the cache, and that request's answer
+        log-probs by cache key when it gave them."""
+        _, _, missing = self._lookup(texts, "logprobs")
+        if not missing:
+            return "logprobs", {}
+        key, text = next(iter(missing.items()))
+        try:
+            logps = self._probe(key, text)
+        except JudgeRequestError as failure:
+            raise self._stopped(failure, 0, len(missing)) from failure
+        return ("text", {}) if logps is None else ("logprobs", {key: logps})
 
     def _lookup(
         self, texts: Sequence[str], mode: str
@@ -325,18 +338,20 @@ class HTTPJudge:
                 )
         return keys, done, {key: text for key, text in zip(keys, texts, strict=True) if key not in done}
 
-    def _probe(self, item: tuple[str, str]) -> str:
-        """The mode this server allows, from one request for a text not in the cache (kept if it has log-probs)."""
-        key, text = item
+    def _probe(self, key: str, text: str) -> list[float] | None:
+        """One request for `text` (not in the cache) with log-probs asked for: its answer log-probs (cached
+        under `key`) if the server gives them, None if it only generates text (said once)."""
         reply = self._request(
             "POST", "/chat/completions", self._payload(text, self.request_params("logprobs"))
         )
         try:
-            self._store(key, self._read_logps(reply))
-            return "logprobs"
+            logps = self._read_logps(reply)
         except JudgeRequestError:
             if _logprobs_given(reply):  # log-probs it cannot read: a broken server, not one without them
                 raise
+        else:
+            self._store(key, logps)
+            return logps
         if not isinstance(_content(reply), str):
             raise JudgeRequestError(
                 f"{self.url}/chat/completions returned neither choices[0].logprobs nor choices[0].message.content, so "
@@ -348,7 +363,7 @@ class HTTPJudge:
             "be exactly one of %s; any other reply is 'could not judge'.",
             self.url, self.model, " or ".join(self.template.answers),
         )  # fmt: skip
-        return "text"
+        return None
 
     def _fetch(
         self, missing: dict[str, str], done: dict[str, list[float] | str], params: dict[str, Any]
