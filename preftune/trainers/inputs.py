@@ -62,10 +62,11 @@ def take_inputs(config: Any, model: ModelInput, train_dataset: Any = None, eval_
 def tokenizer_for(
     config: ModelConfig, model: ModelInput, processing_class: PreTrainedTokenizerBase | None
 ) -> PreTrainedTokenizerBase:
-    """The tokenizer given, or the one saved with --model; a model object needs its tokenizer given."""
+    """The tokenizer given, or the one saved with --model (also beside a model object, when --model names its
+    folder); a model object without --model needs its tokenizer given."""
     if processing_class is not None:
         return processing_class
-    if model is not None:
+    if model is not None and not config.model:
         raise ValueError(
             "A model object needs its tokenizer: pass processing_class=AutoTokenizer.from_pretrained(path)."
         )
