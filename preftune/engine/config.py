@@ -56,8 +56,8 @@ class TrainConfig:
     """Seed for initialisation, data order and sampling."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass instead of keeping them (transformers'
-    non-reentrant checkpointing, on every model the run trains): less activation memory for about a third
-    more compute."""
+    non-reentrant checkpointing, on every model the run trains): less activation memory for one more forward
+    pass of each layer."""
     bf16: bool = False
     """bfloat16 mixed precision (autocast)."""
     fp16: bool = False
