@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -94,12 +94,8 @@ class DPOTrainer:
         eval_dataset: Any = None,
         accelerator: Accelerator | None = None,
     ) -> None:
-        config = config or args
-        if config is None:
-            raise TypeError("DPOTrainer needs its config: DPOTrainer(args=DPOConfig(...), ...).")
+        config, model = take_inputs("DPOTrainer", config or args, model, train_dataset, eval_dataset)
         self.config = config
-        set_seed(config.train.seed)
-        model = take_inputs(config, model, train_dataset, eval_dataset)
         ref_model = take_reference(config, ref_model)
         self.in_memory_models = model is not None or ref_model is not None
         self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)

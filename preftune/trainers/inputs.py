@@ -17,6 +17,7 @@ from copy import deepcopy
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -37,10 +38,16 @@ from preftune.models.logps import ResponseLogps, load_frozen_reference
 ModelInput = str | PreTrainedModel | PeftModel | None
 
 
-def take_inputs(config: Any, model: ModelInput, train_dataset: Any = None, eval_dataset: Any = None) -> Any:
-    """The model object given (None for a path), after putting a model path and the datasets into `config`
-    (data in memory stays an object there: load_rows reads it, config.yaml names it) and checking that
-    the run has a model, a training dataset and an output folder."""
+def take_inputs(
+    trainer: str, config: Any, model: ModelInput, train_dataset: Any = None, eval_dataset: Any = None
+) -> tuple[Any, ModelInput]:
+    """The config (given positionally or as `args=`) and the model object given (None for a path), after
+    seeding (before anything random: LoRA initialisation, data order), putting a model path and the
+    datasets into the config (data in memory stays an object there: load_rows reads it, config.yaml names
+    it) and checking that the run has a model, a training dataset and an output folder."""
+    if config is None:
+        raise TypeError(f"{trainer} needs its config: {trainer}(args=...Config(...), ...).")
+    set_seed(config.train.seed)
     if isinstance(model, str):
         config.model.model = model
         model = None
@@ -56,7 +63,7 @@ def take_inputs(config: Any, model: ModelInput, train_dataset: Any = None, eval_
             f"model must be a path or a transformers model (e.g. AutoModelForCausalLM.from_pretrained(path)), "
             f"got {type(model).__name__}."
         )
-    return model
+    return config, model
 
 
 def tokenizer_for(

@@ -52,7 +52,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
@@ -109,12 +108,8 @@ class KTOTrainer:
         eval_dataset: Any = None,
         accelerator: Accelerator | None = None,
     ) -> None:
-        config = config or args
-        if config is None:
-            raise TypeError("KTOTrainer needs its config: KTOTrainer(args=KTOConfig(...), ...).")
+        config, model = take_inputs("KTOTrainer", config or args, model, train_dataset, eval_dataset)
         self.config = config
-        set_seed(config.train.seed)
-        model = take_inputs(config, model, train_dataset, eval_dataset)
         ref_model = take_reference(config, ref_model)
         self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
         # Data is read, validated and tokenized before any model loads, so bad rows fail fast.

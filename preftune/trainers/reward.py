@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import gather_object
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
@@ -80,12 +80,8 @@ class RewardTrainer:
         eval_dataset: Any = None,
         accelerator: Accelerator | None = None,
     ) -> None:
-        config = config or args
-        if config is None:
-            raise TypeError("RewardTrainer needs its config: RewardTrainer(args=RewardConfig(...), ...).")
+        config, model = take_inputs("RewardTrainer", config or args, model, train_dataset, eval_dataset)
         self.config = config
-        set_seed(config.train.seed)
-        model = take_inputs(config, model, train_dataset, eval_dataset)
         if model is not None:
             _check_classifier(model, config.num_heads)
         self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
@@ -81,12 +80,8 @@ class SFTTrainer:
         eval_dataset: Any = None,
         accelerator: Accelerator | None = None,
     ) -> None:
-        config = config or args
-        if config is None:
-            raise TypeError("SFTTrainer needs its config: SFTTrainer(args=SFTConfig(...), ...).")
+        config, model = take_inputs("SFTTrainer", config or args, model, train_dataset, eval_dataset)
         self.config = config
-        set_seed(config.train.seed)  # before anything random: LoRA initialisation, data order
-        model = take_inputs(config, model, train_dataset, eval_dataset)
         self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
         # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
         data = config.data
