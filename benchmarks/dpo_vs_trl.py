@@ -502,11 +502,12 @@ def run_preftune(job: dict[str, Any], mode: str) -> dict[str, Any]:
     from preftune.engine.metrics import read_metrics
     from preftune.models import logps
     from preftune.models.loading import load_tokenizer
-    from preftune.trainers import dpo
+    from preftune.trainers import dpo, inputs
 
     loads: list[float] = []
     saves: list[float] = []
-    dpo.load_policy = timing(dpo.load_policy, loads)
+    # The policy is loaded by trainers.inputs.policy_for (shared by the trainers that take model objects).
+    inputs.load_policy = timing(inputs.load_policy, loads)
     # The reference is loaded by models.logps.load_frozen_reference (shared with KTO) since 604ea0f.
     logps.load_reference = timing(logps.load_reference, loads)
     dpo.save_final = timing(dpo.save_final, saves)
