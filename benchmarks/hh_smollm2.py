@@ -12,6 +12,11 @@ memory (max RSS, from /usr/bin/time) are recorded. The shared file's 1,800 pairs
 - rows [1500, 1800): held out from everything: reward-model accuracy (95% Wilson interval) and the
   length probe of `preftune eval --reward_model`, and the prompts the policies answer.
 
+300 held-out pairs give accuracy intervals of about +-0.055. For a sharper comparison with a model
+trained from random weights, the proxy is also scored on all 1,050 rows it never saw (rows 750-1799),
+beside the random-init 4M Llama of `benchmarks/rm_vs_trl.py` (preftune only) trained on the proxy's
+rows 0-749 and scored on the same rows 750-1799.
+
 Reward models: the proxy, the held-out judge and, for comparison, the untrained model (SmolLM2 with a
 freshly initialised score head, seed 0). Policies, each against SmolLM2 on the same held-out prompts and
 sampling streams (`preftune eval --policy --judge PROXY --heldout_judge HELDOUT`): the proxy's and the
@@ -43,6 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/hh-rlhf-harmless/train.jsonl.gz"
 HELDOUT_JUDGE_SPLIT = "train[750:1500]"
 HELDOUT_SPLIT = "train[1500:]"
+UNSEEN_BY_PROXY_SPLIT = "train[750:]"  # every row the proxy reward model did not train on
+RANDOM_INIT_TRAIN_PAIRS = 750  # the random-init comparison trains on the proxy's rows, rows 0-749
 POLICIES = ("dpo", "dpo_lora", "rloo", "loop")
 
 
@@ -77,12 +84,13 @@ class Steps:
         if timings.exists():
             self.timings = json.loads(timings.read_text())
 
-    def run(self, name: str, done: Path, argv: list[str]) -> None:
+    def run(self, name: str, done: Path, argv: list[str], program: tuple[str, ...] = ("preftune",)) -> None:
+        """Run `program *argv` from the repository root unless `done` exists; log, wall time and peak RSS."""
         if done.exists() or (self.only is not None and name not in self.only):
             print(f"[{name}] skipped ({'done' if done.exists() else 'not in --only'}): {done}", flush=True)
             return
         log = self.work / f"{name}.log"
-        command = ["/usr/bin/time", "-f", "TIME %e %M", "preftune", *argv]
+        command = ["/usr/bin/time", "-f", "TIME %e %M", *program, *argv]
         print(f"[{name}] {shlex.join(command[3:])}  (log: {log})", flush=True)
         start = time.perf_counter()
         with log.open("w") as handle:
@@ -160,6 +168,15 @@ def main(argv: list[str] | None = None) -> None:
             "eval", "--reward_model", str(path), "--dataset", data, "--dataset_split", HELDOUT_SPLIT,
             "--dialogue_format", "hh", "--skip_invalid", "true", "--output_dir", str(work / f"eval-rm-{name}"),
         ])  # fmt: skip
+    steps.run("eval_proxy_unseen", work / "eval-rm-proxy-unseen" / "eval.json", [
+        "eval", "--reward_model", str(rm / "final"), "--dataset", data, "--dataset_split", UNSEEN_BY_PROXY_SPLIT,
+        "--dialogue_format", "hh", "--skip_invalid", "true", "--output_dir", str(work / "eval-rm-proxy-unseen"),
+    ])  # fmt: skip
+    random_init = work / "rm-random-init"
+    steps.run("rm_random_init", random_init / "results.json", [
+        "benchmarks/rm_vs_trl.py", "--only", "preftune", "--data", data, "--train_pairs",
+        str(RANDOM_INIT_TRAIN_PAIRS), "--workdir", str(random_init), "--out", str(random_init / "results.json"),
+    ], program=(sys.executable,))  # fmt: skip
     proxy_judge, heldout_judge = f"rm:{rm / 'final'}", f"rm:{heldout_rm / 'final'}"
     recipes = {
         "dpo": "dpo/hh-smollm2.yaml",
@@ -202,6 +219,18 @@ def collect(work: Path, reward_models: dict[str, Path], timings: dict[str, Any])
         path = work / f"eval-rm-{name}" / "eval.json"
         if path.exists():
             results["reward_models"][name] = json.loads(path.read_text())
+    unseen = work / "eval-rm-proxy-unseen" / "eval.json"
+    random_init = work / "rm-random-init" / "results.json"
+    if unseen.exists() and random_init.exists():
+        proxy, scratch = json.loads(unseen.read_text()), json.loads(random_init.read_text())["preftune"]
+        results["unseen_rows"] = {
+            "rows": UNSEEN_BY_PROXY_SPLIT,
+            "proxy": {key: proxy[key] for key in ("rm/accuracy", "rm/accuracy_ci", "rm/num_pairs")},
+            "random_init": {"rm/accuracy": scratch["accuracy"], "rm/accuracy_ci": scratch["accuracy_ci"],
+                            "rm/num_pairs": scratch["eval_pairs"], "train_pairs": RANDOM_INIT_TRAIN_PAIRS},
+        }  # fmt: skip
+        low, high = proxy["rm/accuracy_ci"][0], scratch["accuracy_ci"][1]
+        results["unseen_rows"]["intervals_overlap"] = bool(low <= high)
     path = work / "eval-policies" / "eval.json"
     if path.exists():
         evaluation = json.loads(path.read_text())
@@ -231,6 +260,16 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {r['rm/accuracy']:.3f} | {_ci(r['rm/accuracy_ci'])} | "
                      f"{r['length/accuracy_chosen_longer']:.3f} / {r['length/accuracy_chosen_shorter']:.3f} | "
                      f"{r['length/prefer_longer_accuracy']:.3f} | {r['length/length_correlation']:.3f} |")  # fmt: skip
+    if "unseen_rows" in results:
+        unseen = results["unseen_rows"]
+        lines += ["", f"Rows the proxy never saw ({unseen['rows']}):", "",
+                  "| reward model (trained on rows 0-749) | accuracy | 95% CI | pairs |", "|---|---|---|---|"]  # fmt: skip
+        for name in ("proxy", "random_init"):
+            r = unseen[name]
+            lines.append(
+                f"| {name} | {r['rm/accuracy']:.3f} | {_ci(r['rm/accuracy_ci'])} | {r['rm/num_pairs']} |"
+            )
+        lines.append(f"\nIntervals overlap: {unseen['intervals_overlap']}")
     lines += ["", "| policy | held-out judge | 95% CI | win rate vs SmolLM2 (held-out judge) | 95% CI | proxy reward | "
               "KL to SmolLM2 | length | hacking flagged |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, p in results["policies"].items():
