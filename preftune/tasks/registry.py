@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def detect_task(dataset: str, task: str) -> str | None:
+def detect_task(dataset: Any, task: str) -> str | None:
     """The synthetic task whose gold reward applies: `task` itself, or with "auto" the one named
     in a task.json beside the dataset (written by `preftune synth`); None for "none" or no task."""
     if task == "none":
@@ -60,6 +60,10 @@ def detect_task(dataset: str, task: str) -> str | None:
     if task != "auto":
         get_task(task)  # raises with the available names
         return task
+    if not isinstance(dataset, str | Path) or not str(
+        dataset
+    ):  # data in memory, or none: no task.json beside it
+        return None
     meta = Path(dataset).parent / "task.json"
     if not meta.is_file():
         return None

@@ -100,15 +100,21 @@ def take_reference(config: Any, ref_model: ModelInput) -> ModelInput:
 
 
 def reference_for(
-    config: ModelConfig, ref_path: str | None, model: ModelInput, ref_model: ModelInput, device: Any
+    config: ModelConfig,
+    ref_path: str | None,
+    model: ModelInput,
+    ref_model: ModelInput,
+    device: Any,
+    temperature: float = 1.0,
 ) -> ResponseLogps | None:
     """The frozen reference: the object given, a copy of the model object given (taken before training), or
-    `ref_path` (default --model) from disk; None when it is the policy with its LoRA adapter disabled."""
+    `ref_path` (default --model) from disk; None when it is the policy with its LoRA adapter disabled. Its
+    log-probs use `temperature`, which must be the policy's (RL: the sampling temperature)."""
     if ref_model is not None:
-        return ResponseLogps(frozen(ref_model, device, copy=ref_model is model)).eval()
+        return ResponseLogps(frozen(ref_model, device, copy=ref_model is model), temperature).eval()
     if model is not None and not config.use_peft and not ref_path:
-        return ResponseLogps(frozen(model, device, copy=True)).eval()
-    return load_frozen_reference(config, ref_path, str(device))
+        return ResponseLogps(frozen(model, device, copy=True), temperature).eval()
+    return load_frozen_reference(config, ref_path, str(device), temperature)
 
 
 def frozen(model: PreTrainedModel | PeftModel, device: Any, copy: bool) -> PreTrainedModel:

@@ -27,7 +27,6 @@ is split. Chosen and rejected responses run as padded sequences, not prefix-shar
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections import defaultdict
@@ -37,30 +36,23 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
-from accelerate.utils import gather_object, set_seed
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
-from preftune.config import config_to_flat_dict
 from preftune.data import Completion, EncodedExample, Prompt
-from preftune.engine import Engine, build_accelerator
-from preftune.engine.hacking import (
-    HackingMonitor,
-    RewardHackingDetected,
-    watch_evaluation,
-    watch_start,
-)
+from preftune.engine.hacking import RewardHackingDetected
 from preftune.judges import (
     GroupRanking,
     Judge,
     PairwiseJudge,
-    check_judge_spec,
     compare,
     load_judge,
     rank_groups,
 )
 from preftune.losses.registry import LOSSES
-from preftune.models.loading import check_model_path, load_policy, load_tokenizer, save_final, token_id
-from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view, sequence_sums
+from preftune.models.logps import ResponseLogps, sequence_sums
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.backends import TransformersBackend
 from preftune.rollout.experience import (
@@ -74,8 +66,9 @@ from preftune.rollout.experience import (
     shape_scores,
 )
 from preftune.rollout.generate import RolloutBatch
-from preftune.rollout.rl_setup import RLSetup
+from preftune.trainers.inputs import ModelInput
 from preftune.trainers.online_dpo_config import OnlineDPOConfig, OnlineLossType
+from preftune.trainers.rl_base import RLTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -141,29 +134,33 @@ def pairwise_ranking_scores(scores: Tensor, ended: Tensor, missing_eos_penalty: 
     return (scores.double() - penalty * (~ended).double()).float()
 
 
-class OnlineDPOTrainer:
-    """`OnlineDPOTrainer(config).train()` runs online DPO against the judge of --judge."""
+class OnlineDPOTrainer(RLTrainer):
+    """`OnlineDPOTrainer(config).train()` runs online DPO against the judge of --judge; from Python,
+    `OnlineDPOTrainer(args=config, model=model, processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
     def __init__(
         self,
-        config: OnlineDPOConfig,
+        config: OnlineDPOConfig | None = None,
         judge: Judge | PairwiseJudge | None = None,
         heldout_judge: Judge | None = None,
+        *,
+        args: OnlineDPOConfig | None = None,
+        model: ModelInput = None,
+        ref_model: ModelInput = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        accelerator: Accelerator | None = None,
     ) -> None:
         """`judge` replaces --judge: a pointwise judge (`score(prompts, responses) -> (N,)`) or a pairwise one
-        (`compare(prompts, first, second) -> PairVerdicts`); `heldout_judge` replaces --heldout_judge."""
-        self.config = cfg = config
-        set_seed(cfg.train.seed)
-        check_model_path(cfg.model.model)
-        if cfg.ref_model:
-            check_model_path(cfg.ref_model, "--ref_model")
-        for spec, given, options in ((cfg.scoring.judge, judge, cfg.judge_options),
-                                     (cfg.scoring.heldout_judge, heldout_judge, None)):  # fmt: skip
-            if spec and given is None:
-                check_judge_spec(spec, options)
-        self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
-        self.pad_id = token_id(self.tokenizer, "pad")
-        self.accelerator = build_accelerator(cfg.train)
+        (`compare(prompts, first, second) -> PairVerdicts`); `heldout_judge` replaces --heldout_judge; the
+        other objects replace --model, --ref_model, the tokenizer saved with the model, --dataset (prompts),
+        --eval_dataset and the accelerator built from the config."""
+        model, ref_model = self._take_inputs(
+            "OnlineDPOTrainer", config or args, model, ref_model, processing_class, train_dataset, eval_dataset,
+            accelerator, judge, heldout_judge,
+        )  # fmt: skip
+        cfg = self.config
         if judge is None:
             options = {"cache_dir": str(Path(cfg.train.output_dir) / "judge-cache"), **cfg.judge_options}
             judge = load_ranking_judge(
@@ -175,38 +172,22 @@ class OnlineDPOTrainer:
         if self.win_rate is not None and cfg.scoring.reward_normalization != "none":
             raise ValueError("A pairwise judge gives preferences, not scores to standardise: pass "
                              "--reward_normalization none.")  # fmt: skip
-        self.setup = RLSetup.load(
-            cfg.data, cfg.sampling, cfg.scoring, self.tokenizer, self.accelerator,
-            cfg.train.per_device_train_batch_size, cfg.train.seed,
-            judge if isinstance(judge, Judge) else self.win_rate, heldout_judge,
-        )  # fmt: skip
-        policy = ResponseLogps(load_policy(cfg.model), cfg.sampling.temperature)
-        self.reference = load_frozen_reference(
-            cfg.model, cfg.ref_model, str(self.accelerator.device), cfg.sampling.temperature
-        )
-        self.engine = Engine(
-            cfg.train, policy, len(self.setup.prompts), config_to_flat_dict(cfg), self.accelerator
-        )
-        self.model = self.engine.model
-        self.setup.start_backend(self.policy)
-        self.monitor = HackingMonitor(cfg.hacking)
+        self._load_setup(judge if isinstance(judge, Judge) else self.win_rate, heldout_judge)
+        policy = self._policy(model)
+        self.reference = self._frozen_reference(model, ref_model)
+        self._start_engine(policy)
         state = self.engine.trainer_state  # restored on resume
-        if "hacking" in state:
-            self.monitor.load_state_dict(state["hacking"])
         if self.win_rate is not None and self.setup.evaluator is not None:
             if "eval_anchors" not in state:
                 state["eval_anchors"] = self._starting_samples()
             keys = map(_prompt_key, self.setup.evaluator.prompts.prompts)
             self.win_rate.anchors = dict(zip(keys, state["eval_anchors"], strict=True))
-        if "reward_mean" not in state and self.win_rate is None:
-            state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
+        if self.win_rate is None:  # a pairwise judge gives no scores to standardise
+            self._judge_statistics()
 
     @property
     def policy(self) -> ResponseLogps:
-        return self.accelerator.unwrap_model(self.model)
-
-    def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
-        return reference_view(self.reference, self.policy, self.accelerator.autocast())
+        return self.accelerator.unwrap_model(self.model)  # the engine trains the policy itself
 
     def train(self) -> dict[str, Any]:
         engine = self.engine
@@ -225,7 +206,7 @@ class OnlineDPOTrainer:
                 engine.optimizer_step(loss, num_tokens, {**metrics, **update_metrics}, evaluate)
         except RewardHackingDetected as stop:  # --stop_on_hacking: keep the policy as it is now
             logger.error("Stopping at step %d: %s", engine.step, stop)
-        return self._finish()
+        return self._finish("Online DPO", {"loss_type": self.config.loss_type})
 
     @torch.no_grad()
     def make_pairs(self, micro_indices: list[list[int]]) -> tuple[StepPairs, dict[str, float]]:
@@ -343,12 +324,6 @@ class OnlineDPOTrainer:
         metrics = {**metrics, "logps/chosen": logps[:B].detach(), "logps/rejected": logps[B:].detach()}
         return losses, metrics, batch["num_tokens"]
 
-    def evaluate(self) -> dict[str, float]:
-        """Judge score (pairwise judges: win rate against the starting policy), gold reward (synthetic task),
-        KL and length on the held-out prompts, and the reward-hacking monitor's verdict on them."""
-        metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-        return watch_evaluation(self.monitor, self.engine.trainer_state, self.engine.step, metrics)
-
     @torch.no_grad()
     def _starting_samples(self) -> list[str]:
         """The starting policy's held-out responses, drawn as the evaluation draws them (same seed and
@@ -370,23 +345,3 @@ class OnlineDPOTrainer:
         indexed = list(zip(mine, texts, strict=True))
         everything = sorted(gather_object(indexed) if world > 1 else indexed)
         return [text for _, text in everything]
-
-    def _start_monitor(self) -> None:
-        """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
-
-        def evaluate() -> dict[str, float]:
-            return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-
-        watch_start(self.monitor, self.engine.trainer_state, evaluate if self.setup.evaluator else None)
-
-    def _finish(self) -> dict[str, Any]:
-        final = Path(self.config.train.output_dir) / "final"
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            save_final(self.policy.model, self.tokenizer, final)
-        summary = self.engine.finish(
-            {"train_prompts": len(self.setup.prompts), "judge": self.config.scoring.judge,
-             "loss_type": self.config.loss_type, "hacking": self.monitor.summary()}
-        )  # fmt: skip
-        logger.info("Online DPO done in %.0f s: final policy in %s", summary["wall_seconds"], final)
-        return summary

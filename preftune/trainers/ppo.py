@@ -25,26 +25,19 @@ logp(a_t)); the loss is normalised by the global number of tokens in each mini-b
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate import Accelerator
 from peft import PeftModel
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
-from preftune.config import config_to_flat_dict
-from preftune.engine import Engine, build_accelerator
-from preftune.engine.hacking import (
-    HackingMonitor,
-    RewardHackingDetected,
-    watch_evaluation,
-    watch_start,
-)
+from preftune.engine.hacking import RewardHackingDetected
 from preftune.engine.minibatch import minibatch_updates
-from preftune.judges import Judge, RewardModelJudge, check_judge_spec
+from preftune.judges import Judge, RewardModelJudge
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import (
     adaptive_kl_coef,
@@ -54,15 +47,8 @@ from preftune.losses.policy_gradient import (
     ppo_value_loss,
 )
 from preftune.models.actor_critic import VALUE_ADAPTER, ActorCritic, SharedBackboneActorCritic
-from preftune.models.loading import (
-    check_model_path,
-    load_policy,
-    load_scalar_model,
-    load_tokenizer,
-    save_final,
-    token_id,
-)
-from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view
+from preftune.models.loading import check_model_path, load_scalar_model, load_tokenizer, save_final
+from preftune.models.logps import ResponseLogps
 from preftune.models.scalar import PooledScorer
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.experience import (
@@ -74,43 +60,46 @@ from preftune.rollout.experience import (
     shape_scores,
 )
 from preftune.rollout.generate import RolloutBatch
-from preftune.rollout.rl_setup import RLSetup
+from preftune.trainers.inputs import ModelInput
 from preftune.trainers.ppo_config import PPOConfig
+from preftune.trainers.rl_base import RLTrainer
 
 logger = logging.getLogger(__name__)
 
 
-class PPOTrainer:
-    """`PPOTrainer(config).train()` runs the whole job."""
+class PPOTrainer(RLTrainer):
+    """`PPOTrainer(config).train()` runs the whole job; from Python, `PPOTrainer(args=config, model=model,
+    processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
     def __init__(
-        self, config: PPOConfig, judge: Judge | None = None, heldout_judge: Judge | None = None
+        self,
+        config: PPOConfig | None = None,
+        judge: Judge | None = None,
+        heldout_judge: Judge | None = None,
+        *,
+        args: PPOConfig | None = None,
+        model: ModelInput = None,
+        ref_model: ModelInput = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        accelerator: Accelerator | None = None,
     ) -> None:
         """`judge` and `heldout_judge` replace the judges named by --judge and --heldout_judge (any object with
-        `score(prompts, responses) -> (N,)`)."""
-        self.config = config
-        cfg = config
-        set_seed(cfg.train.seed)
-        for path, flag in (
-            (cfg.model.model, "--model"),
-            (cfg.ref_model, "--ref_model"),
-            (cfg.value_model, "--value_model"),
-        ):
-            if path:
-                check_model_path(path, flag)
-        for spec, given in ((cfg.scoring.judge, judge), (cfg.scoring.heldout_judge, heldout_judge)):
-            if spec and given is None:
-                check_judge_spec(spec)
-        self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
-        self.pad_id = token_id(self.tokenizer, "pad")
-        self.accelerator = build_accelerator(cfg.train)
-        self.setup = RLSetup.load(
-            cfg.data, cfg.sampling, cfg.scoring, self.tokenizer, self.accelerator,
-            cfg.train.per_device_train_batch_size, cfg.train.seed, judge, heldout_judge,
+        `score(prompts, responses) -> (N,)`); the other objects replace --model, --ref_model, the tokenizer
+        saved with the model, --dataset (prompts), --eval_dataset and the accelerator built from the config.
+        The value model is always loaded from a path (--value_model, the reward model's or --model)."""
+        model, ref_model = self._take_inputs(
+            "PPOTrainer", config or args, model, ref_model, processing_class, train_dataset, eval_dataset,
+            accelerator, judge, heldout_judge,
         )  # fmt: skip
-        policy = ResponseLogps(load_policy(cfg.model), cfg.sampling.temperature)
+        cfg = self.config
+        if cfg.value_model:
+            check_model_path(cfg.value_model, "--value_model")
+        self._load_setup(judge, heldout_judge)
+        policy = self._policy(model)
         if cfg.share_backbone:
-            model: torch.nn.Module = SharedBackboneActorCritic(policy, self._lora_config(policy))
+            actor_critic: torch.nn.Module = SharedBackboneActorCritic(policy, self._lora_config(policy))
             self.reference = None
         else:
             if cfg.model.use_peft:
@@ -118,23 +107,11 @@ class PPOTrainer:
                     "--use_peft without --share_backbone: the value model is a full, trainable copy of its "
                     "checkpoint (with its own optimizer state). --share_backbone true keeps one copy of the base."
                 )
-            model = ActorCritic(policy, self._load_value_model())
-            self.reference = load_frozen_reference(
-                cfg.model, cfg.ref_model, str(self.accelerator.device), cfg.sampling.temperature
-            )
-        self.engine = Engine(
-            cfg.train, model, len(self.setup.prompts), config_to_flat_dict(cfg), self.accelerator,
-            items_per_step=cfg.rollout_size * self.accelerator.num_processes,
-        )  # fmt: skip
-        self.model = self.engine.model
-        self.setup.start_backend(self.policy)
-        self.monitor = HackingMonitor(config.hacking)
-        if "hacking" in self.engine.trainer_state:  # restored on resume
-            self.monitor.load_state_dict(self.engine.trainer_state["hacking"])
-        state = self.engine.trainer_state  # restored on resume
-        if "reward_mean" not in state:
-            state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
-        state.setdefault("kl_coef", cfg.kl_coef)
+            actor_critic = ActorCritic(policy, self._load_value_model())
+            self.reference = self._frozen_reference(model, ref_model)
+        self._start_engine(actor_critic, cfg.rollout_size * self.accelerator.num_processes)
+        self._judge_statistics()
+        self.engine.trainer_state.setdefault("kl_coef", cfg.kl_coef)
 
     def _lora_config(self, policy: ResponseLogps) -> Any:
         assert isinstance(policy.model, PeftModel), "checked in PPOConfig: --share_backbone needs --use_peft"
@@ -145,6 +122,11 @@ class PPOTrainer:
         judge = self.setup.judge
         from_judge = judge.paths[0] if isinstance(judge, RewardModelJudge) and len(judge.paths) == 1 else None
         path = cfg.value_model or from_judge or cfg.model.model
+        if not path:
+            raise ValueError(
+                "PPO needs a value model to start from: pass --value_model PATH (a causal LM or reward model "
+                "folder with the policy's tokenizer); with a model object there is no --model path to use."
+            )
         value = load_scalar_model(
             path, cfg.model.dtype, None, cfg.model.trust_remote_code, "--value_model", 1, self.pad_id,
             average_heads=True,  # an ensemble reward model (rm --num_heads K): one head, the mean of the K
@@ -157,13 +139,6 @@ class PPOTrainer:
             )
         logger.info("Value model: initialised from %s.", path)
         return PooledScorer(value)
-
-    @property
-    def policy(self) -> ResponseLogps:
-        return self.accelerator.unwrap_model(self.model).policy
-
-    def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
-        return reference_view(self.reference, self.policy, self.accelerator.autocast())
 
     def train(self) -> dict[str, Any]:
         engine = self.engine
@@ -183,7 +158,7 @@ class PPOTrainer:
                 engine.end_step(loss, num_tokens, metrics, self.evaluate if self.setup.evaluator else None)
         except RewardHackingDetected as stop:  # --stop_on_hacking: keep the policy as it is now
             logger.error("Stopping at step %d: %s", engine.step, stop)
-        return self._finish()
+        return self._finish("PPO", {})
 
     @torch.no_grad()
     def make_experience(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -295,30 +270,7 @@ class PPOTrainer:
         sums["tokens"] = torch.tensor(float(out.logps.numel()), device=device)
         return token_loss.sum() / num_tokens, sums
 
-    def evaluate(self) -> dict[str, float]:
-        """Judge score, gold reward (synthetic task), KL and length on the held-out prompts, and the
-        reward-hacking monitor's verdict on them."""
-        metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-        return watch_evaluation(self.monitor, self.engine.trainer_state, self.engine.step, metrics)
-
-    def _start_monitor(self) -> None:
-        """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
-
-        def evaluate() -> dict[str, float]:
-            return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-
-        watch_start(self.monitor, self.engine.trainer_state, evaluate if self.setup.evaluator else None)
-
-    def _finish(self) -> dict[str, Any]:
-        final = Path(self.config.train.output_dir) / "final"
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            if self.config.share_backbone:  # only the policy adapter is merged into final/
-                self.policy.model.delete_adapter(VALUE_ADAPTER)
-            save_final(self.policy.model, self.tokenizer, final)
-        summary = self.engine.finish(
-            {"train_prompts": len(self.setup.prompts), "judge": self.config.scoring.judge,
-             "hacking": self.monitor.summary()}
-        )  # fmt: skip
-        logger.info("PPO done in %.0f s: final policy in %s", summary["wall_seconds"], final)
-        return summary
+    def _save_policy(self, final: Path) -> None:
+        if self.config.share_backbone:  # only the policy adapter is merged into final/
+            self.policy.model.delete_adapter(VALUE_ADAPTER)
+        save_final(self.policy.model, self.tokenizer, final)

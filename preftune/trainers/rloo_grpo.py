@@ -21,30 +21,20 @@ correction as in TRL.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate import Accelerator
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
-from preftune.config import config_to_flat_dict
-from preftune.engine import Engine, build_accelerator
-from preftune.engine.hacking import (
-    HackingMonitor,
-    RewardHackingDetected,
-    watch_evaluation,
-    watch_start,
-)
+from preftune.engine.hacking import RewardHackingDetected
 from preftune.engine.minibatch import minibatch_updates
-from preftune.judges import Judge, check_judge_spec
+from preftune.judges import Judge
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rloo_advantages
 from preftune.models.actor_critic import ActorCritic
-from preftune.models.loading import check_model_path, load_policy, load_tokenizer, save_final, token_id
-from preftune.models.logps import ResponseLogps, load_frozen_reference, reference_view
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.experience import (
     collate_on,
@@ -54,7 +44,8 @@ from preftune.rollout.experience import (
     rollout_examples,
     shape_scores,
 )
-from preftune.rollout.rl_setup import RLSetup
+from preftune.trainers.inputs import ModelInput
+from preftune.trainers.rl_base import RLTrainer
 from preftune.trainers.rloo_grpo_config import GRPOConfig, RLOOConfig
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "RLOOConfig", "RLOOTrainer"]
@@ -62,52 +53,38 @@ __all__ = ["GRPOConfig", "GRPOTrainer", "RLOOConfig", "RLOOTrainer"]
 logger = logging.getLogger(__name__)
 
 
-class RLOOTrainer:
-    """`RLOOTrainer(config).train()` runs RLOO or GRPO (by config.advantage_estimator)."""
+class RLOOTrainer(RLTrainer):
+    """`RLOOTrainer(config).train()` runs RLOO or GRPO (by config.advantage_estimator); from Python,
+    `RLOOTrainer(args=config, model=model, processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
     def __init__(
-        self, config: RLOOConfig, judge: Judge | None = None, heldout_judge: Judge | None = None
+        self,
+        config: RLOOConfig | None = None,
+        judge: Judge | None = None,
+        heldout_judge: Judge | None = None,
+        *,
+        args: RLOOConfig | None = None,
+        model: ModelInput = None,
+        ref_model: ModelInput = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        accelerator: Accelerator | None = None,
     ) -> None:
         """`judge` and `heldout_judge` replace the judges named by --judge and --heldout_judge (any object with
-        `score(prompts, responses) -> (N,)`)."""
-        self.config = cfg = config
-        set_seed(cfg.train.seed)
-        check_model_path(cfg.model.model)
-        if cfg.ref_model:
-            check_model_path(cfg.ref_model, "--ref_model")
-        for spec, given in ((cfg.scoring.judge, judge), (cfg.scoring.heldout_judge, heldout_judge)):
-            if spec and given is None:
-                check_judge_spec(spec)
-        self.tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
-        self.pad_id = token_id(self.tokenizer, "pad")
-        self.accelerator = build_accelerator(cfg.train)
-        self.setup = RLSetup.load(
-            cfg.data, cfg.sampling, cfg.scoring, self.tokenizer, self.accelerator,
-            cfg.train.per_device_train_batch_size, cfg.train.seed, judge, heldout_judge,
+        `score(prompts, responses) -> (N,)`); the other objects replace --model, --ref_model, the tokenizer
+        saved with the model, --dataset (prompts), --eval_dataset and the accelerator built from the config."""
+        model, ref_model = self._take_inputs(
+            "RLOOTrainer", config or args, model, ref_model, processing_class, train_dataset, eval_dataset,
+            accelerator, judge, heldout_judge,
         )  # fmt: skip
-        policy = ResponseLogps(load_policy(cfg.model), cfg.sampling.temperature)
-        self.reference = load_frozen_reference(
-            cfg.model, cfg.ref_model, str(self.accelerator.device), cfg.sampling.temperature
-        )
+        cfg = self.config
+        self._load_setup(judge, heldout_judge)
+        policy = self._policy(model)
+        self.reference = self._frozen_reference(model, ref_model)
         self.prompts_per_process = cfg.rollout_size // cfg.num_generations
-        self.engine = Engine(
-            cfg.train, ActorCritic(policy), len(self.setup.prompts), config_to_flat_dict(cfg), self.accelerator,
-            items_per_step=self.prompts_per_process * self.accelerator.num_processes,
-        )  # fmt: skip
-        self.model = self.engine.model
-        self.setup.start_backend(self.policy)
-        self.monitor = HackingMonitor(config.hacking)
-        if "hacking" in self.engine.trainer_state:  # restored on resume
-            self.monitor.load_state_dict(self.engine.trainer_state["hacking"])
-        if "reward_mean" not in self.engine.trainer_state:  # restored on resume
-            self.engine.trainer_state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
-
-    @property
-    def policy(self) -> ResponseLogps:
-        return self.accelerator.unwrap_model(self.model).policy
-
-    def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
-        return reference_view(self.reference, self.policy, self.accelerator.autocast())
+        self._start_engine(ActorCritic(policy), self.prompts_per_process * self.accelerator.num_processes)
+        self._judge_statistics()
 
     def train(self) -> dict[str, Any]:
         engine = self.engine
@@ -120,7 +97,8 @@ class RLOOTrainer:
                 engine.end_step(loss, num_tokens, {**metrics, **update_metrics}, evaluate)
         except RewardHackingDetected as stop:  # --stop_on_hacking: keep the policy as it is now
             logger.error("Stopping at step %d: %s", engine.step, stop)
-        return self._finish()
+        estimator = self.config.advantage_estimator
+        return self._finish(estimator.upper(), {"advantage_estimator": estimator})
 
     @torch.no_grad()
     def make_experience(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -224,33 +202,6 @@ class RLOOTrainer:
             sums["gap_sum"] = (out.logps.detach() - flat("logps")).abs().sum()
             sums["gap_tokens"] = sums["tokens"]
         return token_loss.sum() / num_tokens, sums
-
-    def evaluate(self) -> dict[str, float]:
-        """Judge score, gold reward (synthetic task), KL and length on the held-out prompts, and the
-        reward-hacking monitor's verdict on them."""
-        metrics = self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-        return watch_evaluation(self.monitor, self.engine.trainer_state, self.engine.step, metrics)
-
-    def _start_monitor(self) -> None:
-        """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
-
-        def evaluate() -> dict[str, float]:
-            return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
-
-        watch_start(self.monitor, self.engine.trainer_state, evaluate if self.setup.evaluator else None)
-
-    def _finish(self) -> dict[str, Any]:
-        final = Path(self.config.train.output_dir) / "final"
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            save_final(self.policy.model, self.tokenizer, final)
-        summary = self.engine.finish(
-            {"train_prompts": len(self.setup.prompts), "judge": self.config.scoring.judge,
-             "advantage_estimator": self.config.advantage_estimator, "hacking": self.monitor.summary()}
-        )  # fmt: skip
-        logger.info("%s done in %.0f s: final policy in %s", self.config.advantage_estimator.upper(),
-                    summary["wall_seconds"], final)  # fmt: skip
-        return summary
 
 
 GRPOTrainer = RLOOTrainer

@@ -119,3 +119,56 @@ def test_kto_with_objects_is_the_run_the_paths_give(synth_world, tiny_base, tmp_
                train_dataset=load_rows(pairs).rows[:24]).train()  # fmt: skip
     by_paths, by_objects = _losses(tmp_path / "paths"), _losses(tmp_path / "objects")
     assert len(by_objects) == 3 and by_objects == pytest.approx(by_paths, rel=1e-5, abs=1e-7)
+
+
+class _VowelJudge:
+    """A pointwise judge object (any `score(prompts, responses)`): the share of vowels among the letters."""
+
+    def score(self, prompts, responses) -> torch.Tensor:
+        shares = []
+        for text in responses:
+            letters = [c for c in text.lower() if c.isalpha()]
+            shares.append(sum(c in "aeiou" for c in letters) / max(len(letters), 1))
+        return torch.tensor(shares)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["PPO", "RLOO", "OnlineDPO"])
+def test_rl_trainers_with_objects_are_the_runs_the_paths_give(name, synth_world, tiny_base, tmp_path):
+    trainer_class, config_class = getattr(preftune, f"{name}Trainer"), getattr(preftune, f"{name}Config")
+    options = {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1, "disable_tqdm": True,
+               "learning_rate": 1e-3, "max_new_tokens": 8, "max_length": 64, "judge": "custom",
+               "reward_norm_samples": 8}  # fmt: skip
+    if name != "PPO":
+        options["num_generations"] = 2
+    prompts = load_rows(str(synth_world["prompts"])).rows[:16]
+    trainer_class(make_config(config_class, model=tiny_base, dataset=str(synth_world["prompts"]),
+                              dataset_split="train[:16]", output_dir=str(tmp_path / "paths"), **options),
+                  judge=_VowelJudge()).train()  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    # PPO's value model is always read from a folder: the run by paths started it from --model
+    extra = {"value_model": tiny_base} if name == "PPO" else {}
+    trainer = trainer_class(
+        args=make_config(config_class, output_dir=str(tmp_path / "objects"), **options, **extra),
+        model=model,
+        processing_class=AutoTokenizer.from_pretrained(tiny_base),
+        train_dataset=datasets.Dataset.from_list(prompts),
+        judge=_VowelJudge(),
+    )
+    trainer.train()
+    by_paths, by_objects = _losses(tmp_path / "paths"), _losses(tmp_path / "objects")
+    assert len(by_objects) == 2 and by_objects == pytest.approx(by_paths, rel=1e-5, abs=1e-7)
+    assert any(not torch.equal(before[key], value) for key, value in model.state_dict().items())  # it trained
+    for key, value in trainer.reference.model.state_dict().items():  # the reference: a copy from before
+        torch.testing.assert_close(value, before[key])
+    assert "<Dataset in memory, 16 rows>" in (tmp_path / "objects" / "config.yaml").read_text()
+
+
+def test_ppo_with_a_model_object_and_no_value_model_path_says_what_to_pass(synth_world, tiny_base, tmp_path):
+    config = make_config(preftune.PPOConfig, output_dir=str(tmp_path / "run"), judge="custom", max_length=64,
+                         max_new_tokens=8, per_device_train_batch_size=4, max_steps=1)  # fmt: skip
+    with pytest.raises(ValueError, match="--value_model PATH"):
+        preftune.PPOTrainer(args=config, model=AutoModelForCausalLM.from_pretrained(tiny_base),
+                            processing_class=AutoTokenizer.from_pretrained(tiny_base),
+                            train_dataset=load_rows(str(synth_world["prompts"])).rows[:8], judge=_VowelJudge())  # fmt: skip

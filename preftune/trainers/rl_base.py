@@ -1,0 +1,164 @@
+"""What the RL trainers (PPO, RLOO/GRPO, online DPO) share around their algorithm, written once:
+
+- taking their inputs: objects from Python (a model, a reference, a tokenizer, datasets, judges, an
+  accelerator) or the config's paths from the command line (trainers/inputs.py);
+- the policy (at the sampling temperature) and the frozen reference;
+- the engine and the reward-hacking monitor, restored on resume;
+- the held-out evaluation, shown to the monitor at step 0 and at every evaluation;
+- the final save and summary.
+
+Each algorithm (sampling, scoring, advantages or pairs, its loss, its `train` loop) stays in its own
+file, readable top to bottom; this class holds none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
+
+from preftune.config import config_to_flat_dict
+from preftune.engine import Engine
+from preftune.engine.hacking import HackingMonitor, watch_evaluation, watch_start
+from preftune.judges import check_judge_spec
+from preftune.models.loading import save_final, token_id
+from preftune.models.logps import ResponseLogps, reference_view
+from preftune.rollout.rl_setup import RLSetup
+from preftune.trainers.inputs import (
+    ModelInput,
+    accelerator_for,
+    policy_for,
+    reference_for,
+    take_inputs,
+    take_reference,
+    tokenizer_for,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class RLTrainer:
+    """The RL trainers' shared scaffolding (see the module docstring); a subclass runs its algorithm."""
+
+    config: Any
+    tokenizer: PreTrainedTokenizerBase
+    pad_id: int
+    accelerator: Accelerator
+    setup: RLSetup
+    reference: ResponseLogps | None
+    engine: Engine
+    model: torch.nn.Module
+    monitor: HackingMonitor
+
+    def _take_inputs(
+        self,
+        name: str,
+        config: Any,
+        model: ModelInput,
+        ref_model: ModelInput,
+        processing_class: PreTrainedTokenizerBase | None,
+        train_dataset: Any,
+        eval_dataset: Any,
+        accelerator: Accelerator | None,
+        judge: Any,
+        heldout_judge: Any,
+    ) -> tuple[ModelInput, ModelInput]:
+        """Seed, put paths and datasets given into the config, check every checkpoint and judge spec before
+        anything loads (--judge with the config's --judge_options, where it has them; a judge object given
+        replaces its spec), then the
+        tokenizer and accelerator. Returns the model and reference objects given (None: the config's path)."""
+        config, model = take_inputs(name, config, model, train_dataset, eval_dataset)
+        self.config = config
+        ref_model = take_reference(config, ref_model)
+        checks = (
+            (config.scoring.judge, judge, getattr(config, "judge_options", None)),
+            (config.scoring.heldout_judge, heldout_judge, None),
+        )
+        for spec, given, options in checks:
+            if spec and given is None:
+                check_judge_spec(spec, options)
+        self.tokenizer = tokenizer_for(config.model, model, processing_class)
+        self.pad_id = token_id(self.tokenizer, "pad")
+        self.accelerator = accelerator_for(config.train, accelerator)
+        return model, ref_model
+
+    def _load_setup(self, judge: Any, heldout_judge: Any) -> None:
+        """The prompts (read and encoded before any model loads), the judge (`judge`, or the one --judge
+        names) and the held-out evaluation."""
+        cfg = self.config
+        self.setup = RLSetup.load(
+            cfg.data, cfg.sampling, cfg.scoring, self.tokenizer, self.accelerator,
+            cfg.train.per_device_train_batch_size, cfg.train.seed, judge, heldout_judge,
+        )  # fmt: skip
+
+    def _policy(self, model: ModelInput) -> ResponseLogps:
+        """The trainable policy (the object given or --model, with LoRA when --use_peft) at the sampling
+        temperature."""
+        return ResponseLogps(policy_for(self.config.model, model), self.config.sampling.temperature)
+
+    def _frozen_reference(self, model: ModelInput, ref_model: ModelInput) -> ResponseLogps | None:
+        """The frozen reference at the sampling temperature (None: the LoRA policy with its adapter off)."""
+        cfg = self.config
+        return reference_for(
+            cfg.model, cfg.ref_model, model, ref_model, self.accelerator.device, cfg.sampling.temperature
+        )
+
+    def _start_engine(self, model: torch.nn.Module, items_per_step: int | None = None) -> None:
+        """The engine over the training prompts (restoring a checkpoint on resume), the generation backend
+        and the reward-hacking monitor with its restored state."""
+        cfg = self.config
+        self.engine = Engine(
+            cfg.train, model, len(self.setup.prompts), config_to_flat_dict(cfg), self.accelerator,
+            items_per_step=items_per_step,
+        )  # fmt: skip
+        self.model = self.engine.model
+        self.setup.start_backend(self.policy)
+        self.monitor = HackingMonitor(cfg.hacking)
+        if "hacking" in self.engine.trainer_state:  # restored on resume
+            self.monitor.load_state_dict(self.engine.trainer_state["hacking"])
+
+    def _judge_statistics(self) -> None:
+        """The judge's mean and std on the starting policy's samples (reward standardisation), once per run."""
+        state = self.engine.trainer_state  # restored on resume
+        if "reward_mean" not in state:
+            state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
+
+    @property
+    def policy(self) -> ResponseLogps:
+        return self.accelerator.unwrap_model(self.model).policy
+
+    def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
+        return reference_view(self.reference, self.policy, self.accelerator.autocast())
+
+    def _held_out(self) -> dict[str, float]:
+        return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
+
+    def evaluate(self) -> dict[str, float]:
+        """Judge score, gold reward (synthetic task), KL and length on the held-out prompts, and the
+        reward-hacking monitor's verdict on them."""
+        return watch_evaluation(self.monitor, self.engine.trainer_state, self.engine.step, self._held_out())
+
+    def _start_monitor(self) -> None:
+        """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
+        watch_start(self.monitor, self.engine.trainer_state, self._held_out if self.setup.evaluator else None)
+
+    def _save_policy(self, final: Path) -> None:
+        save_final(self.policy.model, self.tokenizer, final)
+
+    def _finish(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Save the policy to output_dir/final (main process) and write the run's summary with `fields`."""
+        final = Path(self.config.train.output_dir) / "final"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self._save_policy(final)
+        summary = self.engine.finish(
+            {"train_prompts": len(self.setup.prompts), "judge": self.config.scoring.judge, **fields,
+             "hacking": self.monitor.summary()}
+        )  # fmt: skip
+        logger.info("%s done in %.0f s: final policy in %s", name, summary["wall_seconds"], final)
+        return summary
