@@ -1,0 +1,51 @@
+"""The side-by-side benchmarks against TRL run at toy size, and their parity checks hold.
+
+They reach into preftune's internals (to time model loading, to feed TRL preftune's token ids), so a
+refactor can break them without any other test noticing; these runs catch that. Speed is not checked
+here (benchmarks measure it); the first-step losses of the two frameworks must agree.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_benchmark(script: str, tmp_path: Path, *options: str) -> dict:
+    out = tmp_path / "result.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *options,
+               "--workdir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_dpo_vs_trl_runs_and_first_step_losses_agree(tmp_path):
+    pytest.importorskip("trl")
+    result = run_benchmark("dpo_vs_trl.py", tmp_path, "--num_rows", "40", "--num_pairs", "8", "--batch_size", "4",
+                           "--max_length", "128", "--hidden", "64", "--layers", "2", "--vocab_size", "512")  # fmt: skip
+    assert result["preftune"]["num_pairs"] == 8 and result["preftune"]["steps"] == 2
+    for run in ("trl_default", "trl_precompute"):
+        assert result[run]["num_pairs"] == 8
+        assert result[run]["loss_difference"] < 1e-4, (
+            run,
+            result[run]["first_step"],
+            result["preftune"]["first_step"],
+        )
+    assert result["targets"]["first-step losses equal within 0.0001"] is True
+
+
+@pytest.mark.slow
+def test_rm_vs_trl_runs_and_both_frameworks_score_the_same_held_out_pairs(tmp_path):
+    pytest.importorskip("trl")
+    result = run_benchmark("rm_vs_trl.py", tmp_path, "--max_pairs", "60", "--train_pairs", "40", "--batch_size", "8",
+                           "--max_length", "128", "--size", "tiny", "--vocab_size", "512")  # fmt: skip
+    ours, theirs = result["preftune"], result["trl"]
+    assert ours["eval_pairs"] == theirs["eval_pairs"] > 0
+    assert abs(ours["first_step_loss"] - theirs["first_step_loss"]) < 1e-4
+    assert 0.0 <= ours["accuracy"] <= 1.0
