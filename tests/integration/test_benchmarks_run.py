@@ -41,11 +41,14 @@ def test_dpo_vs_trl_runs_and_first_step_losses_agree(tmp_path):
 
 
 @pytest.mark.slow
-def test_rm_vs_trl_runs_and_both_frameworks_score_the_same_held_out_pairs(tmp_path):
+def test_rm_vs_trl_runs_and_both_frameworks_train_the_same_model(tmp_path):
     pytest.importorskip("trl")
     result = run_benchmark("rm_vs_trl.py", tmp_path, "--max_pairs", "60", "--train_pairs", "40", "--batch_size", "8",
                            "--max_length", "128", "--size", "tiny", "--vocab_size", "512")  # fmt: skip
     ours, theirs = result["preftune"], result["trl"]
+    # both start from the same random-init model and take the same steps on the same pairs (issue 3):
+    # the two trained models rank the same held-out pairs the same way
+    assert ours["score_head_checksum"] == theirs["score_head_checksum"]
     assert ours["eval_pairs"] == theirs["eval_pairs"] > 0
-    assert abs(ours["first_step_loss"] - theirs["first_step_loss"]) < 1e-4
-    assert 0.0 <= ours["accuracy"] <= 1.0
+    assert ours["accuracy"] == theirs["accuracy"]
+    assert ours["length_correlation"] == pytest.approx(theirs["length_correlation"], abs=0.01)
