@@ -376,16 +376,28 @@ class PairwiseLoss:
     """True: the slots take per-token means (summed values divided by the response length)."""
     params: tuple[str, ...]
     """Names of the keyword-only parameters of `fn`, which the trainer passes from its config."""
+    margin: bool = False
+    """True: a function of the margin beta * (chosen - rejected) alone, so an f-divergence
+    (`f_divergence_logratio`) may replace the log-ratio in both slots."""
+    soft_labels: bool = False
+    """True: its label smoothing is the expected loss under label flips, so a soft label p (P(chosen is
+    truly preferred)) may enter as per-pair smoothing 1 - p."""
+    label_noise: bool = False
+    """True: its label smoothing is a label-flip rate, which an estimate from the ratings may set."""
+    per_sorted_position: bool = False
+    """True: computed per sorted position across the batch, not per pair, so no per-pair weight applies."""
 
+
+_FLIPS = {"soft_labels": True, "label_noise": True}  # the loss under label flips (cDPO's smoothing)
 
 PAIRWISE_LOSSES: dict[str, PairwiseLoss] = {
-    "sigmoid": PairwiseLoss(sigmoid_loss, False, False, ("label_smoothing",)),
-    "cdpo": PairwiseLoss(cdpo_loss, False, False, ("label_smoothing",)),
-    "robust": PairwiseLoss(robust_loss, False, False, ("label_smoothing",)),
-    "ipo": PairwiseLoss(ipo_loss, False, False, ()),
-    "ipo_norm": PairwiseLoss(ipo_norm_loss, False, True, ()),
-    "hinge": PairwiseLoss(hinge_loss, False, False, ()),
-    "simpo": PairwiseLoss(simpo_loss, True, True, ("gamma", "label_smoothing")),
-    "sigmoid_norm": PairwiseLoss(sigmoid_norm_loss, False, True, ("label_smoothing",)),
+    "sigmoid": PairwiseLoss(sigmoid_loss, False, False, ("label_smoothing",), margin=True, **_FLIPS),
+    "cdpo": PairwiseLoss(cdpo_loss, False, False, ("label_smoothing",), margin=True, **_FLIPS),
+    "robust": PairwiseLoss(robust_loss, False, False, ("label_smoothing",), margin=True, label_noise=True),
+    "ipo": PairwiseLoss(ipo_loss, False, False, (), margin=True),
+    "ipo_norm": PairwiseLoss(ipo_norm_loss, False, True, (), margin=True),
+    "hinge": PairwiseLoss(hinge_loss, False, False, (), margin=True),
+    "simpo": PairwiseLoss(simpo_loss, True, True, ("gamma", "label_smoothing"), **_FLIPS),
+    "sigmoid_norm": PairwiseLoss(sigmoid_norm_loss, False, True, ("label_smoothing",), margin=True, **_FLIPS),
     "orpo": PairwiseLoss(orpo_loss, True, True, ()),
 }

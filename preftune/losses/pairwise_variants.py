@@ -384,5 +384,5 @@ VARIANT_LOSS_FUNCTIONS: dict[str, tuple[PairwiseLossFn, tuple[str, ...]]] = {
 }
 """Loss name -> (function, names of its keyword-only parameters). All use reference log-ratios;
 none is length-normalised. aot also needs the reference log-probs; bco_pair needs the reward shift
-delta, which the DPO trainer takes as the micro-batch's mean implicit reward (a departure from the
-paper's running mean, see preftune/trainers/dpo.py)."""
+delta, which both DPO trainers take as the micro-batch's mean implicit reward (a departure from the
+paper's running mean; losses/registry.py, preference_loss)."""

@@ -9,10 +9,11 @@ What is implemented here: the reference is a frozen copy of --ref_model (default
 copy of the weights). Each pair runs as one [prompt][chosen][rejected] block with the
 prompt computed once; the LM head runs only at response positions.
 Soft labels: with a `chosen_probability` column p (e.g. from preftune/feedback/aggregate.py)
-the losses in SOFT_LABEL_LOSSES take per-pair label smoothing 1 - p (combined with
+the losses in losses.registry.SOFT_LABEL_LOSSES take per-pair label smoothing 1 - p (combined with
 --label_smoothing as independent flips), the expected loss under the soft label; other losses
 refuse such data. --label_noise auto sets --label_smoothing to the Dawid-Skene flip rate of the
-training ratings (logged and written to summary.json), for the losses in LABEL_NOISE_LOSSES.
+training ratings (logged and written to summary.json), for the losses in
+losses.registry.LABEL_NOISE_LOSSES.
 Departures: the loss is a weighted mean over the pairs of the global batch (the `weight`
 column, default 1), not a plain mean over the micro-batch. BCO's reward shift delta is the
 mean implicit reward of each micro-batch, not the paper's running mean. WPO's weights are
@@ -42,9 +43,8 @@ from preftune.data.pairs import chosen_probabilities, collate_pairs_packed, coll
 from preftune.engine import Engine
 from preftune.feedback.aggregate import resolve_label_smoothing
 from preftune.losses.kl import token_kl
-from preftune.losses.pairwise import chosen_nll, f_divergence_logratio
 from preftune.losses.pairwise_variants import ld_logps_flat, wpo_weights
-from preftune.losses.registry import LOSSES, SORTED_LOSSES
+from preftune.losses.registry import SFT_TERM, SOFT_LABEL_LOSSES, SORTED_LOSSES, combined_losses
 from preftune.losses.reward import compose_label_smoothing
 from preftune.models.loading import attention_implementation, save_final, token_id
 from preftune.models.logps import ResponseLogps, reference_view, sequence_sums
@@ -56,11 +56,7 @@ from preftune.models.ref_cache import (
     write_cached,
 )
 from preftune.ops.logprobs import gather_token_logps
-from preftune.trainers.dpo_config import (
-    SFT_TERM,
-    SOFT_LABEL_LOSSES,
-    DPOConfig,
-)
+from preftune.trainers.dpo_config import DPOConfig
 from preftune.trainers.inputs import (
     ModelInput,
     accelerator_for,
@@ -253,51 +249,10 @@ class DPOTrainer:
         smoothing: float | torch.Tensor = self.label_smoothing
         if soft_labels is not None:
             smoothing = compose_label_smoothing(self.label_smoothing, soft_labels.to(logps.device))  # (B,)
-        B = logps.shape[0] // 2
-        total = torch.zeros(B, device=logps.device)
-        metrics: dict[str, torch.Tensor] = {}
-        for name, weight in zip(cfg.loss_type, cfg.weights, strict=True):
-            if name == SFT_TERM:
-                losses, part = chosen_nll(logps[:B], lengths[:B])
-            else:
-                losses, part = self._preference_loss(name, logps, ref_logps, lengths, smoothing)
-            total = total + weight * losses
-            metrics = {**part, **metrics, f"loss/{name}": losses.detach()}
-        metrics["logps/chosen"], metrics["logps/rejected"] = logps[:B].detach(), logps[B:].detach()
-        if ref_logps is not None:
-            metrics["ref_logps/chosen"], metrics["ref_logps/rejected"] = ref_logps[:B], ref_logps[B:]
-        return total, metrics
-
-    def _preference_loss(
-        self,
-        name: str,
-        logps: torch.Tensor,
-        ref_logps: torch.Tensor | None,
-        lengths: torch.Tensor,
-        label_smoothing: float | torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One --loss_type entry: fill its slots (log-ratios or policy log-probs) and its parameters."""
-        cfg, spec, B = self.config, LOSSES[name], logps.shape[0] // 2
-        if ref_logps is None or spec.reference_free:
-            values = logps
-        else:
-            # TRL's coefficient a is the paper's alpha = 1 - a (see DPOConfig.f_alpha_divergence_coef)
-            values = f_divergence_logratio(
-                logps - ref_logps, cfg.f_divergence_type, alpha=1 - cfg.f_alpha_divergence_coef
-            )
-        if spec.length_normalized:
-            values = values / lengths
-        params: dict[str, Any] = {
-            "label_smoothing": label_smoothing,
-            "gamma": cfg.gamma,
-            "tau": cfg.discopop_tau,
-        }
-        if ref_logps is not None:
-            params |= {"ref_chosen_logps": ref_logps[:B], "ref_rejected_logps": ref_logps[B:]}
-            # BCO's shift: this micro-batch's mean implicit reward (see Departures)
-            if "delta" in spec.params:
-                params["delta"] = (cfg.beta * (logps - ref_logps)).mean().item()
-        return spec.fn(values[:B], values[B:], cfg.beta, **{p: params[p] for p in spec.params})
+        params = {"label_smoothing": smoothing, "gamma": cfg.gamma, "tau": cfg.discopop_tau}
+        # TRL's coefficient a is the paper's alpha = 1 - a (see DPOConfig.f_alpha_divergence_coef)
+        return combined_losses(cfg.loss_type, cfg.weights, logps, ref_logps, lengths, cfg.beta, params,
+                               cfg.f_divergence_type, 1 - cfg.f_alpha_divergence_coef)  # fmt: skip
 
     def _step_losses(
         self,

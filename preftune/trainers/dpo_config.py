@@ -17,24 +17,9 @@ from preftune.models.config import ModelConfig
 if TYPE_CHECKING:
     from preftune.losses.pairwise import PairwiseLoss
 
-MARGIN_LOSSES = (
-    "sigmoid", "cdpo", "robust", "ipo", "ipo_norm", "hinge", "sigmoid_norm", "exo_pair", "discopop",
-)  # fmt: skip
-"""Losses of the margin beta * (logratio_chosen - logratio_rejected) alone, where an f-divergence applies."""
-
-
-SOFT_LABEL_LOSSES = ("sigmoid", "cdpo", "sigmoid_norm", "simpo")
-"""Losses whose label smoothing is the expected loss under label flips: a soft label p (the
-`chosen_probability` column) enters as per-pair smoothing 1 - p. robust de-biases hard labels of a known
-flip rate instead (a posterior is not such a rate), and the rest take no smoothing, so they refuse soft labels."""
-
-
-LABEL_NOISE_LOSSES = ("sigmoid", "cdpo", "robust", "sigmoid_norm", "simpo")
-"""Losses whose --label_smoothing is a label-flip rate, which --label_noise may set."""
-
-
 SFT_TERM = "sft"
-"""--loss_type entry for the NLL of the chosen response (RPO / ORPO's language-modelling term)."""
+"""--loss_type entry for the NLL of the chosen response (RPO / ORPO's language-modelling term); the same
+as preftune.losses.registry.SFT_TERM, named here without importing torch."""
 
 
 def loss_registry() -> dict[str, PairwiseLoss]:
@@ -43,6 +28,13 @@ def loss_registry() -> dict[str, PairwiseLoss]:
     from preftune.losses.registry import LOSSES
 
     return LOSSES
+
+
+def losses_where(trait: str) -> tuple[str, ...]:
+    """The losses whose record has `trait` set (preftune.losses.registry.losses_where), imported when checked."""
+    from preftune.losses.registry import losses_where as where
+
+    return where(trait)
 
 
 @dataclass
@@ -123,10 +115,11 @@ class DPOConfig(RunInputs):
         if self.f_divergence_type != "reverse_kl" and self.reference_free:
             raise ValueError(f"--f_divergence_type {self.f_divergence_type} needs a reference, but {self.loss_type} "
                              "is reference-free; use a reference-based loss such as sigmoid.")  # fmt: skip
-        other = [n for n in self.loss_type if n not in (*MARGIN_LOSSES, SFT_TERM)]
+        margin = losses_where("margin")
+        other = [n for n in self.loss_type if n not in (*margin, SFT_TERM)]
         if self.f_divergence_type != "reverse_kl" and other:
             raise ValueError(f"--f_divergence_type replaces the log-ratio inside losses of the margin "
-                             f"r_chosen - r_rejected only ({', '.join(MARGIN_LOSSES)}); {other} are not.")  # fmt: skip
+                             f"r_chosen - r_rejected only ({', '.join(margin)}); {other} are not.")  # fmt: skip
         if self.ld_alpha is not None and (
             self.use_weighting
             or SFT_TERM in self.loss_type
@@ -161,9 +154,7 @@ class DPOConfig(RunInputs):
             )
         if self.sync_ref_model:
             self._check_tr_dpo()
-        from preftune.losses.registry import SORTED_LOSSES  # torch: when checked, not for --help
-
-        sorted_losses = [name for name in self.loss_type if name in SORTED_LOSSES]
+        sorted_losses = [name for name in self.loss_type if name in losses_where("per_sorted_position")]
         if sorted_losses and self.use_weighting:
             raise ValueError(f"{sorted_losses} are computed per sorted position, not per pair, so WPO's per-pair "
                              "weights (--use_weighting) cannot apply; drop one of them.")  # fmt: skip
@@ -194,8 +185,9 @@ class DPOConfig(RunInputs):
             for n in self.loss_type
             if n in loss_registry() and "label_smoothing" in loss_registry()[n].params
         ]
-        if not smoothed or set(smoothed) - set(LABEL_NOISE_LOSSES):
-            raise ValueError(f"--label_noise {self.label_noise} sets the label-flip rate of {', '.join(LABEL_NOISE_LOSSES)}; "
+        flip_rate = losses_where("label_noise")
+        if not smoothed or set(smoothed) - set(flip_rate):
+            raise ValueError(f"--label_noise {self.label_noise} sets the label-flip rate of {', '.join(flip_rate)}; "
                              f"loss_type {self.loss_type} has {smoothed or 'none of them'}. Use e.g. --loss_type robust.")  # fmt: skip
         if self.label_smoothing:
             raise ValueError(f"--label_noise {self.label_noise} sets the label smoothing, but --label_smoothing "

@@ -51,7 +51,7 @@ from preftune.judges import (
     load_judge,
     rank_groups,
 )
-from preftune.losses.registry import LOSSES
+from preftune.losses.registry import LOSSES, combined_losses
 from preftune.models.logps import ResponseLogps, sequence_sums
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.backends import TransformersBackend
@@ -310,18 +310,16 @@ class OnlineDPOTrainer(RLTrainer):
         self, pairs: StepPairs, chosen: list[int], rejected: list[int]
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """(B,) losses of the pairs (chosen[i], rejected[i]), their (B,) metrics, and the batch's tokens."""
-        cfg, spec, B = self.config, ONLINE_LOSSES[self.config.loss_type], len(chosen)
+        cfg, B = self.config, len(chosen)
         batch = collate_on(
             [pairs.examples[i] for i in chosen + rejected], self.pad_id, self.accelerator.device
         )
         token_logps = self.model(*model_inputs(batch))  # (M,) at the sampling temperature
         logps = sequence_sums(token_logps, batch["response_seq"], 2 * B)  # (2B,): chosen, then rejected
-        logratio = logps - pairs.ref_logps[chosen + rejected].to(logps.device)
-        if spec.length_normalized:
-            logratio = logratio / torch.bincount(batch["response_seq"], minlength=2 * B).to(logratio.dtype)
+        lengths = torch.bincount(batch["response_seq"], minlength=2 * B).to(logps.dtype)
+        ref_logps = pairs.ref_logps[chosen + rejected].to(logps.device)
         params = {"label_smoothing": cfg.label_smoothing}
-        losses, metrics = spec.fn(logratio[:B], logratio[B:], cfg.beta, **{p: params[p] for p in spec.params})
-        metrics = {**metrics, "logps/chosen": logps[:B].detach(), "logps/rejected": logps[B:].detach()}
+        losses, metrics = combined_losses([cfg.loss_type], [1.0], logps, ref_logps, lengths, cfg.beta, params)
         return losses, metrics, batch["num_tokens"]
 
     @torch.no_grad()

@@ -16,9 +16,10 @@ from preftune.engine import TrainConfig
 from preftune.feedback.aggregate import parse_label_noise, resolve_label_smoothing
 from preftune.losses import bradley_terry_loss
 from preftune.losses.pairwise import cdpo_loss, robust_loss, sigmoid_loss, sigmoid_norm_loss, simpo_loss
+from preftune.losses.registry import LABEL_NOISE_LOSSES, SOFT_LABEL_LOSSES
 from preftune.losses.reward import compose_label_smoothing
 from preftune.models.loading import ModelConfig
-from preftune.trainers.dpo_config import LABEL_NOISE_LOSSES, SOFT_LABEL_LOSSES, DPOConfig
+from preftune.trainers.dpo_config import DPOConfig
 from preftune.trainers.reward_config import RewardConfig
 
 # ----------------------------------------------------------------------------- Bradley-Terry
