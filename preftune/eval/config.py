@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass
@@ -72,6 +72,13 @@ class PolicyEvalConfig:
     heldout_judge: str = ""
     """A second judge scoring the same samples (e.g. rm:PATH of a reward model trained on pairs the policies never
     saw): held-out reward and win rate, and the reward-hacking check where there is no gold reward."""
+    pairwise_judge: str = ""
+    """A judge comparing each policy's answer with the reference's to the same prompt and sample (LLM-as-judge:
+    llm:PATH or http:URL, which see each pair in both orders; panel; a pointwise judge prefers the higher
+    score): pairwise_win_rate with its interval, the judge's position consistency and what it could not judge."""
+    pairwise_judge_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the pairwise judge as JSON, as --judge_options of `preftune loop` takes them, e.g.
+    '{"min_answer_mass": 0.1, "template": "judge.txt"}' (docs/judges.md lists them)."""
     samples_per_prompt: int = 1
     """Responses sampled per prompt and policy."""
     max_new_tokens: int = 32

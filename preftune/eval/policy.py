@@ -16,6 +16,11 @@ it), and reports per policy (keys `policy/<NAME>/<metric>` of eval.json):
 - with `--heldout_judge SPEC` (a second judge the policies were not tuned against, e.g. a reward model
   trained on other pairs: the real-data stand-in for the gold reward), `heldout_reward` with its interval
   and `heldout_win_rate` against the reference with its paired interval;
+- with `--pairwise_judge SPEC` (LLM-as-judge: llm:PATH or http:URL; or panel, or any pointwise judge),
+  `pairwise_win_rate`: the judge's mean probability that the policy's answer beats the reference's to the
+  same prompt and sample (identical answers are ties, 0.5; unjudged pairs left out and counted in
+  `pairwise_could_not_judge`), with its bootstrap interval, and `pairwise_position_consistency`, the
+  share of pairs whose winner does not depend on which answer is shown first (judges that see both orders);
 - `hacking_flagged`, `hacking_evidence`: the reward-hacking monitor on (reference, policy): the judge's
   reward up while the gold reward (else the held-out judge's) is down, or the length drifted by more
   than half.
@@ -39,12 +44,18 @@ from preftune.engine.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval import policy_metrics as pm
 from preftune.eval.config import PolicyEvalConfig
 from preftune.eval.report import write_report
-from preftune.judges import GoldJudge, Judge, check_judge_spec, load_judge
+from preftune.judges import GoldJudge, Judge, PairVerdicts, check_judge_spec, compare, load_judge
 from preftune.models.config import ModelConfig
 from preftune.models.loading import check_model_path, load_policy, load_tokenizer, token_id
 from preftune.models.logps import ResponseLogps
 from preftune.rollout.config import SamplingConfig
-from preftune.rollout.experience import judge_scores, model_inputs, per_token, rollout_examples
+from preftune.rollout.experience import (
+    judge_scores,
+    model_inputs,
+    per_token,
+    response_completions,
+    rollout_examples,
+)
 from preftune.rollout.generate import RolloutBatch, TransformersBackend
 from preftune.tasks import detect_task
 
@@ -154,6 +165,28 @@ def policy_metrics(samples: _Samples, baseline: _Samples, config: PolicyEvalConf
     return result
 
 
+def pairwise_metrics(
+    judge: Any, prompts: list[Any], texts: list[str], baseline_texts: list[str], config: PolicyEvalConfig
+) -> dict[str, Any]:
+    """The pairwise judge's verdicts on (policy answer, reference answer) for every (prompt, sample): the mean
+    P(policy's answer is better) over the judged pairs with its bootstrap interval, the judge's position
+    consistency (order-aware judges) and the pairs it could not judge. Identical answers are ties (0.5)."""
+    first, second = response_completions(prompts, texts), response_completions(prompts, baseline_texts)
+    verdicts: PairVerdicts = compare(judge, prompts, first, second)
+    prob = verdicts.prob_first.double().clone()
+    same = torch.tensor([a == b for a, b in zip(texts, baseline_texts, strict=True)])
+    prob[same] = 0.5
+    judged = ~torch.isnan(prob)
+    summary = verdicts.summary()
+    result: dict[str, Any] = {"pairwise_pairs": len(prob), "pairwise_could_not_judge": int((~judged).sum())}
+    if bool(judged.any()):
+        win, win_ci = pm.mean_ci(prob[judged].numpy(), num_resamples=config.num_resamples, seed=config.seed)
+        result |= {"pairwise_win_rate": win, "pairwise_win_rate_ci": list(win_ci)}
+    if "position_consistency" in summary:
+        result["pairwise_position_consistency"] = summary["position_consistency"]
+    return result
+
+
 def hacking_check(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     """The reward-hacking monitor on two points, the reference as step 0 and the policy as step 1: is
     the judge's reward up while the gold reward (else the held-out judge's) is down, or has the length
@@ -179,6 +212,8 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
     check_judge_spec(config.judge)
     if config.heldout_judge:
         check_judge_spec(config.heldout_judge)
+    if config.pairwise_judge:
+        check_judge_spec(config.pairwise_judge, config.pairwise_judge_options)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(config.reference, flag="--reference")
     prompts = load_prompts(
@@ -193,6 +228,12 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
         if config.heldout_judge
         else None
     )
+    pairwise = (
+        load_judge(config.pairwise_judge, pairwise=True, **{"device": device, "batch_size": judge_batch_size,
+                                                            **config.pairwise_judge_options})
+        if config.pairwise_judge
+        else None
+    )  # fmt: skip
     task_name = detect_task(config.prompts, task)
     gold = GoldJudge(task_name) if task_name else None
     temperature = config.temperature if config.temperature > 0 else 1.0
@@ -221,6 +262,9 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
         logger.info("Evaluating %s (%s) on %d prompts.", name, path, len(prompts))
         samples[name] = evaluate_policy(path, prompts, config, (judge, gold, heldout), reference, device)
         results[name] = policy_metrics(samples[name], baseline, config)
+        if pairwise is not None:
+            repeated = [p for p in prompts.prompts for _ in range(config.samples_per_prompt)]
+            results[name] |= pairwise_metrics(pairwise, repeated, samples[name].texts, baseline.texts, config)
         verdict = hacking_check(results[name], results["reference"])
         results[name] |= {"hacking_flagged": verdict["flagged"], "hacking_evidence": verdict["evidence"]}
     return _write(Path(output_dir), results, samples, prompts, config)
@@ -238,6 +282,8 @@ def _write(
     k = config.samples_per_prompt
     flat: dict[str, Any] = {"reference": config.reference, "prompts": config.prompts, "judge": config.judge,
                             "num_prompts": len(prompts), "samples_per_prompt": k}  # fmt: skip
+    if config.pairwise_judge:
+        flat["pairwise_judge"] = config.pairwise_judge
     for name, metrics in results.items():
         flat |= {f"policy/{name}/{metric}": value for metric, value in metrics.items()}
         flat[f"policy/{name}/examples"] = samples[name].texts[:NUM_EXAMPLES]

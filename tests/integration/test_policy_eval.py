@@ -106,3 +106,37 @@ def test_hacking_check_uses_the_heldout_judge_without_gold():
     hacked = {"judge_reward": 1.0, "heldout_reward": -0.5, "length": 10.0, "kl": 2.0}
     assert hacking_check(hacked, reference)["flagged"]
     assert not hacking_check({**hacked, "heldout_reward": 0.9}, reference)["flagged"]
+
+
+def test_a_pairwise_judge_gives_each_policy_a_head_to_head_win_rate(synth_world, tiny_base, models, tmp_path):
+    """LLM-as-judge (the tiny model as llm: judge, both orders of every pair) against the reference's answer to
+    the same prompt and sample: the same policy ties everywhere; a perturbed one gets a win rate with its
+    interval, the judge's position consistency and the count of pairs it could not judge."""
+    code = main([
+        "eval", "--policy", f"same={tiny_base}", models["noisy"], "--reference", tiny_base,
+        "--prompts", str(synth_world["eval_prompts"]), "--max_prompts", "6", "--judge", f"rm:{models['rm']}",
+        "--pairwise_judge", f"llm:{tiny_base}", "--pairwise_judge_options", '{"min_answer_mass": 0.0}',
+        "--output_dir", str(tmp_path), "--samples_per_prompt", "2", "--max_new_tokens", "8",
+        "--num_resamples", "200",
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["pairwise_judge"] == f"llm:{tiny_base}"
+    same, noisy = "policy/same/", "policy/noisy/"
+    assert result[same + "pairwise_win_rate"] == 0.5 and result[same + "pairwise_could_not_judge"] == 0
+    assert result[noisy + "pairwise_pairs"] == 12 and result[noisy + "pairwise_could_not_judge"] == 0
+    low, high = result[noisy + "pairwise_win_rate_ci"]
+    assert 0.0 <= low <= result[noisy + "pairwise_win_rate"] <= high <= 1.0
+    assert 0.0 <= result[noisy + "pairwise_position_consistency"] <= 1.0
+    assert result[noisy + "pairwise_win_rate"] != 0.5  # the perturbed policy's answers differ
+
+
+def test_pairwise_judge_options_it_does_not_take_are_refused(
+    synth_world, tiny_base, models, tmp_path, capsys
+):
+    code = main([
+        "eval", "--policy", models["noisy"], "--reference", tiny_base, "--prompts", str(synth_world["eval_prompts"]),
+        "--judge", f"rm:{models['rm']}", "--pairwise_judge", "panel", "--pairwise_judge_options", '{"timeout": 5}',
+        "--output_dir", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 2 and "the panel judge (panel) does not take them" in capsys.readouterr().err
