@@ -69,7 +69,8 @@ class LoopConfig:
     )  # fmt: skip
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
     judge: str = ""
-    """Who rates the samples: gold, rm:PATH (or rm:P1,P2), panel, llm:PATH or http:URL (see docs/judges.md)."""
+    """Who rates the samples: gold, rm:PATH (or rm:P1,P2), panel, llm:PATH, http:URL (see docs/judges.md), or
+    human: people, through a file each round (docs/loop.md)."""
     judge_options: dict[str, Any] = field(default_factory=dict)
     """Options of the judge as JSON, e.g. '{"min_answer_mass": 0.1, "template": "judge.txt"}' for llm/http
     judges, '{"seed": 1}' for the panel (docs/judges.md lists them)."""

@@ -7,7 +7,9 @@ Round 0 is the starting policy, evaluated. Each round K = 1, 2, ... then:
 1. **generate**: sample `num_generations` responses to each of this round's prompts (a fresh slice of
    `prompts_per_round` prompts from --dataset, walked in a seeded order) from the current policy;
 2. **rate**: rank each prompt's samples with the judge (`preftune.judges.rank_groups`: a pointwise
-   judge's scores, or a pairwise judge's mean preference over the other samples);
+   judge's scores, or a pairwise judge's mean preference over the other samples); with `--judge human`,
+   write the round's pairs for people (`to_rate.jsonl`) and stop, then read them back rated
+   (`ratings.jsonl`) on the next run and audit the ratings (docs/loop.md);
 3. **build the dataset**: best vs worst per prompt, or every pair whose score difference exceeds
    `margin` (`--pairs all`); optionally only pairs the judge is confident about (`min_confidence`);
    prompts with nothing to prefer are counted, never silently dropped;
@@ -72,8 +74,108 @@ RESUME_SAFE = ("rounds", "disable_tqdm", "overwrite_output_dir", "logging_steps"
 pair filters (they apply to the rounds still to come; each round's provenance.json records its own)."""
 
 
+HUMAN = "human"
+"""--judge human: people rate each round's pairs through a file (`human_rating_plan`, `read_human_ratings`)."""
+TO_RATE_FILE = "to_rate.jsonl"
+"""A human round's pairs for people, in the round's folder: pair_id, prompt, response_a (shown first),
+response_b, and the empty fields raters fill: choice (a, b or tie), annotator, annotator_group, order."""
+RATINGS_STEM = "ratings"
+"""The rated file people return, saved in the round's folder as ratings.jsonl or ratings.csv."""
+RATING_PLAN_FILE = "rating_plan.json"
+"""Which samples each pair_id shows, and in which order (the loop's own record of a human round)."""
+
+
+@dataclasses.dataclass
+class _RoundSamples:
+    indices: list[int]
+    prompts: list[Any]
+    texts: list[str]
+    responses: list[Any]
+    policy: str
+    seed: int
+    rollout: Any
+
+
 # ---------------------------------------------------------------------------------------------
 # Pair construction (pure)
+
+
+def human_rating_plan(
+    prompts: list[Any], texts: list[str], k: int, round_number: int, rng: np.random.Generator
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pairs people rate in a human round: each prompt's samples paired as (0, 1), (2, 3), ... (an odd
+    last one left out), each shown in a random order that is recorded. Returns the plan (pair_id,
+    prompt_index, sample_a, sample_b: `a` is shown first) and the rows of TO_RATE_FILE. Identical samples
+    are not shown (nothing to prefer)."""
+    plan: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for g, prompt in enumerate(prompts):
+        for i in range(0, k - 1, 2):
+            a, b = (i, i + 1) if rng.random() < 0.5 else (i + 1, i)
+            if texts[g * k + a] == texts[g * k + b]:
+                continue
+            pair_id = f"r{round_number}-p{g}-s{min(a, b)}"
+            plan.append({"pair_id": pair_id, "prompt_index": g, "sample_a": a, "sample_b": b,
+                         "prompt": prompt, "response_a": texts[g * k + a], "response_b": texts[g * k + b]})  # fmt: skip
+            rows.append({"pair_id": pair_id, "prompt": prompt, "response_a": texts[g * k + a],
+                         "response_b": texts[g * k + b], "choice": "", "annotator": "", "annotator_group": "",
+                         "order": ""})  # fmt: skip
+    return plan, rows
+
+
+def read_human_ratings(path: str, plan: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The rated file of a human round as DPO pairs with the rating metadata the audit reads (prompt,
+    chosen, rejected, annotator, annotator_group, order, shown_first, pair_id). Each row is one rating of a
+    planned pair: 'choice' a or b (the response shown first, or second) or tie (counted, not a pair). Rows
+    with an unknown pair_id, another choice, or texts that differ from the plan are errors naming the rows;
+    planned pairs nobody rated are counted."""
+    from preftune.data.io import load_rows
+
+    table = load_rows(path)
+    by_id = {row["pair_id"]: row for row in plan}
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    counts = {"ratings": 0, "ties": 0, "pairs": 0, "planned": len(plan), "unrated": 0}
+    rated: set[str] = set()
+    for number, row in enumerate(table.rows, start=1):
+        pair = by_id.get(str(row.get("pair_id", "")))
+        choice = str(row.get("choice") or "").strip().lower()
+        if pair is None:
+            problems.append(f"row {number}: unknown pair_id {row.get('pair_id')!r}")
+            continue
+        if choice not in ("a", "b", "tie"):
+            problems.append(
+                f"row {number} ({pair['pair_id']}): choice {row.get('choice')!r} is not a, b or tie"
+            )
+            continue
+        if any(key in row and row[key] != pair[key] for key in ("response_a", "response_b")):
+            problems.append(f"row {number} ({pair['pair_id']}): its responses differ from the ones shown")
+            continue
+        counts["ratings"] += 1
+        rated.add(pair["pair_id"])
+        if choice == "tie":
+            counts["ties"] += 1
+            continue
+        first, second = pair["response_a"], pair["response_b"]
+        chosen, rejected = (first, second) if choice == "a" else (second, first)
+        order = str(row.get("order", "")).strip()
+        rows.append({
+            "prompt": pair["prompt"], "chosen": chosen, "rejected": rejected,
+            "annotator": str(row.get("annotator") or "") or None,
+            "annotator_group": str(row.get("annotator_group") or "") or None,
+            "order": int(order) if order.lstrip("-").isdigit() else None,
+            "shown_first": "chosen" if choice == "a" else "rejected", "pair_id": pair["pair_id"],
+            "prompt_index": pair["prompt_index"],
+            "chosen_sample": pair["sample_a"] if choice == "a" else pair["sample_b"],
+            "rejected_sample": pair["sample_b"] if choice == "a" else pair["sample_a"],
+        })  # fmt: skip
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ValueError(
+            f"{path}: {len(problems)} rating row(s) cannot be read: {shown}. Fix them and run again."
+        )
+    counts["pairs"], counts["unrated"] = len(rows), len(plan) - len(rated)
+    return rows, counts
 
 
 def pair_confidence(ranking: GroupRanking, group: int, chosen: int, rejected: int) -> float:
@@ -201,7 +303,13 @@ class PracticeLoop:
         self.config = config
         self.out = Path(config.train.output_dir)
         check_model_path(config.model.model)
-        check_judge_spec(config.judge, config.judge_options)
+        if config.judge == HUMAN:
+            if config.judge_options:
+                raise ValueError(
+                    f"--judge_options {config.judge_options}: people take no judge options; drop them."
+                )
+        else:
+            check_judge_spec(config.judge, config.judge_options)
         self.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)
         max_prompt = config.data.max_length - config.sampling.max_new_tokens
@@ -226,11 +334,11 @@ class PracticeLoop:
         self.baselines: dict[str, Any] = {}  # round 0's held-out samples, measured once per run
 
     def _default_eval_judge(self) -> str:
-        if not is_pairwise_spec(self.config.judge):
+        if self.config.judge != HUMAN and not is_pairwise_spec(self.config.judge):
             return self.config.judge
         if self.task is None:
             raise ValueError(
-                f"--judge {self.config.judge} compares pairs, and the held-out evaluation needs a pointwise judge "
+                f"--judge {self.config.judge} gives preferences, and the held-out evaluation needs a pointwise judge "
                 "(scores for a win rate and a reward): pass --eval_judge gold or --eval_judge rm:PATH."
             )
         return "gold"
@@ -276,24 +384,14 @@ class PracticeLoop:
             logger.info("Round %d: reusing its dataset %s.", round_number, pairs_path)
             return pairs_path
         config, k = self.config, self.config.num_generations
-        policy_path = self.policy_of(round_number - 1)
-        indices = round_prompt_indices(
-            len(self.prompts), config.prompts_per_round, round_number, config.train.seed
+        samples = self._sample(round_number)
+        indices, prompts, texts, responses = (
+            samples.indices,
+            samples.prompts,
+            samples.texts,
+            samples.responses,
         )
-        prompts = [self.prompts.prompts[i] for i in indices]
-        seed = int(np.random.SeedSequence([config.train.seed, round_number]).generate_state(1)[0] % 2**31)
-        logger.info("Round %d: sampling %d responses to each of %d prompts from %s.", round_number, k,
-                    len(prompts), policy_path)  # fmt: skip
-        policy = load_policy(dataclasses.replace(config.model, model=policy_path, use_peft=False))
-        torch.nn.Module.to(policy, torch.device(self.device))
-        rollout = TransformersBackend(policy, self.tokenizer).generate(
-            [self.prompts.ids[i] for i in indices], config.sampling, seed, k, prompt_keys=indices
-        )
-        del policy
-        texts = [str(self.tokenizer.decode(r, skip_special_tokens=True)) for r in rollout.response_ids]
-        responses = response_completions(
-            [p for p in prompts for _ in range(k)], texts
-        )  # chat prompts: messages
+        policy_path, seed, rollout = samples.policy, samples.seed, samples.rollout
         logger.info("Round %d: rating %d samples with %s.", round_number, len(texts), config.judge)
         ranking = rank_groups(self.judge_for(round_number), prompts, responses, k)
         rows, counts = build_pairs(
@@ -332,6 +430,80 @@ class PracticeLoop:
             counts["below_margin"],
             counts["below_confidence"],
         )  # fmt: skip
+        return pairs_path
+
+    def _sample(self, round_number: int) -> _RoundSamples:
+        """`num_generations` samples of each of this round's prompts from the previous round's policy."""
+        config, k = self.config, self.config.num_generations
+        policy_path = self.policy_of(round_number - 1)
+        indices = round_prompt_indices(
+            len(self.prompts), config.prompts_per_round, round_number, config.train.seed
+        )
+        prompts = [self.prompts.prompts[i] for i in indices]
+        seed = int(np.random.SeedSequence([config.train.seed, round_number]).generate_state(1)[0] % 2**31)
+        logger.info("Round %d: sampling %d responses to each of %d prompts from %s.", round_number, k,
+                    len(prompts), policy_path)  # fmt: skip
+        policy = load_policy(dataclasses.replace(config.model, model=policy_path, use_peft=False))
+        torch.nn.Module.to(policy, torch.device(self.device))
+        rollout = TransformersBackend(policy, self.tokenizer).generate(
+            [self.prompts.ids[i] for i in indices], config.sampling, seed, k, prompt_keys=indices
+        )
+        del policy
+        texts = [str(self.tokenizer.decode(r, skip_special_tokens=True)) for r in rollout.response_ids]
+        responses = response_completions(
+            [p for p in prompts for _ in range(k)], texts
+        )  # chat prompts: messages
+        return _RoundSamples(indices, prompts, texts, responses, policy_path, seed, rollout)
+
+    def human_round(self, round_number: int, folder: Path) -> Path | None:
+        """--judge human: the first run writes the round's pairs for people to rate (TO_RATE_FILE) and stops
+        (None); once RATINGS_FILE is in the round's folder, the run after reads it into the round's pairs,
+        audits the ratings into `audit/` and goes on (the pairs' path)."""
+        pairs_path = folder / "pairs.jsonl"
+        if (folder / PROVENANCE_FILE).exists():
+            logger.info("Round %d: reusing its dataset %s.", round_number, pairs_path)
+            return pairs_path
+        plan_path = folder / RATING_PLAN_FILE
+        ratings = [
+            path for path in (folder / f"{RATINGS_STEM}.{ext}" for ext in ("jsonl", "csv")) if path.exists()
+        ]
+        if not plan_path.exists():
+            samples = self._sample(round_number)
+            rng = np.random.default_rng(np.random.SeedSequence([self.config.train.seed, round_number, 5]))
+            plan, to_rate = human_rating_plan(samples.prompts, samples.texts, self.config.num_generations,
+                                              round_number, rng)  # fmt: skip
+            for row in plan:
+                row["prompt_index"] = samples.indices[row["prompt_index"]]
+            folder.mkdir(parents=True, exist_ok=True)
+            write_jsonl(folder / TO_RATE_FILE, to_rate)
+            _write_json(plan_path, {"round": round_number, "policy": samples.policy, "seed": samples.seed,
+                                    "pairs": plan})  # fmt: skip
+        if not ratings:
+            logger.warning(
+                "Round %d: %s holds the pairs to rate. Fill each row's 'choice' (a, b or tie; one row per rating, "
+                "several raters may rate a pair) with 'annotator' and 'annotator_group', save the file as %s (JSONL "
+                "or CSV), and run the same command again to go on.",
+                round_number, folder / TO_RATE_FILE, folder / f"{RATINGS_STEM}.jsonl",
+            )  # fmt: skip
+            return None
+        plan = json.loads(plan_path.read_text())
+        rows, counts = read_human_ratings(str(ratings[0]), plan["pairs"])
+        if not rows:
+            raise ValueError(f"{ratings[0]}: every rating is a tie ({counts}); there is nothing to train on.")
+        provenance = {"round": round_number, "policy": plan["policy"], "judge": HUMAN, "seed": plan["seed"]}
+        write_jsonl(pairs_path, ({**row, **provenance} for row in rows))
+        from preftune.feedback.audit import run_audit
+        from preftune.feedback.config import AuditConfig
+
+        audit = run_audit(AuditConfig(dataset=str(pairs_path), output_dir=str(folder / "audit")))
+        warnings = [flag for flag in audit.get("flags", []) if flag.get("severity") == "warning"]
+        _write_json(folder / PROVENANCE_FILE, json_safe({
+            **provenance, "ratings_file": str(ratings[0]), "counts": counts, "judge_stats": {},
+            "mean_score": float("nan"), "audit_warnings": [flag["finding"] for flag in warnings],
+        }))  # fmt: skip
+        logger.info("Round %d: %d pairs from %d ratings (%d ties left out); the audit (%s) warns of %s.",
+                    round_number, counts["pairs"], counts["ratings"], counts["ties"], folder / "audit",
+                    [flag["finding"] for flag in warnings] or "nothing")  # fmt: skip
         return pairs_path
 
     def judge_for(self, round_number: int) -> Any:
@@ -405,12 +577,21 @@ class PracticeLoop:
             folder.mkdir(parents=True, exist_ok=True)
             record: dict[str, Any] = {}
             if round_number > 0:
-                pairs = self.generate_and_rate(round_number, folder)
+                if self.config.judge == HUMAN:
+                    waiting = self.human_round(round_number, folder)
+                    if waiting is None:  # people rate the round's pairs; the next run goes on from here
+                        summary = self._write_summary(rounds, time.perf_counter() - start)
+                        return {**summary, "waiting_for_ratings": str(folder / TO_RATE_FILE)}
+                    pairs = waiting
+                else:
+                    pairs = self.generate_and_rate(round_number, folder)
                 self.tune(round_number, pairs, folder)
                 provenance = json.loads((folder / PROVENANCE_FILE).read_text())
                 record = {"pairs": provenance["counts"]["pairs"], "train_judge_score": provenance["mean_score"],
                           **{f"judge_{k}": v for k, v in provenance["judge_stats"].items()
                              if k in ("could_not_judge", "position_consistency")}}  # fmt: skip
+                if "audit_warnings" in provenance:
+                    record["audit_warnings"] = provenance["audit_warnings"]
             result = {**self.evaluate(round_number, folder), **record}
             _write_json(done, json_safe(result))
             rounds.append(result)

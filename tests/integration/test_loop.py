@@ -103,3 +103,67 @@ def test_loop_rounds_provenance_and_resume_after_kill(tiny_base, synth_world, ra
     changed = _run([*_args(tiny_base, synth_world, random_rm, out), "--beta", "0.5"])
     message = changed.stdout + changed.stderr
     assert changed.returncode != 0 and "other settings" in message and "beta: 0.3 -> 0.5" in message
+
+
+def test_a_human_round_goes_out_as_a_file_and_comes_back_rated(tiny_base, synth_world, tmp_path):
+    """--judge human: the first run writes the round's pairs to rate and stops; the simulated panel stands in
+    for people and fills the file (annotators, groups, session order, which response was shown first); the
+    same command then trains on the ratings, audits them in the round's folder, and evaluates."""
+    from preftune.tasks import get_task
+    from preftune.tasks.panel import PanelConfig, rate_pairs
+
+    args = _args(tiny_base, synth_world, "unused", tmp_path / "loop", rounds=1)
+    args[args.index("--judge") + 1] = "human"
+    first = _run(args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = tmp_path / "loop" / "round-1"
+    to_rate = [json.loads(line) for line in (folder / "to_rate.jsonl").read_text().splitlines()]
+    assert to_rate and all(row["choice"] == "" and row["response_a"] != row["response_b"] for row in to_rate)
+    assert "to_rate.jsonl" in first.stderr and not (folder / "train").exists()
+    summary = json.loads((tmp_path / "loop" / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0]
+
+    # people rate: the simulated panel (3 ratings per pair); 'a' is the response shown first
+    panel = rate_pairs(get_task("kindness"), [row["prompt"] for row in to_rate],
+                       [(row["response_a"], row["response_b"]) for row in to_rate], PanelConfig(ratings_per_pair=3))  # fmt: skip
+    rated = [
+        {**to_rate[rating["pair_id"]], "choice": "a" if rating["chosen"] == to_rate[rating["pair_id"]]["response_a"]
+         else "b", "annotator": rating["annotator"], "annotator_group": rating["annotator_group"],
+         "order": rating["order"]}
+        for rating in panel
+    ]  # fmt: skip
+    rated[0]["choice"] = "tie"
+    (folder / "ratings.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rated))
+    second = _run(args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    pairs = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == len(rated) - 1  # the tie is counted, not trained on
+    by_id = {row["pair_id"]: row for row in to_rate}
+    for pair, rating in zip(pairs, rated[1:], strict=True):
+        shown = by_id[pair["pair_id"]]
+        first_text = shown["response_a"]
+        assert pair["shown_first"] == ("chosen" if pair["chosen"] == first_text else "rejected")
+        assert (pair["annotator"], pair["annotator_group"], pair["order"]) == (
+            rating["annotator"], rating["annotator_group"], rating["order"])  # fmt: skip
+        assert pair["judge"] == "human" and pair["round"] == 1
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["counts"]["ties"] == 1 and provenance["counts"]["ratings"] == len(rated)
+    audit = json.loads((folder / "audit" / "audit.json").read_text())
+    assert audit["dataset/has_annotators"] is True
+    summary = json.loads((tmp_path / "loop" / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1] and "audit_warnings" in summary["rounds"][1]
+    assert (folder / "train" / "final" / "model.safetensors").exists()
+
+
+def test_a_rated_file_with_unknown_pairs_or_choices_names_the_rows(tiny_base, synth_world, tmp_path):
+    args = _args(tiny_base, synth_world, "unused", tmp_path / "loop", rounds=1)
+    args[args.index("--judge") + 1] = "human"
+    assert _run(args).returncode == 0
+    folder = tmp_path / "loop" / "round-1"
+    row = json.loads((folder / "to_rate.jsonl").read_text().splitlines()[0])
+    bad = [{**row, "choice": "left"}, {**row, "pair_id": "r9-p0-s0", "choice": "a"}]
+    (folder / "ratings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    result = _run(args)
+    assert result.returncode == 2
+    assert "row 1" in result.stderr and "'left' is not a, b or tie" in result.stderr
+    assert "row 2: unknown pair_id 'r9-p0-s0'" in result.stderr
