@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
@@ -221,9 +222,12 @@ class KTOTrainer:
             return self._logps(reference, batch)
 
     @torch.no_grad()
-    def mismatched_logratio_sum(self, examples: Sequence[EncodedUnpaired]) -> torch.Tensor:
-        """() float64: sum over the examples' mismatched pairs (see `mismatched_examples`) of
-        log pi(y_j|x_i) - log pi_ref(y_j|x_i), on this process, without gradient."""
+    def mismatched_logratio_sum(
+        self, examples: Sequence[EncodedUnpaired], share: Sequence[int]
+    ) -> torch.Tensor:
+        """() float64: sum over the mismatched pairs (see `mismatched_examples`) of the whole batch `examples`
+        at the positions `share` (this process's part) of log pi(y_j|x_i) - log pi_ref(y_j|x_i), without
+        gradient. The pairs are built over the whole batch, so any split over processes gives the same ones."""
         policy = self.accelerator.unwrap_model(self.model)
         bos = self.tokenizer.bos_token_id
         mismatched = mismatched_examples(
@@ -231,19 +235,19 @@ class KTOTrainer:
             self.config.data.max_length,
             bos if isinstance(bos, int) else None,
         )
+        mine = [mismatched[i] for i in share]
         size = self.config.train.per_device_train_batch_size
         total = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
-        for start in range(0, len(mismatched), size):
-            batch = self._collate(mismatched[start : start + size])
+        for start in range(0, len(mine), size):
+            batch = self._collate(mine[start : start + size])
             total += (self._logps(policy, batch) - self._ref_logps(batch)).sum()
         return total
 
-    def reference_point(self, examples: Sequence[EncodedUnpaired]) -> tuple[torch.Tensor, torch.Tensor]:
-        """z_ref () over this process's `examples` and those of every other process (which must call this
-        too), and the global number of examples ()."""
-        local = [self.mismatched_logratio_sum(examples).item(), float(len(examples))]
-        logratio_sum, num_examples = self.engine.global_sum(local).unbind()
-        return kto_reference_point(logratio_sum, num_examples), num_examples
+    def reference_point(self, examples: Sequence[EncodedUnpaired], share: Sequence[int]) -> torch.Tensor:
+        """z_ref () of the whole batch `examples`, of which this process scores the positions `share` (every
+        process calls this with the same `examples` and its own share; the shares cover the batch once)."""
+        logratio_sum = self.engine.global_sum(self.mismatched_logratio_sum(examples, share).item())
+        return kto_reference_point(logratio_sum, torch.tensor(float(len(examples)), dtype=torch.float64))
 
     def _losses(
         self, examples: Sequence[EncodedUnpaired], model: torch.nn.Module, reference_point: torch.Tensor
@@ -267,10 +271,14 @@ class KTOTrainer:
         self.model.train()
         for micro_indices in engine.steps():
             micro = [[self.train_examples[i] for i in idx] for idx in micro_indices]
-            # One detached z_ref for the whole global batch, before any backward pass (sec. 4.1).
-            z_ref, num_examples = self.reference_point(
-                [example for examples in micro for example in examples]
-            )
+            # One detached z_ref for the whole global batch, before any backward pass (sec. 4.1): every
+            # process sees the global batch in its order (the processes' parts, by rank) and scores its part.
+            mine = [i for idx in micro_indices for i in idx]
+            everyone = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
+            start = sum(len(part) for part in everyone[: self.accelerator.process_index])
+            z_ref = self.reference_point([self.train_examples[i] for part in everyone for i in part],
+                                         range(start, start + len(mine)))  # fmt: skip
+            num_examples = torch.tensor(float(sum(len(part) for part in everyone)))
             sums: dict[str, torch.Tensor | float] = dict.fromkeys(["loss", "num_tokens", *_CLASS_SUMS], 0.0)
             for i, examples in enumerate(micro):
                 with engine.sync_context(i, len(micro)):
@@ -295,7 +303,8 @@ class KTOTrainer:
         self.model.eval()
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = self.eval_examples[rank::world]
-        z_ref, num_examples = self.reference_point(mine)
+        z_ref = self.reference_point(self.eval_examples, range(rank, len(self.eval_examples), world))
+        num_examples = torch.tensor(float(len(self.eval_examples)))
         size = self.config.train.per_device_train_batch_size
         sums: dict[str, torch.Tensor | float] = dict.fromkeys(["loss", *_CLASS_SUMS], 0.0)
         for start in self.engine.eval_starts(len(mine), size):

@@ -142,3 +142,37 @@ def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
         assert [r.get(key) for r in two] == pytest.approx([r.get(key) for r in one], abs=1e-3), key
     for key in ("eval/reward", "eval/length"):  # held-out prompts split over the processes
         assert two[-1][key] == pytest.approx(one[-1][key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_kto_two_processes_match_one(synth_world, tiny_base, tmp_path):
+    """KTO's reference point is built from mismatched pairs over the whole global batch (and the whole
+    held-out set), whatever the split over processes: 2 processes give 1 process's losses and z_ref."""
+    env = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+
+    def args(out, batch, accumulation):
+        return [
+            "kto", "--model", tiny_base, "--dataset", str(synth_world["pairs"]), "--output_dir", str(out),
+            "--eval_dataset", str(synth_world["eval_pairs"]), "--eval_dataset_split", "train[:24]",
+            "--max_steps", "4", "--logging_steps", "1", "--learning_rate", "2e-2", "--max_length", "96",
+            "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", str(accumulation),
+            "--disable_tqdm", "true",
+        ]  # fmt: skip
+
+    subprocess.run([sys.executable, "-m", "preftune.cli", *args(tmp_path / "one", 4, 2)], check=True, env=env,
+                   timeout=300)  # fmt: skip
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
+    result = subprocess.run([*launch, *args(tmp_path / "two", 4, 1)], env=env, timeout=300, capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    two = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert len(one) == len(two) == 4
+    # z_ref = max(0, mean log-ratio): 0 until the policy has moved; the check needs steps where it is not
+    assert any(r["kl/reference_point"] > 0 for r in one), [r["kl/reference_point"] for r in one]
+    for key in ("loss", "kl/reference_point", "train/grad_norm", "train/num_tokens"):
+        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-5, abs=1e-7), key
+    for key in ("eval/loss", "eval/kl/reference_point"):
+        assert two[-1][key] == pytest.approx(one[-1][key], rel=1e-5, abs=1e-7), key
