@@ -378,20 +378,27 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+ADAPTER_FOLDER = "adapter"
+"""The LoRA adapter alone, inside a final/ folder whose main files are the merged model."""
+
+
 def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
-    """Write a folder plain transformers can load (safetensors). LoRA adapters are merged first.
+    """Write a folder plain transformers can load (safetensors). A LoRA policy is saved twice: its adapter
+    alone in `out_dir/adapter/` (peft's adapter_model.safetensors and adapter_config.json, a few MB, for
+    `PeftModel.from_pretrained(base, out_dir / "adapter")`), then merged into the full model in `out_dir`.
 
     Written into a temp folder beside `out_dir`, then renamed: a failed write (a full disk) leaves no
     half-written model that looks like a finished one.
     """
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    assert isinstance(model, PreTrainedModel)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+        if isinstance(model, PeftModel):
+            model.save_pretrained(tmp / ADAPTER_FOLDER)
+            model = model.merge_and_unload()
+        assert isinstance(model, PreTrainedModel)
         model.save_pretrained(tmp)  # transformers 5 always writes safetensors
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():
