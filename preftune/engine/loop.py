@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -85,7 +86,52 @@ def check_accelerator(accelerator: Accelerator, config: TrainConfig) -> Accelera
             "support yet (its checkpoints and optimizer step assume whole, unsharded parameters). "
             "Use DDP (`accelerate launch --multi_gpu ...`) or a single process."
         )
+    asked = [
+        name
+        for name in ("FSDP", "DEEPSPEED")
+        if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"
+    ]
+    if asked:  # on CPU accelerate sets these and still runs plain DDP: a different run than the one asked for
+        raise ValueError(
+            f"The accelerate config asks for {' and '.join(asked)}, which preftune's engine does not support yet "
+            f"(here accelerate would run {accelerator.distributed_type.value} instead, without sharding). Use DDP "
+            "(`accelerate launch --multi_gpu ...`) or a single process."
+        )
+    requested = launcher_num_processes(_parent_command())
+    if requested is not None and requested > accelerator.num_processes:
+        raise ValueError(
+            f"accelerate launch was asked for --num_processes {requested} but started {accelerator.num_processes} "
+            "(with --cpu it starts one process); the global batch would shrink without a word. On CPU, launch "
+            "several processes with `accelerate launch --multi_gpu --num_processes N` (they join over gloo), "
+            "or drop --num_processes."
+        )
     return accelerator
+
+
+def launcher_num_processes(argv: list[str]) -> int | None:
+    """The --num_processes an `accelerate launch` command line asks for (None: not such a command, or no
+    explicit count)."""
+    names = [Path(arg).name for arg in argv[:2]]
+    if "accelerate" not in names or "launch" not in argv:
+        return None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--num_processes="):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--num_processes", "--num-processes") and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        return int(value) if value.isdigit() else None
+    return None
+
+
+def _parent_command() -> list[str]:
+    """The parent process's command line (Linux /proc; empty elsewhere or when it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def index_stream(num_items: int, seed: int, start: int) -> Iterator[int]:

@@ -176,3 +176,34 @@ def test_kto_two_processes_match_one(synth_world, tiny_base, tmp_path):
         assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-5, abs=1e-7), key
     for key in ("eval/loss", "eval/kl/reference_point"):
         assert two[-1][key] == pytest.approx(one[-1][key], rel=1e-5, abs=1e-7), key
+
+
+FSDP_CONFIG = """compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_state_dict_type: SHARDED_STATE_DICT
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+use_cpu: true
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_launches_that_would_run_something_else_are_refused(synth_world, tiny_base, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts one process (a halved global batch), and an FSDP
+    config on CPU runs plain DDP: both stop with what to do instead of training another run."""
+    env = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+    train = ["-m", "preftune.cli", *_args(tiny_base, str(synth_world["sft"]), tmp_path / "run", 4, 1)]
+    cpu = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "2", *_port(), *train], env=env,
+                         timeout=300, capture_output=True, text=True)  # fmt: skip
+    assert cpu.returncode != 0
+    assert "asked for --num_processes 2 but started 1" in cpu.stderr and "--multi_gpu" in cpu.stderr
+    (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG)
+    fsdp = subprocess.run(["accelerate", "launch", "--config_file", str(tmp_path / "fsdp.yaml"), *_port(), *train],
+                          env=env, timeout=300, capture_output=True, text=True)  # fmt: skip
+    assert fsdp.returncode != 0 and "The accelerate config asks for FSDP" in fsdp.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -61,3 +61,20 @@ def test_a_tracker_that_is_not_installed_is_refused_not_dropped(tmp_path, monkey
     with pytest.raises(ValueError, match=r"--report_to wandb: not installed here .*pip install wandb"):
         build_accelerator(config)
     assert build_accelerator(TrainConfig(output_dir=str(tmp_path), report_to=["tensorboard"])).log_with
+
+
+def test_the_process_count_an_accelerate_launch_command_asks_for():
+    from preftune.engine.loop import launcher_num_processes
+
+    python, accelerate = "/usr/bin/python3.11", "/usr/local/bin/accelerate"
+    assert (
+        launcher_num_processes([python, accelerate, "launch", "--cpu", "--num_processes", "2", "-m", "x"])
+        == 2
+    )
+    assert launcher_num_processes([accelerate, "launch", "--num_processes=4", "train.py"]) == 4
+    assert launcher_num_processes([python, accelerate, "launch", "train.py"]) is None  # no explicit count
+    assert (
+        launcher_num_processes([python, "-m", "preftune.cli", "--num_processes", "2"]) is None
+    )  # not a launch
+    assert launcher_num_processes(["/usr/bin/torchrun", "--nproc_per_node", "2", "train.py"]) is None
+    assert launcher_num_processes([]) is None
