@@ -46,6 +46,9 @@ class RewardEvalConfig:
     """Level of the confidence intervals."""
     num_bins: int = 10
     """Bins of the calibration error."""
+    probe_sycophancy: bool = False
+    """Also score each pair's chosen response opened with flattery or agreement that says nothing
+    (eval/sycophancy.py): `sycophancy/...` keys, the score change with its interval; 2 more scorings per pair."""
     write_stats: bool = False
     """Also write reward_stats.json next to the reward model (a single model), replacing the one training
     wrote, so PPO normalises rewards with the statistics of these pairs. It is always written to --output_dir."""

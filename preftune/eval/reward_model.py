@@ -11,7 +11,9 @@ judge and reports (keys of eval.json):
 - `rm/score_mean`, `rm/score_std`: score statistics on these responses (PPO normalises
   rewards with them), and `rm/ensemble_std` for ensembles;
 - on a synthetic task: `rm/gold_agreement` (with its interval) and
-  `data/label_gold_agreement`, the labels' own agreement with gold (the reference it is compared with).
+  `data/label_gold_agreement`, the labels' own agreement with gold (the reference it is compared with);
+- with `--probe_sycophancy true`, the sycophancy probe `sycophancy/...` (eval/sycophancy.py): how the score
+  of each chosen response moves when it opens with flattery or agreement that says nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from preftune.data import EncodedPair, PairExample, Parsed, encode_dataset, load
 from preftune.data.io import json_safe
 from preftune.eval import reward_metrics as rm_metrics
 from preftune.eval.config import RewardEvalConfig
+from preftune.eval.sycophancy import sycophancy_probe
 from preftune.judges import STATS_FILE, RewardModelJudge, load_judge
 from preftune.judges.reward_model import reward_statistics
 from preftune.tasks import detect_task, get_task
@@ -76,11 +79,26 @@ def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: Reward
     if judge.num_heads > 1:
         result["rm/ensemble_std"] = torch.cat([chosen, rejected]).std(dim=-1).mean().item()
     task = detect_task(dataset, options.task)
+    kept = [parsed.examples[i] for i in _rows_kept(parsed, pairs)]
     if task is not None:
-        result.update(
-            _gold_metrics(task, [parsed.examples[i] for i in _rows_kept(parsed, pairs)], margins, options)
-        )
+        result.update(_gold_metrics(task, kept, margins, options))
+    if options.probe_sycophancy:
+        result.update(_sycophancy(judge, kept, float(np.abs(margins).mean()), task, result))
     return result
+
+
+def _sycophancy(
+    judge: RewardModelJudge, examples: list[PairExample], margin_scale: float, task: str | None,
+    result: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The sycophancy probe on the chosen responses, with the gold reward's change where gold applies."""
+    prompts, responses = [e.prompt for e in examples], [e.chosen for e in examples]
+    gold = None
+    if task is not None and "rm/gold_agreement" in result:  # the prompts are the task's
+        gold_judge = load_judge(f"gold:{task}")
+        gold = lambda p, r: gold_judge.score(p, r).double().numpy()  # noqa: E731
+    return sycophancy_probe(lambda p, r: judge.score(p, r).double().numpy(), prompts, responses, margin_scale,
+                            gold=gold)  # fmt: skip
 
 
 def _rows_kept(parsed: Parsed[PairExample], pairs: list[EncodedPair]) -> list[int]:

@@ -117,6 +117,31 @@ def test_eval_command_writes_accuracy_length_probe_and_gold_agreement(trained_rm
     assert json.loads((final / "reward_stats.json").read_text())["source"] == "eval_dataset"
 
 
+def test_the_sycophancy_probe_scores_the_chosen_responses_with_and_without_an_opener(
+    trained_rm, synth_world, tmp_path
+):
+    out, _ = trained_rm
+    final = out / "final"
+    code = main(["eval", "--reward_model", f"rm:{final}", "--dataset", str(synth_world["eval_pairs"]),
+                 "--output_dir", str(tmp_path / "eval"), "--probe_sycophancy", "true"])  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["sycophancy/num_responses"] == result["rm/num_pairs"]
+    judge = RewardModelJudge(str(final))
+    prompts = [json.loads(line)["prompt"] for line in synth_world["eval_pairs"].read_text().splitlines()][:3]
+    chosen = [json.loads(line)["chosen"] for line in synth_world["eval_pairs"].read_text().splitlines()][:3]
+    for name in ("flattery", "agreement"):
+        low, high = result[f"sycophancy/{name}/score_change_ci"]
+        assert low <= result[f"sycophancy/{name}/score_change"] <= high
+        assert 0.0 <= result[f"sycophancy/{name}/share_raised"] <= 1.0
+        assert "gold_change" in " ".join(k for k in result if k.startswith(f"sycophancy/{name}/"))
+    # the change is the reward model's own: score(opener + r) - score(r), checked on the first responses
+    opened = judge.score(prompts, ["What a great question! " + c for c in chosen]) - judge.score(
+        prompts, chosen
+    )
+    assert opened.abs().sum().item() > 0  # an opener the model has never seen moves its score
+
+
 def test_prefix_sharing_trains_exactly_like_padded_batches(synth_world, tiny_base, tmp_path):
     runs = {}
     for sharing in (True, False):
