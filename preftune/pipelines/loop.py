@@ -457,8 +457,8 @@ class PracticeLoop:
 
     def human_round(self, round_number: int, folder: Path) -> Path | None:
         """--judge human: the first run writes the round's pairs for people to rate (TO_RATE_FILE) and stops
-        (None); once RATINGS_FILE is in the round's folder, the run after reads it into the round's pairs,
-        audits the ratings into `audit/` and goes on (the pairs' path)."""
+        (None); once the rated file (ratings.jsonl or ratings.csv) is in the round's folder, the run after reads
+        it into the round's pairs, audits the ratings into `audit/` and goes on (the pairs' path)."""
         pairs_path = folder / "pairs.jsonl"
         if (folder / PROVENANCE_FILE).exists():
             logger.info("Round %d: reusing its dataset %s.", round_number, pairs_path)
@@ -486,6 +486,9 @@ class PracticeLoop:
                 round_number, folder / TO_RATE_FILE, folder / f"{RATINGS_STEM}.jsonl",
             )  # fmt: skip
             return None
+        if len(ratings) > 1:
+            raise ValueError(f"{folder} holds two rated files, {ratings[0].name} and {ratings[1].name}; keep the one "
+                             "to train on and remove the other.")  # fmt: skip
         plan = json.loads(plan_path.read_text())
         rows, counts = read_human_ratings(str(ratings[0]), plan["pairs"])
         if not rows:

@@ -167,3 +167,6 @@ def test_a_rated_file_with_unknown_pairs_or_choices_names_the_rows(tiny_base, sy
     assert result.returncode == 2
     assert "row 1" in result.stderr and "'left' is not a, b or tie" in result.stderr
     assert "row 2: unknown pair_id 'r9-p0-s0'" in result.stderr
+    (folder / "ratings.csv").write_text("pair_id,choice\n")
+    result = _run(args)
+    assert result.returncode == 2 and "holds two rated files, ratings.jsonl and ratings.csv" in result.stderr
