@@ -6,10 +6,24 @@ import os
 import platform
 import random
 import resource
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def timed_command(command: list[str], log: Path, cwd: Path) -> tuple[int, float, float | None]:
+    """Run `command` under /usr/bin/time with its output in `log`: (exit code, wall seconds, peak RSS in MiB of
+    the whole command, None when /usr/bin/time reported nothing)."""
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        code = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *command], cwd=cwd, stdout=handle,
+                              stderr=subprocess.STDOUT).returncode  # fmt: skip
+    wall = time.perf_counter() - start
+    last = [line for line in log.read_text().splitlines() if line.startswith("TIME ")]
+    return code, wall, int(last[-1].split()[2]) / 1024 if last else None
 
 
 def current_rss_mib() -> float:

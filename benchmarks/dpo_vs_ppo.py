@@ -23,12 +23,11 @@ import argparse
 import json
 import math
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from common import timed_command
 from rl_synthetic import prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,17 +36,11 @@ NAMES = ("dpo", "ppo", "ppo_budget", "dpo_budget")
 
 def timed(name: str, argv: list[str], work: Path) -> dict[str, float]:
     """Run `preftune *argv` under /usr/bin/time; its wall seconds and peak RSS (MiB)."""
-    log = work / f"{name}.log"
-    command = ["/usr/bin/time", "-f", "TIME %e %M", sys.executable, "-m", "preftune.cli", *argv]
     print(f"[{name}] {shlex.join(argv)}", flush=True)
-    start = time.perf_counter()
-    with log.open("w") as handle:
-        code = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - start
-    last = [line for line in log.read_text().splitlines() if line.startswith("TIME ")]
-    if code != 0 or not last:
+    log = work / f"{name}.log"
+    code, wall, peak = timed_command([sys.executable, "-m", "preftune.cli", *argv], log, REPO)
+    if code != 0 or peak is None:
         sys.exit(f"[{name}] failed with exit code {code}; see {log}")
-    peak = int(last[-1].split()[2]) / 1024
     print(f"[{name}] {wall:.1f} s, peak RSS {peak:.0f} MiB", flush=True)
     return {"wall_seconds": round(wall, 1), "peak_rss_mib": round(peak)}
 

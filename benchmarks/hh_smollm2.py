@@ -38,11 +38,11 @@ import argparse
 import json
 import math
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from common import timed_command
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/hh-rlhf-harmless/train.jsonl.gz"
@@ -90,19 +90,13 @@ class Steps:
             print(f"[{name}] skipped ({'done' if done.exists() else 'not in --only'}): {done}", flush=True)
             return
         log = self.work / f"{name}.log"
-        command = ["/usr/bin/time", "-f", "TIME %e %M", *program, *argv]
-        print(f"[{name}] {shlex.join(command[3:])}  (log: {log})", flush=True)
-        start = time.perf_counter()
-        with log.open("w") as handle:
-            code = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT).returncode
-        wall = time.perf_counter() - start
-        last = [line for line in log.read_text().splitlines() if line.startswith("TIME ")]
-        if code != 0 or not last:
+        print(f"[{name}] {shlex.join([*program, *argv])}  (log: {log})", flush=True)
+        code, wall, peak = timed_command([*program, *argv], log, REPO)
+        if code != 0 or peak is None:
             sys.exit(f"[{name}] failed with exit code {code}; see {log}")
-        _, seconds, max_rss_kib = last[-1].split()
-        self.timings[name] = {"wall_seconds": round(wall, 1), "peak_rss_mib": round(int(max_rss_kib) / 1024)}
+        self.timings[name] = {"wall_seconds": round(wall, 1), "peak_rss_mib": round(peak)}
         (self.work / "timings.json").write_text(json.dumps(self.timings, indent=2))
-        print(f"[{name}] done in {wall:.0f} s, peak RSS {int(max_rss_kib) / 1024:.0f} MiB", flush=True)
+        print(f"[{name}] done in {wall:.0f} s, peak RSS {peak:.0f} MiB", flush=True)
 
 
 def untrained_reward_model(model: str, out: Path) -> None:
