@@ -182,6 +182,11 @@ def pairwise_metrics(
     if bool(judged.any()):
         win, win_ci = pm.mean_ci(prob[judged].numpy(), num_resamples=config.num_resamples, seed=config.seed)
         result |= {"pairwise_win_rate": win, "pairwise_win_rate_ci": list(win_ci)}
+    else:
+        logger.warning("The pairwise judge could judge none of the %d pairs (%s): no pairwise win rate. An LLM "
+                       "judge whose answer tokens get too little probability needs a lower min_answer_mass "
+                       "(--pairwise_judge_options) or another template.", len(prob),
+                       summary.get("could_not_judge_reasons", {}))  # fmt: skip
     if "position_consistency" in summary:
         result["pairwise_position_consistency"] = summary["position_consistency"]
     return result
