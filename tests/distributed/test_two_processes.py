@@ -31,21 +31,27 @@ def _port() -> list[str]:
         return ["--main_process_port", str(probe.getsockname()[1])]
 
 
+ENV = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+
+
+def _one_process(args: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "preftune.cli", *args], check=True, env=ENV, timeout=300)
+
+
+def _two_processes(args: list[str]) -> subprocess.CompletedProcess:
+    """`preftune *args` in 2 processes. accelerate names its multi-process launcher --multi_gpu; on a machine
+    without CUDA the engine asks for the CPU and the processes join over gloo."""
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
+    return subprocess.run([*launch, *args], env=ENV, timeout=300, capture_output=True, text=True)
+
+
 @pytest.mark.distributed
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_two_processes_match_one_process_with_accumulation(synth_world, tiny_base, tmp_path):
-    env = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
     dataset = str(synth_world["sft"])
-    single = [sys.executable, "-m", "preftune.cli", *_args(tiny_base, dataset, tmp_path / "one", 4, 2)]
-    subprocess.run(single, check=True, env=env, timeout=300)
-    # accelerate names its multi-process launcher --multi_gpu; on a machine without CUDA the engine
-    # asks for the CPU and the processes join over gloo.
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
-    result = subprocess.run(
-        [*launch, *_args(tiny_base, dataset, tmp_path / "two", 4, 1)],
-        env=env, timeout=300, capture_output=True, text=True,
-    )  # fmt: skip
+    _one_process(_args(tiny_base, dataset, tmp_path / "one", 4, 2))
+    result = _two_processes(_args(tiny_base, dataset, tmp_path / "two", 4, 1))
     assert result.returncode == 0, result.stderr[-3000:]
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
@@ -64,7 +70,6 @@ def test_two_processes_match_one_process_with_accumulation(synth_world, tiny_bas
 @pytest.mark.distributed
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
-    env = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
 
     def args(out, batch, accumulation):
         return [
@@ -74,12 +79,8 @@ def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
             "--gradient_accumulation_steps", str(accumulation), "--num_heads", "2", "--disable_tqdm", "true",
         ]  # fmt: skip
 
-    subprocess.run([sys.executable, "-m", "preftune.cli", *args(tmp_path / "one", 4, 2)], check=True, env=env,
-                   timeout=300)  # fmt: skip
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
-    result = subprocess.run([*launch, *args(tmp_path / "two", 4, 1)], env=env, timeout=300, capture_output=True,
-                            text=True)  # fmt: skip
+    _one_process(args(tmp_path / "one", 4, 2))
+    result = _two_processes(args(tmp_path / "two", 4, 1))
     assert result.returncode == 0, result.stderr[-3000:]
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
@@ -110,7 +111,6 @@ def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
     reward_model.config.pad_token_id = tokenizer.pad_token_id
     reward_model.save_pretrained(tmp_path / "rm")  # a random head: scores vary, so advantages do
     tokenizer.save_pretrained(tmp_path / "rm")
-    env = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
 
     def args(out, batch):
         return [
@@ -121,12 +121,8 @@ def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
             "--target_kl", "0.5", "--disable_tqdm", "true",
         ]  # fmt: skip
 
-    subprocess.run([sys.executable, "-m", "preftune.cli", *args(tmp_path / "one", 8)], check=True, env=env,
-                   timeout=300)  # fmt: skip
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
-    result = subprocess.run([*launch, *args(tmp_path / "two", 4)], env=env, timeout=300, capture_output=True,
-                            text=True)  # fmt: skip
+    _one_process(args(tmp_path / "one", 8))
+    result = _two_processes(args(tmp_path / "two", 4))
     assert result.returncode == 0, result.stderr[-3000:]
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
@@ -149,7 +145,6 @@ def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
 def test_kto_two_processes_match_one(synth_world, tiny_base, tmp_path):
     """KTO's reference point is built from mismatched pairs over the whole global batch (and the whole
     held-out set), whatever the split over processes: 2 processes give 1 process's losses and z_ref."""
-    env = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
 
     def args(out, batch, accumulation):
         return [
@@ -160,12 +155,8 @@ def test_kto_two_processes_match_one(synth_world, tiny_base, tmp_path):
             "--disable_tqdm", "true",
         ]  # fmt: skip
 
-    subprocess.run([sys.executable, "-m", "preftune.cli", *args(tmp_path / "one", 4, 2)], check=True, env=env,
-                   timeout=300)  # fmt: skip
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
-    result = subprocess.run([*launch, *args(tmp_path / "two", 4, 1)], env=env, timeout=300, capture_output=True,
-                            text=True)  # fmt: skip
+    _one_process(args(tmp_path / "one", 4, 2))
+    result = _two_processes(args(tmp_path / "two", 4, 1))
     assert result.returncode == 0, result.stderr[-3000:]
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
@@ -196,14 +187,13 @@ use_cpu: true
 def test_launches_that_would_run_something_else_are_refused(synth_world, tiny_base, tmp_path):
     """`accelerate launch --cpu --num_processes 2` starts one process (a halved global batch), and an FSDP
     config on CPU runs plain DDP: both stop with what to do instead of training another run."""
-    env = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
     train = ["-m", "preftune.cli", *_args(tiny_base, str(synth_world["sft"]), tmp_path / "run", 4, 1)]
-    cpu = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "2", *_port(), *train], env=env,
+    cpu = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "2", *_port(), *train], env=ENV,
                          timeout=300, capture_output=True, text=True)  # fmt: skip
     assert cpu.returncode != 0
     assert "asked for --num_processes 2 but started 1" in cpu.stderr and "--multi_gpu" in cpu.stderr
     (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG)
     fsdp = subprocess.run(["accelerate", "launch", "--config_file", str(tmp_path / "fsdp.yaml"), *_port(), *train],
-                          env=env, timeout=300, capture_output=True, text=True)  # fmt: skip
+                          env=ENV, timeout=300, capture_output=True, text=True)  # fmt: skip
     assert fsdp.returncode != 0 and "The accelerate config asks for FSDP" in fsdp.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
