@@ -394,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     if command.positional and rest and not rest[0].startswith("-"):
         rest = [f"--{command.positional}", *rest]
     config = parse_config(config_cls, rest, prog=f"preftune {name}")  # --help prints and exits here
-    from preftune.engine.loop import TrainingDiverged  # torch and accelerate: only once a command runs
+    # torch and accelerate: only once a command runs
+    from preftune.engine.loop import TrainingDiverged, close_processes
     from preftune.errors import user_message
 
     setup_logging()
@@ -420,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
         err_console.print("(set PREFTUNE_LOG_LEVEL=DEBUG to see the traceback)", style="dim")
         return 2
+    close_processes()
     return 0
 
 

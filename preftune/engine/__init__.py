@@ -13,10 +13,10 @@ from preftune.engine.config import TrainConfig
 from preftune.engine.metrics import MetricsLog, read_metrics
 
 if TYPE_CHECKING:
-    from preftune.engine.loop import Engine, TrainingDiverged, build_accelerator
+    from preftune.engine.loop import Engine, TrainingDiverged, build_accelerator, close_processes
 
 _LAZY = {"Engine": "preftune.engine.loop", "TrainingDiverged": "preftune.engine.loop",
-         "build_accelerator": "preftune.engine.loop"}  # fmt: skip
+         "build_accelerator": "preftune.engine.loop", "close_processes": "preftune.engine.loop"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +25,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Engine", "MetricsLog", "TrainConfig", "TrainingDiverged", "build_accelerator", "read_metrics"]
+__all__ = [
+    "Engine",
+    "MetricsLog",
+    "TrainConfig",
+    "TrainingDiverged",
+    "build_accelerator",
+    "close_processes",
+    "read_metrics",
+]

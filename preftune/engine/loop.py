@@ -12,6 +12,7 @@ always gets the same slice of each global batch, whatever P is.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -70,6 +71,20 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         project_dir=config.output_dir or None,
     )
     return check_accelerator(accelerator, config)
+
+
+def close_processes() -> None:
+    """End a multi-process run: every process waits for the others, then the process group goes down.
+
+    Call it once the trainers are done with (the CLI does, after each command). Taking the group down
+    while a DDP model still holds it (what `accelerator.end_training()` does) leaves its last owner to
+    the model's destructor, and a process could then wait forever in gloo's teardown for a peer that
+    had already exited. A no-op in a single process.
+    """
+    gc.collect()  # free the trainers' DDP models (they sit in reference cycles) while the group is up
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def check_accelerator(accelerator: Accelerator, config: TrainConfig) -> Accelerator:
@@ -513,7 +528,11 @@ class Engine:
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Close the progress bar and trackers; write summary.json with wall time."""
         self._progress.close()
-        self.accelerator.end_training()
+        self.accelerator.wait_for_everyone()
+        # Not accelerator.end_training(): besides the trackers it takes the process group down while
+        # this trainer's DDP model still holds it. close_processes() does that once the trainers are gone.
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
         summary = {
             "steps": self.step,
             "wall_seconds": time.perf_counter() - self._start_time,
