@@ -57,7 +57,7 @@ def run(name: str, work: Path, files: dict[str, Path], sft: str, rm: str) -> dic
         if name == "loop_rm_seed1":
             config.train.seed = 1
         if name == "loop_rm_beta0.1":
-            config.beta = 0.1
+            config.dpo.beta = 0.1
         summary = run_loop(config)
         result = {"rounds": summary["rounds"], "trend": summary["trend"], "hacking": summary["hacking"]}
     elif name == "online_dpo":
@@ -69,11 +69,9 @@ def run(name: str, work: Path, files: dict[str, Path], sft: str, rm: str) -> dic
     else:
         config = _recipe(CAIConfig, "cai", files, sft, out)
         if name != "cai":
-            config = dataclasses.replace(
-                config,
-                preference="revision",
-                loss_type=["sigmoid"] if name.endswith("dpo_only") else config.loss_type,
-            )
+            config = dataclasses.replace(config, preference="revision")
+            if name.endswith("dpo_only"):
+                config.dpo.loss_type = ["sigmoid"]
         result = run_cai(config)
     return {**result, "wall_seconds": time.perf_counter() - start}
 

@@ -292,8 +292,10 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
     write_jsonl(out / "data" / "pairs.jsonl", pairs)
     dpo_train = dataclasses.replace(config.train, output_dir=str(out / "dpo"), overwrite_output_dir=True)
     pairs_data = DataConfig(dataset=str(out / "data" / "pairs.jsonl"), max_length=config.data.max_length)
-    DPOTrainer(DPOConfig(model=dataclasses.replace(config.model, model=sft), data=pairs_data, train=dpo_train,
-                         beta=config.beta, loss_type=list(config.loss_type))).train()  # fmt: skip
+    policy = dataclasses.replace(config.model, model=sft)
+    DPOTrainer(
+        DPOConfig(model=policy, data=pairs_data, train=dpo_train, **dataclasses.asdict(config.dpo))
+    ).train()
     if (out / "final").exists():
         shutil.rmtree(out / "final")
     shutil.copytree(out / "dpo" / "final", out / "final")

@@ -16,7 +16,7 @@ from preftune.engine.config import TrainConfig
 from preftune.models.config import ModelConfig
 from preftune.pipelines.constitution import load_constitution
 from preftune.rollout.config import SamplingConfig
-from preftune.trainers.dpo_config import DPOConfig
+from preftune.trainers.dpo_config import DPOConfig, DPOObjective
 
 
 @dataclass
@@ -91,13 +91,10 @@ class LoopConfig:
     pairwise judge's direct verdict, or sigmoid(score difference) for a pointwise judge (in [0, 1))."""
     reference: Literal["initial", "previous"] = "initial"
     """DPO's reference policy in each round: the starting policy (round 0), or the previous round's."""
-    beta: float = 0.3
-    """DPO's KL strength, to the reference. Higher than one DPO run's usual 0.1: with --reference initial it
-    bounds how far all rounds together move from the starting policy (benchmarks/RESULTS.md)."""
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
-    """DPO-family objective(s), as `preftune dpo --loss_type` (sigmoid, ipo, hinge, robust, ...)."""
-    label_smoothing: float = 0.0
-    """Assumed label-flip rate for --loss_type cdpo/robust."""
+    dpo: DPOObjective = field(default_factory=lambda: DPOObjective(beta=0.3))
+    """Each round's DPO objective, with every flag of `preftune dpo`'s (--beta, --loss_type, --gamma, ...).
+    beta is 0.3 here rather than one DPO run's usual 0.1: with --reference initial it bounds how far all
+    rounds together move from the starting policy (benchmarks/RESULTS.md)."""
     eval_judge: str = ""
     """Pointwise judge of the held-out evaluation (default: --judge when it is pointwise, else gold)."""
     num_eval_prompts: int = 128
@@ -147,7 +144,7 @@ class LoopConfig:
             )
         if self.train.resume:
             raise ValueError("--resume is not needed: running the same loop again resumes it. Drop --resume.")
-        # The per-round DPO config checks beta, loss_type and label_smoothing before anything runs.
+        # The per-round DPO config checks the objective against the model and training flags before anything runs.
         self.dpo_config(self.model.model, "<pairs>", None, Path(self.train.output_dir) / "check")
 
     def dpo_config(self, policy: str, pairs: str, reference: str | None, out: Path) -> DPOConfig:
@@ -161,9 +158,12 @@ class LoopConfig:
         data = DataConfig(dataset=pairs, max_length=self.data.max_length, truncation=self.data.truncation,
                           skip_invalid=self.data.skip_invalid)  # fmt: skip
         return DPOConfig(
-            model=dataclasses.replace(self.model, model=policy), data=data, train=train, ref_model=reference,
-            beta=self.beta, loss_type=list(self.loss_type), label_smoothing=self.label_smoothing,
-        )  # fmt: skip
+            model=dataclasses.replace(self.model, model=policy),
+            data=data,
+            train=train,
+            ref_model=reference,
+            **dataclasses.asdict(self.dpo),
+        )
 
 
 @dataclass
@@ -200,10 +200,9 @@ class CAIConfig:
     """Learning rate of SFT on the revisions."""
     sft_epochs: float = 2.0
     """Epochs of SFT on the revisions."""
-    beta: float = 0.1
-    """DPO's KL strength."""
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"])
-    """DPO-family objective(s) of the preference stage, as `preftune dpo --loss_type`."""
+    dpo: DPOObjective = field(default_factory=lambda: DPOObjective(loss_type=["sigmoid", "sft"]))
+    """The preference stage's DPO objective, with every flag of `preftune dpo`'s (--beta, --loss_type, ...);
+    --loss_type is sigmoid sft here (DPO plus the revisions' NLL)."""
     eval_judge: str = ""
     """Judge of the before/after evaluation (default: gold when the prompts are a synthetic task's)."""
     num_eval_prompts: int = 128
@@ -237,3 +236,6 @@ class CAIConfig:
             raise ValueError("num_prompts must be >= 0, num_eval_prompts and max_new_tokens >= 1.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (the answers are sampled), got {self.temperature}.")
+        # The DPO stage's config checks the objective against the model and training flags before anything runs.
+        pairs = DataConfig(dataset="<pairs>", max_length=self.data.max_length)
+        DPOConfig(model=self.model, data=pairs, train=self.train, **dataclasses.asdict(self.dpo))

@@ -38,13 +38,10 @@ def losses_where(trait: str) -> tuple[str, ...]:
 
 
 @dataclass
-class DPOConfig(RunInputs):
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
-    ref_model: str | None = None
-    """Reference policy checkpoint (frozen). Default: --model itself, or with --use_peft the policy with
-    its adapter disabled (no second copy of the weights)."""
+class DPOObjective:
+    """DPO's objective and how it treats the reference: the group of flags of every command that runs DPO
+    (`preftune dpo` holds them as its own fields; `loop` and `cai` compose the group as `dpo`)."""
+
     beta: float = 0.1
     """KL strength: larger keeps the policy closer to the reference (0.01 to 0.5 is typical)."""
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
@@ -87,7 +84,10 @@ class DPOConfig(RunInputs):
     prefix_sharing: bool = True
     """Run each pair as one [prompt][chosen][rejected] block (prompt once, rows packed, no padding)."""
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Raises on a value or a combination the objective cannot run. Not a __post_init__: the checks read
+        the loss registry, which imports torch, and a group's default is built for `--help`. DPOConfig runs
+        them, and `loop` and `cai` build their DPO stage's config when they are checked."""
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
         known = sorted([*loss_registry(), SFT_TERM])
@@ -102,10 +102,6 @@ class DPOConfig(RunInputs):
             raise ValueError(
                 f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss types; "
                 "give one weight per --loss_type entry."
-            )
-        if self.ref_model and self.reference_free:
-            raise ValueError(
-                f"loss_type {self.loss_type} is reference-free, so --ref_model would be loaded for nothing; drop it."
             )
         self._check_variants()
 
@@ -152,8 +148,18 @@ class DPOConfig(RunInputs):
             raise ValueError(
                 f"--precompute_ref_log_probs: {self.loss_type} is reference-free; drop the flag."
             )
-        if self.sync_ref_model:
-            self._check_tr_dpo()
+        if self.sync_ref_model and (self.reference_free or self.precompute_ref_log_probs):
+            raise ValueError(
+                "--sync_ref_model updates a separate reference model during training, so it cannot be used with "
+                "reference-free losses or precomputed reference log-probs."
+            )
+        if self.sync_ref_model and not (
+            0 < self.ref_model_mixup_alpha <= 1 and self.ref_model_sync_steps >= 1
+        ):
+            raise ValueError(
+                f"ref_model_mixup_alpha must be in (0, 1] and ref_model_sync_steps >= 1, got "
+                f"{self.ref_model_mixup_alpha} and {self.ref_model_sync_steps}."
+            )
         sorted_losses = [name for name in self.loss_type if name in losses_where("per_sorted_position")]
         if sorted_losses and self.use_weighting:
             raise ValueError(f"{sorted_losses} are computed per sorted position, not per pair, so WPO's per-pair "
@@ -193,20 +199,6 @@ class DPOConfig(RunInputs):
             raise ValueError(f"--label_noise {self.label_noise} sets the label smoothing, but --label_smoothing "
                              f"{self.label_smoothing} is set too; give only one of them.")  # fmt: skip
 
-    def _check_tr_dpo(self) -> None:
-        if self.reference_free or self.precompute_ref_log_probs or self.model.use_peft:
-            raise ValueError(
-                "--sync_ref_model updates a separate reference model during training, so it cannot be used with "
-                "reference-free losses, precomputed reference log-probs, or a LoRA policy (whose weights differ "
-                "from the reference's in layout); train all weights for TR-DPO."
-            )
-        if not 0 < self.ref_model_mixup_alpha <= 1 or self.ref_model_sync_steps < 1:
-            raise ValueError(f"ref_model_mixup_alpha must be in (0, 1] and ref_model_sync_steps >= 1, got "
-                             f"{self.ref_model_mixup_alpha} and {self.ref_model_sync_steps}.")  # fmt: skip
-        if self.train.resume:
-            raise ValueError("--resume with --sync_ref_model: the moving reference is not saved in checkpoints "
-                             "yet, so a resumed run would not match; restart the run instead.")  # fmt: skip
-
     @property
     def reference_free(self) -> bool:
         return all(loss_registry()[name].reference_free for name in self.loss_type if name != SFT_TERM)
@@ -214,3 +206,32 @@ class DPOConfig(RunInputs):
     @property
     def weights(self) -> list[float]:
         return self.loss_weights or [1.0] * len(self.loss_type)
+
+
+@dataclass
+class DPOConfig(DPOObjective, RunInputs):
+    """`preftune dpo`: the DPO objective's flags (DPOObjective) on a policy, a reference and preference pairs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
+    ref_model: str | None = None
+    """Reference policy checkpoint (frozen). Default: --model itself, or with --use_peft the policy with
+    its adapter disabled (no second copy of the weights)."""
+
+    def __post_init__(self) -> None:
+        self.check()
+        if self.ref_model and self.reference_free:
+            raise ValueError(
+                f"loss_type {self.loss_type} is reference-free, so --ref_model would be loaded for nothing; drop it."
+            )
+        if self.sync_ref_model and self.model.use_peft:
+            raise ValueError(
+                "--sync_ref_model moves the reference towards the policy, whose LoRA weights differ from the "
+                "reference's in layout; train all weights for TR-DPO, or drop --sync_ref_model."
+            )
+        if self.sync_ref_model and self.train.resume:
+            raise ValueError(
+                "--resume with --sync_ref_model: the moving reference is not saved in checkpoints yet, so a "
+                "resumed run would not match; restart the run instead."
+            )

@@ -141,3 +141,28 @@ def test_preference_auto_and_flag_checks(tmp_path):
         config(preference="judge")
     with pytest.raises(ValueError, match="only used with --preference judge"):
         config(judge="llm:x")
+
+
+def test_loop_and_cai_reach_every_dpo_objective_flag(tmp_path):
+    """Their DPO stage is the DPOObjective group, so every flag of `preftune dpo`'s objective reaches it."""
+    import dataclasses
+
+    from preftune.config import flat_field_names, parse_config
+    from preftune.pipelines.config import LoopConfig
+    from preftune.trainers.dpo_config import DPOObjective
+
+    objective = [f.name for f in dataclasses.fields(DPOObjective)]
+    for config_cls in (LoopConfig, CAIConfig):
+        assert set(objective) <= set(flat_field_names(config_cls))
+    required = ["--model", "m", "--dataset", "d", "--judge", "gold", "--output_dir", str(tmp_path)]
+    argv = [*required, "--loss_type", "simpo", "--gamma", "1.5", "--beta", "2.0"]
+    loop = parse_config(LoopConfig, argv, prog="preftune loop")
+    dpo = loop.dpo_config("policy", "pairs.jsonl", None, tmp_path / "round-1")
+    assert (dpo.loss_type, dpo.gamma, dpo.beta) == (["simpo"], 1.5, 2.0)
+    defaults = {
+        cls: next(f for f in dataclasses.fields(cls) if f.name == "dpo").default_factory()
+        for cls in (LoopConfig, CAIConfig)
+    }
+    assert defaults[LoopConfig].beta == 0.3 and defaults[CAIConfig].loss_type == ["sigmoid", "sft"]
+    with pytest.raises(SystemExit):  # the objective's checks run when the loop's flags are parsed
+        parse_config(LoopConfig, [*required, "--loss_type", "ipo", "--label_smoothing", "0.1"], prog="p")
