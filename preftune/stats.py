@@ -1,7 +1,8 @@
 """Plain statistics that the audit (feedback/) and the evaluations (eval/) share; no preftune imports.
 
 - `wilson_interval`: the Wilson score interval of a binomial share;
-- `least_squares_slope`: the slope of a least-squares line, over the last axis.
+- `least_squares_slope`: the slope of a least-squares line, over the last axis;
+- `as_vector`, `check_same_length`: the input checks of the per-pair and per-prompt metrics.
 
 Bootstrap intervals of a mean are in eval/stats.py.
 """
@@ -59,3 +60,29 @@ def least_squares_slope(x: ArrayLike, y: ArrayLike) -> np.ndarray:
     sxx = (dx * dx).sum(axis=-1)  # (...)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(sxx > 0, (dx * dy).sum(axis=-1) / sxx, np.nan)
+
+
+def as_vector(values: ArrayLike, name: str, item: str) -> np.ndarray:
+    """``values`` as a non-empty, finite float64 array of shape (N,), one value per ``item`` ("pair",
+    "prompt"); otherwise a ValueError that says what to fix."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(
+            f"{name} must be 1-D (one value per {item}), got shape {array.shape}. Flatten it or pass one list."
+        )
+    if array.size == 0:
+        raise ValueError(f"{name} is empty. Pass at least one {item}'s value.")
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise ValueError(
+            f"{name} has {bad.size} non-finite value(s), first {array[bad[0]]} at index {bad[0]}. "
+            f"Drop or fix those {item}s before evaluating."
+        )
+    return array
+
+
+def check_same_length(item: str, **arrays: np.ndarray) -> None:
+    """Raise if the arrays do not all have one value per ``item`` (the same first dimension)."""
+    sizes = {name: len(array) for name, array in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"Inputs must have one value per {item}, got lengths {sizes}. Align them by {item}.")

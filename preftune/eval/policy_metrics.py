@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from preftune.eval.stats import bootstrap_mean_ci
+from preftune.stats import as_vector, check_same_length
 
 _LC_L2_PENALTY = 1e-3
 """L2 weight on (a, b) in the length-controlled fit, against a log-likelihood summed over prompts.
@@ -42,31 +43,6 @@ A Gaussian prior of standard deviation ~32 on the logit scale: negligible next t
 bounds the fit on separable data (N wins out of N give ``N * exp(-a) ~= 1e-3 * a``, e.g. a ~= 8 for N = 4).
 """
 _LC_MAX_NEWTON_STEPS = 200
-
-
-def _as_vector(values: ArrayLike, name: str) -> np.ndarray:
-    """Convert ``values`` to a non-empty, finite float64 array of shape (N,)."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1:
-        raise ValueError(
-            f"{name} must be 1-D (one value per prompt), got shape {array.shape}. Flatten it or pass one list."
-        )
-    if array.size == 0:
-        raise ValueError(f"{name} is empty. Pass at least one prompt's value.")
-    bad = np.flatnonzero(~np.isfinite(array))
-    if bad.size:
-        raise ValueError(
-            f"{name} has {bad.size} non-finite value(s), first {array[bad[0]]} at index {bad[0]}. "
-            "Drop or fix those prompts before evaluating."
-        )
-    return array
-
-
-def _check_same_length(**arrays: np.ndarray) -> None:
-    """Raise if the arrays do not all have the same number of prompts (first dimension)."""
-    sizes = {name: len(array) for name, array in arrays.items()}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"Inputs must have one value per prompt, got lengths {sizes}. Align them by prompt.")
 
 
 def _check_bootstrap_args(confidence: float, num_resamples: int) -> None:
@@ -136,9 +112,9 @@ def win_rate(scores: ArrayLike, baseline_scores: ArrayLike) -> float:
 
     ``scores``, ``baseline_scores``: (N,). ``win_rate(a, b) + win_rate(b, a) == 1``.
     """
-    scores = _as_vector(scores, "scores")
-    baseline_scores = _as_vector(baseline_scores, "baseline_scores")
-    _check_same_length(scores=scores, baseline_scores=baseline_scores)
+    scores = as_vector(scores, "scores", "prompt")
+    baseline_scores = as_vector(baseline_scores, "baseline_scores", "prompt")
+    check_same_length("prompt", scores=scores, baseline_scores=baseline_scores)
     return float(_tie_half_wins(scores, baseline_scores).mean())
 
 
@@ -163,7 +139,7 @@ def paired_bootstrap_ci(
             raise ValueError(
                 f"{name} must have shape (N,) or (N, K) with N >= 1 prompts, got shape {values.shape}."
             )
-    _check_same_length(values_a=values_a, values_b=values_b)
+    check_same_length("prompt", values_a=values_a, values_b=values_b)
     _check_bootstrap_args(confidence, num_resamples)
     rng = np.random.default_rng(seed)
     num_prompts = values_a.shape[0]
@@ -204,12 +180,16 @@ def length_controlled_win_rate(
     length difference is the same nonzero value the intercept and slope are not separately identified;
     the penalty then splits the logit between them and the result shrinks towards 0.5.
     """
-    scores = _as_vector(scores, "scores")
-    baseline_scores = _as_vector(baseline_scores, "baseline_scores")
-    lengths = _as_vector(lengths, "lengths")
-    baseline_lengths = _as_vector(baseline_lengths, "baseline_lengths")
-    _check_same_length(
-        scores=scores, baseline_scores=baseline_scores, lengths=lengths, baseline_lengths=baseline_lengths
+    scores = as_vector(scores, "scores", "prompt")
+    baseline_scores = as_vector(baseline_scores, "baseline_scores", "prompt")
+    lengths = as_vector(lengths, "lengths", "prompt")
+    baseline_lengths = as_vector(baseline_lengths, "baseline_lengths", "prompt")
+    check_same_length(
+        "prompt",
+        scores=scores,
+        baseline_scores=baseline_scores,
+        lengths=lengths,
+        baseline_lengths=baseline_lengths,
     )
     _check_lengths(lengths, "lengths")
     _check_lengths(baseline_lengths, "baseline_lengths")
@@ -257,7 +237,7 @@ def sequence_kl(logratios: ArrayLike) -> tuple[float, float]:
     pi (not from the reference, or the mean is not the KL). The standard error is 0.0 when N = 1.
     Single estimates can be negative; only the expectation is >= 0.
     """
-    logratios = _as_vector(logratios, "logratios")
+    logratios = as_vector(logratios, "logratios", "prompt")
     if logratios.size == 1:
         return float(logratios[0]), 0.0
     return float(logratios.mean()), float(logratios.std(ddof=1) / math.sqrt(logratios.size))
@@ -267,7 +247,7 @@ def mean_ci(
     values: ArrayLike, confidence: float = 0.95, num_resamples: int = 2000, seed: int = 0
 ) -> tuple[float, tuple[float, float]]:
     """Mean of ``values`` (N,) and its percentile bootstrap interval (``eval.stats.bootstrap_mean_ci``)."""
-    values = _as_vector(values, "values")
+    values = as_vector(values, "values", "prompt")
     _check_bootstrap_args(confidence, num_resamples)
     mean, low, high = bootstrap_mean_ci(values, confidence, int(num_resamples), seed)
     return mean, (low, high)

@@ -26,32 +26,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from preftune.stats import wilson_interval
-
-
-def _as_vector(values: ArrayLike, name: str) -> np.ndarray:
-    """Convert ``values`` to a non-empty, finite float64 array of shape (N,)."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1:
-        raise ValueError(
-            f"{name} must be 1-D (one value per pair), got shape {array.shape}. Flatten it or pass one list."
-        )
-    if array.size == 0:
-        raise ValueError(f"{name} is empty. Pass at least one pair.")
-    bad = np.flatnonzero(~np.isfinite(array))
-    if bad.size:
-        raise ValueError(
-            f"{name} has {bad.size} non-finite value(s), first {array[bad[0]]} at index {bad[0]}. "
-            "Drop or fix those pairs before evaluating."
-        )
-    return array
-
-
-def _check_same_length(**arrays: np.ndarray) -> None:
-    """Raise if the (N,) arrays do not all have the same length."""
-    sizes = {name: array.size for name, array in arrays.items()}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"Inputs must have one value per pair, got lengths {sizes}. Align them by pair.")
+from preftune.stats import as_vector, check_same_length, wilson_interval
 
 
 def _check_confidence(confidence: float) -> None:
@@ -94,7 +69,7 @@ def pairwise_accuracy(margins: ArrayLike, confidence: float = 0.95) -> dict[str,
     ``margins``: (N,) reward of chosen minus reward of rejected.
     Returns ``accuracy``, ``accuracy_ci_low``, ``accuracy_ci_high`` and ``num_pairs``.
     """
-    margins = _as_vector(margins, "margins")
+    margins = as_vector(margins, "margins", "pair")
     _check_confidence(confidence)
     successes = float(_tie_half_correct(margins).sum())
     low, high = wilson_interval(successes, margins.size, confidence)
@@ -116,7 +91,7 @@ def expected_calibration_error(margins: ArrayLike, num_bins: int = 10) -> float:
     Correctness is read from the margin's sign, not from the rounded p, so a tiny positive margin whose
     sigmoid rounds to 0.5 still counts as correct.
     """
-    margins = _as_vector(margins, "margins")
+    margins = as_vector(margins, "margins", "pair")
     if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
         raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}. Use e.g. 10.")
     confidences = 1.0 / (1.0 + np.exp(-np.abs(margins)))  # (N,) stable: exp of a non-positive number
@@ -143,12 +118,13 @@ def length_probe(
     and chosen-shorter subsets are NaN when the subset is empty. Correlations pool the 2N responses
     (chosen and rejected) and are NaN when scores or lengths are constant; Spearman uses average ranks.
     """
-    margins = _as_vector(margins, "margins")
-    chosen_lengths = _as_vector(chosen_lengths, "chosen_lengths")
-    rejected_lengths = _as_vector(rejected_lengths, "rejected_lengths")
-    chosen_scores = _as_vector(chosen_scores, "chosen_scores")
-    rejected_scores = _as_vector(rejected_scores, "rejected_scores")
-    _check_same_length(
+    margins = as_vector(margins, "margins", "pair")
+    chosen_lengths = as_vector(chosen_lengths, "chosen_lengths", "pair")
+    rejected_lengths = as_vector(rejected_lengths, "rejected_lengths", "pair")
+    chosen_scores = as_vector(chosen_scores, "chosen_scores", "pair")
+    rejected_scores = as_vector(rejected_scores, "rejected_scores", "pair")
+    check_same_length(
+        "pair",
         margins=margins,
         chosen_lengths=chosen_lengths,
         rejected_lengths=rejected_lengths,
@@ -184,9 +160,9 @@ def gold_agreement(margins: ArrayLike, gold_margins: ArrayLike, confidence: floa
     the signs match and counts half when ``margin == 0``. Returns ``gold_agreement``,
     ``gold_agreement_ci_low``, ``gold_agreement_ci_high`` and ``num_gold_pairs``.
     """
-    margins = _as_vector(margins, "margins")
-    gold_margins = _as_vector(gold_margins, "gold_margins")
-    _check_same_length(margins=margins, gold_margins=gold_margins)
+    margins = as_vector(margins, "margins", "pair")
+    gold_margins = as_vector(gold_margins, "gold_margins", "pair")
+    check_same_length("pair", margins=margins, gold_margins=gold_margins)
     _check_confidence(confidence)
     decided = gold_margins != 0  # (N,)
     if not decided.any():
@@ -211,7 +187,7 @@ def label_gold_agreement(gold_margins: ArrayLike) -> float:
 
     ``gold_margins``: (N,) gold reward of the labelled chosen minus that of the labelled rejected.
     """
-    gold_margins = _as_vector(gold_margins, "gold_margins")
+    gold_margins = as_vector(gold_margins, "gold_margins", "pair")
     decided = gold_margins != 0  # (N,)
     if not decided.any():
         raise ValueError(
@@ -223,7 +199,7 @@ def label_gold_agreement(gold_margins: ArrayLike) -> float:
 
 def score_statistics(scores: ArrayLike) -> dict[str, float]:
     """Mean, population std (ddof=0), min, max and count of ``scores``, shape (N,)."""
-    scores = _as_vector(scores, "scores")
+    scores = as_vector(scores, "scores", "pair")
     return {
         "mean": float(scores.mean()),
         "std": float(scores.std(ddof=0)),
