@@ -31,10 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import EncodedPair
@@ -56,13 +54,12 @@ from preftune.models.ref_cache import (
     write_cached,
 )
 from preftune.ops.logprobs import gather_token_logps
-from preftune.trainers.dpo_config import DPOConfig
 from preftune.trainers.inputs import (
-    ModelInput,
+    Given,
+    Trainer,
     accelerator_for,
     policy_for,
     reference_for,
-    take_inputs,
     take_reference,
     tokenizer_for,
 )
@@ -70,31 +67,20 @@ from preftune.trainers.inputs import (
 logger = logging.getLogger(__name__)
 
 
-class DPOTrainer:
+class DPOTrainer(Trainer):
     """`DPOTrainer(config).train()` runs the whole job from the config's paths. From Python, objects may
     stand in for them (preftune/trainers/inputs.py): `DPOTrainer(args=config, model=model,
     ref_model=ref, processing_class=tokenizer, train_dataset=dataset, eval_dataset=held_out)`. Without
     a reference, a model object's reference is a frozen copy of it taken before training (with
     --use_peft: the policy with its adapter disabled)."""
 
-    def __init__(
-        self,
-        config: DPOConfig | None = None,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        *,
-        args: DPOConfig | None = None,
-        model: ModelInput = None,
-        ref_model: ModelInput = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        accelerator: Accelerator | None = None,
-    ) -> None:
-        config, model = take_inputs("DPOTrainer", config or args, model, train_dataset, eval_dataset)
-        self.config = config
-        ref_model = take_reference(config, ref_model)
+    takes = (*Trainer.takes, "ref_model")
+
+    def _build(self, given: Given) -> None:
+        config, model = self.config, given.model
+        ref_model = take_reference(config, given.ref_model)
         self.in_memory_models = model is not None or ref_model is not None
-        self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
+        self.tokenizer = tokenizer_for(config.model, model, given.processing_class)
         # Data is read, validated and tokenized before any model loads, so bad rows fail fast.
         self.train_pairs = self._encode(config.data.dataset, config.data.dataset_split, "train")
         self.eval_pairs = (
@@ -118,7 +104,7 @@ class DPOTrainer:
         if sorted_losses and any(pair.loss_weight != 1.0 for pair in self.train_pairs):
             raise ValueError(f"{describe_source(config.data.dataset)} has a 'weight' column, but {sorted_losses} are computed per "
                              "sorted position, not per pair, so the weights cannot apply; drop one of them.")  # fmt: skip
-        self.accelerator = accelerator_for(config.train, accelerator)
+        self.accelerator = accelerator_for(config.train, given.accelerator)
         policy = policy_for(config.model, model)
         self.reference = (
             None

@@ -1,5 +1,6 @@
 """What a trainer is given: objects (a model, a tokenizer, datasets, an accelerator) from Python, or the
-config's paths from the command line. The trainers turn either into what they use here, in one place.
+config's paths from the command line. The trainers turn either into what they use here, in one place,
+and share one constructor (`Trainer`).
 
     trainer = DPOTrainer(args=config, model=model, ref_model=ref, processing_class=tokenizer,
                          train_dataset=dataset, eval_dataset=held_out)
@@ -14,6 +15,7 @@ config's paths from the command line. The trainers turn either into what they us
 from __future__ import annotations
 
 from copy import deepcopy
+from dataclasses import dataclass, fields
 from typing import Any
 
 from accelerate import Accelerator
@@ -36,6 +38,62 @@ from preftune.models.loading import (
 from preftune.models.logps import ResponseLogps, load_frozen_reference
 
 ModelInput = str | PreTrainedModel | PeftModel | None
+
+
+@dataclass
+class Given:
+    """The objects a trainer was given besides its config; None: built from the config's paths."""
+
+    model: ModelInput = None
+    ref_model: ModelInput = None
+    processing_class: PreTrainedTokenizerBase | None = None
+    train_dataset: Any = None
+    eval_dataset: Any = None
+    accelerator: Accelerator | None = None
+    judge: Any = None
+    heldout_judge: Any = None
+
+
+class Trainer:
+    """Base of the trainers: the constructor, written once, with TRL's keyword names.
+
+    `SomeTrainer(config).train()` runs the whole job from the config's paths (what the CLI does); from
+    Python, objects given by keyword stand in for them (the module docstring says how). A subclass lists
+    the objects it takes in `takes` (another one given is a TypeError, not an object quietly left unused)
+    and builds itself in `_build`, with `self.config` set and the model given in `given.model`."""
+
+    takes: tuple[str, ...] = ("model", "processing_class", "train_dataset", "eval_dataset", "accelerator")
+    config: Any
+
+    def __init__(
+        self,
+        args: Any = None,
+        *,
+        model: ModelInput = None,
+        ref_model: ModelInput = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        accelerator: Accelerator | None = None,
+        judge: Any = None,
+        heldout_judge: Any = None,
+    ) -> None:
+        given = Given(
+            model, ref_model, processing_class, train_dataset, eval_dataset, accelerator, judge, heldout_judge
+        )
+        name = type(self).__name__
+        unused = [
+            f.name for f in fields(given) if getattr(given, f.name) is not None and f.name not in self.takes
+        ]
+        if unused:
+            raise TypeError(f"{name} takes no {', '.join(unused)}; it takes {', '.join(self.takes)}.")
+        self.config, given.model = take_inputs(
+            name, args, given.model, given.train_dataset, given.eval_dataset
+        )
+        self._build(given)
+
+    def _build(self, given: Given) -> None:
+        raise NotImplementedError
 
 
 def take_inputs(

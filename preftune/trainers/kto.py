@@ -51,9 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import gather_object
-from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import (
@@ -75,15 +73,14 @@ from preftune.losses.unpaired import kto_loss, kto_recommended_weights, kto_refe
 from preftune.models.loading import save_final, token_id
 from preftune.models.logps import ResponseLogps, reference_view, sequence_sums
 from preftune.trainers.inputs import (
-    ModelInput,
+    Given,
+    Trainer,
     accelerator_for,
     policy_for,
     reference_for,
-    take_inputs,
     take_reference,
     tokenizer_for,
 )
-from preftune.trainers.kto_config import KTOConfig
 
 logger = logging.getLogger(__name__)
 
@@ -91,28 +88,17 @@ CLASSES = ("desirable", "undesirable")
 _CLASS_SUMS = [f"{metric}/{name}" for name in CLASSES for metric in ("count", "rewards", "logps")]
 
 
-class KTOTrainer:
+class KTOTrainer(Trainer):
     """`KTOTrainer(config).train()` runs the whole job from the config's paths; from Python, objects may stand in
     for them as in DPOTrainer (preftune/trainers/inputs.py): `KTOTrainer(args=config, model=model,
     ref_model=ref, processing_class=tokenizer, train_dataset=dataset, eval_dataset=held_out)`."""
 
-    def __init__(
-        self,
-        config: KTOConfig | None = None,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        *,
-        args: KTOConfig | None = None,
-        model: ModelInput = None,
-        ref_model: ModelInput = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        accelerator: Accelerator | None = None,
-    ) -> None:
-        config, model = take_inputs("KTOTrainer", config or args, model, train_dataset, eval_dataset)
-        self.config = config
-        ref_model = take_reference(config, ref_model)
-        self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
+    takes = (*Trainer.takes, "ref_model")
+
+    def _build(self, given: Given) -> None:
+        config, model = self.config, given.model
+        ref_model = take_reference(config, given.ref_model)
+        self.tokenizer = tokenizer_for(config.model, model, given.processing_class)
         # Data is read, validated and tokenized before any model loads, so bad rows fail fast.
         self.train_examples = self._encode(config.data.dataset, config.data.dataset_split, "train")
         self.eval_examples = (
@@ -123,7 +109,7 @@ class KTOTrainer:
         self.num_desirable = sum(example.label for example in self.train_examples)
         self.num_undesirable = len(self.train_examples) - self.num_desirable
         self.desirable_weight, self.undesirable_weight = self._class_weights()
-        self.accelerator = accelerator_for(config.train, accelerator)
+        self.accelerator = accelerator_for(config.train, given.accelerator)
         policy = policy_for(config.model, model)
         self.reference = reference_for(
             config.model, config.ref_model, model, ref_model, self.accelerator.device

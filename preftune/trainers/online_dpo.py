@@ -36,10 +36,8 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from preftune.data import Completion, EncodedExample, Prompt
 from preftune.engine.hacking import RewardHackingDetected
@@ -66,8 +64,8 @@ from preftune.rollout.experience import (
     shape_scores,
 )
 from preftune.rollout.generate import RolloutBatch
-from preftune.trainers.inputs import ModelInput
-from preftune.trainers.online_dpo_config import OnlineDPOConfig, OnlineLossType
+from preftune.trainers.inputs import Given
+from preftune.trainers.online_dpo_config import OnlineLossType
 from preftune.trainers.rl_base import RLTrainer
 
 logger = logging.getLogger(__name__)
@@ -138,28 +136,12 @@ class OnlineDPOTrainer(RLTrainer):
     """`OnlineDPOTrainer(config).train()` runs online DPO against the judge of --judge; from Python,
     `OnlineDPOTrainer(args=config, model=model, processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
-    def __init__(
-        self,
-        config: OnlineDPOConfig | None = None,
-        judge: Judge | PairwiseJudge | None = None,
-        heldout_judge: Judge | None = None,
-        *,
-        args: OnlineDPOConfig | None = None,
-        model: ModelInput = None,
-        ref_model: ModelInput = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        accelerator: Accelerator | None = None,
-    ) -> None:
+    def _build(self, given: Given) -> None:
         """`judge` replaces --judge: a pointwise judge (`score(prompts, responses) -> (N,)`) or a pairwise one
         (`compare(prompts, first, second) -> PairVerdicts`); `heldout_judge` replaces --heldout_judge; the
         other objects replace --model, --ref_model, the tokenizer saved with the model, --dataset (prompts),
         --eval_dataset and the accelerator built from the config."""
-        model, ref_model = self._take_inputs(
-            "OnlineDPOTrainer", config or args, model, ref_model, processing_class, train_dataset, eval_dataset,
-            accelerator, judge, heldout_judge,
-        )  # fmt: skip
+        model, ref_model, judge, heldout_judge = self._take_inputs(given)
         cfg = self.config
         if judge is None:
             options = {"cache_dir": str(Path(cfg.train.output_dir) / "judge-cache"), **cfg.judge_options}

@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from peft import PeftModel
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from preftune.engine.hacking import RewardHackingDetected
 from preftune.engine.minibatch import minibatch_updates
-from preftune.judges import Judge, RewardModelJudge
+from preftune.judges import RewardModelJudge
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import (
     adaptive_kl_coef,
@@ -60,8 +58,7 @@ from preftune.rollout.experience import (
     shape_scores,
 )
 from preftune.rollout.generate import RolloutBatch
-from preftune.trainers.inputs import ModelInput
-from preftune.trainers.ppo_config import PPOConfig
+from preftune.trainers.inputs import Given
 from preftune.trainers.rl_base import RLTrainer
 
 logger = logging.getLogger(__name__)
@@ -71,28 +68,12 @@ class PPOTrainer(RLTrainer):
     """`PPOTrainer(config).train()` runs the whole job; from Python, `PPOTrainer(args=config, model=model,
     processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
-    def __init__(
-        self,
-        config: PPOConfig | None = None,
-        judge: Judge | None = None,
-        heldout_judge: Judge | None = None,
-        *,
-        args: PPOConfig | None = None,
-        model: ModelInput = None,
-        ref_model: ModelInput = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        accelerator: Accelerator | None = None,
-    ) -> None:
+    def _build(self, given: Given) -> None:
         """`judge` and `heldout_judge` replace the judges named by --judge and --heldout_judge (any object with
         `score(prompts, responses) -> (N,)`); the other objects replace --model, --ref_model, the tokenizer
         saved with the model, --dataset (prompts), --eval_dataset and the accelerator built from the config.
         The value model is always loaded from a path (--value_model, the reward model's or --model)."""
-        model, ref_model = self._take_inputs(
-            "PPOTrainer", config or args, model, ref_model, processing_class, train_dataset, eval_dataset,
-            accelerator, judge, heldout_judge,
-        )  # fmt: skip
+        model, ref_model, judge, heldout_judge = self._take_inputs(given)
         cfg = self.config
         if cfg.value_model:
             check_model_path(cfg.value_model, "--value_model")

@@ -32,10 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import gather_object
 from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import EncodedPair
@@ -55,36 +53,23 @@ from preftune.models.loading import (
     token_id,
 )
 from preftune.models.scalar import PooledScorer
-from preftune.trainers.inputs import ModelInput, accelerator_for, take_inputs, tokenizer_for
-from preftune.trainers.reward_config import RewardConfig
+from preftune.trainers.inputs import Given, Trainer, accelerator_for, tokenizer_for
 
 logger = logging.getLogger(__name__)
 
 
-class RewardTrainer:
+class RewardTrainer(Trainer):
     """Bradley-Terry reward model. `RewardTrainer(config).train()` runs the whole job from the config's paths;
     from Python, objects may stand in for them (preftune/trainers/inputs.py): `RewardTrainer(args=config,
     model=classifier, processing_class=tokenizer, train_dataset=dataset)`, where the model object is a
     sequence classifier with --num_heads labels, e.g.
     `AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)`."""
 
-    def __init__(
-        self,
-        config: RewardConfig | None = None,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        *,
-        args: RewardConfig | None = None,
-        model: ModelInput = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        accelerator: Accelerator | None = None,
-    ) -> None:
-        config, model = take_inputs("RewardTrainer", config or args, model, train_dataset, eval_dataset)
-        self.config = config
+    def _build(self, given: Given) -> None:
+        config, model = self.config, given.model
         if model is not None:
             _check_classifier(model, config.num_heads)
-        self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
+        self.tokenizer = tokenizer_for(config.model, model, given.processing_class)
         # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
         self.data_report: dict[str, dict[str, int]] = {}
         self.train_pairs = self._encode(config.data.dataset, config.data.dataset_split, "train")
@@ -110,7 +95,7 @@ class RewardTrainer:
                 "before the final EOS: score the saved model with preftune.judges.RewardModelJudge, or give the "
                 "tokenizer a distinct pad token before training."
             )
-        self.accelerator = accelerator_for(config.train, accelerator)
+        self.accelerator = accelerator_for(config.train, given.accelerator)
         if model is None:
             model = load_scalar_model(
                 config.model.model,

@@ -30,11 +30,12 @@ from preftune.models.loading import save_final, token_id
 from preftune.models.logps import ResponseLogps, reference_view
 from preftune.rollout.rl_setup import RLSetup
 from preftune.trainers.inputs import (
+    Given,
     ModelInput,
+    Trainer,
     accelerator_for,
     policy_for,
     reference_for,
-    take_inputs,
     take_reference,
     tokenizer_for,
 )
@@ -42,8 +43,10 @@ from preftune.trainers.inputs import (
 logger = logging.getLogger(__name__)
 
 
-class RLTrainer:
+class RLTrainer(Trainer):
     """The RL trainers' shared scaffolding (see the module docstring); a subclass runs its algorithm."""
+
+    takes = (*Trainer.takes, "ref_model", "judge", "heldout_judge")
 
     config: Any
     tokenizer: PreTrainedTokenizerBase
@@ -55,37 +58,23 @@ class RLTrainer:
     model: torch.nn.Module
     monitor: HackingMonitor
 
-    def _take_inputs(
-        self,
-        name: str,
-        config: Any,
-        model: ModelInput,
-        ref_model: ModelInput,
-        processing_class: PreTrainedTokenizerBase | None,
-        train_dataset: Any,
-        eval_dataset: Any,
-        accelerator: Accelerator | None,
-        judge: Any,
-        heldout_judge: Any,
-    ) -> tuple[ModelInput, ModelInput]:
-        """Seed, put paths and datasets given into the config, check every checkpoint and judge spec before
-        anything loads (--judge with the config's --judge_options, where it has them; a judge object given
-        replaces its spec), then the
-        tokenizer and accelerator. Returns the model and reference objects given (None: the config's path)."""
-        config, model = take_inputs(name, config, model, train_dataset, eval_dataset)
-        self.config = config
-        ref_model = take_reference(config, ref_model)
+    def _take_inputs(self, given: Given) -> tuple[ModelInput, ModelInput, Any, Any]:
+        """Check every checkpoint and judge spec before anything loads (--judge with the config's
+        --judge_options, where it has them; a judge object given replaces its spec), then build the tokenizer
+        and accelerator. Returns the model, reference, judge and held-out judge given (None: from the config)."""
+        config, model, judge, heldout_judge = self.config, given.model, given.judge, given.heldout_judge
+        ref_model = take_reference(config, given.ref_model)
         checks = (
             (config.scoring.judge, judge, getattr(config, "judge_options", None)),
             (config.scoring.heldout_judge, heldout_judge, None),
         )
-        for spec, given, options in checks:
-            if spec and given is None:
+        for spec, judge_object, options in checks:
+            if spec and judge_object is None:
                 check_judge_spec(spec, options)
-        self.tokenizer = tokenizer_for(config.model, model, processing_class)
+        self.tokenizer = tokenizer_for(config.model, model, given.processing_class)
         self.pad_id = token_id(self.tokenizer, "pad")
-        self.accelerator = accelerator_for(config.train, accelerator)
-        return model, ref_model
+        self.accelerator = accelerator_for(config.train, given.accelerator)
+        return model, ref_model, judge, heldout_judge
 
     def _load_setup(self, judge: Any, heldout_judge: Any) -> None:
         """The prompts (read and encoded before any model loads), the judge (`judge`, or the one --judge

@@ -25,13 +25,10 @@ import logging
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from preftune.engine.hacking import RewardHackingDetected
 from preftune.engine.minibatch import minibatch_updates
-from preftune.judges import Judge
 from preftune.losses.kl import KL_ESTIMATORS
 from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rloo_advantages
 from preftune.models.actor_critic import ActorCritic
@@ -44,7 +41,7 @@ from preftune.rollout.experience import (
     rollout_examples,
     shape_scores,
 )
-from preftune.trainers.inputs import ModelInput
+from preftune.trainers.inputs import Given
 from preftune.trainers.rl_base import RLTrainer
 from preftune.trainers.rloo_grpo_config import GRPOConfig, RLOOConfig
 
@@ -57,27 +54,11 @@ class RLOOTrainer(RLTrainer):
     """`RLOOTrainer(config).train()` runs RLOO or GRPO (by config.advantage_estimator); from Python,
     `RLOOTrainer(args=config, model=model, processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
-    def __init__(
-        self,
-        config: RLOOConfig | None = None,
-        judge: Judge | None = None,
-        heldout_judge: Judge | None = None,
-        *,
-        args: RLOOConfig | None = None,
-        model: ModelInput = None,
-        ref_model: ModelInput = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        accelerator: Accelerator | None = None,
-    ) -> None:
+    def _build(self, given: Given) -> None:
         """`judge` and `heldout_judge` replace the judges named by --judge and --heldout_judge (any object with
         `score(prompts, responses) -> (N,)`); the other objects replace --model, --ref_model, the tokenizer
         saved with the model, --dataset (prompts), --eval_dataset and the accelerator built from the config."""
-        model, ref_model = self._take_inputs(
-            "RLOOTrainer", config or args, model, ref_model, processing_class, train_dataset, eval_dataset,
-            accelerator, judge, heldout_judge,
-        )  # fmt: skip
+        model, ref_model, judge, heldout_judge = self._take_inputs(given)
         cfg = self.config
         self._load_setup(judge, heldout_judge)
         policy = self._policy(model)

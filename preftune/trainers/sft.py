@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from transformers import PreTrainedTokenizerBase
 
 from preftune.config import config_to_flat_dict
 from preftune.data import (
@@ -39,8 +37,7 @@ from preftune.models.loading import (
 )
 from preftune.ops.logprobs import masked_token_logps
 from preftune.ops.reduce import reduce_loss
-from preftune.trainers.inputs import ModelInput, accelerator_for, policy_for, take_inputs, tokenizer_for
-from preftune.trainers.sft_config import SFTConfig
+from preftune.trainers.inputs import Given, Trainer, accelerator_for, policy_for, tokenizer_for
 
 logger = logging.getLogger(__name__)
 
@@ -63,33 +60,21 @@ def _num_tokens(items: list[Item]) -> int:
     return sum(len(e.input_ids) for e in _examples(items))
 
 
-class SFTTrainer:
+class SFTTrainer(Trainer):
     """Maximum likelihood on demonstrations. `SFTTrainer(config).train()` runs the whole job from the config's
     paths; from Python, objects may stand in for them (preftune/trainers/inputs.py): `SFTTrainer(args=config,
     model=model, processing_class=tokenizer, train_dataset=dataset)`."""
 
-    def __init__(
-        self,
-        config: SFTConfig | None = None,
-        model: ModelInput = None,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        *,
-        args: SFTConfig | None = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        accelerator: Accelerator | None = None,
-    ) -> None:
-        config, model = take_inputs("SFTTrainer", config or args, model, train_dataset, eval_dataset)
-        self.config = config
-        self.tokenizer = tokenizer_for(config.model, model, tokenizer or processing_class)
+    def _build(self, given: Given) -> None:
+        config, model = self.config, given.model
+        self.tokenizer = tokenizer_for(config.model, model, given.processing_class)
         # Data is read, validated and tokenized before the model loads, so bad rows fail fast.
         data = config.data
         self.train_items = self._encode(data.dataset, data.dataset_split, "train")
         self.eval_items = (
             self._encode(data.eval_dataset, data.eval_split, "eval") if data.eval_dataset else []
         )
-        self.accelerator = accelerator_for(config.train, accelerator)
+        self.accelerator = accelerator_for(config.train, given.accelerator)
         policy = policy_for(config.model, model)
         # sdpa takes boolean 4D masks (4x smaller than additive float ones); eager needs float.
         self.mask_dtype = torch.bool if attention_implementation(policy) == "sdpa" else torch.float32

@@ -94,6 +94,15 @@ def test_object_api_errors_say_what_to_pass(synth_world, tiny_base, tmp_path):
                    train_dataset=[{"prompt": "a", "chosen": "b", "rejected": "c"}, "not a row"])  # fmt: skip
     with pytest.raises(TypeError, match="Did you mean 'beta'"):
         make_config(DPOConfig, bta=0.1)
+    sft = make_config(
+        SFTConfig, model=tiny_base, dataset=str(synth_world["sft"]), output_dir=str(tmp_path / "d")
+    )
+    with pytest.raises(
+        TypeError, match="SFTTrainer takes no ref_model, judge; it takes model, processing_class"
+    ):
+        SFTTrainer(args=sft, ref_model=model, judge=object())  # not quietly left unused
+    with pytest.raises(TypeError, match="needs its config"):
+        DPOTrainer(model=model)
 
 
 def test_every_trainer_and_config_imports_from_the_top_level():
