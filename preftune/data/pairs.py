@@ -175,6 +175,22 @@ def collate_pairs_packed(
     }
 
 
+def collate_pairs(
+    pairs: Sequence[EncodedPair],
+    pad_token_id: int,
+    packed: bool,
+    mask_dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """`pairs` as one batch on `device`: packed [prompt][chosen][rejected] blocks (collate_pairs_packed) when
+    `packed`, else padded rows (collate_pairs_padded)."""
+    if packed:
+        batch = collate_pairs_packed(pairs, pad_token_id, mask_dtype)
+    else:
+        batch = collate_pairs_padded(pairs, pad_token_id)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def _indices(
     chosen_last: list[int],
     rejected_last: list[int],

@@ -146,6 +146,19 @@ def attention_implementation(model: PreTrainedModel | PeftModel) -> str:
     return str(base.config._attn_implementation)
 
 
+def packed_attention(model: PreTrainedModel | PeftModel, prefix_sharing: bool) -> tuple[bool, torch.dtype]:
+    """(prefix sharing, mask dtype) that `model`'s attention kernel can run: flash attention takes no custom
+    masks, so it gets padded batches (with one warning when --prefix_sharing asked for more); sdpa takes
+    boolean 4D masks (4x smaller than additive float ones), eager needs float ones."""
+    attention = attention_implementation(model)
+    sharing = prefix_sharing and not attention.startswith("flash")
+    if prefix_sharing and not sharing:
+        logger.warning(
+            "Attention %r takes no custom masks: using padded batches, not prefix sharing.", attention
+        )
+    return sharing, torch.bool if attention == "sdpa" else torch.float32
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Set p=0 in every Dropout module so log-probs do not depend on the RNG."""
     for module in model.modules():

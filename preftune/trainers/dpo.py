@@ -37,14 +37,14 @@ from tqdm.auto import tqdm
 from preftune.config import config_to_flat_dict
 from preftune.data import EncodedPair
 from preftune.data.io import describe_source
-from preftune.data.pairs import chosen_probabilities, collate_pairs_packed, collate_pairs_padded, load_pairs
+from preftune.data.pairs import chosen_probabilities, collate_pairs, load_pairs
 from preftune.engine import Engine
 from preftune.feedback.aggregate import resolve_label_smoothing
 from preftune.losses.kl import token_kl
 from preftune.losses.pairwise_variants import ld_logps_flat, wpo_weights
 from preftune.losses.registry import SFT_TERM, SOFT_LABEL_LOSSES, SORTED_LOSSES, combined_losses
 from preftune.losses.reward import compose_label_smoothing
-from preftune.models.loading import attention_implementation, save_final, token_id
+from preftune.models.loading import packed_attention, save_final, token_id
 from preftune.models.logps import ResponseLogps, reference_view, sequence_sums
 from preftune.models.ref_cache import (
     cache_path,
@@ -111,13 +111,7 @@ class DPOTrainer(Trainer):
             if config.reference_free
             else reference_for(config.model, config.ref_model, model, ref_model, self.accelerator.device)
         )
-        attention = attention_implementation(policy)
-        self.prefix_sharing = config.prefix_sharing and not attention.startswith("flash")
-        if config.prefix_sharing and not self.prefix_sharing:
-            logger.warning(
-                "Attention %r takes no custom masks: using padded batches, not prefix sharing.", attention
-            )
-        self.mask_dtype = torch.bool if attention == "sdpa" else torch.float32
+        self.prefix_sharing, self.mask_dtype = packed_attention(policy, config.prefix_sharing)
         self.engine = Engine(
             config.train,
             ResponseLogps(policy),
@@ -198,11 +192,7 @@ class DPOTrainer(Trainer):
 
     def _collate(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
         pad_id = token_id(self.tokenizer, "pad")
-        if self.prefix_sharing:
-            batch = collate_pairs_packed(pairs, pad_id, self.mask_dtype)
-        else:
-            batch = collate_pairs_padded(pairs, pad_id)
-        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        return collate_pairs(pairs, pad_id, self.prefix_sharing, self.mask_dtype, self.accelerator.device)
 
     def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(2B,) summed response log-probs: chosen sequences first, then rejected."""

@@ -7,13 +7,11 @@ It imports no torch (validation that needs the loss registry imports it when it 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
-from preftune.data.config import DataConfig
-from preftune.engine.config import RunInputs, TrainConfig
-from preftune.engine.hacking import HackingConfig
-from preftune.models.config import ModelConfig
-from preftune.rollout.config import SamplingConfig, ScoringConfig, check_rl_sampling
+from preftune.engine.config import TrainConfig
+from preftune.rollout.config import SamplingConfig, ScoringConfig
+from preftune.trainers.rl_config import RLConfig
 
 OnlineLossType = Literal[
     "sigmoid", "cdpo", "robust", "ipo", "ipo_norm", "hinge", "sigmoid_norm",
@@ -23,17 +21,14 @@ OnlineLossType = Literal[
 
 
 @dataclass
-class OnlineDPOConfig(RunInputs):
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
+class OnlineDPOConfig(RLConfig):
+    judges: ClassVar[str] = "gold, rm:PATH (a reward model), or a pairwise judge spec"
+
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(learning_rate=5e-7, max_steps=200, per_device_train_batch_size=8)
     )
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64))
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(reward_normalization="none"))
-    hacking: HackingConfig = field(default_factory=HackingConfig)
-    ref_model: str | None = None
-    """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
     beta: float = 0.1
     """KL strength of the DPO objective: larger keeps the policy closer to the reference (0.01 to 0.5)."""
     loss_type: OnlineLossType = "sigmoid"
@@ -49,9 +44,7 @@ class OnlineDPOConfig(RunInputs):
     cache_dir is given."""
 
     def __post_init__(self) -> None:
-        if not self.scoring.judge:
-            raise ValueError("--judge is required: gold, rm:PATH (a reward model), or a pairwise judge spec.")
-        check_rl_sampling(self.sampling, self.model)
+        super().__post_init__()
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}. Typical range: 0.01 to 0.5.")
         if self.num_generations < 2:

@@ -50,7 +50,6 @@ from preftune.models.logps import ResponseLogps
 from preftune.models.scalar import PooledScorer
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.experience import (
-    collate_on,
     judge_scores,
     model_inputs,
     per_token,
@@ -228,13 +227,7 @@ class PPOTrainer(RLTrainer):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of the sequences `rows` (divided by the mini-batch's global token count) and metric sums."""
         cfg, device = self.config, self.accelerator.device
-        batch = collate_on([experience["examples"][i] for i in rows.tolist()], self.pad_id, device)
-        out = self.model(*model_inputs(batch))  # per response token (M,)
-        mask = experience["mask"][rows]
-
-        def flat(name: str) -> Tensor:  # (N, T) -> (M,), the order of the model's outputs
-            return experience[name][rows][mask].to(device)
-
+        out, flat = self._forward_rows(experience, rows)
         ones = torch.ones_like(out.logps, dtype=torch.bool)
         pg, pg_metrics = ppo_policy_loss(out.logps, flat("logps"), flat("advantages"), ones, cfg.clip_range)
         vf, vf_metrics = ppo_value_loss(

@@ -6,28 +6,14 @@ It imports no torch (validation that needs the loss registry imports it when it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from preftune.data.config import DataConfig
-from preftune.engine.config import RunInputs, TrainConfig
-from preftune.engine.hacking import HackingConfig
-from preftune.models.config import ModelConfig
-from preftune.rollout.config import SamplingConfig, ScoringConfig, check_rl_sampling
+from preftune.trainers.rl_config import RLConfig
 
 
 @dataclass
-class PPOConfig(RunInputs):
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(learning_rate=1e-5, max_steps=200, per_device_train_batch_size=16)
-    )
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    hacking: HackingConfig = field(default_factory=HackingConfig)
-    ref_model: str | None = None
-    """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
+class PPOConfig(RLConfig):
     value_model: str | None = None
     """Initial value model: default the reward model of --judge (rm:PATH), else --model (a new head). A reward
     model with K heads (rm --num_heads K) gives one value head, the mean of its K (the judge's mean score)."""
@@ -62,9 +48,7 @@ class PPOConfig(RunInputs):
     """Standardise advantages over the global batch."""
 
     def __post_init__(self) -> None:
-        if not self.scoring.judge:
-            raise ValueError("--judge is required: gold, rm:PATH (a reward model) or rm:PATH1,PATH2.")
-        check_rl_sampling(self.sampling, self.model)
+        super().__post_init__()
         for name, value in (("num_mini_batches", self.num_mini_batches), ("ppo_epochs", self.ppo_epochs)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")

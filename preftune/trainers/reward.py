@@ -38,7 +38,7 @@ from peft import PeftModel
 from preftune.config import config_to_flat_dict
 from preftune.data import EncodedPair
 from preftune.data.io import describe_source
-from preftune.data.pairs import chosen_probabilities, collate_pairs_packed, collate_pairs_padded, load_pairs
+from preftune.data.pairs import chosen_probabilities, collate_pairs, load_pairs
 from preftune.engine import Engine
 from preftune.feedback.aggregate import resolve_label_smoothing
 from preftune.judges.reward_model import STATS_FILE, reward_statistics
@@ -46,9 +46,9 @@ from preftune.losses import bradley_terry_loss
 from preftune.losses.reward import compose_label_smoothing
 from preftune.models.loading import (
     add_lora,
-    attention_implementation,
     disable_dropout,
     load_scalar_model,
+    packed_attention,
     save_final,
     token_id,
 )
@@ -110,14 +110,7 @@ class RewardTrainer(Trainer):
         model.config.pad_token_id = token_id(self.tokenizer, "pad")
         if config.model.use_peft and not isinstance(model, PeftModel):
             model = add_lora(model, config.model, "SEQ_CLS")
-        attention = attention_implementation(model)
-        self.prefix_sharing = config.prefix_sharing and not attention.startswith("flash")
-        if config.prefix_sharing and not self.prefix_sharing:
-            logger.warning(
-                "Attention %r takes no custom masks: using padded batches, not prefix sharing.", attention
-            )
-        # sdpa takes boolean 4D masks (4x smaller than additive float ones); eager needs float.
-        self.mask_dtype = torch.bool if attention == "sdpa" else torch.float32
+        self.prefix_sharing, self.mask_dtype = packed_attention(model, config.prefix_sharing)
         self.bootstrap = self._bootstrap_counts(len(self.train_pairs))
         self.engine = Engine(
             config.train,
@@ -154,11 +147,7 @@ class RewardTrainer(Trainer):
 
     def _collate(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
         pad_id = token_id(self.tokenizer, "pad")
-        if self.prefix_sharing:
-            batch = collate_pairs_packed(pairs, pad_id, self.mask_dtype)
-        else:
-            batch = collate_pairs_padded(pairs, pad_id)
-        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        return collate_pairs(pairs, pad_id, self.prefix_sharing, self.mask_dtype, self.accelerator.device)
 
     def _rewards(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from preftune.engine.hacking import HackingMonitor, watch_evaluation, watch_star
 from preftune.judges import check_judge_spec
 from preftune.models.loading import save_final, token_id
 from preftune.models.logps import ResponseLogps, reference_view
+from preftune.rollout.experience import collate_on, model_inputs
 from preftune.rollout.rl_setup import RLSetup
 from preftune.trainers.inputs import (
     Given,
@@ -110,6 +112,21 @@ class RLTrainer(Trainer):
         self.monitor = HackingMonitor(cfg.hacking)
         if "hacking" in self.engine.trainer_state:  # restored on resume
             self.monitor.load_state_dict(self.engine.trainer_state["hacking"])
+
+    def _forward_rows(
+        self, experience: dict[str, Any], rows: torch.Tensor
+    ) -> tuple[Any, Callable[[str], torch.Tensor]]:
+        """The model on the sequences `rows` of a rollout's `experience` (outputs per response token, (M,)),
+        and `flat(name)`, which reads `experience[name]` (N, T) at the same tokens in the same order."""
+        device = self.accelerator.device
+        batch = collate_on([experience["examples"][i] for i in rows.tolist()], self.pad_id, device)
+        out = self.model(*model_inputs(batch))
+        mask = experience["mask"][rows]
+
+        def flat(name: str) -> torch.Tensor:
+            return experience[name][rows][mask].to(device)
+
+        return out, flat
 
     def _judge_statistics(self) -> None:
         """The judge's mean and std on the starting policy's samples (reward standardisation), once per run."""

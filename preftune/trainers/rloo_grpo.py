@@ -34,7 +34,6 @@ from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rl
 from preftune.models.actor_critic import ActorCritic
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.experience import (
-    collate_on,
     judge_scores,
     model_inputs,
     per_token,
@@ -161,13 +160,7 @@ class RLOOTrainer(RLTrainer):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Clipped surrogate (+ k3 KL) of the sequences `rows`, / the mini-batch's global token count."""
         cfg, device = self.config, self.accelerator.device
-        batch = collate_on([experience["examples"][i] for i in rows.tolist()], self.pad_id, device)
-        out = self.model(*model_inputs(batch))  # per response token (M,)
-        mask = experience["mask"][rows]
-
-        def flat(name: str) -> Tensor:  # (N, T) -> (M,), the order of the model's outputs
-            return experience[name][rows][mask].to(device)
-
+        out, flat = self._forward_rows(experience, rows)
         ones = torch.ones_like(out.logps, dtype=torch.bool)
         token_loss, metrics = ppo_policy_loss(
             out.logps, flat("logps"), flat("advantages"), ones, cfg.clip_range

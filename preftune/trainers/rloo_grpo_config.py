@@ -6,28 +6,14 @@ It imports no torch (validation that needs the loss registry imports it when it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from preftune.data.config import DataConfig
-from preftune.engine.config import RunInputs, TrainConfig
-from preftune.engine.hacking import HackingConfig
-from preftune.models.config import ModelConfig
-from preftune.rollout.config import SamplingConfig, ScoringConfig, check_rl_sampling
+from preftune.trainers.rl_config import RLConfig
 
 
 @dataclass
-class RLOOConfig(RunInputs):
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(learning_rate=1e-5, max_steps=200, per_device_train_batch_size=16)
-    )
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    hacking: HackingConfig = field(default_factory=HackingConfig)
-    ref_model: str | None = None
-    """Reference policy (frozen). Default: --model, or with --use_peft the policy with its adapter disabled."""
+class RLOOConfig(RLConfig):
     advantage_estimator: Literal["rloo", "grpo"] = "rloo"
     """rloo: reward minus the mean of the other samples' rewards; grpo: standardised within the group."""
     num_generations: int = 4
@@ -53,9 +39,7 @@ class RLOOConfig(RunInputs):
     they differ a little and the clipped ratio absorbs it)."""
 
     def __post_init__(self) -> None:
-        if not self.scoring.judge:
-            raise ValueError("--judge is required: gold, rm:PATH (a reward model) or rm:PATH1,PATH2.")
-        check_rl_sampling(self.sampling, self.model)
+        super().__post_init__()
         if self.num_generations < 2:
             raise ValueError(
                 f"num_generations must be >= 2 (the others are the baseline), got {self.num_generations}."
