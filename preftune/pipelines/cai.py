@@ -196,8 +196,13 @@ def judged_pairs(
         ]  # fmt: skip
         if not mine:
             continue
-        options = {"device": device, "principle": principle.description or principle.name,
-                   "cache_dir": str(Path(config.train.output_dir) / "judge-cache"), **config.judge_options}  # fmt: skip
+        options = {
+            "device": device,
+            "batch_size": config.judge_batch_size,
+            "principle": principle.description or principle.name,
+            "cache_dir": str(Path(config.train.output_dir) / "judge-cache"),
+            **config.judge_options,
+        }
         judge = load_judge(config.judge, pairwise=True, **options)
         verdicts = compare(judge, [prompts[i] for i in mine], [samples[2 * i] for i in mine],
                            [samples[2 * i + 1] for i in mine])  # fmt: skip

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from preftune.data.config import DataConfig
 from preftune.engine.config import TrainConfig
 from preftune.models.config import ModelConfig
 from preftune.pipelines.constitution import load_constitution
-from preftune.rollout.config import SamplingConfig
+from preftune.rollout.config import JudgeConfig, SamplingConfig
 from preftune.trainers.dpo_config import DPOConfig, DPOObjective
 
 
@@ -56,8 +56,9 @@ class DemoConfig:
 
 
 @dataclass
-class LoopConfig:
-    """`preftune loop --model POLICY --dataset PROMPTS --judge SPEC --rounds K --output_dir OUT`."""
+class LoopConfig(JudgeConfig):
+    """`preftune loop --model POLICY --dataset PROMPTS --judge SPEC --rounds K --output_dir OUT`: the judge
+    (JudgeConfig) rates each round's samples."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
@@ -68,12 +69,6 @@ class LoopConfig:
         )
     )  # fmt: skip
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
-    judge: str = ""
-    """Who rates the samples: gold, rm:PATH (or rm:P1,P2), panel, llm:PATH, http:URL (see docs/judges.md), or
-    human: people, through a file each round (docs/loop.md)."""
-    judge_options: dict[str, Any] = field(default_factory=dict)
-    """Options of the judge as JSON, e.g. '{"min_answer_mass": 0.1, "template": "judge.txt"}' for llm/http
-    judges, '{"seed": 1}' for the panel (docs/judges.md lists them)."""
     rounds: int = 3
     """Rounds of generate -> rate -> tune -> evaluate. Raising it on a finished loop adds rounds."""
     num_generations: int = 4
@@ -101,14 +96,11 @@ class LoopConfig:
     """Held-out prompts: the first of --eval_dataset, or without it the last of --dataset (not trained on)."""
     eval_samples_per_prompt: int = 2
     """Responses per held-out prompt and round."""
-    task: str = "auto"
-    """Synthetic task whose gold reward is reported: auto (task.json beside --dataset), none, or a name."""
-    judge_batch_size: int = 32
-    """Sequences per judge forward pass."""
     device: str | None = None
     """Device (default: cuda if available, else cpu)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         usage = "preftune loop --model POLICY --dataset PROMPTS --judge SPEC --rounds K --output_dir OUT"
         for flag, value in (
             ("--model", self.model.model),
@@ -129,7 +121,6 @@ class LoopConfig:
             ("prompts_per_round", self.prompts_per_round, 0),
             ("num_eval_prompts", self.num_eval_prompts, 1),
             ("eval_samples_per_prompt", self.eval_samples_per_prompt, 1),
-            ("judge_batch_size", self.judge_batch_size, 1),
         ):
             if value < least:
                 raise ValueError(f"{name} must be >= {least}, got {value}.")
@@ -167,8 +158,10 @@ class LoopConfig:
 
 
 @dataclass
-class CAIConfig:
-    """`preftune cai --model M --dataset PROMPTS --output_dir OUT [--constitution FILE.yaml]`."""
+class CAIConfig(JudgeConfig):
+    """`preftune cai --model M --dataset PROMPTS --output_dir OUT [--constitution FILE.yaml]`; the judge
+    (JudgeConfig: an AI judge such as llm:PATH or http:URL, whose template gets the sampled principle)
+    labels the pairs of --preference judge."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
@@ -192,10 +185,6 @@ class CAIConfig:
     revision-tuned model labelled by the starting model's own critiques (the one its critique finds no issue
     with wins; needs `no_issue` in every principle); `judge`, two samples labelled by --judge (RLAIF).
     auto: critique when every principle has `no_issue`, else revision."""
-    judge: str = ""
-    """AI judge of --preference judge (llm:PATH, http:URL, ...); its template gets the sampled principle."""
-    judge_options: dict[str, Any] = field(default_factory=dict)
-    """Options of the judge as JSON, e.g. '{"template": "judge.txt", "timeout": 30}' (docs/judges.md)."""
     sft_learning_rate: float = 5e-4
     """Learning rate of SFT on the revisions."""
     sft_epochs: float = 2.0
@@ -207,12 +196,11 @@ class CAIConfig:
     """Judge of the before/after evaluation (default: gold when the prompts are a synthetic task's)."""
     num_eval_prompts: int = 128
     """Held-out prompts: the first of --eval_dataset, or without it the last of --dataset (not used to train)."""
-    task: str = "auto"
-    """Synthetic task whose gold reward is reported: auto (task.json beside --dataset), none, or a name."""
     device: str | None = None
     """Device (default: cuda if available, else cpu)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         usage = "preftune cai --model M --dataset PROMPTS --output_dir OUT"
         for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset),
                             ("--output_dir", self.train.output_dir)):  # fmt: skip

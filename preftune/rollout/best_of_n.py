@@ -184,14 +184,13 @@ def _score(
 def run_best_of_n(config: BoNConfig) -> dict[str, Any]:
     """The `preftune bon` command: sample, score, select; writes the four files (module docstring)."""
     check_model_path(config.model.model)
-    check_judge_spec(config.judge)
+    check_judge_spec(config.judge, config.judge_options)
     tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)
     data = _load_prompts(config, tokenizer)
     task = _gold_task(config, data.prompts)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    judge = load_judge(
-        config.judge, device=device, dtype=config.model.dtype, batch_size=config.judge_batch_size
-    )
+    defaults = {"device": device, "dtype": config.model.dtype, "batch_size": config.judge_batch_size}
+    judge = load_judge(config.judge, **{**defaults, **config.judge_options})
     policy = load_policy(config.model)
     cast(torch.nn.Module, policy).to(torch.device(device))
     P, N = len(data.prompts), config.n

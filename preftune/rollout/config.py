@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from preftune.data.config import DataConfig
 from preftune.models.config import ModelConfig
@@ -49,12 +49,41 @@ class SamplingConfig:
 
 
 @dataclass
-class ScoringConfig:
-    """How sampled responses are judged and turned into the score at the end of each response."""
+class JudgeConfig:
+    """Who scores or compares the samples, with its options: the flags of every command that takes a judge
+    (bon, loop, cai, and through ScoringConfig ppo, rloo, grpo and online-dpo)."""
 
     judge: str = ""
-    """Judge spec: gold (the synthetic task's gold reward), rm:PATH (a reward model; a bare PATH too), or
-    rm:PATH1,PATH2 (an ensemble's mean)."""
+    """Judge spec (docs/judges.md): gold or gold:TASK (the synthetic task's gold reward), rm:PATH (a reward
+    model; a bare PATH too) or rm:PATH1,PATH2 (an ensemble's mean score). Where samples are ranked by
+    comparison (loop, online-dpo, cai) also panel, llm:PATH and http:URL; in loop also human (a file per
+    round for people to rate, docs/loop.md)."""
+    judge_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the judge as JSON, e.g. '{"template": "judge.txt", "min_answer_mass": 0.1}' (llm, http),
+    '{"model": "NAME", "concurrency": 8}' (http), '{"seed": 1}' (panel), '{"dtype": "bfloat16"}' (rm).
+    docs/judges.md lists each kind's; one the judge does not take is an error. llm and http judges keep
+    their verdicts in OUTPUT_DIR/judge-cache (loop, online-dpo, cai) unless cache_dir is given."""
+    judge_batch_size: int = 32
+    """Sequences per judge forward pass (reward models and llm judges)."""
+    task: str = "auto"
+    """Synthetic task whose gold reward is reported beside the judge's: auto (task.json beside the prompts),
+    none, or a task name."""
+
+    def __post_init__(self) -> None:
+        if self.judge_batch_size < 1:
+            raise ValueError(f"judge_batch_size must be >= 1, got {self.judge_batch_size}.")
+        if self.judge_options and not self.judge:
+            raise ValueError(
+                f"--judge_options {self.judge_options} without --judge: give the judge they are for."
+            )
+
+
+@dataclass
+class ScoringConfig(JudgeConfig):
+    """How sampled responses are judged (JudgeConfig) and turned into the score at the end of each response."""
+
+    judge_batch_size: int = 64
+    """Sequences per judge forward pass (reward models and llm judges); RL scores a whole rollout at once."""
     reward_normalization: Literal["initial_policy", "none"] = "initial_policy"
     """initial_policy: scores are standardised with the judge's mean and std on the starting policy's
     samples (Ziegler et al. 2019), measured once before training; none: raw scores."""
@@ -65,16 +94,12 @@ class ScoringConfig:
     missing_eos_penalty: float = 1.0
     """Subtracted from the score of a response cut at --max_new_tokens without EOS (the 'EOS trick');
     0 turns it off."""
-    judge_batch_size: int = 64
-    """Sequences per reward-model forward."""
-    task: str = "auto"
-    """Synthetic task whose gold reward is logged at evaluation: auto (from task.json beside the
-    prompts), none, or a task name."""
     heldout_judge: str = ""
     """A second judge (e.g. rm:OTHER_RM) scored on the held-out prompts, which the reward-hacking monitor
     compares the optimised judge with; the synthetic task's gold reward takes this role when it applies."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.reward_norm_samples < 2:
             raise ValueError(f"reward_norm_samples must be >= 2, got {self.reward_norm_samples}.")
         if self.reward_clip < 0 or self.missing_eos_penalty < 0:
@@ -82,21 +107,18 @@ class ScoringConfig:
                 f"reward_clip and missing_eos_penalty must be >= 0, got {self.reward_clip} and "
                 f"{self.missing_eos_penalty}."
             )
-        if self.judge_batch_size < 1:
-            raise ValueError(f"judge_batch_size must be >= 1, got {self.judge_batch_size}.")
 
 
 JUDGE_SPECS = "gold, gold:TASK, rm:PATH (or a bare PATH), or rm:PATH1,PATH2 for an ensemble"
 
 
 @dataclass
-class BoNConfig:
-    """`preftune bon --model PATH --dataset PROMPTS --judge SPEC --output_dir OUT`."""
+class BoNConfig(JudgeConfig):
+    """`preftune bon --model PATH --dataset PROMPTS --judge SPEC --output_dir OUT`: the judge (JudgeConfig)
+    ranks each prompt's samples."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    judge: str = ""
-    """Judge that ranks the samples: gold, gold:TASK, rm:PATH (or a bare PATH), rm:PATH1,PATH2 (ensemble)."""
     n: int = 16
     """Samples per prompt (N); the curve in bon.json covers best-of-n for n = 1, 2, 4, ... up to N."""
     max_new_tokens: int = 32
@@ -113,19 +135,15 @@ class BoNConfig:
     """Folder for samples.jsonl, best.jsonl, pairs.jsonl and bon.json."""
     seed: int = 0
     """Seed of sampling: the same seed, prompts and generation_batch_size give the same samples."""
-    task: str = "auto"
-    """Synthetic task whose gold reward is reported next to the judge's: 'auto' reads task.json beside
-    --dataset, 'none' turns it off, or a task name."""
     max_prompts: int = 0
     """Use only the first max_prompts prompts of --dataset; 0 uses all."""
-    judge_batch_size: int = 32
-    """Sequences per reward-model forward pass."""
     device: str | None = None
     """Device to sample and score on (default: cuda if available, else cpu)."""
     disable_tqdm: bool = False
     """Hide the progress bars."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         usage = "preftune bon --model PATH --dataset PROMPTS --judge SPEC --output_dir OUT"
         for flag, value in (
             ("--model", self.model.model),
@@ -147,7 +165,6 @@ class BoNConfig:
             )
         for name, value, least in (
             ("n", self.n, 1),
-            ("judge_batch_size", self.judge_batch_size, 1),
             ("max_prompts", self.max_prompts, 0),
             ("seed", self.seed, 0),
         ):

@@ -70,7 +70,9 @@ class RLSetup:
         )
         device = str(accelerator.device)
         if judge is None:
-            judge = load_judge(scoring.judge, device=device, batch_size=scoring.judge_batch_size)
+            judge = load_judge(
+                scoring.judge, device=device, batch_size=scoring.judge_batch_size, **scoring.judge_options
+            )
         evaluator = None
         if eval_prompts is not None:
             task = detect_task(data.eval_dataset or "", scoring.task)

@@ -54,6 +54,7 @@ from preftune.models.ref_cache import (
     write_cached,
 )
 from preftune.ops.logprobs import gather_token_logps
+from preftune.trainers.dpo_config import DPOConfig
 from preftune.trainers.inputs import (
     Given,
     Trainer,
@@ -63,6 +64,8 @@ from preftune.trainers.inputs import (
     take_reference,
     tokenizer_for,
 )
+
+__all__ = ["DPOConfig", "DPOTrainer"]
 
 logger = logging.getLogger(__name__)
 

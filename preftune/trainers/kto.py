@@ -81,6 +81,9 @@ from preftune.trainers.inputs import (
     take_reference,
     tokenizer_for,
 )
+from preftune.trainers.kto_config import KTOConfig
+
+__all__ = ["KTOConfig", "KTOTrainer"]
 
 logger = logging.getLogger(__name__)
 

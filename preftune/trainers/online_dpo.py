@@ -65,8 +65,10 @@ from preftune.rollout.experience import (
 )
 from preftune.rollout.generate import RolloutBatch
 from preftune.trainers.inputs import Given
-from preftune.trainers.online_dpo_config import OnlineLossType
+from preftune.trainers.online_dpo_config import OnlineDPOConfig, OnlineLossType
 from preftune.trainers.rl_base import RLTrainer
+
+__all__ = ["OnlineDPOConfig", "OnlineDPOTrainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +146,10 @@ class OnlineDPOTrainer(RLTrainer):
         model, ref_model, judge, heldout_judge = self._take_inputs(given)
         cfg = self.config
         if judge is None:
-            options = {"cache_dir": str(Path(cfg.train.output_dir) / "judge-cache"), **cfg.judge_options}
+            options = {
+                "cache_dir": str(Path(cfg.train.output_dir) / "judge-cache"),
+                **cfg.scoring.judge_options,
+            }
             judge = load_ranking_judge(
                 cfg.scoring.judge, str(self.accelerator.device), cfg.scoring.judge_batch_size, **options
             )

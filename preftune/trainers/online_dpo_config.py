@@ -7,7 +7,7 @@ It imports no torch (validation that needs the loss registry imports it when it 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from preftune.engine.config import TrainConfig
 from preftune.rollout.config import SamplingConfig, ScoringConfig
@@ -38,10 +38,6 @@ class OnlineDPOConfig(RLConfig):
     """Assumed rate of wrong judge verdicts for sigmoid/cdpo/robust/exo_pair: in [0, 0.5) (exo_pair: (0, 1))."""
     num_generations: int = 2
     """Samples per prompt (k >= 2); each prompt gives one pair, its best against its worst sample."""
-    judge_options: dict[str, Any] = field(default_factory=dict)
-    """Options of the judge as JSON, e.g. '{"model": "NAME", "concurrency": 8, "extra_body": {...}}' for an
-    http judge (docs/judges.md lists them); llm and http judges cache verdicts in OUT/judge-cache unless
-    cache_dir is given."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -58,7 +58,10 @@ from preftune.rollout.experience import (
 )
 from preftune.rollout.generate import RolloutBatch
 from preftune.trainers.inputs import Given
+from preftune.trainers.ppo_config import PPOConfig
 from preftune.trainers.rl_base import RLTrainer
+
+__all__ = ["PPOConfig", "PPOTrainer"]
 
 logger = logging.getLogger(__name__)
 

@@ -54,6 +54,9 @@ from preftune.models.loading import (
 )
 from preftune.models.scalar import PooledScorer
 from preftune.trainers.inputs import Given, Trainer, accelerator_for, tokenizer_for
+from preftune.trainers.reward_config import RewardConfig
+
+__all__ = ["RewardConfig", "RewardTrainer"]
 
 logger = logging.getLogger(__name__)
 

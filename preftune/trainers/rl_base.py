@@ -67,7 +67,7 @@ class RLTrainer(Trainer):
         config, model, judge, heldout_judge = self.config, given.model, given.judge, given.heldout_judge
         ref_model = take_reference(config, given.ref_model)
         checks = (
-            (config.scoring.judge, judge, getattr(config, "judge_options", None)),
+            (config.scoring.judge, judge, config.scoring.judge_options),
             (config.scoring.heldout_judge, heldout_judge, None),
         )
         for spec, judge_object, options in checks:

@@ -38,6 +38,9 @@ from preftune.models.loading import (
 from preftune.ops.logprobs import masked_token_logps
 from preftune.ops.reduce import reduce_loss
 from preftune.trainers.inputs import Given, Trainer, accelerator_for, policy_for, tokenizer_for
+from preftune.trainers.sft_config import SFTConfig
+
+__all__ = ["SFTConfig", "SFTTrainer"]
 
 logger = logging.getLogger(__name__)
 

@@ -578,7 +578,7 @@ def test_online_dpo_passes_its_judge_options_to_the_judge():
     argv = ["--model", "m", "--dataset", "d.jsonl", "--output_dir", "o", "--judge", "http:http://judge.invalid/v1",
             "--judge_options", '{"model": "served", "mode": "text", "concurrency": 3}']  # fmt: skip
     config = parse_config(OnlineDPOConfig, argv)
-    judge = load_ranking_judge(config.scoring.judge, "cpu", 8, **config.judge_options)
+    judge = load_ranking_judge(config.scoring.judge, "cpu", 8, **config.scoring.judge_options)
     assert isinstance(judge, HTTPJudge)
     assert (judge.model, judge.mode, judge.policy.concurrency) == ("served", "text", 3)
 
@@ -593,3 +593,25 @@ def test_judge_options_a_judge_does_not_take_are_refused_before_anything_loads()
     with pytest.raises(ValueError, match=r"\['concurrency'\]: the panel judge"):
         check_judge_spec("panel", {"seed": 1, "concurrency": 4})
     check_judge_spec("http:http://judge.invalid/v1", {"concurrency": 4, "mode": "text"})
+
+
+def test_every_command_that_takes_a_judge_takes_its_options_from_one_group():
+    """--judge, --judge_options, --judge_batch_size and --task are JudgeConfig's, in every command with a judge."""
+    from preftune.config import field_docs, parse_config
+    from preftune.pipelines.config import CAIConfig, LoopConfig
+    from preftune.rollout.config import BoNConfig, JudgeConfig, ScoringConfig
+    from preftune.trainers.online_dpo_config import OnlineDPOConfig
+    from preftune.trainers.ppo_config import PPOConfig
+    from preftune.trainers.rloo_grpo_config import RLOOConfig
+
+    for config_cls in (BoNConfig, LoopConfig, CAIConfig, ScoringConfig):
+        assert issubclass(config_cls, JudgeConfig)
+        assert field_docs(config_cls)["judge_options"] == field_docs(JudgeConfig)["judge_options"]
+    required = ["--model", "m", "--dataset", "d.jsonl", "--output_dir", "o", "--judge", "rm:r"]
+    for config_cls in (PPOConfig, RLOOConfig, OnlineDPOConfig):
+        config = parse_config(config_cls, [*required, "--judge_options", '{"dtype": "bfloat16"}'], prog="p")
+        assert config.scoring.judge_options == {"dtype": "bfloat16"}
+    bon = parse_config(BoNConfig, [*required, "--judge_options", '{"max_length": 64}'], prog="p")
+    assert (bon.judge_options, bon.judge_batch_size) == ({"max_length": 64}, 32)
+    with pytest.raises(ValueError, match="without --judge"):
+        JudgeConfig(judge_options={"seed": 1})
