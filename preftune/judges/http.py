@@ -310,10 +310,12 @@ class HTTPJudge:
 
     def _find_mode(self, texts: Sequence[str]) -> tuple[str, dict[str, list[float]]]:
         """The mode the server allows, from the first of `texts` not in the cache, and that request's answer
-        log-probs by cache key when it gave them."""
+        log-probs by cache key when it gave them. Texts all cached in one mode (a resumed run) ask nothing."""
         _, _, missing = self._lookup(texts, "logprobs")
         if not missing:
             return "logprobs", {}
+        if not self._lookup(texts, "text")[2]:
+            return "text", {}
         key, text = next(iter(missing.items()))
         try:
             logps = self._probe(key, text)
