@@ -551,8 +551,11 @@ def test_http_judge_without_logprobs_reads_strict_text_verdicts_in_both_orders(m
     assert verdicts.reasons[1].startswith("reply 'I think both are fine.' is not one of A or B")
     calls = judge.calls  # 1 probe + 4 text requests
     assert calls == 5
-    again = _offline_http_judge(monkeypatch, replies, tmp_path)  # a rerun pays only the probe
-    assert again.compare([PROMPT], [KIND], [UNKIND]).prob_first[0] == 1.0 and again.calls == 1
+    again = _offline_http_judge(monkeypatch, replies, tmp_path)  # a rerun of cached texts asks nothing
+    assert again.compare([PROMPT], [KIND], [UNKIND]).prob_first[0] == 1.0 and again.calls == 0
+    assert again.mode == "text"
+    fresh = _offline_http_judge(monkeypatch, replies, tmp_path)  # a new text pays the probe first
+    assert fresh.compare([PROMPT + "?"], [KIND], [UNKIND]).prob_first[0] == 1.0 and fresh.calls == 1 + 2
 
 
 def test_http_judge_stops_in_one_line_when_the_server_cannot_judge(monkeypatch):
