@@ -423,10 +423,11 @@ def _as_messages(row: _Row, columns: tuple[str, ...]) -> _Row:
                 values[name] = [{"role": "assistant", "content": value.strip()}]
                 continue
             raise row.error(
-                name, f"not an HH-RLHF transcript ({error})",
+                name,
+                f"not an HH-RLHF transcript ({error})",
                 'write turns as "\\n\\nHuman: ..." and "\\n\\nAssistant: ...", pass message lists, or drop '
                 "--dialogue_format hh",
-            ) from error  # fmt: skip
+            ) from error
         if name == "prompt" and messages[-1] == {"role": "assistant", "content": ""}:
             messages = messages[:-1]
         values[name] = messages

@@ -15,8 +15,12 @@ from preftune.engine.metrics import MetricsLog, read_metrics
 if TYPE_CHECKING:
     from preftune.engine.loop import Engine, TrainingDiverged, build_accelerator, close_processes
 
-_LAZY = {"Engine": "preftune.engine.loop", "TrainingDiverged": "preftune.engine.loop",
-         "build_accelerator": "preftune.engine.loop", "close_processes": "preftune.engine.loop"}  # fmt: skip
+_LAZY = {
+    "Engine": "preftune.engine.loop",
+    "TrainingDiverged": "preftune.engine.loop",
+    "build_accelerator": "preftune.engine.loop",
+    "close_processes": "preftune.engine.loop",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -551,8 +551,13 @@ SAVED_CONFIG_HEADER = (
 """The first lines of the config.yaml a run writes (engine.config.RUN_CONTROL names the flags left out)."""
 # Settings that may change between an interrupted run and its resumption without changing results.
 _RESUME_FREE = {
-    "resume", "disable_tqdm", "report_to", "overwrite_output_dir", "save_total_limit", "output_dir",
-}  # fmt: skip
+    "resume",
+    "disable_tqdm",
+    "report_to",
+    "overwrite_output_dir",
+    "save_total_limit",
+    "output_dir",
+}
 # What a run writes into output_dir; a new run there replaces these (with --overwrite_output_dir).
 _RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "summary.json", "config.yaml")
 

@@ -16,9 +16,12 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         return run_reward_eval(config.reward)
     options = config.reward
     data = DataConfig(
-        dataset=config.policies.prompts, max_length=options.max_length or 512, truncation=options.truncation,
-        skip_invalid=options.skip_invalid, dialogue_format=options.dialogue_format,
-    )  # fmt: skip
+        dataset=config.policies.prompts,
+        max_length=options.max_length or 512,
+        truncation=options.truncation,
+        skip_invalid=options.skip_invalid,
+        dialogue_format=options.dialogue_format,
+    )
     return run_policy_eval(
         config.policies, options.output_dir, data, options.task, options.device, options.batch_size
     )

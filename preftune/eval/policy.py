@@ -106,9 +106,13 @@ def _logps(
 
 
 def evaluate_policy(
-    path: str, prompts: PromptSet, config: PolicyEvalConfig,
-    judges: tuple[Judge, GoldJudge | None, Judge | None], reference: ResponseLogps, device: str,
-) -> _Samples:  # fmt: skip
+    path: str,
+    prompts: PromptSet,
+    config: PolicyEvalConfig,
+    judges: tuple[Judge, GoldJudge | None, Judge | None],
+    reference: ResponseLogps,
+    device: str,
+) -> _Samples:
     """Sample `path` on the prompts and measure every sample with the judge, the gold reward and the
     held-out judge (each may be None but the judge). The KL is that of the distributions sampled from:
     both models' log-probs at the sampling temperature (the models' own at 1.0)."""
@@ -147,11 +151,18 @@ def policy_metrics(samples: _Samples, baseline: _Samples, config: PolicyEvalConf
     )
     kl, kl_se = pm.sequence_kl(samples.logratio)
     result: dict[str, Any] = {
-        "judge_reward": judge, "judge_reward_ci": list(judge_ci), "win_rate": win, "win_rate_ci": list(win_ci),
-        "lc_win_rate": lc, "lc_win_rate_ci": list(lc_ci), "kl": kl, "kl_se": kl_se,
-        "length": float(samples.lengths.mean()), "distinct_1": pm.distinct_n(samples.texts, 1),
+        "judge_reward": judge,
+        "judge_reward_ci": list(judge_ci),
+        "win_rate": win,
+        "win_rate_ci": list(win_ci),
+        "lc_win_rate": lc,
+        "lc_win_rate_ci": list(lc_ci),
+        "kl": kl,
+        "kl_se": kl_se,
+        "length": float(samples.lengths.mean()),
+        "distinct_1": pm.distinct_n(samples.texts, 1),
         "distinct_2": pm.distinct_n(samples.texts, 2),
-    }  # fmt: skip
+    }
     if samples.gold is not None:
         gold, gold_ci = pm.mean_ci(samples.gold, num_resamples=resamples, seed=config.seed)
         result |= {"gold_reward": gold, "gold_reward_ci": list(gold_ci)}
@@ -160,8 +171,12 @@ def policy_metrics(samples: _Samples, baseline: _Samples, config: PolicyEvalConf
         win, win_ci = pm.win_rate_ci(
             samples.heldout, baseline.heldout, num_resamples=resamples, seed=config.seed
         )
-        result |= {"heldout_reward": heldout, "heldout_reward_ci": list(heldout_ci), "heldout_win_rate": win,
-                   "heldout_win_rate_ci": list(win_ci)}  # fmt: skip
+        result |= {
+            "heldout_reward": heldout,
+            "heldout_reward_ci": list(heldout_ci),
+            "heldout_win_rate": win,
+            "heldout_win_rate_ci": list(win_ci),
+        }
     return result
 
 
@@ -183,10 +198,13 @@ def pairwise_metrics(
         win, win_ci = pm.mean_ci(prob[judged].numpy(), num_resamples=config.num_resamples, seed=config.seed)
         result |= {"pairwise_win_rate": win, "pairwise_win_rate_ci": list(win_ci)}
     else:
-        logger.warning("The pairwise judge could judge none of the %d pairs (%s): no pairwise win rate. An LLM "
-                       "judge whose answer tokens get too little probability needs a lower min_answer_mass "
-                       "(--pairwise_judge_options) or another template.", len(prob),
-                       summary.get("could_not_judge_reasons", {}))  # fmt: skip
+        logger.warning(
+            "The pairwise judge could judge none of the %d pairs (%s): no pairwise win rate. An LLM "
+            "judge whose answer tokens get too little probability needs a lower min_answer_mass "
+            "(--pairwise_judge_options) or another template.",
+            len(prob),
+            summary.get("could_not_judge_reasons", {}),
+        )
     if "position_consistency" in summary:
         result["pairwise_position_consistency"] = summary["position_consistency"]
     return result
@@ -203,8 +221,15 @@ def hacking_check(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str
     return monitor.summary()
 
 
-def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig, task: str, device: str | None,
-                    judge_batch_size: int, baselines: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_policy_eval(
+    config: PolicyEvalConfig,
+    output_dir: str,
+    data: DataConfig,
+    task: str,
+    device: str | None,
+    judge_batch_size: int,
+    baselines: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """`preftune eval --policy ...`: writes eval.json and samples.jsonl into `output_dir`.
 
     `baselines`, a dict kept by a caller that evaluates against the same reference several times (the
@@ -234,11 +259,14 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
         else None
     )
     pairwise = (
-        load_judge(config.pairwise_judge, pairwise=True, **{"device": device, "batch_size": judge_batch_size,
-                                                            **config.pairwise_judge_options})
+        load_judge(
+            config.pairwise_judge,
+            pairwise=True,
+            **{"device": device, "batch_size": judge_batch_size, **config.pairwise_judge_options},
+        )
         if config.pairwise_judge
         else None
-    )  # fmt: skip
+    )
     task_name = detect_task(config.prompts, task)
     gold = GoldJudge(task_name) if task_name else None
     temperature = config.temperature if config.temperature > 0 else 1.0
@@ -250,10 +278,22 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
                 f"--policy {name}={path} has another tokenizer than --reference {config.reference}, so the KL to the "
                 "reference cannot be computed from token log-probs; evaluate policies tuned from the reference."
             )
-    key = json.dumps([config.reference, config.prompts, config.prompts_split, config.judge, config.heldout_judge,
-                      config.samples_per_prompt,
-                      config.max_new_tokens, config.temperature, config.seed, config.max_prompts, task,
-                      data.max_length])  # fmt: skip
+    key = json.dumps(
+        [
+            config.reference,
+            config.prompts,
+            config.prompts_split,
+            config.judge,
+            config.heldout_judge,
+            config.samples_per_prompt,
+            config.max_new_tokens,
+            config.temperature,
+            config.seed,
+            config.max_prompts,
+            task,
+            data.max_length,
+        ]
+    )
     baseline = (baselines or {}).get(key)
     if baseline is None:
         baseline = evaluate_policy(
@@ -276,17 +316,25 @@ def run_policy_eval(config: PolicyEvalConfig, output_dir: str, data: DataConfig,
 
 
 def _write(
-    out: Path, results: dict[str, dict[str, Any]], samples: dict[str, _Samples], prompts: PromptSet,
+    out: Path,
+    results: dict[str, dict[str, Any]],
+    samples: dict[str, _Samples],
+    prompts: PromptSet,
     config: PolicyEvalConfig,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """eval.json (flat `policy/<NAME>/<metric>` keys plus examples), samples.jsonl and report.html (the
     gold reward, or the judge's reward where there is no gold, by policy and against KL)."""
     from preftune.data.io import json_safe
 
     out.mkdir(parents=True, exist_ok=True)
     k = config.samples_per_prompt
-    flat: dict[str, Any] = {"reference": config.reference, "prompts": config.prompts, "judge": config.judge,
-                            "num_prompts": len(prompts), "samples_per_prompt": k}  # fmt: skip
+    flat: dict[str, Any] = {
+        "reference": config.reference,
+        "prompts": config.prompts,
+        "judge": config.judge,
+        "num_prompts": len(prompts),
+        "samples_per_prompt": k,
+    }
     if config.pairwise_judge:
         flat["pairwise_judge"] = config.pairwise_judge
     for name, metrics in results.items():
@@ -296,15 +344,28 @@ def _write(
     truth = "gold_reward" if "gold_reward" in results["reference"] else "heldout_reward"
     truth = truth if truth in results["reference"] else "judge_reward"
     table = {
-        name: {"gold_reward": m[truth], "gold_reward_ci": m[f"{truth}_ci"], "proxy_reward": m["judge_reward"],
-               "win_rate_vs_sft": m["win_rate"], "kl": m["kl"], "length": m["length"]}
+        name: {
+            "gold_reward": m[truth],
+            "gold_reward_ci": m[f"{truth}_ci"],
+            "proxy_reward": m["judge_reward"],
+            "win_rate_vs_sft": m["win_rate"],
+            "kl": m["kl"],
+            "length": m["length"],
+        }
         for name, m in results.items()
-    }  # fmt: skip
+    }
     shown = {
-        name: [{"prompt": prompts.prompts[i // k], "response": s.texts[i], "judge": float(s.judge[i]),
-                **({} if s.gold is None else {"gold": float(s.gold[i])})} for i in range(min(NUM_EXAMPLES, len(s.texts)))]
+        name: [
+            {
+                "prompt": prompts.prompts[i // k],
+                "response": s.texts[i],
+                "judge": float(s.judge[i]),
+                **({} if s.gold is None else {"gold": float(s.gold[i])}),
+            }
+            for i in range(min(NUM_EXAMPLES, len(s.texts)))
+        ]
         for name, s in samples.items()
-    }  # fmt: skip
+    }
     write_report(
         {"methods": table},
         out,
@@ -314,9 +375,15 @@ def _write(
     with (out / "samples.jsonl").open("w") as f:
         for name, s in samples.items():
             for i, text in enumerate(s.texts):
-                row = {"policy": name, "prompt": prompts.prompts[i // k], "sample": i % k, "response": text,
-                       "judge_score": float(s.judge[i]), "length": int(s.lengths[i]),
-                       "logratio": float(s.logratio[i])}  # fmt: skip
+                row = {
+                    "policy": name,
+                    "prompt": prompts.prompts[i // k],
+                    "sample": i % k,
+                    "response": text,
+                    "judge_score": float(s.judge[i]),
+                    "length": int(s.lengths[i]),
+                    "logratio": float(s.logratio[i]),
+                }
                 if s.gold is not None:
                     row["gold_score"] = float(s.gold[i])
                 if s.heldout is not None:

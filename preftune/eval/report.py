@@ -47,8 +47,15 @@ def reward_kl_plot(methods: dict[str, dict[str, Any]], label: str = "gold reward
     markers = "osD^vP*Xh<>"
     shown = [(name, row) for name, row in methods.items() if row.get("kl") is not None]
     for index, (name, row) in enumerate(shown):
-        axes.scatter(row["kl"], row["gold_reward"], marker=markers[index % len(markers)], s=60,
-                     color=f"C{index % 10}", label=name, zorder=3)  # fmt: skip
+        axes.scatter(
+            row["kl"],
+            row["gold_reward"],
+            marker=markers[index % len(markers)],
+            s=60,
+            color=f"C{index % 10}",
+            label=name,
+            zorder=3,
+        )
     axes.set_xlabel("KL to the reference (nats per response)")
     axes.set_ylabel(label)
     if shown:
@@ -85,8 +92,10 @@ def _table(methods: dict[str, dict[str, Any]], reward_label: str) -> str:
             f"<td>{cell(row.get('proxy_reward'))}</td><td>{cell(row.get('win_rate_vs_sft'))}</td>"
             f"<td>{cell(row.get('kl'), 2)}</td><td>{cell(row.get('length'), 1)}</td></tr>"
         )
-    header = (f"<tr><th>policy</th><th>{html.escape(reward_label)}</th><th>95% CI</th><th>judge reward</th>"
-              "<th>win rate vs reference</th><th>KL to reference</th><th>length</th></tr>")  # fmt: skip
+    header = (
+        f"<tr><th>policy</th><th>{html.escape(reward_label)}</th><th>95% CI</th><th>judge reward</th>"
+        "<th>win rate vs reference</th><th>KL to reference</th><th>length</th></tr>"
+    )
     return f"<table>{header}{''.join(rows)}</table>"
 
 
@@ -96,8 +105,10 @@ def _samples_table(samples: dict[str, list[dict[str, Any]]]) -> str:
     for name, items in samples.items():
         for item in items:
             scores = ", ".join(f"{k} {v:.3f}" for k, v in item.items() if isinstance(v, float))
-            rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(item['prompt']))}</td>"
-                        f"<td>{html.escape(str(item['response']))}</td><td>{html.escape(scores)}</td></tr>")  # fmt: skip
+            rows.append(
+                f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(item['prompt']))}</td>"
+                f"<td>{html.escape(str(item['response']))}</td><td>{html.escape(scores)}</td></tr>"
+            )
     header = "<tr><th>policy</th><th>prompt</th><th>response</th><th>scores</th></tr>"
     return f"<h2>Samples</h2><table>{header}{''.join(rows)}</table>"
 

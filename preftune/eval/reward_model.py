@@ -88,17 +88,21 @@ def evaluate_reward_model(judge: RewardModelJudge, dataset: str, options: Reward
 
 
 def _sycophancy(
-    judge: RewardModelJudge, examples: list[PairExample], margin_scale: float, task: str | None,
+    judge: RewardModelJudge,
+    examples: list[PairExample],
+    margin_scale: float,
+    task: str | None,
     result: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The sycophancy probe on the chosen responses, with the gold reward's change where gold applies."""
     prompts, responses = [e.prompt for e in examples], [e.chosen for e in examples]
     gold = None
     if task is not None and "rm/gold_agreement" in result:  # the prompts are the task's
         gold_judge = load_judge(f"gold:{task}")
         gold = lambda p, r: gold_judge.score(p, r).double().numpy()  # noqa: E731
-    return sycophancy_probe(lambda p, r: judge.score(p, r).double().numpy(), prompts, responses, margin_scale,
-                            gold=gold)  # fmt: skip
+    return sycophancy_probe(
+        lambda p, r: judge.score(p, r).double().numpy(), prompts, responses, margin_scale, gold=gold
+    )
 
 
 def _rows_kept(parsed: Parsed[PairExample], pairs: list[EncodedPair]) -> list[int]:
@@ -166,8 +170,14 @@ def run_reward_eval(config: RewardEvalConfig) -> dict[str, Any]:
             raise ValueError(
                 f"{flag} is required: preftune eval --reward_model PATH --dataset PAIRS --output_dir OUT."
             )
-    judge = load_judge(config.reward_model, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
-                       max_length=config.max_length, truncation=config.truncation)  # fmt: skip
+    judge = load_judge(
+        config.reward_model,
+        device=config.device,
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        truncation=config.truncation,
+    )
     if not isinstance(judge, RewardModelJudge):
         raise ValueError(f"--reward_model {config.reward_model!r} is not a reward model; pass rm:PATH.")
     result = evaluate_reward_model(judge, config.dataset, config)

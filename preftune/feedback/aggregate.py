@@ -209,9 +209,13 @@ def resolve_label_smoothing(
     logger.info(
         "label_noise auto: estimated flip rate %.4f over %d ratings of %d items (%d rated twice or more; "
         "Dawid-Skene, %d iterations%s); using it as label_smoothing.",
-        estimate.flip_rate, estimate.num_ratings, estimate.num_items, estimate.num_multiply_rated,
-        estimate.iterations, "" if estimate.converged else ", not converged",
-    )  # fmt: skip
+        estimate.flip_rate,
+        estimate.num_ratings,
+        estimate.num_items,
+        estimate.num_multiply_rated,
+        estimate.iterations,
+        "" if estimate.converged else ", not converged",
+    )
     return estimate.flip_rate, {
         "label_noise": "auto",
         "label_smoothing": estimate.flip_rate,

@@ -45,17 +45,37 @@ def _hygiene_flags(stats: dict[str, Any], source: str) -> list[dict[str, str]]:
     """Warnings for each hygiene problem found (rows listed are the first few)."""
     checks = [
         ("ties", "tie_rows", "Ties: chosen identical to rejected", "they teach nothing; drop them"),
-        ("empty_responses", "empty_rows", "Empty responses", "a dialogue ending with an empty assistant turn "
-         "counts too; drop or re-collect them"),
-        ("exact_duplicates", "exact_duplicate_rows", "Exact duplicate rows", "the same annotator, prompt, chosen "
-         "and rejected again; they count twice in training"),
-        ("contradictory_duplicates", "contradictory_rows", "Contradictory duplicates", "the same pair appears "
-         "in both directions from one annotator (or in an anonymous dataset)"),
-        ("near_ties", "near_tie_rows", "Near ties", "chosen and rejected differ only in case, punctuation or "
-         "spacing"),
-        ("truncated_responses", "truncated_rows", "Truncated responses", f"responses at the length cap of "
-         f"{stats.get('length_cap_words')} words that end mid-sentence"),
-    ]  # fmt: skip
+        (
+            "empty_responses",
+            "empty_rows",
+            "Empty responses",
+            "a dialogue ending with an empty assistant turn counts too; drop or re-collect them",
+        ),
+        (
+            "exact_duplicates",
+            "exact_duplicate_rows",
+            "Exact duplicate rows",
+            "the same annotator, prompt, chosen and rejected again; they count twice in training",
+        ),
+        (
+            "contradictory_duplicates",
+            "contradictory_rows",
+            "Contradictory duplicates",
+            "the same pair appears in both directions from one annotator (or in an anonymous dataset)",
+        ),
+        (
+            "near_ties",
+            "near_tie_rows",
+            "Near ties",
+            "chosen and rejected differ only in case, punctuation or spacing",
+        ),
+        (
+            "truncated_responses",
+            "truncated_rows",
+            "Truncated responses",
+            f"responses at the length cap of {stats.get('length_cap_words')} words that end mid-sentence",
+        ),
+    ]
     flags = []
     for key, rows_key, finding, explanation in checks:
         if stats[key]:

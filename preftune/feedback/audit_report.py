@@ -21,10 +21,27 @@ _STYLE = (
 )
 DPI = 100
 """Resolution of the embedded plots."""
-ANNOTATOR_COLUMNS = ("n", "n_overlap", "group", "agreement", "flip_rate", "fatigue_slope", "fatigue_ci",
-                     "length_bias", "share_chosen_longer", "share_chose_first")  # fmt: skip
-GROUP_COLUMNS = ("n", "num_annotators", "agreement_with_other_groups", "mean_flip_rate", "share_chosen_longer",
-                 "length_bias", "length_bias_ci")  # fmt: skip
+ANNOTATOR_COLUMNS = (
+    "n",
+    "n_overlap",
+    "group",
+    "agreement",
+    "flip_rate",
+    "fatigue_slope",
+    "fatigue_ci",
+    "length_bias",
+    "share_chosen_longer",
+    "share_chose_first",
+)
+GROUP_COLUMNS = (
+    "n",
+    "num_annotators",
+    "agreement_with_other_groups",
+    "mean_flip_rate",
+    "share_chosen_longer",
+    "length_bias",
+    "length_bias_ci",
+)
 
 
 def _cell(value: Any) -> str:
@@ -36,8 +53,11 @@ def _cell(value: Any) -> str:
 
 
 def _key_table(audit: dict[str, Any], prefix: str) -> str:
-    rows = [f"<tr><td>{html.escape(k[len(prefix):])}</td><td>{_cell(v)}</td></tr>"
-            for k, v in audit.items() if k.startswith(prefix)]  # fmt: skip
+    rows = [
+        f"<tr><td>{html.escape(k[len(prefix) :])}</td><td>{_cell(v)}</td></tr>"
+        for k, v in audit.items()
+        if k.startswith(prefix)
+    ]
     return f"<table><tr><th>measure</th><th>value</th></tr>{''.join(rows)}</table>" if rows else ""
 
 
@@ -47,10 +67,13 @@ def _entity_table(audit: dict[str, Any], prefix: str, columns: tuple[str, ...]) 
         return ""
     header = "".join(f"<th>{c}</th>" for c in ("id", *columns))
     rows = [
-        "<tr><td>" + html.escape(name) + "</td>"
-        + "".join(f"<td>{_cell(audit.get(f'{prefix}{name}/{c}'))}</td>" for c in columns) + "</tr>"
+        "<tr><td>"
+        + html.escape(name)
+        + "</td>"
+        + "".join(f"<td>{_cell(audit.get(f'{prefix}{name}/{c}'))}</td>" for c in columns)
+        + "</tr>"
         for name in names
-    ]  # fmt: skip
+    ]
     return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
 
 
@@ -72,8 +95,13 @@ def fatigue_plot(bins: dict[str, list[float | None]], pooled: dict[str, Any] | N
     for name, values in bins.items():
         axes.plot(centers, [v if v is not None else float("nan") for v in values], alpha=0.5, label=name)
     if pooled is not None:
-        axes.plot(centers, [v if v is not None else float("nan") for v in pooled["bins"]], color="black",
-                  linewidth=2.5, label="all")  # fmt: skip
+        axes.plot(
+            centers,
+            [v if v is not None else float("nan") for v in pooled["bins"]],
+            color="black",
+            linewidth=2.5,
+            label="all",
+        )
     axes.set_xlabel("position in session (order / session length)")
     axes.set_ylabel("agreement with the others' consensus")
     if len(bins) <= 16:
@@ -123,8 +151,10 @@ def write_audit_report(audit: dict[str, Any], plots: dict[str, Any], out_dir: Pa
         parts.append(
             f"<img alt='length bias by group' src='{png_data_uri(group_length_plot(plots['group_length']), DPI)}'>"
         )
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>preftune audit</title><style>{_STYLE}"
-            f"</style></head><body>{''.join(parts)}</body></html>")  # fmt: skip
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>preftune audit</title><style>{_STYLE}"
+        f"</style></head><body>{''.join(parts)}</body></html>"
+    )
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

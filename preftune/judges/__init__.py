@@ -76,15 +76,32 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "panel": ("seed", "panel_config"),
     "llm": (
         *_TEMPLATE_OPTIONS,
-        "chat_template", "min_answer_mass", "max_length", "batch_size", "device", "dtype", "cache_dir",
+        "chat_template",
+        "min_answer_mass",
+        "max_length",
+        "batch_size",
+        "device",
+        "dtype",
+        "cache_dir",
         "trust_remote_code",
     ),
     "http": (
         *_TEMPLATE_OPTIONS,
-        "model", "min_answer_mass", "top_logprobs", "cache_dir", "reserved", "mode", "extra_body",
-        "timeout", "max_retries", "backoff", "max_backoff", "rate_limit", "concurrency",
+        "model",
+        "min_answer_mass",
+        "top_logprobs",
+        "cache_dir",
+        "reserved",
+        "mode",
+        "extra_body",
+        "timeout",
+        "max_retries",
+        "backoff",
+        "max_backoff",
+        "rate_limit",
+        "concurrency",
     ),
-}  # fmt: skip
+}
 """The options each judge kind takes; options of other kinds are ignored, unknown ones are errors."""
 
 PAIRWISE_ONLY = ("panel", "llm", "http")

@@ -77,10 +77,27 @@ OPENAI_HOST = "api.openai.com"
 RETRIED_STATUSES = (408, 429)
 """Client errors that are retried, besides every 5xx."""
 CHAT_MARKERS = (
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
-    "<|begin_of_text|>", "<|end_of_text|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
-    "<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]", "<s>", "</s>", "<|eos|>", "<|bos|>",
-)  # fmt: skip
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "[INST]",
+    "[/INST]",
+    "<s>",
+    "</s>",
+    "<|eos|>",
+    "<|bos|>",
+)
 """Special tokens of common chat templates, broken up inside judged text (the server's tokenizer is
 unknown, so a response could otherwise end its turn early or open a fake one)."""
 
@@ -278,8 +295,13 @@ class HTTPJudge:
         """The parameters of every judge request in `mode` (default: the judge's), part of the cache key."""
         if (mode or self.mode) == "text":
             return {"max_tokens": 8, "temperature": 0, **self.extra_body}
-        return {"max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": self.top_logprobs,
-                **self.extra_body}  # fmt: skip
+        return {
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": self.top_logprobs,
+            **self.extra_body,
+        }
 
     def compare(
         self, prompts: Sequence[Prompt], first: Sequence[Completion], second: Sequence[Completion]
@@ -363,8 +385,10 @@ class HTTPJudge:
         logger.warning(
             "HTTP judge %s (model %s) returns no log-probs: verdicts are read from its generated text, which must "
             "be exactly one of %s; any other reply is 'could not judge'.",
-            self.url, self.model, " or ".join(self.template.answers),
-        )  # fmt: skip
+            self.url,
+            self.model,
+            " or ".join(self.template.answers),
+        )
         return None
 
     def _fetch(

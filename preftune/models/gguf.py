@@ -153,8 +153,12 @@ def import_gguf(config: ImportGGUFConfig) -> Path:
         shutil.move(str(folder), out)
     logger.info(
         "Wrote %s (%s, %.1fM parameters, end tokens %s); saved logits match the GGUF model's to %.1e.",
-        out, type(model).__name__, provenance["num_parameters"] / 1e6, generation.eos_token_id, difference,
-    )  # fmt: skip
+        out,
+        type(model).__name__,
+        provenance["num_parameters"] / 1e6,
+        generation.eos_token_id,
+        difference,
+    )
     return out
 
 

@@ -192,9 +192,12 @@ def _lora_targets(names: list[str], model: torch.nn.Module, by_layer: bool = Fal
         return "all-linear"
     heads = ("lm_head", "score")
     return sorted(
-        {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in heads}
-    )  # fmt: skip
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in heads
+        }
+    )
 
 
 def load_reference(
@@ -323,8 +326,12 @@ def _report_missing_weights(path: str, info: dict[str, Any]) -> None:
     if heads:
         logger.info("%s: new score head %s, randomly initialised (the checkpoint has none).", path, heads)
     if others:
-        logger.warning("%s: %d weights missing from the checkpoint were randomly initialised: %s", path,
-                       len(others), others[:10])  # fmt: skip
+        logger.warning(
+            "%s: %d weights missing from the checkpoint were randomly initialised: %s",
+            path,
+            len(others),
+            others[:10],
+        )
     unexpected = sorted(info.get("unexpected_keys") or [])
     if unexpected:
         logger.warning("%s: %d checkpoint weights were not used: %s", path, len(unexpected), unexpected[:10])

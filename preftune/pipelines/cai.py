@@ -110,11 +110,29 @@ def critique_and_revise(
     for i, text in zip(needed, generate([revision_requests[i] for i in needed], 0.0, seed), strict=True):
         revisions[i] = text
     return [
-        {"prompt": x, "response": y, "principle": p.name, "critique_request": cr, "critique": c,
-         "revision_request": rr if i in revised else None, "revision": r, "changed": r != y and bool(r)}
-        for i, (x, y, p, cr, c, rr, r) in enumerate(zip(prompts, answers, chosen, critique_requests, critiques,
-                                                        revision_requests, revisions, strict=True))
-    ]  # fmt: skip
+        {
+            "prompt": x,
+            "response": y,
+            "principle": p.name,
+            "critique_request": cr,
+            "critique": c,
+            "revision_request": rr if i in revised else None,
+            "revision": r,
+            "changed": r != y and bool(r),
+        }
+        for i, (x, y, p, cr, c, rr, r) in enumerate(
+            zip(
+                prompts,
+                answers,
+                chosen,
+                critique_requests,
+                critiques,
+                revision_requests,
+                revisions,
+                strict=True,
+            )
+        )
+    ]
 
 
 def revision_pairs(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -128,15 +146,26 @@ def revision_pairs(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         elif not r["changed"]:
             counts["unchanged"] += 1
         else:
-            rows.append({"prompt": r["prompt"], "chosen": r["revision"], "rejected": r["response"],
-                         "principle": r["principle"], "label_source": "revision"})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": r["prompt"],
+                    "chosen": r["revision"],
+                    "rejected": r["response"],
+                    "principle": r["principle"],
+                    "label_source": "revision",
+                }
+            )
     return rows, counts
 
 
 def critique_pairs(
-    critic: _Generator, policy: _Generator, prompts: list[str], constitution: Constitution, temperature: float,
+    critic: _Generator,
+    policy: _Generator,
+    prompts: list[str],
+    constitution: Constitution,
+    temperature: float,
     seed: int,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Two samples of `policy` per prompt, each critiqued by `critic` against the prompt's sampled principle:
     the sample whose critique contains the principle's `no_issue` text is chosen over the one whose critique
     does not. The counts of prompts without a pair: `both_no_issue`, `both_issue`, `identical` samples and
@@ -164,10 +193,17 @@ def critique_pairs(
             counts["both_no_issue" if ok[0] else "both_issue"] += 1
             continue
         good, bad = (0, 1) if ok[0] else (1, 0)
-        rows.append({"prompt": prompt, "chosen": samples[2 * i + good], "rejected": samples[2 * i + bad],
-                     "principle": principle.name, "label_source": "critique",
-                     "chosen_critique": critiques[2 * i + good],
-                     "rejected_critique": critiques[2 * i + bad]})  # fmt: skip
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": samples[2 * i + good],
+                "rejected": samples[2 * i + bad],
+                "principle": principle.name,
+                "label_source": "critique",
+                "chosen_critique": critiques[2 * i + good],
+                "rejected_critique": critiques[2 * i + bad],
+            }
+        )
     return rows, counts
 
 
@@ -190,10 +226,13 @@ def judged_pairs(
             counts["identical"] += 1
     for principle in constitution.principles:
         mine = [
-            i for i, p in enumerate(principles)
-            if p is principle and samples[2 * i] != samples[2 * i + 1] and samples[2 * i].strip()
+            i
+            for i, p in enumerate(principles)
+            if p is principle
+            and samples[2 * i] != samples[2 * i + 1]
+            and samples[2 * i].strip()
             and samples[2 * i + 1].strip()
-        ]  # fmt: skip
+        ]
         if not mine:
             continue
         options = {
@@ -204,16 +243,28 @@ def judged_pairs(
             **config.judge_options,
         }
         judge = load_judge(config.judge, pairwise=True, **options)
-        verdicts = compare(judge, [prompts[i] for i in mine], [samples[2 * i] for i in mine],
-                           [samples[2 * i + 1] for i in mine])  # fmt: skip
+        verdicts = compare(
+            judge,
+            [prompts[i] for i in mine],
+            [samples[2 * i] for i in mine],
+            [samples[2 * i + 1] for i in mine],
+        )
         for i, p in zip(mine, verdicts.prob_first.tolist(), strict=True):
             if p != p or p == 0.5:
                 counts["could_not_judge" if p != p else "no_preference"] += 1
                 continue
             first, second = samples[2 * i], samples[2 * i + 1]
             chosen, rejected = (first, second) if p > 0.5 else (second, first)
-            rows.append({"prompt": prompts[i], "chosen": chosen, "rejected": rejected, "principle": principle.name,
-                         "label_source": config.judge, "confidence": abs(2 * p - 1)})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": prompts[i],
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "principle": principle.name,
+                    "label_source": config.judge,
+                    "confidence": abs(2 * p - 1),
+                }
+            )
     return rows, counts
 
 
@@ -227,8 +278,14 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
     constitution = load_constitution(config.constitution)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)
-    data = load_prompts(tokenizer, config.data.dataset, config.data.dataset_split,
-                        config.data.max_length - config.max_new_tokens, config.data, "cai")  # fmt: skip
+    data = load_prompts(
+        tokenizer,
+        config.data.dataset,
+        config.data.dataset_split,
+        config.data.max_length - config.max_new_tokens,
+        config.data,
+        "cai",
+    )
     task = detect_task(config.data.dataset, config.task)
     eval_prompts: list[Any] | None = None
     if not config.data.eval_dataset:
@@ -245,14 +302,20 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml", leave_out=RUN_CONTROL)
 
-    logger.info("cai [1/4] answering, critiquing and revising %d prompts with %d principle(s) of %r.",
-                len(prompts), len(constitution.principles), constitution.name)  # fmt: skip
+    logger.info(
+        "cai [1/4] answering, critiquing and revising %d prompts with %d principle(s) of %r.",
+        len(prompts),
+        len(constitution.principles),
+        constitution.name,
+    )
     generate = _Generator(config.model.model, config, device)
     records = critique_and_revise(generate, [str(p) for p in prompts], constitution, config.train.seed)
     (out / "data").mkdir(exist_ok=True)
     write_jsonl(out / "data" / "critiques.jsonl", records)
-    write_jsonl(out / "data" / "revisions.jsonl", ({"prompt": r["prompt"], "completion": r["revision"]}
-                                                   for r in records if r["revision"]))  # fmt: skip
+    write_jsonl(
+        out / "data" / "revisions.jsonl",
+        ({"prompt": r["prompt"], "completion": r["revision"]} for r in records if r["revision"]),
+    )
     empty = sum(not r["revision"] for r in records)
     if empty == len(records):
         raise ValueError(
@@ -262,16 +325,27 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
         )
     (logger.warning if empty else logger.info)(
         "cai: %d of %d revisions changed the answer; %d empty revisions are left out of the SFT data.",
-        sum(r["changed"] for r in records), len(records), empty,
-    )  # fmt: skip
+        sum(r["changed"] for r in records),
+        len(records),
+        empty,
+    )
 
     logger.info("cai [2/4] SFT on the revisions.")
-    sft_train = dataclasses.replace(config.train, output_dir=str(out / "sft"), learning_rate=config.sft_learning_rate,
-                                    num_train_epochs=config.sft_epochs, max_steps=-1,
-                                    overwrite_output_dir=True)  # fmt: skip
-    SFTTrainer(SFTConfig(model=config.model, train=sft_train,
-                         data=DataConfig(dataset=str(out / "data" / "revisions.jsonl"),
-                                         max_length=config.data.max_length))).train()  # fmt: skip
+    sft_train = dataclasses.replace(
+        config.train,
+        output_dir=str(out / "sft"),
+        learning_rate=config.sft_learning_rate,
+        num_train_epochs=config.sft_epochs,
+        max_steps=-1,
+        overwrite_output_dir=True,
+    )
+    SFTTrainer(
+        SFTConfig(
+            model=config.model,
+            train=sft_train,
+            data=DataConfig(dataset=str(out / "data" / "revisions.jsonl"), max_length=config.data.max_length),
+        )
+    ).train()
     sft = str(out / "sft" / "final")
 
     logger.info("cai [3/4] preference pairs (%s) and DPO.", config.preference)
@@ -307,19 +381,24 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
 
     logger.info("cai [4/4] evaluation before and after.")
     summary: dict[str, Any] = {
-        "constitution": constitution.source, "principles": [p.name for p in constitution.principles],
-        "prompts": len(records), "revisions_changed": sum(r["changed"] for r in records),
-        "revisions_empty": sum(not r["revision"] for r in records), "pairs": len(pairs), "pairs_left_out": left_out,
+        "constitution": constitution.source,
+        "principles": [p.name for p in constitution.principles],
+        "prompts": len(records),
+        "revisions_changed": sum(r["changed"] for r in records),
+        "revisions_empty": sum(not r["revision"] for r in records),
+        "pairs": len(pairs),
+        "pairs_left_out": left_out,
         "preference": config.preference,
-    }  # fmt: skip
+    }
     summary |= _evaluate(config, out, sft, task, eval_prompts, device)
     summary["wall_seconds"] = time.perf_counter() - start
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _evaluate(config: CAIConfig, out: Path, sft: str, task: str | None, eval_prompts: list[Any] | None,
-              device: str) -> dict[str, Any]:  # fmt: skip
+def _evaluate(
+    config: CAIConfig, out: Path, sft: str, task: str | None, eval_prompts: list[Any] | None, device: str
+) -> dict[str, Any]:
     """Judge reward (gold for the synthetic world) of the model before, after SFT on revisions, and after DPO."""
     judge = config.eval_judge or ("gold" if task else "")
     if not judge:
@@ -331,14 +410,19 @@ def _evaluate(config: CAIConfig, out: Path, sft: str, task: str | None, eval_pro
         prompts_file, split = str(out / "data" / "eval_prompts.jsonl"), "train"
         write_jsonl(Path(prompts_file), ({"prompt": p} for p in eval_prompts))
     eval_config = PolicyEvalConfig(
-        policy=[f"sft_on_revisions={sft}", f"cai={out / 'final'}"], reference=config.model.model,
-        prompts=prompts_file, prompts_split=split, judge=judge, samples_per_prompt=2,
-        max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.train.seed,
+        policy=[f"sft_on_revisions={sft}", f"cai={out / 'final'}"],
+        reference=config.model.model,
+        prompts=prompts_file,
+        prompts_split=split,
+        judge=judge,
+        samples_per_prompt=2,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        seed=config.train.seed,
         max_prompts=config.num_eval_prompts,
-    )  # fmt: skip
+    )
     eval_data = DataConfig(dataset=prompts_file, max_length=config.data.max_length)
-    flat = run_policy_eval(eval_config, str(out / "eval"), eval_data,
-                           task or "none", device, 32)  # fmt: skip
+    flat = run_policy_eval(eval_config, str(out / "eval"), eval_data, task or "none", device, 32)
     keep = ("gold_reward", "gold_reward_ci", "judge_reward", "judge_reward_ci", "win_rate", "kl", "length")
     return {
         stage: {key: flat[f"policy/{name}/{key}"] for key in keep if f"policy/{name}/{key}" in flat}

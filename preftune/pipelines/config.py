@@ -64,10 +64,15 @@ class LoopConfig(JudgeConfig):
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            learning_rate=5e-4, per_device_train_batch_size=32, num_train_epochs=2, warmup_ratio=0.1,
-            logging_steps=5, save_steps=10, lr_scheduler_type="cosine",
+            learning_rate=5e-4,
+            per_device_train_batch_size=32,
+            num_train_epochs=2,
+            warmup_ratio=0.1,
+            logging_steps=5,
+            save_steps=10,
+            lr_scheduler_type="cosine",
         )
-    )  # fmt: skip
+    )
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32))
     rounds: int = 3
     """Rounds of generate -> rate -> tune -> evaluate. Raising it on a finished loop adds rounds."""
@@ -146,8 +151,12 @@ class LoopConfig(JudgeConfig):
         train = dataclasses.replace(
             self.train, output_dir=str(out), resume=checkpoints, overwrite_output_dir=not checkpoints
         )
-        data = DataConfig(dataset=pairs, max_length=self.data.max_length, truncation=self.data.truncation,
-                          skip_invalid=self.data.skip_invalid)  # fmt: skip
+        data = DataConfig(
+            dataset=pairs,
+            max_length=self.data.max_length,
+            truncation=self.data.truncation,
+            skip_invalid=self.data.skip_invalid,
+        )
         return DPOConfig(
             model=dataclasses.replace(self.model, model=policy),
             data=data,
@@ -167,10 +176,13 @@ class CAIConfig(JudgeConfig):
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            learning_rate=5e-4, per_device_train_batch_size=32, num_train_epochs=2, warmup_ratio=0.1,
+            learning_rate=5e-4,
+            per_device_train_batch_size=32,
+            num_train_epochs=2,
+            warmup_ratio=0.1,
             logging_steps=10,
         )
-    )  # fmt: skip
+    )
     """The DPO stage (learning_rate, batch size, epochs...); the SFT stage has its own sft_* fields."""
     constitution: str = ""
     """Constitution YAML, or a built-in name (kindness, assistant); default: kindness."""
@@ -202,8 +214,11 @@ class CAIConfig(JudgeConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         usage = "preftune cai --model M --dataset PROMPTS --output_dir OUT"
-        for flag, value in (("--model", self.model.model), ("--dataset", self.data.dataset),
-                            ("--output_dir", self.train.output_dir)):  # fmt: skip
+        for flag, value in (
+            ("--model", self.model.model),
+            ("--dataset", self.data.dataset),
+            ("--output_dir", self.train.output_dir),
+        ):
             if not value:
                 raise ValueError(f"{flag} is required: {usage}.")
         if self.preference == "judge" and not self.judge:

@@ -80,10 +80,15 @@ def load_constitution(source: str = "") -> Constitution:
                 )
             if "response" not in names:
                 raise ValueError(f"{where}.{key} must contain {{response}}, the answer it is about.")
-        principles.append(Principle(
-            name=str(item.get("name") or f"principle-{i}"), description=str(item.get("description") or ""),
-            critique=item["critique"], revision=item["revision"], no_issue=str(item.get("no_issue") or ""),
-        ))  # fmt: skip
+        principles.append(
+            Principle(
+                name=str(item.get("name") or f"principle-{i}"),
+                description=str(item.get("description") or ""),
+                critique=item["critique"],
+                revision=item["revision"],
+                no_issue=str(item.get("no_issue") or ""),
+            )
+        )
     names = [p.name for p in principles]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: principle names must be unique, got {names}.")

@@ -74,8 +74,9 @@ def _train(out: Path, config: DemoConfig, **fields: Any) -> TrainConfig:
 def _reward_model(base: str, files: dict[str, Path], out: Path, config: DemoConfig) -> str:
     """A reward model on the panel's pairs (the recipe of configs/rm/synthetic.yaml)."""
     data = DataConfig(dataset=str(files["pairs"]), eval_dataset=str(files["eval_pairs"]), max_length=128)
-    train = _train(out, config, learning_rate=3e-3, per_device_train_batch_size=32, num_train_epochs=2,
-                   logging_steps=20)  # fmt: skip
+    train = _train(
+        out, config, learning_rate=3e-3, per_device_train_batch_size=32, num_train_epochs=2, logging_steps=20
+    )
     RewardTrainer(RewardConfig(model=ModelConfig(model=base), data=data, train=train)).train()
     return str(out / "final")
 
@@ -84,20 +85,34 @@ def _rl_common(
     sft: str, files: dict[str, Path], out: Path, judge: str, config: DemoConfig, **train: Any
 ) -> dict:
     data = DataConfig(dataset=str(files["prompts"]), eval_dataset=str(files["eval_prompts"]), max_length=128)
-    settings = {"learning_rate": 2e-4, "lr_scheduler_type": "constant", "max_steps": config.rl_steps,
-                "logging_steps": 5, "eval_steps": 10, **train}  # fmt: skip
+    settings = {
+        "learning_rate": 2e-4,
+        "lr_scheduler_type": "constant",
+        "max_steps": config.rl_steps,
+        "logging_steps": 5,
+        "eval_steps": 10,
+        **train,
+    }
     return {
-        "model": ModelConfig(model=sft), "data": data, "train": _train(out, config, **settings),
+        "model": ModelConfig(model=sft),
+        "data": data,
+        "train": _train(out, config, **settings),
         "sampling": SamplingConfig(max_new_tokens=config.max_new_tokens),
         "scoring": ScoringConfig(judge=judge),
-    }  # fmt: skip
+    }
 
 
 def train_methods(sft: str, rm: str, files: dict[str, Path], out: Path, config: DemoConfig) -> dict[str, str]:
     """DPO on the panel's pairs; PPO and RLOO against the proxy reward model. Returns the final folders."""
     data = DataConfig(dataset=str(files["pairs"]), eval_dataset=str(files["eval_pairs"]), max_length=128)
-    dpo_train = _train(out / "dpo", config, learning_rate=5e-4, per_device_train_batch_size=32, warmup_ratio=0.1,
-                       logging_steps=20)  # fmt: skip
+    dpo_train = _train(
+        out / "dpo",
+        config,
+        learning_rate=5e-4,
+        per_device_train_batch_size=32,
+        warmup_ratio=0.1,
+        logging_steps=20,
+    )
     DPOTrainer(DPOConfig(model=ModelConfig(model=sft), data=data, train=dpo_train, beta=0.1)).train()
     judge = f"rm:{rm}"
     ppo = _rl_common(sft, files, out / "ppo", judge, config, per_device_train_batch_size=32)
@@ -122,29 +137,48 @@ def reward_hacking_case(
 def best_of_n(sft: str, rm: str, files: dict[str, Path], out: Path, config: DemoConfig) -> dict[str, Any]:
     """Best-of-n with the proxy reward model: the gold and proxy reward of the responses it picks, and the
     analytical KL of best-of-n to the SFT policy."""
-    report = run_best_of_n(BoNConfig(
-        model=ModelConfig(model=sft), data=DataConfig(dataset=str(files["eval_prompts"]), max_length=128),
-        judge=f"rm:{rm}", n=config.best_of_n, max_new_tokens=config.max_new_tokens, output_dir=str(out),
-        max_prompts=config.num_eval_prompts, seed=config.seed, disable_tqdm=True,
-    ))  # fmt: skip
+    report = run_best_of_n(
+        BoNConfig(
+            model=ModelConfig(model=sft),
+            data=DataConfig(dataset=str(files["eval_prompts"]), max_length=128),
+            judge=f"rm:{rm}",
+            n=config.best_of_n,
+            max_new_tokens=config.max_new_tokens,
+            output_dir=str(out),
+            max_prompts=config.num_eval_prompts,
+            seed=config.seed,
+            disable_tqdm=True,
+        )
+    )
     best = [json.loads(line) for line in (out / "best.jsonl").read_text().splitlines()]
     scores = gold_scores(config.task, [r["prompt"] for r in best], [r["completion"] for r in best])
     last = report["curve"][
         -1
     ]  # n = best_of_n: KL to SFT is log n - (n - 1)/n (the plug-in estimate beside it)
     proxy = sum(r["score"] for r in best) / len(best)
-    return {**scores, "proxy_reward": proxy, "kl": last["kl_bound"], "kl_measured": last["kl_measured"],
-            "win_rate_vs_sft": None}  # fmt: skip
+    return {
+        **scores,
+        "proxy_reward": proxy,
+        "kl": last["kl_bound"],
+        "kl_measured": last["kl_measured"],
+        "win_rate_vs_sft": None,
+    }
 
 
-def evaluate_methods(sft: str, rm: str, policies: dict[str, str], files: dict[str, Path], out: Path,
-                     config: DemoConfig) -> dict[str, dict[str, Any]]:  # fmt: skip
+def evaluate_methods(
+    sft: str, rm: str, policies: dict[str, str], files: dict[str, Path], out: Path, config: DemoConfig
+) -> dict[str, dict[str, Any]]:
     """`preftune eval --policy` of the tuned policies against SFT, with the proxy as judge."""
     eval_config = PolicyEvalConfig(
-        policy=[f"{name}={path}" for name, path in policies.items()], reference=sft, prompts=str(files["eval_prompts"]),
-        judge=f"rm:{rm}", samples_per_prompt=2, max_new_tokens=config.max_new_tokens, seed=config.seed,
+        policy=[f"{name}={path}" for name, path in policies.items()],
+        reference=sft,
+        prompts=str(files["eval_prompts"]),
+        judge=f"rm:{rm}",
+        samples_per_prompt=2,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
         max_prompts=config.num_eval_prompts,
-    )  # fmt: skip
+    )
     data = DataConfig(dataset=str(files["eval_prompts"]), max_length=128)
     flat = run_policy_eval(eval_config, str(out), data, "auto", None, 64)
     words: dict[str, list[int]] = {}  # lengths in words, as for the base model and best-of-n
@@ -155,17 +189,30 @@ def evaluate_methods(sft: str, rm: str, policies: dict[str, str], files: dict[st
     for name in ("sft", *policies):
         key = f"policy/{'reference' if name == 'sft' else name}/"
         methods[name] = {
-            "gold_reward": flat[key + "gold_reward"], "gold_reward_ci": flat[key + "gold_reward_ci"],
-            "proxy_reward": flat[key + "judge_reward"], "win_rate_vs_sft": flat[key + "win_rate"],
-            "lc_win_rate_vs_sft": flat[key + "lc_win_rate"], "kl": flat[key + "kl"], "kl_se": flat[key + "kl_se"],
+            "gold_reward": flat[key + "gold_reward"],
+            "gold_reward_ci": flat[key + "gold_reward_ci"],
+            "proxy_reward": flat[key + "judge_reward"],
+            "win_rate_vs_sft": flat[key + "win_rate"],
+            "lc_win_rate_vs_sft": flat[key + "lc_win_rate"],
+            "kl": flat[key + "kl"],
+            "kl_se": flat[key + "kl_se"],
             "length": sum(words[key.split("/")[1]]) / len(words[key.split("/")[1]]),
             "example": flat[key + "examples"][0],
-        }  # fmt: skip
+        }
     return methods
 
 
-PHASES = ("synthetic world", "tiny model", "SFT", "reward models", "DPO, PPO and RLOO", "evaluation against SFT",
-          "best-of-n", "reward-hacking case", "report")  # fmt: skip
+PHASES = (
+    "synthetic world",
+    "tiny model",
+    "SFT",
+    "reward models",
+    "DPO, PPO and RLOO",
+    "evaluation against SFT",
+    "best-of-n",
+    "reward-hacking case",
+    "report",
+)
 
 
 def _phase(number: int, start: float) -> None:
@@ -185,18 +232,32 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     _phase(1, start)
     files = write_task(SynthConfig(task=config.task, out=str(out / "data"), seed=config.seed))
     biased_panel = PanelConfig(length_bias=0.2)  # configs/synth/kindness.yaml: 0.2 utility per word
-    biased = write_task(SynthConfig(task=config.task, out=str(out / "data-length-biased"), seed=config.seed,
-                                    panel=biased_panel))  # fmt: skip
+    biased = write_task(
+        SynthConfig(
+            task=config.task, out=str(out / "data-length-biased"), seed=config.seed, panel=biased_panel
+        )
+    )
     _phase(2, start)
     texts = (text for row in load_rows(str(files["sft"])).rows for text in texts_of_row(row))
     base = str(make_tiny(texts, out / "base", size=config.size, seed=config.seed))
     _phase(3, start)
 
-    sft_train = _train(out / "sft", config, learning_rate=config.sft_learning_rate,
-                       per_device_train_batch_size=config.sft_batch_size, max_steps=config.sft_steps,
-                       warmup_ratio=0.05, logging_steps=25)  # fmt: skip
-    SFTTrainer(SFTConfig(model=ModelConfig(model=base), data=DataConfig(dataset=str(files["sft"]), max_length=128),
-                         train=sft_train)).train()  # fmt: skip
+    sft_train = _train(
+        out / "sft",
+        config,
+        learning_rate=config.sft_learning_rate,
+        per_device_train_batch_size=config.sft_batch_size,
+        max_steps=config.sft_steps,
+        warmup_ratio=0.05,
+        logging_steps=25,
+    )
+    SFTTrainer(
+        SFTConfig(
+            model=ModelConfig(model=base),
+            data=DataConfig(dataset=str(files["sft"]), max_length=128),
+            train=sft_train,
+        )
+    ).train()
     sft = str(out / "sft" / "final")
     _phase(4, start)
     rm = _reward_model(base, files, out / "rm", config)
@@ -239,8 +300,14 @@ def _cell(value: Any, digits: int = 3) -> str:
 
 def render_markdown(summary: dict[str, Any]) -> str:
     """The demo's table (gold reward, proxy reward, win rate vs SFT, KL, length) and the hacking case."""
-    names = {"base": "base (random init)", "sft": "sft", "dpo": "dpo", "ppo": "ppo (proxy RM)",
-             "rloo": "rloo (proxy RM)", "bon": "best-of-n (proxy RM)"}  # fmt: skip
+    names = {
+        "base": "base (random init)",
+        "sft": "sft",
+        "dpo": "dpo",
+        "ppo": "ppo (proxy RM)",
+        "rloo": "rloo (proxy RM)",
+        "bon": "best-of-n (proxy RM)",
+    }
     lines = [
         "# preftune demo",
         "",
@@ -260,11 +327,20 @@ def render_markdown(summary: dict[str, Any]) -> str:
             f"{_cell(row.get('win_rate_vs_sft'))} | {_cell(row.get('kl'), 2)} | {row['length']:.1f} |"
         )
     corpus = summary["sft_corpus"]
-    lines.append(f"| SFT corpus (demonstrations) | {corpus['gold_reward']:.3f} | [{corpus['gold_reward_ci'][0]:.3f}, "
-                 f"{corpus['gold_reward_ci'][1]:.3f}] | - | - | - | {corpus['length']:.1f} |")  # fmt: skip
+    lines.append(
+        f"| SFT corpus (demonstrations) | {corpus['gold_reward']:.3f} | [{corpus['gold_reward_ci'][0]:.3f}, "
+        f"{corpus['gold_reward_ci'][1]:.3f}] | - | - | - | {corpus['length']:.1f} |"
+    )
     hacking = summary["hacking"]
     verdict = "flagged" if hacking["flagged"] else "not flagged"
-    lines += ["", "## Reward hacking", "",
-              f"PPO against a reward model trained on a length-biased panel: **{verdict}** by the monitor.", "",
-              hacking["evidence"], "", f"Wall time: {summary['wall_seconds']:.0f} s."]  # fmt: skip
+    lines += [
+        "",
+        "## Reward hacking",
+        "",
+        f"PPO against a reward model trained on a length-biased panel: **{verdict}** by the monitor.",
+        "",
+        hacking["evidence"],
+        "",
+        f"Wall time: {summary['wall_seconds']:.0f} s.",
+    ]
     return "\n".join(lines) + "\n"

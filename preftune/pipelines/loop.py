@@ -68,8 +68,19 @@ PROVENANCE_FILE = "provenance.json"
 """Written after a round's samples.jsonl and pairs.jsonl: the round's dataset is complete."""
 LOOP_STATE = "loop.json"
 """The settings that decide a loop's data and models; a resumed loop must match them."""
-RESUME_SAFE = ("rounds", "disable_tqdm", "overwrite_output_dir", "logging_steps", "report_to", "output_dir", "device",
-               "judge_batch_size", "save_total_limit", "margin", "min_confidence")  # fmt: skip
+RESUME_SAFE = (
+    "rounds",
+    "disable_tqdm",
+    "overwrite_output_dir",
+    "logging_steps",
+    "report_to",
+    "output_dir",
+    "device",
+    "judge_batch_size",
+    "save_total_limit",
+    "margin",
+    "min_confidence",
+)
 """Settings that may change between a run and its resumption: more rounds, logging, where it runs, and the
 pair filters (they apply to the rounds still to come; each round's provenance.json records its own)."""
 
@@ -115,11 +126,29 @@ def human_rating_plan(
             if texts[g * k + a] == texts[g * k + b]:
                 continue
             pair_id = f"r{round_number}-p{g}-s{min(a, b)}"
-            plan.append({"pair_id": pair_id, "prompt_index": g, "sample_a": a, "sample_b": b,
-                         "prompt": prompt, "response_a": texts[g * k + a], "response_b": texts[g * k + b]})  # fmt: skip
-            rows.append({"pair_id": pair_id, "prompt": prompt, "response_a": texts[g * k + a],
-                         "response_b": texts[g * k + b], "choice": "", "annotator": "", "annotator_group": "",
-                         "order": ""})  # fmt: skip
+            plan.append(
+                {
+                    "pair_id": pair_id,
+                    "prompt_index": g,
+                    "sample_a": a,
+                    "sample_b": b,
+                    "prompt": prompt,
+                    "response_a": texts[g * k + a],
+                    "response_b": texts[g * k + b],
+                }
+            )
+            rows.append(
+                {
+                    "pair_id": pair_id,
+                    "prompt": prompt,
+                    "response_a": texts[g * k + a],
+                    "response_b": texts[g * k + b],
+                    "choice": "",
+                    "annotator": "",
+                    "annotator_group": "",
+                    "order": "",
+                }
+            )
     return plan, rows
 
 
@@ -159,16 +188,21 @@ def read_human_ratings(path: str, plan: list[dict[str, Any]]) -> tuple[list[dict
         first, second = pair["response_a"], pair["response_b"]
         chosen, rejected = (first, second) if choice == "a" else (second, first)
         order = str(row.get("order", "")).strip()
-        rows.append({
-            "prompt": pair["prompt"], "chosen": chosen, "rejected": rejected,
-            "annotator": str(row.get("annotator") or "") or None,
-            "annotator_group": str(row.get("annotator_group") or "") or None,
-            "order": int(order) if order.lstrip("-").isdigit() else None,
-            "shown_first": "chosen" if choice == "a" else "rejected", "pair_id": pair["pair_id"],
-            "prompt_index": pair["prompt_index"],
-            "chosen_sample": pair["sample_a"] if choice == "a" else pair["sample_b"],
-            "rejected_sample": pair["sample_b"] if choice == "a" else pair["sample_a"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "prompt": pair["prompt"],
+                "chosen": chosen,
+                "rejected": rejected,
+                "annotator": str(row.get("annotator") or "") or None,
+                "annotator_group": str(row.get("annotator_group") or "") or None,
+                "order": int(order) if order.lstrip("-").isdigit() else None,
+                "shown_first": "chosen" if choice == "a" else "rejected",
+                "pair_id": pair["pair_id"],
+                "prompt_index": pair["prompt_index"],
+                "chosen_sample": pair["sample_a"] if choice == "a" else pair["sample_b"],
+                "rejected_sample": pair["sample_b"] if choice == "a" else pair["sample_a"],
+            }
+        )
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ValueError(
@@ -196,9 +230,13 @@ def is_empty(response: Any) -> bool:
 
 
 def build_pairs(
-    prompts: list[Any], responses: list[Any], ranking: GroupRanking, mode: str, margin: float,
+    prompts: list[Any],
+    responses: list[Any],
+    ranking: GroupRanking,
+    mode: str,
+    margin: float,
     min_confidence: float,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Preference pairs from ranked samples (`responses`: the k samples of each prompt consecutive).
 
     Returns the pair rows (prompt, chosen, rejected, chosen_score, rejected_score, confidence, prompt_index,
@@ -214,8 +252,15 @@ def build_pairs(
             f"Expected {P} prompts and {P * k} responses, got {len(prompts)} and {len(responses)}."
         )
     empty = torch.tensor([is_empty(r) for r in responses], dtype=torch.bool).reshape(P, k)
-    counts = {"prompts": P, "empty_samples": int(empty.sum()), "candidates": 0, "ties": 0, "below_margin": 0,
-              "below_confidence": 0, "pairs": 0}  # fmt: skip
+    counts = {
+        "prompts": P,
+        "empty_samples": int(empty.sum()),
+        "candidates": 0,
+        "ties": 0,
+        "below_margin": 0,
+        "below_confidence": 0,
+        "pairs": 0,
+    }
     rows: list[dict[str, Any]] = []
     scores = ranking.scores.masked_fill(empty, math.nan)  # an empty sample is never chosen nor rejected
     if mode == "best_worst":
@@ -251,12 +296,19 @@ def build_pairs(
         if (min_confidence > 0 and not confidence >= min_confidence) or confidence < 0:  # NaN fails too
             counts["below_confidence"] += 1
             continue
-        rows.append({
-            "prompt": prompts[g], "chosen": responses[g * k + chosen], "rejected": responses[g * k + rejected],
-            "chosen_score": float(scores[g, chosen]), "rejected_score": float(scores[g, rejected]),
-            "confidence": None if math.isnan(confidence) else confidence, "prompt_index": g,
-            "chosen_sample": chosen, "rejected_sample": rejected,
-        })  # fmt: skip
+        rows.append(
+            {
+                "prompt": prompts[g],
+                "chosen": responses[g * k + chosen],
+                "rejected": responses[g * k + rejected],
+                "chosen_score": float(scores[g, chosen]),
+                "rejected_score": float(scores[g, rejected]),
+                "confidence": None if math.isnan(confidence) else confidence,
+                "prompt_index": g,
+                "chosen_sample": chosen,
+                "rejected_sample": rejected,
+            }
+        )
     counts["pairs"] = len(rows)
     return rows, counts
 
@@ -313,8 +365,9 @@ class PracticeLoop:
         self.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(config.model.model, config.model.trust_remote_code)
         max_prompt = config.data.max_length - config.sampling.max_new_tokens
-        prompts = load_prompts(self.tokenizer, config.data.dataset, config.data.dataset_split, max_prompt,
-                               config.data, "loop")  # fmt: skip
+        prompts = load_prompts(
+            self.tokenizer, config.data.dataset, config.data.dataset_split, max_prompt, config.data, "loop"
+        )
         self.task = detect_task(config.data.dataset, config.task)
         if config.data.eval_dataset:
             self.prompts, self.eval_prompts = prompts, None
@@ -409,27 +462,52 @@ class PracticeLoop:
             row.update(provenance)
         folder.mkdir(parents=True, exist_ok=True)
         ended = rollout.ended.tolist()
-        write_jsonl(folder / "samples.jsonl", (
-            {"prompt": prompts[i // k], "prompt_index": indices[i // k], "sample": i % k, "response": text,
-             "score": json_safe(float(ranking.scores[i // k, i % k])), "ended": bool(ended[i])}
-            for i, text in enumerate(texts)
-        ))  # fmt: skip
+        write_jsonl(
+            folder / "samples.jsonl",
+            (
+                {
+                    "prompt": prompts[i // k],
+                    "prompt_index": indices[i // k],
+                    "sample": i % k,
+                    "response": text,
+                    "score": json_safe(float(ranking.scores[i // k, i % k])),
+                    "ended": bool(ended[i]),
+                }
+                for i, text in enumerate(texts)
+            ),
+        )
         write_jsonl(pairs_path, rows)
         judge_stats = ranking.verdicts.summary() if ranking.verdicts is not None else {}
-        _write_json(folder / PROVENANCE_FILE, json_safe({
-            **provenance, "num_generations": k, "prompts": len(prompts), "prompt_indices": indices,
-            "sampling": dataclasses.asdict(config.sampling), "pairs_mode": config.pairs, "margin": config.margin,
-            "min_confidence": config.min_confidence, "counts": counts, "judge_stats": judge_stats,
-            "mean_score": float(torch.nanmean(ranking.scores)),
-        }))  # fmt: skip
+        _write_json(
+            folder / PROVENANCE_FILE,
+            json_safe(
+                {
+                    **provenance,
+                    "num_generations": k,
+                    "prompts": len(prompts),
+                    "prompt_indices": indices,
+                    "sampling": dataclasses.asdict(config.sampling),
+                    "pairs_mode": config.pairs,
+                    "margin": config.margin,
+                    "min_confidence": config.min_confidence,
+                    "counts": counts,
+                    "judge_stats": judge_stats,
+                    "mean_score": float(torch.nanmean(ranking.scores)),
+                }
+            ),
+        )
         left_out = counts["candidates"] - counts["pairs"] + counts["empty_samples"]
         (logger.warning if left_out else logger.info)(
             "Round %d: %d pairs from %d prompts (left out: %d empty samples, %d ties, %d below the margin, "
             "%d below the confidence).",
-            round_number, counts["pairs"], len(prompts), counts["empty_samples"], counts["ties"],
+            round_number,
+            counts["pairs"],
+            len(prompts),
+            counts["empty_samples"],
+            counts["ties"],
             counts["below_margin"],
             counts["below_confidence"],
-        )  # fmt: skip
+        )
         return pairs_path
 
     def _sample(self, round_number: int) -> _RoundSamples:
@@ -441,8 +519,13 @@ class PracticeLoop:
         )
         prompts = [self.prompts.prompts[i] for i in indices]
         seed = int(np.random.SeedSequence([config.train.seed, round_number]).generate_state(1)[0] % 2**31)
-        logger.info("Round %d: sampling %d responses to each of %d prompts from %s.", round_number, k,
-                    len(prompts), policy_path)  # fmt: skip
+        logger.info(
+            "Round %d: sampling %d responses to each of %d prompts from %s.",
+            round_number,
+            k,
+            len(prompts),
+            policy_path,
+        )
         policy = load_policy(dataclasses.replace(config.model, model=policy_path, use_peft=False))
         torch.nn.Module.to(policy, torch.device(self.device))
         rollout = TransformersBackend(policy, self.tokenizer).generate(
@@ -470,25 +553,32 @@ class PracticeLoop:
         if not plan_path.exists():
             samples = self._sample(round_number)
             rng = np.random.default_rng(np.random.SeedSequence([self.config.train.seed, round_number, 5]))
-            plan, to_rate = human_rating_plan(samples.prompts, samples.texts, self.config.num_generations,
-                                              round_number, rng)  # fmt: skip
+            plan, to_rate = human_rating_plan(
+                samples.prompts, samples.texts, self.config.num_generations, round_number, rng
+            )
             for row in plan:
                 row["prompt_index"] = samples.indices[row["prompt_index"]]
             folder.mkdir(parents=True, exist_ok=True)
             write_jsonl(folder / TO_RATE_FILE, to_rate)
-            _write_json(plan_path, {"round": round_number, "policy": samples.policy, "seed": samples.seed,
-                                    "pairs": plan})  # fmt: skip
+            _write_json(
+                plan_path,
+                {"round": round_number, "policy": samples.policy, "seed": samples.seed, "pairs": plan},
+            )
         if not ratings:
             logger.warning(
                 "Round %d: %s holds the pairs to rate. Fill each row's 'choice' (a, b or tie; one row per rating, "
                 "several raters may rate a pair) with 'annotator' and 'annotator_group', save the file as %s (JSONL "
                 "or CSV), and run the same command again to go on.",
-                round_number, folder / TO_RATE_FILE, folder / f"{RATINGS_STEM}.jsonl",
-            )  # fmt: skip
+                round_number,
+                folder / TO_RATE_FILE,
+                folder / f"{RATINGS_STEM}.jsonl",
+            )
             return None
         if len(ratings) > 1:
-            raise ValueError(f"{folder} holds two rated files, {ratings[0].name} and {ratings[1].name}; keep the one "
-                             "to train on and remove the other.")  # fmt: skip
+            raise ValueError(
+                f"{folder} holds two rated files, {ratings[0].name} and {ratings[1].name}; keep the one "
+                "to train on and remove the other."
+            )
         plan = json.loads(plan_path.read_text())
         rows, counts = read_human_ratings(str(ratings[0]), plan["pairs"])
         if not rows:
@@ -500,13 +590,28 @@ class PracticeLoop:
 
         audit = run_audit(AuditConfig(dataset=str(pairs_path), output_dir=str(folder / "audit")))
         warnings = [flag for flag in audit.get("flags", []) if flag.get("severity") == "warning"]
-        _write_json(folder / PROVENANCE_FILE, json_safe({
-            **provenance, "ratings_file": str(ratings[0]), "counts": counts, "judge_stats": {},
-            "mean_score": float("nan"), "audit_warnings": [flag["finding"] for flag in warnings],
-        }))  # fmt: skip
-        logger.info("Round %d: %d pairs from %d ratings (%d ties left out); the audit (%s) warns of %s.",
-                    round_number, counts["pairs"], counts["ratings"], counts["ties"], folder / "audit",
-                    [flag["finding"] for flag in warnings] or "nothing")  # fmt: skip
+        _write_json(
+            folder / PROVENANCE_FILE,
+            json_safe(
+                {
+                    **provenance,
+                    "ratings_file": str(ratings[0]),
+                    "counts": counts,
+                    "judge_stats": {},
+                    "mean_score": float("nan"),
+                    "audit_warnings": [flag["finding"] for flag in warnings],
+                }
+            ),
+        )
+        logger.info(
+            "Round %d: %d pairs from %d ratings (%d ties left out); the audit (%s) warns of %s.",
+            round_number,
+            counts["pairs"],
+            counts["ratings"],
+            counts["ties"],
+            folder / "audit",
+            [flag["finding"] for flag in warnings] or "nothing",
+        )
         return pairs_path
 
     def judge_for(self, round_number: int) -> Any:
@@ -515,8 +620,11 @@ class PracticeLoop:
         config = self.config
         panel = config.judge.partition(":")[0] == "panel"
         if self.judge is None or panel:
-            options = {"device": self.device, "batch_size": config.judge_batch_size,
-                       "cache_dir": str(self.out / "judge-cache")}  # fmt: skip
+            options = {
+                "device": self.device,
+                "batch_size": config.judge_batch_size,
+                "cache_dir": str(self.out / "judge-cache"),
+            }
             if panel:
                 options["seed"] = int(
                     np.random.SeedSequence([config.train.seed, round_number, 3]).generate_state(1)[0]
@@ -548,20 +656,48 @@ class PracticeLoop:
         else:
             prompts_file, split = str(self.out / "eval_prompts.jsonl"), "train"  # written by _check_state
         eval_config = PolicyEvalConfig(
-            policy=[f"{name}={self.policy_of(round_number)}"], reference=config.model.model, prompts=prompts_file,
-            prompts_split=split, judge=self.eval_judge, samples_per_prompt=config.eval_samples_per_prompt,
-            max_new_tokens=config.sampling.max_new_tokens, temperature=config.sampling.temperature,
-            seed=config.train.seed, max_prompts=config.num_eval_prompts,
-        )  # fmt: skip
+            policy=[f"{name}={self.policy_of(round_number)}"],
+            reference=config.model.model,
+            prompts=prompts_file,
+            prompts_split=split,
+            judge=self.eval_judge,
+            samples_per_prompt=config.eval_samples_per_prompt,
+            max_new_tokens=config.sampling.max_new_tokens,
+            temperature=config.sampling.temperature,
+            seed=config.train.seed,
+            max_prompts=config.num_eval_prompts,
+        )
         data = DataConfig(dataset=prompts_file, max_length=config.data.max_length)
-        flat = run_policy_eval(eval_config, str(folder / "eval"), data, self.task or "none", self.device,
-                               config.judge_batch_size, self.baselines)  # fmt: skip
+        flat = run_policy_eval(
+            eval_config,
+            str(folder / "eval"),
+            data,
+            self.task or "none",
+            self.device,
+            config.judge_batch_size,
+            self.baselines,
+        )
         prefix = f"policy/{name}/"
         metrics = {key[len(prefix) :]: value for key, value in flat.items() if key.startswith(prefix)}
-        keep = ("gold_reward", "gold_reward_ci", "judge_reward", "judge_reward_ci", "win_rate", "win_rate_ci",
-                "lc_win_rate", "kl", "kl_se", "length", "distinct_2")  # fmt: skip
-        return {"round": round_number, "policy": self.policy_of(round_number),
-                **{key: metrics[key] for key in keep if key in metrics}, "example": metrics["examples"][0]}  # fmt: skip
+        keep = (
+            "gold_reward",
+            "gold_reward_ci",
+            "judge_reward",
+            "judge_reward_ci",
+            "win_rate",
+            "win_rate_ci",
+            "lc_win_rate",
+            "kl",
+            "kl_se",
+            "length",
+            "distinct_2",
+        )
+        return {
+            "round": round_number,
+            "policy": self.policy_of(round_number),
+            **{key: metrics[key] for key in keep if key in metrics},
+            "example": metrics["examples"][0],
+        }
 
     # ----------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -590,9 +726,15 @@ class PracticeLoop:
                     pairs = self.generate_and_rate(round_number, folder)
                 self.tune(round_number, pairs, folder)
                 provenance = json.loads((folder / PROVENANCE_FILE).read_text())
-                record = {"pairs": provenance["counts"]["pairs"], "train_judge_score": provenance["mean_score"],
-                          **{f"judge_{k}": v for k, v in provenance["judge_stats"].items()
-                             if k in ("could_not_judge", "position_consistency")}}  # fmt: skip
+                record = {
+                    "pairs": provenance["counts"]["pairs"],
+                    "train_judge_score": provenance["mean_score"],
+                    **{
+                        f"judge_{k}": v
+                        for k, v in provenance["judge_stats"].items()
+                        if k in ("could_not_judge", "position_consistency")
+                    },
+                }
                 if "audit_warnings" in provenance:
                     record["audit_warnings"] = provenance["audit_warnings"]
             result = {**self.evaluate(round_number, folder), **record}
@@ -604,14 +746,26 @@ class PracticeLoop:
 
     def _observe(self, result: dict[str, Any]) -> None:
         """The reward-hacking monitor over rounds: judge reward (proxy) against gold, length and KL."""
-        self.monitor.observe(Observation(result["round"], result["judge_reward"], result.get("gold_reward"),
-                                         result["length"], result["kl"]))  # fmt: skip
+        self.monitor.observe(
+            Observation(
+                result["round"],
+                result["judge_reward"],
+                result.get("gold_reward"),
+                result["length"],
+                result["kl"],
+            )
+        )
 
     def _write_summary(self, rounds: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
         summary = {
-            "rounds": rounds, "trend": trend(rounds), "judge": self.config.judge, "eval_judge": self.eval_judge,
-            "reference": self.config.reference, "hacking": self.monitor.summary(), "wall_seconds": seconds,
-        }  # fmt: skip
+            "rounds": rounds,
+            "trend": trend(rounds),
+            "judge": self.config.judge,
+            "eval_judge": self.eval_judge,
+            "reference": self.config.reference,
+            "hacking": self.monitor.summary(),
+            "wall_seconds": seconds,
+        }
         _write_json(self.out / "summary.json", json_safe(summary))
         (self.out / "report.md").write_text(render_markdown(summary))
         gold = all(r.get("gold_reward") is not None for r in rounds)
@@ -619,13 +773,18 @@ class PracticeLoop:
             f"round-{r['round']}": {
                 "gold_reward": r["gold_reward"] if gold else r["judge_reward"],
                 "gold_reward_ci": r["gold_reward_ci"] if gold else r["judge_reward_ci"],
-                "proxy_reward": r["judge_reward"], "win_rate_vs_sft": r.get("win_rate"), "kl": r["kl"],
+                "proxy_reward": r["judge_reward"],
+                "win_rate_vs_sft": r.get("win_rate"),
+                "kl": r["kl"],
                 "length": r["length"],
             }
             for r in rounds
-        }  # fmt: skip
-        write_report({"methods": methods, "hacking": summary["hacking"]}, self.out,
-                     reward_label="gold reward" if gold else "judge reward")  # fmt: skip
+        }
+        write_report(
+            {"methods": methods, "hacking": summary["hacking"]},
+            self.out,
+            reward_label="gold reward" if gold else "judge reward",
+        )
         return summary
 
 
@@ -637,8 +796,15 @@ def render_markdown(summary: dict[str, Any]) -> str:
     def cell(value: Any) -> str:
         return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    header = ["round", *(["gold reward"] if gold else []), f"judge reward ({summary['eval_judge']})",
-              "win rate vs round 0", "KL to round 0", "length", "pairs"]  # fmt: skip
+    header = [
+        "round",
+        *(["gold reward"] if gold else []),
+        f"judge reward ({summary['eval_judge']})",
+        "win rate vs round 0",
+        "KL to round 0",
+        "length",
+        "pairs",
+    ]
     lines = [
         f"# Practice loop: {len(rounds) - 1} round(s), judge {summary['judge']}",
         "",
@@ -648,12 +814,23 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "|" + "---|" * len(header),
     ]
     for r in rounds:
-        values = [r["round"], *([r["gold_reward"]] if gold else []), r["judge_reward"], r.get("win_rate"), r["kl"],
-                  r["length"], r.get("pairs")]  # fmt: skip
+        values = [
+            r["round"],
+            *([r["gold_reward"]] if gold else []),
+            r["judge_reward"],
+            r.get("win_rate"),
+            r["kl"],
+            r["length"],
+            r.get("pairs"),
+        ]
         lines.append("| " + " | ".join(cell(v) for v in values) + " |")
     hacking = summary["hacking"]
-    lines += ["", f"Reward hacking over rounds: {'FLAGGED' if hacking['flagged'] else 'not flagged'}. "
-              f"{hacking['evidence']}", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Reward hacking over rounds: {'FLAGGED' if hacking['flagged'] else 'not flagged'}. "
+        f"{hacking['evidence']}",
+        "",
+    ]
     return "\n".join(lines)
 
 

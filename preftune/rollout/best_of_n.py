@@ -227,8 +227,12 @@ def run_best_of_n(config: BoNConfig) -> dict[str, Any]:
         result["best_gold_reward"] = gold.gather(1, scores.argmax(dim=1, keepdim=True)).mean().item()
     (out / "bon.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     log = logger.warning if P - num_pairs else logger.info
-    log("pairs.jsonl: %d best-vs-worst pairs; %d of %d prompts have none, as all their samples scored the same.",
-        num_pairs, P - num_pairs, P)  # fmt: skip
+    log(
+        "pairs.jsonl: %d best-vs-worst pairs; %d of %d prompts have none, as all their samples scored the same.",
+        num_pairs,
+        P - num_pairs,
+        P,
+    )
     logger.info("Wrote samples.jsonl, best.jsonl, pairs.jsonl and bon.json to %s", out)
     return result
 
@@ -243,23 +247,38 @@ def _write_rows(
         return {} if gold is None else {"gold_score": gold[i, k].item()}
 
     samples = [
-        {"prompt": prompt, "response": completions[i * N + k], "judge_score": scores[i, k].item(),
-         **gold_score(i, k), "sample": k, "row": data.rows[i]}
+        {
+            "prompt": prompt,
+            "response": completions[i * N + k],
+            "judge_score": scores[i, k].item(),
+            **gold_score(i, k),
+            "sample": k,
+            "row": data.rows[i],
+        }
         for i, prompt in enumerate(data.prompts)
         for k in range(N)
-    ]  # fmt: skip
+    ]
     best, worst = scores.argmax(dim=1).tolist(), scores.argmin(dim=1).tolist()  # the first highest / lowest
     best_rows = [
-        {"prompt": prompt, "completion": completions[i * N + best[i]], "score": scores[i, best[i]].item(),
-         **gold_score(i, best[i])}
+        {
+            "prompt": prompt,
+            "completion": completions[i * N + best[i]],
+            "score": scores[i, best[i]].item(),
+            **gold_score(i, best[i]),
+        }
         for i, prompt in enumerate(data.prompts)
-    ]  # fmt: skip
+    ]
     pairs = [
-        {"prompt": prompt, "chosen": completions[i * N + best[i]], "rejected": completions[i * N + worst[i]],
-         "chosen_score": scores[i, best[i]].item(), "rejected_score": scores[i, worst[i]].item()}
+        {
+            "prompt": prompt,
+            "chosen": completions[i * N + best[i]],
+            "rejected": completions[i * N + worst[i]],
+            "chosen_score": scores[i, best[i]].item(),
+            "rejected_score": scores[i, worst[i]].item(),
+        }
         for i, prompt in enumerate(data.prompts)
         if scores[i, best[i]] > scores[i, worst[i]]  # all samples tied: no pair (counted by the caller)
-    ]  # fmt: skip
+    ]
     write_jsonl(out / "samples.jsonl", samples)
     write_jsonl(out / "best.jsonl", best_rows)
     write_jsonl(out / "pairs.jsonl", pairs)

@@ -75,8 +75,12 @@ class HeldOutEvaluator:
         def logps_of(model: ResponseLogps) -> Tensor:
             return per_token(
                 lambda b: {"logps": model(*model_inputs(b))},
-                examples, rollout.mask, self.chunk_size, self.pad_token_id, device,
-            )["logps"]  # fmt: skip
+                examples,
+                rollout.mask,
+                self.chunk_size,
+                self.pad_token_id,
+                device,
+            )["logps"]
 
         logps = logps_of(policy)
         with reference() as ref:

@@ -83,9 +83,15 @@ class RLSetup:
                     scoring.heldout_judge, device=device, batch_size=scoring.judge_batch_size
                 )
             evaluator = HeldOutEvaluator(
-                eval_prompts, judge, heldout_judge, tokenizer, sampling,
-                seed + EVAL_SEED_OFFSET, chunk_size, token_id(tokenizer, "pad"),
-            )  # fmt: skip
+                eval_prompts,
+                judge,
+                heldout_judge,
+                tokenizer,
+                sampling,
+                seed + EVAL_SEED_OFFSET,
+                chunk_size,
+                token_id(tokenizer, "pad"),
+            )
         return cls(prompts, judge, evaluator, sampling, scoring, tokenizer, accelerator, chunk_size, seed)
 
     def start_backend(self, policy: ResponseLogps) -> None:
@@ -104,9 +110,12 @@ class RLSetup:
             self.backend.sync_weights(policy.model)  # vLLM samples from its own copy of the weights
         with self.accelerator.autocast():
             return self.backend.generate(
-                prompt_ids, self.sampling, self.sample_seed(step), num_samples,
+                prompt_ids,
+                self.sampling,
+                self.sample_seed(step),
+                num_samples,
                 prompt_keys=self.global_keys(len(prompt_ids)),
-            )  # fmt: skip
+            )
 
     def sample_seed(self, step: int) -> int:
         """The sampling seed of a step (with the prompt keys of `global_keys`, samples do not depend
@@ -135,9 +144,11 @@ class RLSetup:
         if mine:
             with self.accelerator.autocast():
                 rollout = TransformersBackend(policy.model, self.tokenizer).generate(
-                    [self.prompts.ids[i] for i in mine], self.sampling, self.seed * 31,
+                    [self.prompts.ids[i] for i in mine],
+                    self.sampling,
+                    self.seed * 31,
                     prompt_keys=list(range(rank, len(chosen), world)),
-                )  # fmt: skip
+                )
             raw, _ = judge_scores(
                 self.judge, self.tokenizer, [self.prompts.prompts[i] for i in mine], rollout
             )

@@ -209,9 +209,18 @@ def write_task(config: SynthConfig) -> dict[str, Path]:
         "Wrote task %r into %s: %d SFT rows (corpus gold %.3f +- %.3f), %d ratings of %d pairs "
         "(%.0f%% agree with gold), %d prompts, %d eval prompts, %d held-out ratings of %d eval pairs "
         "(%.0f%% agree with gold).",
-        task.name, out, len(sft_rows), meta["corpus_gold_mean"] or 0.0, meta["corpus_gold_std"] or 0.0,
-        len(ratings), config.num_pairs, 100 * (meta["panel_gold_agreement"] or 0.0),
-        len(prompts), len(eval_prompts), len(eval_ratings), config.num_eval_pairs,
+        task.name,
+        out,
+        len(sft_rows),
+        meta["corpus_gold_mean"] or 0.0,
+        meta["corpus_gold_std"] or 0.0,
+        len(ratings),
+        config.num_pairs,
+        100 * (meta["panel_gold_agreement"] or 0.0),
+        len(prompts),
+        len(eval_prompts),
+        len(eval_ratings),
+        config.num_eval_pairs,
         100 * (meta["eval_panel_gold_agreement"] or 0.0),
-    )  # fmt: skip
+    )
     return paths

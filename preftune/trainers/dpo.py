@@ -97,16 +97,23 @@ class DPOTrainer(Trainer):
             )
         self._check_soft_labels()
         self.label_smoothing, self.label_noise_report = resolve_label_smoothing(
-            config.label_noise, config.label_smoothing, config.data.dataset, config.data.dataset_split,
+            config.label_noise,
+            config.label_smoothing,
+            config.data.dataset,
+            config.data.dataset_split,
             config.data.skip_invalid,
-        )  # fmt: skip
+        )
         if "cdpo" in config.loss_type and not self.label_smoothing > 0:
-            raise ValueError(f"cdpo needs a label-flip rate > 0, but --label_noise {config.label_noise} gave "
-                             f"{self.label_smoothing}; use sigmoid for clean labels.")  # fmt: skip
+            raise ValueError(
+                f"cdpo needs a label-flip rate > 0, but --label_noise {config.label_noise} gave "
+                f"{self.label_smoothing}; use sigmoid for clean labels."
+            )
         sorted_losses = [name for name in config.loss_type if name in SORTED_LOSSES]
         if sorted_losses and any(pair.loss_weight != 1.0 for pair in self.train_pairs):
-            raise ValueError(f"{describe_source(config.data.dataset)} has a 'weight' column, but {sorted_losses} are computed per "
-                             "sorted position, not per pair, so the weights cannot apply; drop one of them.")  # fmt: skip
+            raise ValueError(
+                f"{describe_source(config.data.dataset)} has a 'weight' column, but {sorted_losses} are computed per "
+                "sorted position, not per pair, so the weights cannot apply; drop one of them."
+            )
         self.accelerator = accelerator_for(config.train, given.accelerator)
         policy = policy_for(config.model, model)
         self.reference = (
@@ -184,8 +191,10 @@ class DPOTrainer(Trainer):
             return
         other = [n for n in self.config.loss_type if n not in (*SOFT_LABEL_LOSSES, SFT_TERM)]
         if other:
-            raise ValueError(f"The data has a 'chosen_probability' column (soft labels), which {other} cannot use; "
-                             f"use {', '.join(SOFT_LABEL_LOSSES)}, or drop the column (its 'weight' still applies).")  # fmt: skip
+            raise ValueError(
+                f"The data has a 'chosen_probability' column (soft labels), which {other} cannot use; "
+                f"use {', '.join(SOFT_LABEL_LOSSES)}, or drop the column (its 'weight' still applies)."
+            )
         logger.info("Using the 'chosen_probability' column as soft labels (per-pair label smoothing 1 - p).")
 
     def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
@@ -230,8 +239,17 @@ class DPOTrainer(Trainer):
             smoothing = compose_label_smoothing(self.label_smoothing, soft_labels.to(logps.device))  # (B,)
         params = {"label_smoothing": smoothing, "gamma": cfg.gamma, "tau": cfg.discopop_tau}
         # TRL's coefficient a is the paper's alpha = 1 - a (see DPOConfig.f_alpha_divergence_coef)
-        return combined_losses(cfg.loss_type, cfg.weights, logps, ref_logps, lengths, cfg.beta, params,
-                               cfg.f_divergence_type, 1 - cfg.f_alpha_divergence_coef)  # fmt: skip
+        return combined_losses(
+            cfg.loss_type,
+            cfg.weights,
+            logps,
+            ref_logps,
+            lengths,
+            cfg.beta,
+            params,
+            cfg.f_divergence_type,
+            1 - cfg.f_alpha_divergence_coef,
+        )
 
     def _step_losses(
         self,

@@ -109,24 +109,32 @@ class DPOObjective:
         """Options that only make sense with some losses fail here, before any model loads."""
         self._check_label_noise()
         if self.f_divergence_type != "reverse_kl" and self.reference_free:
-            raise ValueError(f"--f_divergence_type {self.f_divergence_type} needs a reference, but {self.loss_type} "
-                             "is reference-free; use a reference-based loss such as sigmoid.")  # fmt: skip
+            raise ValueError(
+                f"--f_divergence_type {self.f_divergence_type} needs a reference, but {self.loss_type} "
+                "is reference-free; use a reference-based loss such as sigmoid."
+            )
         margin = losses_where("margin")
         other = [n for n in self.loss_type if n not in (*margin, SFT_TERM)]
         if self.f_divergence_type != "reverse_kl" and other:
-            raise ValueError(f"--f_divergence_type replaces the log-ratio inside losses of the margin "
-                             f"r_chosen - r_rejected only ({', '.join(margin)}); {other} are not.")  # fmt: skip
+            raise ValueError(
+                f"--f_divergence_type replaces the log-ratio inside losses of the margin "
+                f"r_chosen - r_rejected only ({', '.join(margin)}); {other} are not."
+            )
         if self.ld_alpha is not None and (
             self.use_weighting
             or SFT_TERM in self.loss_type
             or any(loss_registry()[n].length_normalized for n in self.loss_type if n != SFT_TERM)
         ):
-            raise ValueError("--ld_alpha reweights tokens inside the summed log-probs, so per-token means "
-                             "(length-normalised losses, the sft term, WPO) would be divided by the wrong length; "
-                             "use --ld_alpha with sum-based losses alone.")  # fmt: skip
+            raise ValueError(
+                "--ld_alpha reweights tokens inside the summed log-probs, so per-token means "
+                "(length-normalised losses, the sft term, WPO) would be divided by the wrong length; "
+                "use --ld_alpha with sum-based losses alone."
+            )
         if "orpo" in self.loss_type and SFT_TERM not in self.loss_type:
-            raise ValueError("ORPO is its odds-ratio term plus the NLL of the chosen response: pass "
-                             "--loss_type sft orpo (beta is ORPO's lambda).")  # fmt: skip
+            raise ValueError(
+                "ORPO is its odds-ratio term plus the NLL of the chosen response: pass "
+                "--loss_type sft orpo (beta is ORPO's lambda)."
+            )
         self._check_loss_params()
         if not 0 < self.f_alpha_divergence_coef < 1:
             raise ValueError(
@@ -139,11 +147,15 @@ class DPOObjective:
                 f"ld_alpha must be in [0, 1] (or unset), got {self.ld_alpha}. The paper uses 0.3 to 0.7."
             )
         if "cdpo" in self.loss_type and self.label_noise == "none" and not 0 < self.label_smoothing < 0.5:
-            raise ValueError(f"cdpo needs --label_smoothing in (0, 0.5), the assumed label-flip rate (e.g. 0.1); "
-                             f"got {self.label_smoothing}. With clean labels use sigmoid.")  # fmt: skip
+            raise ValueError(
+                f"cdpo needs --label_smoothing in (0, 0.5), the assumed label-flip rate (e.g. 0.1); "
+                f"got {self.label_smoothing}. With clean labels use sigmoid."
+            )
         if "exo_pair" in self.loss_type and not 0 < self.label_smoothing < 1:
-            raise ValueError(f"exo_pair needs --label_smoothing in (0, 1) (its paper uses 1e-3); got "
-                             f"{self.label_smoothing}.")  # fmt: skip
+            raise ValueError(
+                f"exo_pair needs --label_smoothing in (0, 1) (its paper uses 1e-3); got "
+                f"{self.label_smoothing}."
+            )
         if self.precompute_ref_log_probs and self.reference_free:
             raise ValueError(
                 f"--precompute_ref_log_probs: {self.loss_type} is reference-free; drop the flag."
@@ -162,8 +174,10 @@ class DPOObjective:
             )
         sorted_losses = [name for name in self.loss_type if name in losses_where("per_sorted_position")]
         if sorted_losses and self.use_weighting:
-            raise ValueError(f"{sorted_losses} are computed per sorted position, not per pair, so WPO's per-pair "
-                             "weights (--use_weighting) cannot apply; drop one of them.")  # fmt: skip
+            raise ValueError(
+                f"{sorted_losses} are computed per sorted position, not per pair, so WPO's per-pair "
+                "weights (--use_weighting) cannot apply; drop one of them."
+            )
 
     def _check_loss_params(self) -> None:
         """Each loss's own parameters in range, and none set for losses that ignore it."""
@@ -193,11 +207,15 @@ class DPOObjective:
         ]
         flip_rate = losses_where("label_noise")
         if not smoothed or set(smoothed) - set(flip_rate):
-            raise ValueError(f"--label_noise {self.label_noise} sets the label-flip rate of {', '.join(flip_rate)}; "
-                             f"loss_type {self.loss_type} has {smoothed or 'none of them'}. Use e.g. --loss_type robust.")  # fmt: skip
+            raise ValueError(
+                f"--label_noise {self.label_noise} sets the label-flip rate of {', '.join(flip_rate)}; "
+                f"loss_type {self.loss_type} has {smoothed or 'none of them'}. Use e.g. --loss_type robust."
+            )
         if self.label_smoothing:
-            raise ValueError(f"--label_noise {self.label_noise} sets the label smoothing, but --label_smoothing "
-                             f"{self.label_smoothing} is set too; give only one of them.")  # fmt: skip
+            raise ValueError(
+                f"--label_noise {self.label_noise} sets the label smoothing, but --label_smoothing "
+                f"{self.label_smoothing} is set too; give only one of them."
+            )
 
     @property
     def reference_free(self) -> bool:

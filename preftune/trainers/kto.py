@@ -199,9 +199,12 @@ class KTOTrainer(Trainer):
     def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) summed response log-probs of the batch's sequences."""
         token_logps = model(
-            batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-            batch["response_logit_index"], batch["response_target"],
-        )  # fmt: skip
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["position_ids"],
+            batch["response_logit_index"],
+            batch["response_target"],
+        )
         return sequence_sums(token_logps, batch["response_seq"], batch["input_ids"].shape[0])
 
     @torch.no_grad()
@@ -265,8 +268,9 @@ class KTOTrainer(Trainer):
             mine = [i for idx in micro_indices for i in idx]
             everyone = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
             start = sum(len(part) for part in everyone[: self.accelerator.process_index])
-            z_ref = self.reference_point([self.train_examples[i] for part in everyone for i in part],
-                                         range(start, start + len(mine)))  # fmt: skip
+            z_ref = self.reference_point(
+                [self.train_examples[i] for part in everyone for i in part], range(start, start + len(mine))
+            )
             num_examples = torch.tensor(float(sum(len(part) for part in everyone)))
             sums: dict[str, torch.Tensor | float] = dict.fromkeys(["loss", "num_tokens", *_CLASS_SUMS], 0.0)
             for i, examples in enumerate(micro):

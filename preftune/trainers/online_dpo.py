@@ -109,8 +109,12 @@ class WinRateJudge:
         prob = torch.full((len(prompts),), 0.5, dtype=torch.float64)
         differ = [i for i, (r, a) in enumerate(zip(responses, anchors, strict=True)) if r != a]
         if differ:
-            verdicts = compare(self.judge, [prompts[i] for i in differ], [responses[i] for i in differ],
-                               [anchors[i] for i in differ])  # fmt: skip
+            verdicts = compare(
+                self.judge,
+                [prompts[i] for i in differ],
+                [responses[i] for i in differ],
+                [anchors[i] for i in differ],
+            )
             prob[differ] = torch.nan_to_num(verdicts.prob_first.double(), nan=0.5)
         return prob.float()
 
@@ -157,8 +161,10 @@ class OnlineDPOTrainer(RLTrainer):
         self.win_rate = None if isinstance(judge, Judge) else WinRateJudge(judge)
         """The held-out evaluation needs scores: a pairwise judge's win rate against the starting policy."""
         if self.win_rate is not None and cfg.scoring.reward_normalization != "none":
-            raise ValueError("A pairwise judge gives preferences, not scores to standardise: pass "
-                             "--reward_normalization none.")  # fmt: skip
+            raise ValueError(
+                "A pairwise judge gives preferences, not scores to standardise: pass "
+                "--reward_normalization none."
+            )
         self._load_setup(judge if isinstance(judge, Judge) else self.win_rate, heldout_judge)
         policy = self._policy(model)
         self.reference = self._frozen_reference(model, ref_model)
@@ -203,8 +209,14 @@ class OnlineDPOTrainer(RLTrainer):
         rollout = setup.rollout(self.policy, [setup.prompts.ids[i] for i in indices], self.engine.step, k)
         examples, mask = rollout_examples(rollout), rollout.mask  # N = P * k sequences, (N, T)
         with self._reference() as reference:
-            ref = per_token(lambda b: {"logps": reference(*model_inputs(b))}, examples, mask,
-                            cfg.train.per_device_train_batch_size, self.pad_id, self.accelerator.device)  # fmt: skip
+            ref = per_token(
+                lambda b: {"logps": reference(*model_inputs(b))},
+                examples,
+                mask,
+                cfg.train.per_device_train_batch_size,
+                self.pad_id,
+                self.accelerator.device,
+            )
         ref_logps = masked_sum(ref["logps"], mask, dim=1)  # (N,)
         prompts = [setup.prompts.prompts[i] for i in indices]
         texts = decode_responses(self.tokenizer, rollout)  # (N,)
@@ -218,17 +230,27 @@ class OnlineDPOTrainer(RLTrainer):
         ]
         per_micro = cfg.train.per_device_train_batch_size
         pairs = StepPairs(
-            examples, ref_logps, [p * k + int(best[p]) for p in kept], [p * k + int(worst[p]) for p in kept],
+            examples,
+            ref_logps,
+            [p * k + int(best[p]) for p in kept],
+            [p * k + int(worst[p]) for p in kept],
             [p // per_micro for p in kept],
-        )  # fmt: skip
+        )
         flat = scores.reshape(-1)
-        sums = self.engine.global_sums({
-            "num_sequences": float(len(examples)), "num_tokens": mask.sum().float(),
-            "pairs/count": float(len(kept)), "pairs/skipped_ties": float(len(indices) - len(kept)),
-            "judge_chosen_sum": flat[pairs.chosen].sum(), "judge_rejected_sum": flat[pairs.rejected].sum(),
-            "kl/mean": masked_sum(rollout.logps, mask) - ref_logps.sum(), "response/length": mask.sum().float(),
-            "response/ended": rollout.ended.float().sum(), **judge_sums,
-        })  # fmt: skip
+        sums = self.engine.global_sums(
+            {
+                "num_sequences": float(len(examples)),
+                "num_tokens": mask.sum().float(),
+                "pairs/count": float(len(kept)),
+                "pairs/skipped_ties": float(len(indices) - len(kept)),
+                "judge_chosen_sum": flat[pairs.chosen].sum(),
+                "judge_rejected_sum": flat[pairs.rejected].sum(),
+                "kl/mean": masked_sum(rollout.logps, mask) - ref_logps.sum(),
+                "response/length": mask.sum().float(),
+                "response/ended": rollout.ended.float().sum(),
+                **judge_sums,
+            }
+        )
         n, tokens, count = sums.pop("num_sequences"), sums.pop("num_tokens"), sums["pairs/count"]
         metrics = {"pairs/count": count, "pairs/skipped_ties": sums.pop("pairs/skipped_ties")}
         metrics["judge/chosen"] = sums.pop("judge_chosen_sum") / max(count, 1.0)
@@ -248,8 +270,14 @@ class OnlineDPOTrainer(RLTrainer):
         if isinstance(self.judge, Judge):
             repeated = [p for p in prompts for _ in range(k)]
             raw, _ = judge_scores(self.judge, self.tokenizer, repeated, rollout)
-            shaped = shape_scores(raw, rollout.ended, state["reward_mean"], state["reward_std"],
-                                  cfg.scoring.reward_clip, cfg.scoring.missing_eos_penalty)  # fmt: skip
+            shaped = shape_scores(
+                raw,
+                rollout.ended,
+                state["reward_mean"],
+                state["reward_std"],
+                cfg.scoring.reward_clip,
+                cfg.scoring.missing_eos_penalty,
+            )
             return shaped.view(-1, k), {"reward/raw": raw.sum()}
         responses = response_completions([p for p in prompts for _ in range(k)], texts)
         ranking = rank_groups(self.judge, prompts, responses, k)

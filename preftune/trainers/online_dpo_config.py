@@ -14,9 +14,19 @@ from preftune.rollout.config import SamplingConfig, ScoringConfig
 from preftune.trainers.rl_config import RLConfig
 
 OnlineLossType = Literal[
-    "sigmoid", "cdpo", "robust", "ipo", "ipo_norm", "hinge", "sigmoid_norm",
-    "exo_pair", "nca_pair", "apo_zero", "apo_down", "sppo_hard",
-]  # fmt: skip
+    "sigmoid",
+    "cdpo",
+    "robust",
+    "ipo",
+    "ipo_norm",
+    "hinge",
+    "sigmoid_norm",
+    "exo_pair",
+    "nca_pair",
+    "apo_zero",
+    "apo_down",
+    "sppo_hard",
+]
 """The objectives of preftune/losses/registry.py that take only the two log-ratios (and label_smoothing)."""
 
 

@@ -111,9 +111,15 @@ class PPOTrainer(RLTrainer):
                 "folder with the policy's tokenizer); with a model object there is no --model path to use."
             )
         value = load_scalar_model(
-            path, cfg.model.dtype, None, cfg.model.trust_remote_code, "--value_model", 1, self.pad_id,
+            path,
+            cfg.model.dtype,
+            None,
+            cfg.model.trust_remote_code,
+            "--value_model",
+            1,
+            self.pad_id,
             average_heads=True,  # an ensemble reward model (rm --num_heads K): one head, the mean of the K
-        )  # fmt: skip
+        )
         value_vocab = load_tokenizer(path, cfg.model.trust_remote_code, "--value_model").get_vocab()
         if value_vocab != self.tokenizer.get_vocab():
             raise ValueError(
@@ -135,9 +141,12 @@ class PPOTrainer(RLTrainer):
                 if self.config.target_kl is not None:
                     state = engine.trainer_state
                     state["kl_coef"] = adaptive_kl_coef(
-                        state["kl_coef"], metrics["kl/mean"], self.config.target_kl, self.config.kl_horizon,
+                        state["kl_coef"],
+                        metrics["kl/mean"],
+                        self.config.target_kl,
+                        self.config.kl_horizon,
                         len(prompts) * self.accelerator.num_processes,
-                    )  # fmt: skip
+                    )
                 engine.end_step(loss, num_tokens, metrics, self.evaluate if self.setup.evaluator else None)
         except RewardHackingDetected as stop:  # --stop_on_hacking: keep the policy as it is now
             logger.error("Stopping at step %d: %s", engine.step, stop)
@@ -153,20 +162,32 @@ class PPOTrainer(RLTrainer):
         actor_critic = self.accelerator.unwrap_model(self.model)
         with self.accelerator.autocast():  # the precision of the update's forward
             old = per_token(
-                lambda b: actor_critic(*model_inputs(b))._asdict(), examples, mask,
-                cfg.train.per_device_train_batch_size, self.pad_id, device,
-            )  # fmt: skip
+                lambda b: actor_critic(*model_inputs(b))._asdict(),
+                examples,
+                mask,
+                cfg.train.per_device_train_batch_size,
+                self.pad_id,
+                device,
+            )
         with self._reference() as reference:
             ref_logps = per_token(
-                lambda b: {"logps": reference(*model_inputs(b))}, examples, mask,
-                cfg.train.per_device_train_batch_size, self.pad_id, device,
-            )["logps"]  # fmt: skip
+                lambda b: {"logps": reference(*model_inputs(b))},
+                examples,
+                mask,
+                cfg.train.per_device_train_batch_size,
+                self.pad_id,
+                device,
+            )["logps"]
         prompts = [setup.prompts.prompts[i] for i in prompt_indices]
         raw, _ = judge_scores(setup.judge, self.tokenizer, prompts, rollout)
         scores = shape_scores(
-            raw, rollout.ended, state["reward_mean"], state["reward_std"],
-            cfg.scoring.reward_clip, cfg.scoring.missing_eos_penalty,
-        )  # fmt: skip
+            raw,
+            rollout.ended,
+            state["reward_mean"],
+            state["reward_std"],
+            cfg.scoring.reward_clip,
+            cfg.scoring.missing_eos_penalty,
+        )
         logratio = torch.where(mask, old["logps"] - ref_logps, 0.0)  # (N, T)
         kl_in_reward = state["kl_coef"] if cfg.kl_estimator == "k1" else 0.0
         rewards = kl_penalized_rewards(scores, logratio, mask, kl_in_reward)
@@ -174,9 +195,14 @@ class PPOTrainer(RLTrainer):
         if cfg.whiten_advantages:
             advantages = setup.global_whiten(advantages, mask, cfg.sampling.max_new_tokens)
         experience = {
-            "examples": examples, "mask": mask, "logps": old["logps"], "values": old["values"],
-            "ref_logps": ref_logps, "advantages": advantages, "returns": returns,
-        }  # fmt: skip
+            "examples": examples,
+            "mask": mask,
+            "logps": old["logps"],
+            "values": old["values"],
+            "ref_logps": ref_logps,
+            "advantages": advantages,
+            "returns": returns,
+        }
         return experience, self._rollout_metrics(rollout, old, logratio, raw, scores, returns)
 
     def _rollout_metrics(
@@ -191,15 +217,22 @@ class PPOTrainer(RLTrainer):
         """Rollout-time metrics averaged over the global batch (one collective)."""
         mask, state = rollout.mask, self.engine.trainer_state
         residual = returns - old["values"]
-        sums = self.engine.global_sums({
-            "num_sequences": float(len(raw)), "num_tokens": mask.sum().float(),
-            "reward/raw": raw.sum(), "reward/normalized": scores.sum(),
-            "kl/mean": logratio.sum(), "response/length": mask.sum().float(),
-            "response/ended": rollout.ended.float().sum(),
-            "rollout/logp_gap": masked_sum((rollout.logps - old["logps"]).abs(), mask),
-            "returns_sum": masked_sum(returns, mask), "returns_sq": masked_sum(returns**2, mask),
-            "residual_sum": masked_sum(residual, mask), "residual_sq": masked_sum(residual**2, mask),
-        })  # fmt: skip
+        sums = self.engine.global_sums(
+            {
+                "num_sequences": float(len(raw)),
+                "num_tokens": mask.sum().float(),
+                "reward/raw": raw.sum(),
+                "reward/normalized": scores.sum(),
+                "kl/mean": logratio.sum(),
+                "response/length": mask.sum().float(),
+                "response/ended": rollout.ended.float().sum(),
+                "rollout/logp_gap": masked_sum((rollout.logps - old["logps"]).abs(), mask),
+                "returns_sum": masked_sum(returns, mask),
+                "returns_sq": masked_sum(returns**2, mask),
+                "residual_sum": masked_sum(residual, mask),
+                "residual_sq": masked_sum(residual**2, mask),
+            }
+        )
         n, tokens = sums.pop("num_sequences"), sums.pop("num_tokens")
         var_returns = sums.pop("returns_sq") / tokens - (sums.pop("returns_sum") / tokens) ** 2
         var_residual = sums.pop("residual_sq") / tokens - (sums.pop("residual_sum") / tokens) ** 2

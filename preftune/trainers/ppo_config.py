@@ -60,15 +60,19 @@ class PPOConfig(RLConfig):
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}.")
         if self.kl_coef < 0 or (self.target_kl is not None and self.target_kl <= 0) or self.kl_horizon < 1:
-            raise ValueError(f"kl_coef must be >= 0, target_kl > 0 (or unset), kl_horizon >= 1; got "
-                             f"{self.kl_coef}, {self.target_kl}, {self.kl_horizon}.")  # fmt: skip
+            raise ValueError(
+                f"kl_coef must be >= 0, target_kl > 0 (or unset), kl_horizon >= 1; got "
+                f"{self.kl_coef}, {self.target_kl}, {self.kl_horizon}."
+            )
         if self.share_backbone and not self.model.use_peft:
             raise ValueError(
                 "--share_backbone puts policy and value adapters on one base model: add --use_peft true."
             )
         if self.share_backbone and (self.value_model or self.ref_model):
-            raise ValueError("--share_backbone uses the base model as reference and a new value adapter on it; "
-                             "drop --value_model and --ref_model.")  # fmt: skip
+            raise ValueError(
+                "--share_backbone uses the base model as reference and a new value adapter on it; "
+                "drop --value_model and --ref_model."
+            )
 
     @property
     def rollout_size(self) -> int:

@@ -88,9 +88,12 @@ class RewardTrainer(Trainer):
                 f"Every pair of {describe_source(config.data.dataset)} has weight 0: nothing to train on. Fix the 'weight' column."
             )
         self.label_smoothing, self.label_noise_report = resolve_label_smoothing(
-            config.label_noise, config.label_smoothing, config.data.dataset, config.data.dataset_split,
+            config.label_noise,
+            config.label_smoothing,
+            config.data.dataset,
+            config.data.dataset_split,
             config.data.skip_invalid,
-        )  # fmt: skip
+        )
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
             logger.warning(
                 "The pad token is the EOS token. preftune reads scores at the last token by length, but plain "

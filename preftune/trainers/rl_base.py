@@ -83,9 +83,16 @@ class RLTrainer(Trainer):
         names) and the held-out evaluation."""
         cfg = self.config
         self.setup = RLSetup.load(
-            cfg.data, cfg.sampling, cfg.scoring, self.tokenizer, self.accelerator,
-            cfg.train.per_device_train_batch_size, cfg.train.seed, judge, heldout_judge,
-        )  # fmt: skip
+            cfg.data,
+            cfg.sampling,
+            cfg.scoring,
+            self.tokenizer,
+            self.accelerator,
+            cfg.train.per_device_train_batch_size,
+            cfg.train.seed,
+            judge,
+            heldout_judge,
+        )
 
     def _policy(self, model: ModelInput) -> ResponseLogps:
         """The trainable policy (the object given or --model, with LoRA when --use_peft) at the sampling
@@ -104,9 +111,13 @@ class RLTrainer(Trainer):
         and the reward-hacking monitor with its restored state."""
         cfg = self.config
         self.engine = Engine(
-            cfg.train, model, len(self.setup.prompts), config_to_flat_dict(cfg), self.accelerator,
+            cfg.train,
+            model,
+            len(self.setup.prompts),
+            config_to_flat_dict(cfg),
+            self.accelerator,
             items_per_step=items_per_step,
-        )  # fmt: skip
+        )
         self.model = self.engine.model
         self.setup.start_backend(self.policy)
         self.monitor = HackingMonitor(cfg.hacking)
@@ -163,8 +174,12 @@ class RLTrainer(Trainer):
         if self.accelerator.is_main_process:
             self._save_policy(final)
         summary = self.engine.finish(
-            {"train_prompts": len(self.setup.prompts), "judge": self.config.scoring.judge, **fields,
-             "hacking": self.monitor.summary()}
-        )  # fmt: skip
+            {
+                "train_prompts": len(self.setup.prompts),
+                "judge": self.config.scoring.judge,
+                **fields,
+                "hacking": self.monitor.summary(),
+            }
+        )
         logger.info("%s done in %.0f s: final policy in %s", name, summary["wall_seconds"], final)
         return summary

@@ -108,9 +108,13 @@ class RLOOTrainer(RLTrainer):
         prompts = [setup.prompts.prompts[i] for i in prompt_indices for _ in range(k)]
         raw, _ = judge_scores(setup.judge, self.tokenizer, prompts, rollout)
         scores = shape_scores(
-            raw, rollout.ended, state["reward_mean"], state["reward_std"],
-            cfg.scoring.reward_clip, cfg.scoring.missing_eos_penalty,
-        )  # fmt: skip
+            raw,
+            rollout.ended,
+            state["reward_mean"],
+            state["reward_std"],
+            cfg.scoring.reward_clip,
+            cfg.scoring.missing_eos_penalty,
+        )
         kl = masked_sum(logps["logps"] - ref["logps"], mask, dim=1)  # (N,) sequence log-ratio, k1
         rewards = scores - cfg.kl_coef * kl if cfg.kl_estimator == "k1" else scores
         groups = rewards.view(-1, k)  # (P, k): the k samples of a prompt are consecutive
@@ -119,17 +123,26 @@ class RLOOTrainer(RLTrainer):
         else:
             advantages = grpo_advantages(groups, scale_rewards=cfg.scale_rewards).reshape(-1)
         experience = {
-            "examples": examples, "mask": mask, "logps": logps["logps"], "ref_logps": ref["logps"],
+            "examples": examples,
+            "mask": mask,
+            "logps": logps["logps"],
+            "ref_logps": ref["logps"],
             "advantages": advantages[:, None].expand_as(mask) * mask,
-        }  # fmt: skip
-        sums = self.engine.global_sums({
-            "num_sequences": float(len(raw)), "num_tokens": mask.sum().float(),
-            "reward/raw": raw.sum(), "reward/normalized": scores.sum(), "reward/total": rewards.sum(),
-            "kl/mean": kl.sum(), "response/length": mask.sum().float(),
-            "response/ended": rollout.ended.float().sum(),
-            "logp_gap_sum": masked_sum((rollout.logps - logps["logps"]).abs(), mask),
-            "reward/group_std": groups.std(dim=1).sum() * k,
-        })  # fmt: skip
+        }
+        sums = self.engine.global_sums(
+            {
+                "num_sequences": float(len(raw)),
+                "num_tokens": mask.sum().float(),
+                "reward/raw": raw.sum(),
+                "reward/normalized": scores.sum(),
+                "reward/total": rewards.sum(),
+                "kl/mean": kl.sum(),
+                "response/length": mask.sum().float(),
+                "response/ended": rollout.ended.float().sum(),
+                "logp_gap_sum": masked_sum((rollout.logps - logps["logps"]).abs(), mask),
+                "reward/group_std": groups.std(dim=1).sum() * k,
+            }
+        )
         n, tokens = sums.pop("num_sequences"), sums.pop("num_tokens")
         gap = sums.pop("logp_gap_sum")
         metrics = {name: value / n for name, value in sums.items()}

@@ -104,8 +104,13 @@ class SFTTrainer(Trainer):
         if not cfg.packing:
             return encoded
         rows = pack_examples(encoded, cfg.data.max_length)
-        logger.info("%s data: packed %d examples into %d rows of <= %d tokens", name, len(encoded), len(rows),
-                    cfg.data.max_length)  # fmt: skip
+        logger.info(
+            "%s data: packed %d examples into %d rows of <= %d tokens",
+            name,
+            len(encoded),
+            len(rows),
+            cfg.data.max_length,
+        )
         return rows
 
     def _collate(self, items: Sequence[Item]) -> dict[str, torch.Tensor]:
