@@ -85,7 +85,7 @@ SEED = 0
 LOSS_TOLERANCE = 1e-4
 TINY_DEFAULTS = {"size": "small", "vocab_size": 4096}  # the random-init base model
 # The first-step check's metrics: preftune's logged name -> TRL's.
-FIRST_STEP_KEYS = {"loss": "loss", "reward/accuracy": "accuracy", "reward/margin": "margin"}
+FIRST_STEP_KEYS = {"loss": "loss", "rewards/accuracies": "accuracy", "rewards/margins": "margin"}
 
 logger = logging.getLogger("rm_vs_trl")
 

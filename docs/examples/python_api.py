@@ -79,7 +79,7 @@ reward = RewardTrainer(
     eval_dataset=held_out,
 )
 reward_summary = reward.train()
-print("reward model, held-out accuracy:", reward_summary["final_metrics"].get("eval/accuracy"))
+print("reward model, held-out accuracy:", reward_summary["final_metrics"].get("eval/rewards/accuracies"))
 
 # 3. DPO from the same model; its reference is a frozen copy of the object taken before training.
 policy = AutoModelForCausalLM.from_pretrained(model_path)

@@ -46,8 +46,8 @@ def bradley_terry_loss(
 
     Returns:
         Losses with the rewards' shape, and detached metrics of that shape:
-        "reward/chosen", "reward/rejected", "reward/margin" (r_w - r_l) and
-        "reward/accuracy" (1 if r_w > r_l, 0.5 on a tie, 0 otherwise).
+        "rewards/chosen", "rewards/rejected", "rewards/margins" (r_w - r_l) and
+        "rewards/accuracies" (1 if r_w > r_l, 0.5 on a tie, 0 otherwise).
     """
     if chosen_rewards.shape != rejected_rewards.shape:
         raise ValueError(
@@ -68,10 +68,10 @@ def bradley_terry_loss(
         losses = losses + center_coef * (chosen_rewards + rejected_rewards) ** 2
     reward_margin = (chosen_rewards - rejected_rewards).detach()
     return losses, {
-        "reward/chosen": chosen_rewards.detach(),
-        "reward/rejected": rejected_rewards.detach(),
-        "reward/margin": reward_margin,
-        "reward/accuracy": (reward_margin > 0).float() + 0.5 * (reward_margin == 0).float(),
+        "rewards/chosen": chosen_rewards.detach(),
+        "rewards/rejected": rejected_rewards.detach(),
+        "rewards/margins": reward_margin,
+        "rewards/accuracies": (reward_margin > 0).float() + 0.5 * (reward_margin == 0).float(),
     }
 
 

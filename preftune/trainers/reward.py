@@ -246,15 +246,15 @@ class RewardTrainer(Trainer):
         losses, metrics = bradley_terry_loss(chosen, rejected)
         result = {
             "eval/loss": losses.mean().item(),
-            "eval/accuracy": metrics["reward/accuracy"].mean().item(),
-            "eval/margin": metrics["reward/margin"].mean().item(),
+            "eval/rewards/accuracies": metrics["rewards/accuracies"].mean().item(),
+            "eval/rewards/margins": metrics["rewards/margins"].mean().item(),
         }
         if self.config.num_heads > 1:
             mean_margin = (chosen - rejected).mean(dim=-1)  # the ensemble's verdict
-            result["eval/ensemble_accuracy"] = (
+            result["eval/rewards/ensemble_accuracies"] = (
                 ((mean_margin > 0).float() + 0.5 * (mean_margin == 0).float()).mean().item()
             )
-            result["eval/ensemble_std"] = torch.cat([chosen, rejected]).std(dim=-1).mean().item()
+            result["eval/rewards/ensemble_std"] = torch.cat([chosen, rejected]).std(dim=-1).mean().item()
         return result
 
     def _finish(self) -> dict[str, Any]:
@@ -285,7 +285,7 @@ def _ensemble_metrics(chosen: torch.Tensor) -> dict[str, torch.Tensor]:
     """Spread of the heads on the chosen responses, (B, 1), for an ensemble."""
     if chosen.shape[-1] == 1:
         return {}
-    return {"reward/ensemble_std": chosen.detach().std(dim=-1, keepdim=True)}
+    return {"rewards/ensemble_std": chosen.detach().std(dim=-1, keepdim=True)}
 
 
 def _check_classifier(model: Any, num_heads: int) -> None:

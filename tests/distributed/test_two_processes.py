@@ -84,13 +84,13 @@ def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
-    for key in ("loss", "reward/accuracy", "reward/ensemble_std", "train/grad_norm", "train/num_tokens"):
+    for key in ("loss", "rewards/accuracies", "rewards/ensemble_std", "train/grad_norm", "train/num_tokens"):
         torch.testing.assert_close(
             torch.tensor([r[key] for r in two], dtype=torch.float64),
             torch.tensor([r[key] for r in one], dtype=torch.float64),
             rtol=1e-5, atol=1e-6,
         )  # fmt: skip
-    assert two[-1]["eval/accuracy"] == pytest.approx(one[-1]["eval/accuracy"], abs=1e-6)
+    assert two[-1]["eval/rewards/accuracies"] == pytest.approx(one[-1]["eval/rewards/accuracies"], abs=1e-6)
     stats = [
         json.loads((tmp_path / run / "final" / "reward_stats.json").read_text()) for run in ("one", "two")
     ]

@@ -59,13 +59,19 @@ def test_reward_model_learns_and_logs_pair_metrics(trained_rm):
     out, summary = trained_rm
     records = read_metrics(out / "metrics.jsonl")
     assert len(records) == 40
-    for key in ("reward/chosen", "reward/rejected", "reward/margin", "reward/accuracy", "train/grad_norm"):
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "train/grad_norm",
+    ):
         assert key in records[0]
     first, last = records[0]["loss"], sum(r["loss"] for r in records[-5:]) / 5
     assert first == pytest.approx(0.693, abs=0.05)  # random head: rewards near 0, loss near log 2
     assert last < first - 0.1
     # held-out pairs rated by the same panel: far above chance after 40 small steps
-    assert records[-1]["eval/accuracy"] > 0.6
+    assert records[-1]["eval/rewards/accuracies"] > 0.6
 
 
 def test_final_loads_with_plain_transformers_and_matches_the_judge(trained_rm, synth_world):
@@ -148,7 +154,7 @@ def test_prefix_sharing_trains_exactly_like_padded_batches(synth_world, tiny_bas
         out = tmp_path / str(sharing)
         RewardTrainer(rm_config(tiny_base, synth_world, out, eval_data=False, prefix_sharing=sharing)).train()
         runs[sharing] = read_metrics(out / "metrics.jsonl")
-    for key in ("loss", "reward/margin", "train/grad_norm"):
+    for key in ("loss", "rewards/margins", "train/grad_norm"):
         a = torch.tensor([r[key] for r in runs[True]], dtype=torch.float64)
         b = torch.tensor([r[key] for r in runs[False]], dtype=torch.float64)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -235,7 +241,7 @@ def test_resume_continues_the_run_exactly(synth_world, tiny_base, tmp_path):
     RewardTrainer(config).train()
     resumed = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
-    for key in ("loss", "reward/margin", "reward/ensemble_std", "train/grad_norm"):
+    for key in ("loss", "rewards/margins", "rewards/ensemble_std", "train/grad_norm"):
         assert [r[key] for r in resumed] == pytest.approx([r[key] for r in uninterrupted], rel=1e-6)
 
 
@@ -294,7 +300,7 @@ def test_soft_labels_and_weights_enter_the_loss_and_train(synth_world, tiny_base
     summary = trainer.train()
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert len(records) == 3 and all(math.isfinite(r["loss"]) for r in records)
-    assert "reward/accuracy" in records[-1] and "label_noise" not in summary
+    assert "rewards/accuracies" in records[-1] and "label_noise" not in summary
 
 
 def test_label_noise_auto_estimates_the_flip_rate_and_records_it(synth_world, tiny_base, tmp_path):

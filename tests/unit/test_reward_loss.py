@@ -22,8 +22,8 @@ def test_closed_form_value_and_gradient():
     gap = torch.tensor([1.0, 0.0, -3.0])
     torch.testing.assert_close(chosen.grad, -torch.sigmoid(-gap))
     torch.testing.assert_close(rejected.grad, torch.sigmoid(-gap))
-    assert metrics["reward/accuracy"].tolist() == [1.0, 0.5, 0.0]  # a tie counts half
-    torch.testing.assert_close(metrics["reward/margin"], gap)
+    assert metrics["rewards/accuracies"].tolist() == [1.0, 0.5, 0.0]  # a tie counts half
+    torch.testing.assert_close(metrics["rewards/margins"], gap)
 
 
 def test_stable_for_large_gaps():
@@ -36,7 +36,7 @@ def test_margin_is_a_shift_of_the_chosen_reward():
     with_margin, metrics = bradley_terry_loss(chosen, rejected, margin=margin)
     shifted, _ = bradley_terry_loss(chosen - margin, rejected)
     torch.testing.assert_close(with_margin, shifted)
-    torch.testing.assert_close(metrics["reward/margin"], chosen - rejected)  # metrics show the raw gap
+    torch.testing.assert_close(metrics["rewards/margins"], chosen - rejected)  # metrics show the raw gap
     # a margin makes the same gap cost more (Llama 2: "significantly better" pairs push harder)
     assert torch.all(with_margin > bradley_terry_loss(chosen, rejected)[0])
 
@@ -82,7 +82,7 @@ def test_centering_adds_the_squared_sum_and_breaks_shift_invariance():
 def test_ensemble_axis_broadcasts_the_margin_per_pair():
     chosen, rejected, margin = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0.0, 1.0, 2.0])
     losses, metrics = bradley_terry_loss(chosen, rejected, margin=margin)
-    assert losses.shape == metrics["reward/accuracy"].shape == (3, 4)
+    assert losses.shape == metrics["rewards/accuracies"].shape == (3, 4)
     expected = F.softplus(-(chosen - rejected - margin[:, None]))
     torch.testing.assert_close(losses, expected)
     for k in range(4):  # each head is its own Bradley-Terry model
