@@ -363,6 +363,20 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
     (logger.warning if any(left_out.values()) else logger.info)(
         "cai: %d preference pairs; prompts without one: %s.", len(pairs), left_out
     )
+    preference = config.preference
+    if not pairs and preference != "revision":  # e.g. a weak model whose critiques find an issue everywhere
+        pairs, revision_left_out = revision_pairs(records)
+        logger.warning(
+            "cai: no %s pair (prompts without one: %s), so DPO trains on revision-over-original pairs instead "
+            "(%d pairs; without one: %s). The model may not follow the constitution's critique format: read "
+            "%s.",
+            preference,
+            left_out,
+            len(pairs),
+            revision_left_out,
+            out / "data" / "critiques.jsonl",
+        )
+        preference, left_out = "revision (fallback)", {**left_out, **revision_left_out}
     if not pairs:
         raise ValueError(
             f"No preference pair ({config.preference} labels; prompts without one: {left_out}). Check the critiques in "
@@ -388,7 +402,7 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
         "revisions_empty": sum(not r["revision"] for r in records),
         "pairs": len(pairs),
         "pairs_left_out": left_out,
-        "preference": config.preference,
+        "preference": preference,
     }
     summary |= _evaluate(config, out, sft, task, eval_prompts, device)
     summary["wall_seconds"] = time.perf_counter() - start
@@ -422,7 +436,9 @@ def _evaluate(
         max_prompts=config.num_eval_prompts,
     )
     eval_data = DataConfig(dataset=prompts_file, max_length=config.data.max_length)
-    flat = run_policy_eval(eval_config, str(out / "eval"), eval_data, task or "none", device, 32)
+    flat = run_policy_eval(
+        eval_config, str(out / "eval"), eval_data, task or "none", device, config.judge_batch_size
+    )
     keep = ("gold_reward", "gold_reward_ci", "judge_reward", "judge_reward_ci", "win_rate", "kl", "length")
     return {
         stage: {key: flat[f"policy/{name}/{key}"] for key in keep if f"policy/{name}/{key}" in flat}

@@ -46,3 +46,25 @@ def test_cai_with_a_model_that_cannot_revise_says_why(tiny_base, synth_world, tm
     # The random model follows no instruction: its revisions are empty, which is refused before any training.
     assert main(_args(tiny_base, synth_world, tmp_path / "none", "--preference", "critique")) == 2
     assert "Every revision is empty" in capsys.readouterr().err
+
+
+def test_cai_falls_back_to_revision_pairs_when_the_critiques_label_none(
+    sft_model, synth_world, tmp_path, monkeypatch, caplog
+):
+    """Issue 16: a critic whose critiques find an issue in every sample gave no pair and stopped the run; it
+    now trains on revision-over-original pairs and says so."""
+    import preftune.pipelines.cai as cai
+
+    def no_pairs(critic, policy, prompts, *args):  # what a weak critic gives: an issue in both samples
+        return [], {"both_no_issue": 0, "both_issue": len(prompts), "identical": 0, "empty": 0}
+
+    monkeypatch.setattr(cai, "critique_pairs", no_pairs)
+    out = tmp_path / "fallback"
+    with caplog.at_level("WARNING", logger="preftune.pipelines.cai"):
+        assert main(_args(sft_model, synth_world, out, "--preference", "critique")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    pairs = [json.loads(line) for line in (out / "data" / "pairs.jsonl").read_text().splitlines()]
+    assert summary["preference"] == "revision (fallback)" and summary["pairs"] == len(pairs) > 0
+    assert summary["pairs_left_out"]["both_issue"] == 16
+    assert all(p["label_source"] == "revision" for p in pairs)
+    assert "no critique pair" in caplog.text and "revision-over-original" in caplog.text
