@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from preftune.config import save_config
-from preftune.data import DataConfig, encode_prompt
+from preftune.data import DataConfig, Prompt, encode_prompt
 from preftune.data.io import write_jsonl
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.engine.config import RUN_CONTROL
@@ -77,10 +77,24 @@ class _Generator:
         self.config = config
 
     def __call__(self, prompts: list[str], temperature: float, seed: int, num_samples: int = 1) -> list[str]:
-        ids = [encode_prompt(self.tokenizer, p, self.max_prompt) for p in prompts]
+        ids = [encode_prompt(self.tokenizer, in_chat(p, self.config), self.max_prompt) for p in prompts]
         sampling = SamplingConfig(max_new_tokens=self.config.max_new_tokens, temperature=temperature)
         rollout = self.backend.generate(ids, sampling, seed, num_samples, prompt_keys=list(range(len(ids))))
         return [str(self.tokenizer.decode(r, skip_special_tokens=True)).strip() for r in rollout.response_ids]
+
+
+def in_chat(prompt: str, config: CAIConfig) -> Prompt:
+    """`prompt` as the model reads it: one user message with --use_chat_template, else the text."""
+    return [{"role": "user", "content": prompt}] if config.use_chat_template else prompt
+
+
+def chat_row(row: dict[str, Any], config: CAIConfig, responses: tuple[str, ...]) -> dict[str, Any]:
+    """A data row (prompt and the `responses` columns) in the format the model is trained on: with
+    --use_chat_template a user message and assistant replies, else plain text."""
+    if not config.use_chat_template:
+        return row
+    replies = {name: [{"role": "assistant", "content": row[name]}] for name in responses}
+    return {**row, "prompt": in_chat(row["prompt"], config), **replies}
 
 
 def critique_and_revise(
@@ -296,9 +310,22 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
                 "held out, leaving none. Pass --eval_dataset or lower --num_eval_prompts."
             )
         data, eval_prompts = PromptSet(data.prompts[:-n], data.ids[:-n], data.rows[:-n]), data.prompts[-n:]
+    elif config.use_chat_template:  # the held-out prompts are asked as user messages too
+        held_out = load_prompts(
+            tokenizer,
+            config.data.eval_dataset,
+            config.data.eval_dataset_split or "train",
+            config.data.max_length - config.max_new_tokens,
+            config.data,
+            "cai evaluation",
+        )
+        eval_prompts = held_out.prompts[: config.num_eval_prompts]
     prompts = data.prompts[: config.num_prompts or None]
-    if not all(isinstance(p, str) for p in prompts):
-        raise ValueError("preftune cai takes plain-text prompts (a `prompt` column of strings).")
+    if not all(isinstance(p, str) for p in [*prompts, *(eval_prompts or [])]):
+        raise ValueError(
+            "preftune cai takes plain-text prompts (a `prompt` column of strings); for a chat model add "
+            "--use_chat_template true, which asks each of them as a user message."
+        )
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml", leave_out=RUN_CONTROL)
 
@@ -314,7 +341,11 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
     write_jsonl(out / "data" / "critiques.jsonl", records)
     write_jsonl(
         out / "data" / "revisions.jsonl",
-        ({"prompt": r["prompt"], "completion": r["revision"]} for r in records if r["revision"]),
+        (
+            chat_row({"prompt": r["prompt"], "completion": r["revision"]}, config, ("completion",))
+            for r in records
+            if r["revision"]
+        ),
     )
     empty = sum(not r["revision"] for r in records)
     if empty == len(records):
@@ -382,7 +413,9 @@ def run_cai(config: CAIConfig) -> dict[str, Any]:
             f"No preference pair ({config.preference} labels; prompts without one: {left_out}). Check the critiques in "
             f"{out / 'data' / 'critiques.jsonl'}: the model may not follow the constitution's requests."
         )
-    write_jsonl(out / "data" / "pairs.jsonl", pairs)
+    write_jsonl(
+        out / "data" / "pairs.jsonl", (chat_row(row, config, ("chosen", "rejected")) for row in pairs)
+    )
     dpo_train = dataclasses.replace(config.train, output_dir=str(out / "dpo"), overwrite_output_dir=True)
     pairs_data = DataConfig(dataset=str(out / "data" / "pairs.jsonl"), max_length=config.data.max_length)
     policy = dataclasses.replace(config.model, model=sft)
@@ -422,7 +455,7 @@ def _evaluate(
         prompts_file, split = str(config.data.eval_dataset), config.data.eval_dataset_split or "train"
     else:
         prompts_file, split = str(out / "data" / "eval_prompts.jsonl"), "train"
-        write_jsonl(Path(prompts_file), ({"prompt": p} for p in eval_prompts))
+        write_jsonl(Path(prompts_file), ({"prompt": in_chat(p, config)} for p in eval_prompts))
     eval_config = PolicyEvalConfig(
         policy=[f"sft_on_revisions={sft}", f"cai={out / 'final'}"],
         reference=config.model.model,

@@ -192,6 +192,10 @@ class CAIConfig(JudgeConfig):
     """Longest answer, critique or revision."""
     temperature: float = 1.0
     """Sampling temperature of the answers (critiques and revisions are greedy)."""
+    use_chat_template: bool = False
+    """Send the prompts and the critique and revision requests to the model as one user message in its chat
+    template, and train (SFT, DPO) and evaluate in that format: for chat models such as SmolLM2-Instruct.
+    Off: plain text, the format the synthetic world's models were taught."""
     preference: Literal["auto", "revision", "critique", "judge"] = "auto"
     """Preference pairs: `revision`, the revision over the original answer; `critique`, two samples of the
     revision-tuned model labelled by the starting model's own critiques (the one its critique finds no issue

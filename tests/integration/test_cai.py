@@ -68,3 +68,31 @@ def test_cai_falls_back_to_revision_pairs_when_the_critiques_label_none(
     assert summary["pairs_left_out"]["both_issue"] == 16
     assert all(p["label_source"] == "revision" for p in pairs)
     assert "no critique pair" in caplog.text and "revision-over-original" in caplog.text
+
+
+def test_cai_with_the_chat_template_asks_trains_and_evaluates_in_chat_format(
+    sft_model, synth_world, tmp_path
+):
+    out = tmp_path / "chat"
+    # --task none: the synthetic gold reward scores plain text only, so the before/after evaluation is skipped
+    args = _args(
+        sft_model,
+        synth_world,
+        out,
+        "--preference",
+        "revision",
+        "--use_chat_template",
+        "true",
+        "--task",
+        "none",
+    )
+    assert main(args) == 0
+    user = {"role": "user"}
+    revisions = [json.loads(line) for line in (out / "data" / "revisions.jsonl").read_text().splitlines()]
+    assert revisions and all(r["prompt"][0].items() >= user.items() for r in revisions)
+    assert all(r["completion"][0]["role"] == "assistant" for r in revisions)
+    pairs = [json.loads(line) for line in (out / "data" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["chosen"][0]["role"] == p["rejected"][0]["role"] == "assistant" for p in pairs)
+    records = [json.loads(line) for line in (out / "data" / "critiques.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["prompt"], str) for r in records)  # the record keeps the request's text
+    assert json.loads((out / "summary.json").read_text())["pairs"] == len(pairs)

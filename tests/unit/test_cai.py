@@ -52,7 +52,7 @@ def test_bad_constitutions_are_refused_with_the_place(tmp_path, text, message):
 
 
 def test_unknown_constitution_names_the_builtins():
-    with pytest.raises(ValueError, match="assistant, kindness"):
+    with pytest.raises(ValueError, match="assistant, harmless, kindness"):
         load_constitution("no-such-constitution")
 
 
