@@ -44,6 +44,16 @@ def bonferroni_z(num_tests: int, significance: float = 0.05) -> float:
     return NormalDist().inv_cdf(1 - significance / (2 * max(num_tests, 1)))
 
 
+def detectable_effect(se: float, threshold: float, power: float = 0.8) -> float:
+    """The smallest true effect whose estimate (normal, standard error `se`) exceeds `threshold` with
+    probability `power`: threshold + z_power * se, z_power the `power` quantile of the standard normal
+    (0.84 for 80%). A test that flags an estimate beyond max(z * se, a minimum effect) detects, with that
+    power, true effects of at least detectable_effect(se, max(z * se, minimum effect)). NaN when `se` is."""
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power}.")
+    return threshold + NormalDist().inv_cdf(power) * se
+
+
 def krippendorff_alpha_binary(item_index: np.ndarray, votes: np.ndarray) -> float:
     """Krippendorff's alpha for nominal data with two values, over items with >= 2 ratings.
 
@@ -207,6 +217,9 @@ class GroupDivergence:
     without relabellings."""
     num_within: int
     num_between: int
+    null_std: float = math.nan
+    """Standard deviation of the statistic over the group relabellings: its standard error when groups do
+    not matter, which sets the smallest excess agreement the test can detect."""
 
 
 def rating_pairs(item_index: np.ndarray, rater: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,8 +293,13 @@ def group_divergence(
     )
     if num_permutations == 0:
         return GroupDivergence(*shares, observed, math.nan, n_within, n_between)
-    reached = 1
+    null = []
     for _ in range(num_permutations):
         w, b, _ = statistic(rng.permutation(rater_group))
-        reached += int(w - b >= observed - 1e-12)
-    return GroupDivergence(*shares, observed, reached / (num_permutations + 1), n_within, n_between)
+        null.append(w - b)
+    null_values = np.array(null, dtype=np.float64)
+    reached = 1 + int((null_values >= observed - 1e-12).sum())  # NaN (one group drawn) never reaches
+    spread = float(np.nanstd(null_values)) if np.isfinite(null_values).sum() >= 2 else math.nan
+    return GroupDivergence(
+        *shares, observed, reached / (num_permutations + 1), n_within, n_between, null_std=spread
+    )

@@ -32,6 +32,7 @@ from preftune.feedback.config import AuditConfig
 from preftune.feedback.hygiene import hygiene_stats, load_audit_pairs, prompt_overlap
 from preftune.feedback.rater_audit import (
     annotator_audit,
+    audit_limits,
     length_bias,
     make_flag,
     position_bias,
@@ -187,6 +188,7 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     audit = {key: _json_ready(value) for key, value in audit.items()}
     audit["dataset/wall_seconds"] = round(time.perf_counter() - start, 3)
     audit["flags"] = flags
+    audit["limits"] = audit_limits(audit)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(audit, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

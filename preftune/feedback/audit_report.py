@@ -131,6 +131,9 @@ def write_audit_report(audit: dict[str, Any], plots: dict[str, Any], out_dir: Pa
     parts = [
         f"<h1>Preference data audit</h1><p>{html.escape(str(audit.get('dataset/source')))}</p>",
         f"<h2>Findings</h2><ul>{flags or '<li>none</li>'}</ul>",
+        "<h2>What this audit can and cannot see</h2><ul>"
+        + "".join(f"<li>{html.escape(limit)}</li>" for limit in audit.get("limits", []))
+        + "</ul>",
         "<h2>Dataset hygiene</h2>" + _key_table(audit, "dataset/"),
         "<h2>Length bias</h2>" + _key_table(audit, "length_bias/"),
     ]

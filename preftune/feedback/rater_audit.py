@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,7 @@ from preftune.feedback.agreement import (
     LengthExcess,
     bonferroni_z,
     consensus_log_odds,
+    detectable_effect,
     group_divergence,
     krippendorff_alpha_binary,
     length_excess,
@@ -519,18 +521,22 @@ def _pooled_fatigue(
     if not timed.any():
         return
     slope, se, intercept = slope_with_se(position[timed], consensus.soft_agree[timed], num_bootstrap, rng)
+    z = bonferroni_z(NUM_PANEL_TESTS, thresholds.significance)
     out.metrics.update(
         {
             "fatigue/pooled_slope": _nan_to_none(slope),
             "fatigue/pooled_ci": _ci(slope - Z95 * se, slope + Z95 * se),
             "fatigue/n": int(timed.sum()),
+            # the drop over a session this test flags 80% of the time (its power statement)
+            "fatigue/detectable_drop": _nan_to_none(
+                detectable_effect(se, max(z * se, thresholds.fatigue_min_drop))
+            ),
         }
     )
     out.plots["fatigue_pooled"] = {
         "bins": _fatigue_bins(position[timed], consensus.soft_agree[timed]),
         "fit": [_nan_to_none(intercept), _nan_to_none(slope)],
     }
-    z = bonferroni_z(NUM_PANEL_TESTS, thresholds.significance)
     if not math.isnan(slope) and slope + z * se < 0 and slope <= -thresholds.fatigue_min_drop:
         out.flags.append(
             make_flag(
@@ -614,6 +620,11 @@ def _groups(
 def _divergence(
     out: RatingAudit, divergence: GroupDivergence, thresholds: AuditThresholds, num_bootstrap: int
 ) -> None:
+    z = NormalDist().inv_cdf(
+        1 - thresholds.significance / NUM_PANEL_TESTS
+    )  # the permutation test is one-sided
+    spread = divergence.null_std
+    detectable = detectable_effect(spread, max(z * spread, thresholds.divergence_min_effect))
     out.metrics.update(
         {
             "group_divergence/within_agreement": _nan_to_none(divergence.within),
@@ -624,6 +635,8 @@ def _divergence(
             "group_divergence/p_value": _nan_to_none(divergence.p_value),
             "group_divergence/num_within_pairs": divergence.num_within,
             "group_divergence/num_between_pairs": divergence.num_between,
+            # the excess agreement within groups this test flags 80% of the time (its power statement)
+            "group_divergence/detectable_excess": _nan_to_none(detectable),
         }
     )
     if (
@@ -642,3 +655,40 @@ def _divergence(
                 "Check the guidelines each group follows.",
             )
         )
+
+
+def audit_limits(audit: dict[str, Any]) -> list[str]:
+    """What the audit could not see, in sentences for audit.json and report.html: the power of the fatigue and
+    group tests where they flagged nothing, and the biases that comparing raters with each other cannot show."""
+    findings = " ".join(flag["finding"] for flag in audit.get("flags", []))
+    limits = []
+    drop, slope, ci = (
+        audit.get(k) for k in ("fatigue/detectable_drop", "fatigue/pooled_slope", "fatigue/pooled_ci")
+    )
+    if drop is not None and slope is not None and "tires" not in findings:
+        limits.append(
+            f"Fatigue: over the {audit['fatigue/n']} ratings of items someone else also rated, the pooled test "
+            f"flags a fall in agreement of {drop:.2f} or more over a session 80% of the time; it measured "
+            f"{slope:.3f} (95% CI [{ci[0]:.3f}, {ci[1]:.3f}]), so a smaller fall is not ruled out. More items "
+            "rated twice, or longer sessions, narrow the test."
+        )
+    excess, statistic = (
+        audit.get("group_divergence/detectable_excess"),
+        audit.get("group_divergence/statistic"),
+    )
+    if excess is not None and statistic is not None and "groups prefer" not in findings:
+        limits.append(
+            f"Rater groups: the divergence test flags groups whose raters agree among themselves {excess:.3f} or "
+            f"more beyond what they agree with the other groups 80% of the time; it measured {statistic:.3f} "
+            f"(p = {audit['group_divergence/p_value']:.2g}, {audit['group_divergence/num_between_pairs']} pairs of "
+            "ratings across groups), so a smaller departure is not ruled out. Items rated by raters of several "
+            "groups narrow the test."
+        )
+    limits.append(
+        "Shared biases: agreement, flip rates, fatigue and the group test compare raters with each other, so a "
+        "bias that every rater shares leaves them unchanged. The position test (against 50%) does see a "
+        "position bias all raters share; a length preference all raters share shows only as "
+        "length_bias/share_chosen_longer, which is no bias by itself (longer answers may be better). To see "
+        "shared biases, rate a small subset with gold or adjudicated labels and compare the panel with it."
+    )
+    return limits
