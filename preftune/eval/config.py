@@ -82,6 +82,10 @@ class PolicyEvalConfig:
     pairwise_judge_options: dict[str, Any] = field(default_factory=dict)
     """Options of the pairwise judge as JSON, as --judge_options of `preftune loop` takes them, e.g.
     '{"min_answer_mass": 0.1, "template": "judge.txt"}' (docs/judges.md lists them)."""
+    reference_answers: str = ""
+    """A file of fixed answers (`prompt` and `completion` columns, the prompt as --prompts has it), e.g. a
+    stronger model's or people's: with --pairwise_judge every policy, the reference included, is also judged
+    against them (answers_win_rate with its interval, position consistency, what could not be judged)."""
     samples_per_prompt: int = 1
     """Responses sampled per prompt and policy."""
     max_new_tokens: int = 32
@@ -116,6 +120,11 @@ class PolicyEvalConfig:
                     f"{flag} is required with --policy: preftune eval --policy NAME=PATH --reference SFT_PATH "
                     "--prompts PROMPTS --judge SPEC --output_dir OUT."
                 )
+        if self.reference_answers and not self.pairwise_judge:
+            raise ValueError(
+                "--reference_answers are compared with each policy's answers by a pairwise judge: add "
+                "--pairwise_judge SPEC (e.g. llm:PATH or http:URL)."
+            )
         names = [name for name, _ in self.named_policies()]
         duplicates = sorted({n for n in names if names.count(n) > 1} | ({"reference"} & set(names)))
         if duplicates:

@@ -21,6 +21,9 @@ it), and reports per policy (keys `policy/<NAME>/<metric>` of eval.json):
   same prompt and sample (identical answers are ties, 0.5; unjudged pairs left out and counted in
   `pairwise_could_not_judge`), with its bootstrap interval, and `pairwise_position_consistency`, the
   share of pairs whose winner does not depend on which answer is shown first (judges that see both orders);
+  with `--reference_answers FILE` too, the same against a fixed answer to each prompt, for every policy
+  and the reference (`answers_win_rate`, `answers_win_rate_ci`, `answers_position_consistency`,
+  `answers_could_not_judge`);
 - `hacking_flagged`, `hacking_evidence`: the reward-hacking monitor on (reference, policy): the judge's
   reward up while the gold reward (else the held-out judge's) is down, or the length drifted by more
   than half.
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from preftune.data import DataConfig, EncodedExample
+from preftune.data import DataConfig, EncodedExample, load_rows
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.engine.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval import policy_metrics as pm
@@ -181,7 +184,12 @@ def policy_metrics(samples: _Samples, baseline: _Samples, config: PolicyEvalConf
 
 
 def pairwise_metrics(
-    judge: Any, prompts: list[Any], texts: list[str], baseline_texts: list[str], config: PolicyEvalConfig
+    judge: Any,
+    prompts: list[Any],
+    texts: list[str],
+    baseline_texts: list[str],
+    config: PolicyEvalConfig,
+    prefix: str = "pairwise",
 ) -> dict[str, Any]:
     """The pairwise judge's verdicts on (policy answer, reference answer) for every (prompt, sample): the mean
     P(policy's answer is better) over the judged pairs with its bootstrap interval, the judge's position
@@ -193,10 +201,10 @@ def pairwise_metrics(
     prob[same] = 0.5
     judged = ~torch.isnan(prob)
     summary = verdicts.summary()
-    result: dict[str, Any] = {"pairwise_pairs": len(prob), "pairwise_could_not_judge": int((~judged).sum())}
+    result: dict[str, Any] = {f"{prefix}_pairs": len(prob), f"{prefix}_could_not_judge": int((~judged).sum())}
     if bool(judged.any()):
         win, win_ci = pm.mean_ci(prob[judged].numpy(), num_resamples=config.num_resamples, seed=config.seed)
-        result |= {"pairwise_win_rate": win, "pairwise_win_rate_ci": list(win_ci)}
+        result |= {f"{prefix}_win_rate": win, f"{prefix}_win_rate_ci": list(win_ci)}
     else:
         logger.warning(
             "The pairwise judge could judge none of the %d pairs (%s): no pairwise win rate. An LLM "
@@ -206,8 +214,33 @@ def pairwise_metrics(
             summary.get("could_not_judge_reasons", {}),
         )
     if "position_consistency" in summary:
-        result["pairwise_position_consistency"] = summary["position_consistency"]
+        result[f"{prefix}_position_consistency"] = summary["position_consistency"]
     return result
+
+
+def fixed_answers(path: str, prompts: list[Any]) -> list[str]:
+    """The answer of `path` (columns `prompt`, `completion`: a string, or one assistant message) to each of
+    `prompts`, matched by the prompt as --prompts has it; every prompt needs one."""
+    by_prompt: dict[str, str] = {}
+    for row in load_rows(path).rows:
+        answer = row.get("completion")
+        if isinstance(answer, list) and answer and isinstance(answer[0], dict):
+            answer = answer[0].get("content")
+        if not isinstance(answer, str) or row.get("prompt") is None:
+            raise ValueError(
+                f"--reference_answers {path}: every row needs a `prompt` and a `completion` (a string or one "
+                f"assistant message); got {sorted(row)}."
+            )
+        by_prompt[json.dumps(row["prompt"], sort_keys=True)] = answer
+    keys = [json.dumps(prompt, sort_keys=True) for prompt in prompts]
+    missing = [i for i, key in enumerate(keys) if key not in by_prompt]
+    if missing:
+        raise ValueError(
+            f"--reference_answers {path} has no answer to {len(missing)} of the {len(prompts)} prompts evaluated "
+            f"(the first: prompt {missing[0]}, {str(prompts[missing[0]])[:80]!r}); its `prompt` column must hold "
+            "the prompts of --prompts as they are written there."
+        )
+    return [by_prompt[key] for key in keys]
 
 
 def hacking_check(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
@@ -267,6 +300,7 @@ def run_policy_eval(
         if config.pairwise_judge
         else None
     )
+    answers = fixed_answers(config.reference_answers, prompts.prompts) if config.reference_answers else None
     task_name = detect_task(config.prompts, task)
     gold = GoldJudge(task_name) if task_name else None
     temperature = config.temperature if config.temperature > 0 else 1.0
@@ -303,13 +337,20 @@ def run_policy_eval(
             baselines[key] = baseline
     results = {"reference": policy_metrics(baseline, baseline, config)}
     samples = {"reference": baseline}
+    repeated = [p for p in prompts.prompts for _ in range(config.samples_per_prompt)]
+    fixed = [a for a in answers or [] for _ in range(config.samples_per_prompt)]
+    if pairwise is not None and answers is not None:
+        results["reference"] |= pairwise_metrics(pairwise, repeated, baseline.texts, fixed, config, "answers")
     for name, path in named:
         logger.info("Evaluating %s (%s) on %d prompts.", name, path, len(prompts))
         samples[name] = evaluate_policy(path, prompts, config, (judge, gold, heldout), reference, device)
         results[name] = policy_metrics(samples[name], baseline, config)
         if pairwise is not None:
-            repeated = [p for p in prompts.prompts for _ in range(config.samples_per_prompt)]
             results[name] |= pairwise_metrics(pairwise, repeated, samples[name].texts, baseline.texts, config)
+        if pairwise is not None and answers is not None:
+            results[name] |= pairwise_metrics(
+                pairwise, repeated, samples[name].texts, fixed, config, "answers"
+            )
         verdict = hacking_check(results[name], results["reference"])
         results[name] |= {"hacking_flagged": verdict["flagged"], "hacking_evidence": verdict["evidence"]}
     return _write(Path(output_dir), results, samples, prompts, config)
@@ -337,6 +378,8 @@ def _write(
     }
     if config.pairwise_judge:
         flat["pairwise_judge"] = config.pairwise_judge
+    if config.reference_answers:
+        flat["reference_answers"] = config.reference_answers
     for name, metrics in results.items():
         flat |= {f"policy/{name}/{metric}": value for metric, value in metrics.items()}
         flat[f"policy/{name}/examples"] = samples[name].texts[:NUM_EXAMPLES]

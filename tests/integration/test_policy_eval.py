@@ -140,3 +140,47 @@ def test_pairwise_judge_options_it_does_not_take_are_refused(
         "--output_dir", str(tmp_path),
     ])  # fmt: skip
     assert code == 2 and "the panel judge (panel) does not take them" in capsys.readouterr().err
+
+
+def test_policies_are_judged_against_a_file_of_fixed_reference_answers(
+    synth_world, tiny_base, sft_model, models, tmp_path
+):
+    """--reference_answers: each policy (the reference too) against a fixed answer to every prompt, by the pairwise
+    judge (here the gold reward, which prefers the higher-scoring answer): good fixed answers beat the SFT
+    model's answers, bad ones lose to them."""
+    lines = synth_world["eval_prompts"].read_text().splitlines()
+    prompts = [json.loads(line)["prompt"] for line in lines[:6]]
+
+    def answers(name: str, text: str) -> str:
+        """A fixed answer to each prompt; {noun} is the prompt's last word, which the gold reward asks for."""
+        path = tmp_path / f"{name}.jsonl"
+        rows = [
+            {"prompt": p, "completion": text.format(noun=p.strip().rstrip(".").split()[-1])} for p in prompts
+        ]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return str(path)
+
+    base = ["eval", "--policy", f"sft={sft_model}", "--reference", tiny_base, "--prompts", str(synth_world["eval_prompts"]),
+            "--max_prompts", "6", "--judge", f"rm:{models['rm']}", "--pairwise_judge", "gold",
+            "--samples_per_prompt", "2", "--max_new_tokens", "8", "--num_resamples", "200"]  # fmt: skip
+    rates = {}
+    for name, text in (
+        ("good", " The {noun} is kind and lovely."),
+        ("bad", " dull"),
+    ):
+        out = tmp_path / name
+        assert main([*base, "--reference_answers", answers(name, text), "--output_dir", str(out)]) == 0
+        result = json.loads((out / "eval.json").read_text())
+        assert result["reference_answers"].endswith(f"{name}.jsonl")
+        for policy in ("reference", "sft"):
+            assert result[f"policy/{policy}/answers_pairs"] == 12
+            low, high = result[f"policy/{policy}/answers_win_rate_ci"]
+            assert low <= result[f"policy/{policy}/answers_win_rate"] <= high
+        rates[name] = result["policy/sft/answers_win_rate"]
+    assert rates["good"] < 0.5 < rates["bad"]
+    partial = answers("partial", " fine")
+    (tmp_path / "partial.jsonl").write_text((tmp_path / "partial.jsonl").read_text().splitlines()[0] + "\n")
+    assert main([*base, "--reference_answers", partial, "--output_dir", str(tmp_path / "p")]) == 2
+    no_judge = [a for a in base if a not in ("--pairwise_judge", "gold")]
+    with pytest.raises(SystemExit):  # a usage error: the answers need a pairwise judge
+        main([*no_judge, "--reference_answers", partial, "--output_dir", str(tmp_path / "q")])
