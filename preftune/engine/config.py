@@ -58,8 +58,9 @@ class TrainConfig:
     """Recompute each decoder layer's activations in the backward pass instead of keeping them (transformers'
     non-reentrant checkpointing, on every model the run trains): less activation memory for one more forward
     pass of each layer."""
-    bf16: bool = False
-    """bfloat16 mixed precision (autocast)."""
+    bf16: bool | None = None
+    """bfloat16 mixed precision (autocast). Default (null): on where a CUDA GPU supports bfloat16, off
+    elsewhere (float32 on CPU); true or false decides."""
     fp16: bool = False
     """float16 mixed precision with loss scaling (CUDA only)."""
     report_to: list[str] = field(default_factory=lambda: ["none"])

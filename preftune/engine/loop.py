@@ -45,13 +45,25 @@ class TrainingDiverged(RuntimeError):
     """Raised when the loss or the gradient norm stops being finite."""
 
 
+def mixed_precision(config: TrainConfig, cuda_bf16: bool | None = None) -> str:
+    """The run's mixed precision: "bf16", "fp16" or "no". --bf16 left unset (None) means bf16 where CUDA
+    supports it (`cuda_bf16`, measured when not given) and float32 elsewhere."""
+    if config.fp16:
+        return "fp16"
+    if config.bf16 is None:
+        if cuda_bf16 is None:
+            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16" if cuda_bf16 else "no"
+    return "bf16" if config.bf16 else "no"
+
+
 def build_accelerator(config: TrainConfig) -> Accelerator:
     """Mixed precision and trackers from the config. Accumulation is done by the engine itself.
 
     Without CUDA the accelerator is told it is on CPU, so several processes started by
     `accelerate launch --multi_gpu --num_processes N` (or torchrun) join over gloo.
     """
-    mixed = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+    mixed = mixed_precision(config)
     trackers = [name for name in config.report_to if name != "none"]
     installed = {str(tracker) for tracker in get_available_trackers()}
     missing = [name for name in trackers if name != "all" and name not in installed]
@@ -89,7 +101,9 @@ def close_processes() -> None:
 
 def check_accelerator(accelerator: Accelerator, config: TrainConfig) -> Accelerator:
     """`accelerator` when the engine can train with it: the config's mixed precision, and no sharding."""
-    mixed = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+    mixed = mixed_precision(config)
+    if config.bf16 is None and str(accelerator.mixed_precision) in ("bf16", "no"):
+        mixed = str(accelerator.mixed_precision)  # --bf16 unset: the accelerator given decides
     if str(accelerator.mixed_precision) != mixed:
         raise ValueError(
             f"The accelerator has mixed_precision={accelerator.mixed_precision!r} but the config asks for {mixed!r} "

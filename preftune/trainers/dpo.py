@@ -148,9 +148,7 @@ class DPOTrainer(Trainer):
             for p in pairs
             for ids in (p.chosen.input_ids, p.rejected.input_ids, [p.chosen.num_prompt_tokens])
         )
-        settings = (
-            f"dtype={cfg.model.dtype};bf16={cfg.train.bf16};fp16={cfg.train.fp16};ld_alpha={cfg.ld_alpha}"
-        )
+        settings = f"dtype={cfg.model.dtype};mixed={self.accelerator.mixed_precision};ld_alpha={cfg.ld_alpha}"
         path = cache_path(model_key, data_fingerprint(sequences, settings))
         cached = read_cached(path)
         if cached is not None and cached.shape == (len(pairs), 2):

@@ -78,3 +78,15 @@ def test_the_process_count_an_accelerate_launch_command_asks_for():
     )  # not a launch
     assert launcher_num_processes(["/usr/bin/torchrun", "--nproc_per_node", "2", "train.py"]) is None
     assert launcher_num_processes([]) is None
+
+
+def test_bf16_is_the_default_where_cuda_supports_it_and_float32_elsewhere():
+    from preftune.engine.config import TrainConfig
+    from preftune.engine.loop import mixed_precision
+
+    assert TrainConfig().bf16 is None  # unset: the hardware decides
+    assert mixed_precision(TrainConfig(), cuda_bf16=True) == "bf16"
+    assert mixed_precision(TrainConfig(), cuda_bf16=False) == "no"  # CPU, or a GPU without bf16: float32
+    assert mixed_precision(TrainConfig(bf16=False), cuda_bf16=True) == "no"  # asked for: honoured
+    assert mixed_precision(TrainConfig(bf16=True), cuda_bf16=False) == "bf16"
+    assert mixed_precision(TrainConfig(bf16=None, fp16=False)) in ("bf16", "no")
