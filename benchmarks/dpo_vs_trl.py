@@ -515,7 +515,7 @@ def run_preftune(job: dict[str, Any], mode: str) -> dict[str, Any]:
     tokenizer = load_tokenizer(job["policy"])
 
     def start() -> tuple[Any, float]:
-        trainer = dpo.DPOTrainer(config, tokenizer=tokenizer)
+        trainer = dpo.DPOTrainer(config, processing_class=tokenizer)
         constructed = time.perf_counter()
         trainer.train()
         return trainer, constructed

@@ -32,6 +32,7 @@ from preftune.data.formats import (
     parse_prompts,
     parse_sft,
     parse_unpaired,
+    response_completions,
     split_implicit_prompt,
 )
 from preftune.data.io import SUPPORTED_EXTENSIONS, RowTable, load_rows
@@ -100,6 +101,7 @@ __all__ = [
     "parse_prompts",
     "parse_sft",
     "parse_unpaired",
+    "response_completions",
     "report_skips",
     "split_implicit_prompt",
     "summarize_skips",

@@ -27,7 +27,7 @@ import json
 import math
 import numbers
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
@@ -38,6 +38,16 @@ from preftune.data.io import RowTable
 Message: TypeAlias = dict[str, str]
 Prompt: TypeAlias = str | list[Message]
 Completion: TypeAlias = str | list[Message]
+
+
+def response_completions(prompts: Sequence[Prompt], texts: Sequence[str]) -> list[Completion]:
+    """Each response text in its prompt's format: text, or one assistant message for chat prompts."""
+    return [
+        text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
+        for prompt, text in zip(prompts, texts, strict=True)
+    ]
+
+
 SFTFormat = Literal["text", "prompt_completion", "messages"]
 
 ROLES = ("system", "user", "assistant", "tool")

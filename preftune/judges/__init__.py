@@ -39,6 +39,7 @@ from preftune.judges.llm import DEFAULT_MIN_ANSWER_MASS, LLMJudge
 from preftune.judges.panel import PanelJudge
 from preftune.judges.reward_model import STATS_FILE, EnsembleScores, RewardModelJudge
 from preftune.judges.template import DEFAULT_PRINCIPLE, DEFAULT_TEMPLATE, PairTemplate, two_order_verdicts
+from preftune.judges.win_rate import WinRateJudge, prompt_key
 from preftune.models.loading import check_model_path
 
 __all__ = [
@@ -60,11 +61,13 @@ __all__ = [
     "RequestPolicy",
     "RewardModelJudge",
     "VerdictCache",
+    "WinRateJudge",
     "check_judge_spec",
     "compare",
     "is_pairwise",
     "is_pairwise_spec",
     "load_judge",
+    "prompt_key",
     "rank_groups",
     "two_order_verdicts",
 ]

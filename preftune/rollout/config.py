@@ -48,10 +48,11 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}.")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class JudgeConfig:
     """Who scores or compares the samples, with its options: the flags of every command that takes a judge
-    (bon, loop, cai, and through ScoringConfig ppo, rloo, grpo and online-dpo)."""
+    (bon, loop, cai, and through ScoringConfig ppo, rloo, grpo and online-dpo). Keyword-only, so that the
+    commands that extend it keep their own fields' positional order."""
 
     judge: str = ""
     """Judge spec (docs/judges.md): gold or gold:TASK (the synthetic task's gold reward), rm:PATH (a reward
@@ -78,7 +79,7 @@ class JudgeConfig:
             )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScoringConfig(JudgeConfig):
     """How sampled responses are judged (JudgeConfig) and turned into the score at the end of each response."""
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from preftune.data import Completion, EncodedExample, Prompt
+from preftune.data import EncodedExample, Prompt, response_completions
 from preftune.data.pairs import collate_responses
 from preftune.judges import Judge
 from preftune.rollout.generate import RolloutBatch
@@ -75,14 +75,6 @@ def per_token(
                 rows, flat.float().cpu()
             )
     return out
-
-
-def response_completions(prompts: Sequence[Prompt], texts: Sequence[str]) -> list[Completion]:
-    """Each decoded response in its prompt's format: text, or one assistant message for chat prompts."""
-    return [
-        text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
-        for prompt, text in zip(prompts, texts, strict=True)
-    ]
 
 
 def decode_responses(tokenizer: PreTrainedTokenizerBase, rollout: RolloutBatch) -> list[str]:

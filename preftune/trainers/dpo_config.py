@@ -37,10 +37,11 @@ def losses_where(trait: str) -> tuple[str, ...]:
     return where(trait)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DPOObjective:
     """DPO's objective and how it treats the reference: the group of flags of every command that runs DPO
-    (`preftune dpo` holds them as its own fields; `loop` and `cai` compose the group as `dpo`)."""
+    (`preftune dpo` holds them as its own fields; `loop` and `cai` compose the group as `dpo`). Keyword-only,
+    so that DPOConfig's positional order (model, data, train, ref_model) stays what it was."""
 
     beta: float = 0.1
     """KL strength: larger keeps the policy closer to the reference (0.01 to 0.5 is typical)."""

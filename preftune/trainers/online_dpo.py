@@ -27,10 +27,8 @@ is split. Chosen and rejected responses run as padded sequences, not prefix-shar
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -39,14 +37,15 @@ import torch
 from accelerate.utils import gather_object
 from torch import Tensor
 
-from preftune.data import Completion, EncodedExample, Prompt
+from preftune.data import EncodedExample, Prompt
 from preftune.engine.hacking import RewardHackingDetected
 from preftune.judges import (
     GroupRanking,
     Judge,
     PairwiseJudge,
-    compare,
+    WinRateJudge,
     load_judge,
+    prompt_key,
     rank_groups,
 )
 from preftune.losses.registry import LOSSES, combined_losses
@@ -91,36 +90,6 @@ class StepPairs:
     rejected: list[int]
     micro: list[int]
     """The micro-batch (of prompts) each pair belongs to."""
-
-
-class WinRateJudge:
-    """A pointwise view of a pairwise judge for the held-out evaluation: the probability that a response
-    beats the anchor response to the same prompt (the starting policy's held-out sample), 0.5 when the
-    two are identical or the judge cannot judge. The reward-hacking monitor reads it as the proxy."""
-
-    def __init__(self, judge: PairwiseJudge) -> None:
-        self.judge = judge
-        self.anchors: dict[str, str] = {}
-        """The anchor response's text, by prompt (`_prompt_key`); set before the first evaluation."""
-
-    def score(self, prompts: Sequence[Prompt], responses: Sequence[Completion]) -> Tensor:
-        """(N,) float32 P(responses[i] beats the anchor response to prompts[i])."""
-        anchors = response_completions(prompts, [self.anchors[_prompt_key(p)] for p in prompts])
-        prob = torch.full((len(prompts),), 0.5, dtype=torch.float64)
-        differ = [i for i, (r, a) in enumerate(zip(responses, anchors, strict=True)) if r != a]
-        if differ:
-            verdicts = compare(
-                self.judge,
-                [prompts[i] for i in differ],
-                [responses[i] for i in differ],
-                [anchors[i] for i in differ],
-            )
-            prob[differ] = torch.nan_to_num(verdicts.prob_first.double(), nan=0.5)
-        return prob.float()
-
-
-def _prompt_key(prompt: Prompt) -> str:
-    return json.dumps(prompt, sort_keys=True)
 
 
 def load_ranking_judge(spec: str, device: str, batch_size: int, **options: Any) -> Judge | PairwiseJudge:
@@ -173,7 +142,7 @@ class OnlineDPOTrainer(RLTrainer):
         if self.win_rate is not None and self.setup.evaluator is not None:
             if "eval_anchors" not in state:
                 state["eval_anchors"] = self._starting_samples()
-            keys = map(_prompt_key, self.setup.evaluator.prompts.prompts)
+            keys = map(prompt_key, self.setup.evaluator.prompts.prompts)
             self.win_rate.anchors = dict(zip(keys, state["eval_anchors"], strict=True))
         if self.win_rate is None:  # a pairwise judge gives no scores to standardise
             self._judge_statistics()
