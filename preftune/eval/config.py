@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from preftune.rollout.config import JudgeSpec
+
 
 @dataclass
 class RewardEvalConfig:
@@ -59,8 +61,9 @@ class RewardEvalConfig:
 
 
 @dataclass
-class PolicyEvalConfig:
-    """The policy-evaluation flags of `preftune eval` (the shared ones are in RewardEvalConfig)."""
+class PolicyEvalConfig(JudgeSpec):
+    """The policy-evaluation flags of `preftune eval` (the shared ones are in RewardEvalConfig); the judge
+    (JudgeSpec: --judge, a pointwise judge such as rm:PATH, and --judge_options) scores every response."""
 
     policy: list[str] = field(default_factory=list)
     """Policies to evaluate, as NAME=PATH or PATH (named by its folder); repeat the flag or list several."""
@@ -70,8 +73,6 @@ class PolicyEvalConfig:
     """Prompt-only data (a `prompt` column) the policies answer."""
     prompts_split: str = "train"
     """Split or slice of --prompts, e.g. 'train[:200]'."""
-    judge: str = ""
-    """Judge spec: gold, rm:PATH (a reward model; a bare PATH too) or rm:PATH1,PATH2."""
     heldout_judge: str = ""
     """A second judge scoring the same samples (e.g. rm:PATH of a reward model trained on pairs the policies never
     saw): held-out reward and win rate, and the reward-hacking check where there is no gold reward."""
@@ -100,6 +101,7 @@ class PolicyEvalConfig:
     """Bootstrap resamples of the intervals."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.samples_per_prompt < 1 or self.max_new_tokens < 1 or self.num_resamples < 100:
             raise ValueError(
                 f"samples_per_prompt and max_new_tokens must be >= 1 and num_resamples >= 100, got "

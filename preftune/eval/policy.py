@@ -272,7 +272,7 @@ def run_policy_eval(
     named = config.named_policies()
     for _, path in [*named, ("reference", config.reference)]:
         check_model_path(path, "--policy" if path != config.reference else "--reference")
-    check_judge_spec(config.judge)
+    check_judge_spec(config.judge, config.judge_options)
     if config.heldout_judge:
         check_judge_spec(config.heldout_judge)
     if config.pairwise_judge:
@@ -285,7 +285,9 @@ def run_policy_eval(
     if config.max_prompts:
         keep = config.max_prompts
         prompts = PromptSet(prompts.prompts[:keep], prompts.ids[:keep], prompts.rows[:keep])
-    judge = load_judge(config.judge, device=device, batch_size=judge_batch_size)
+    judge = load_judge(
+        config.judge, **{"device": device, "batch_size": judge_batch_size, **config.judge_options}
+    )
     heldout = (
         load_judge(config.heldout_judge, device=device, batch_size=judge_batch_size)
         if config.heldout_judge

@@ -49,10 +49,10 @@ class SamplingConfig:
 
 
 @dataclass(kw_only=True)
-class JudgeConfig:
-    """Who scores or compares the samples, with its options: the flags of every command that takes a judge
-    (bon, loop, cai, and through ScoringConfig ppo, rloo, grpo and online-dpo). Keyword-only, so that the
-    commands that extend it keep their own fields' positional order."""
+class JudgeSpec:
+    """A judge and its options: the flags of every command that takes a judge (`preftune eval --policy`
+    directly; the others through JudgeConfig). Keyword-only, so that the commands that extend it keep their
+    own fields' positional order."""
 
     judge: str = ""
     """Judge spec (docs/judges.md): gold or gold:TASK (the synthetic task's gold reward), rm:PATH (a reward
@@ -64,6 +64,19 @@ class JudgeConfig:
     '{"model": "NAME", "concurrency": 8}' (http), '{"seed": 1}' (panel), '{"dtype": "bfloat16"}' (rm).
     docs/judges.md lists each kind's; one the judge does not take is an error. llm and http judges keep
     their verdicts in OUTPUT_DIR/judge-cache (loop, online-dpo, cai) unless cache_dir is given."""
+
+    def __post_init__(self) -> None:
+        if self.judge_options and not self.judge:
+            raise ValueError(
+                f"--judge_options {self.judge_options} without --judge: give the judge they are for."
+            )
+
+
+@dataclass(kw_only=True)
+class JudgeConfig(JudgeSpec):
+    """A judge with its options (JudgeSpec), its batch size and the synthetic task reported beside it: the
+    flags of bon, loop, cai, and through ScoringConfig ppo, rloo, grpo and online-dpo."""
+
     judge_batch_size: int = 32
     """Sequences per judge forward pass (reward models and llm judges)."""
     task: str = "auto"
@@ -71,12 +84,9 @@ class JudgeConfig:
     none, or a task name."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.judge_batch_size < 1:
             raise ValueError(f"judge_batch_size must be >= 1, got {self.judge_batch_size}.")
-        if self.judge_options and not self.judge:
-            raise ValueError(
-                f"--judge_options {self.judge_options} without --judge: give the judge they are for."
-            )
 
 
 @dataclass(kw_only=True)

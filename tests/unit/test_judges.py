@@ -599,7 +599,8 @@ def test_judge_options_a_judge_does_not_take_are_refused_before_anything_loads()
 
 
 def test_every_command_that_takes_a_judge_takes_its_options_from_one_group():
-    """--judge, --judge_options, --judge_batch_size and --task are JudgeConfig's, in every command with a judge."""
+    """--judge and --judge_options (JudgeSpec; with --judge_batch_size and --task, JudgeConfig) are one group, in
+    every command with a judge."""
     from preftune.config import field_docs, parse_config
     from preftune.pipelines.config import CAIConfig, LoopConfig
     from preftune.rollout.config import BoNConfig, JudgeConfig, ScoringConfig
@@ -616,5 +617,23 @@ def test_every_command_that_takes_a_judge_takes_its_options_from_one_group():
         assert config.scoring.judge_options == {"dtype": "bfloat16"}
     bon = parse_config(BoNConfig, [*required, "--judge_options", '{"max_length": 64}'], prog="p")
     assert (bon.judge_options, bon.judge_batch_size) == ({"max_length": 64}, 32)
+    from preftune.eval.config import EvalConfig, PolicyEvalConfig
+    from preftune.rollout.config import JudgeSpec
+
+    assert issubclass(PolicyEvalConfig, JudgeSpec) and issubclass(JudgeConfig, JudgeSpec)
+    argv = [
+        "--policy",
+        "p",
+        "--reference",
+        "r",
+        "--prompts",
+        "x.jsonl",
+        "--judge",
+        "rm:r",
+        "--output_dir",
+        "o",
+    ]
+    evaluation = parse_config(EvalConfig, [*argv, "--judge_options", '{"dtype": "bfloat16"}'], prog="p")
+    assert evaluation.policies.judge_options == {"dtype": "bfloat16"}
     with pytest.raises(ValueError, match="without --judge"):
         JudgeConfig(judge_options={"seed": 1})
