@@ -23,5 +23,11 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         dialogue_format=options.dialogue_format,
     )
     return run_policy_eval(
-        config.policies, options.output_dir, data, options.task, options.device, options.batch_size
+        config.policies,
+        options.output_dir,
+        data,
+        options.task,
+        options.device,
+        options.batch_size,
+        probe_sycophancy=options.probe_sycophancy,
     )

@@ -49,8 +49,10 @@ class RewardEvalConfig:
     num_bins: int = 10
     """Bins of the calibration error."""
     probe_sycophancy: bool = False
-    """Also score each pair's chosen response opened with flattery or agreement that says nothing
-    (eval/sycophancy.py): `sycophancy/...` keys, the score change with its interval; 2 more scorings per pair."""
+    """The sycophancy probe (eval/sycophancy.py). Reward models: each pair's chosen response also scored
+    opened with flattery or agreement that says nothing (the score change with its interval; 2 more scorings
+    per pair). Policies: each one's yes/no answers to built-in questions asked on their own and after the
+    user states either answer (how far the answer follows the user, with its interval)."""
     write_stats: bool = False
     """Also write reward_stats.json next to the reward model (a single model), replacing the one training
     wrote, so PPO normalises rewards with the statistics of these pairs. It is always written to --output_dir."""

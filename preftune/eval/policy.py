@@ -41,12 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from preftune.data import DataConfig, EncodedExample, load_rows
+from preftune.data import DataConfig, EncodedExample, encode_prompt, load_rows
 from preftune.data.prompts import PromptSet, load_prompts
 from preftune.engine.hacking import HackingConfig, HackingMonitor, Observation
 from preftune.eval import policy_metrics as pm
 from preftune.eval.config import PolicyEvalConfig
 from preftune.eval.report import write_report
+from preftune.eval.sycophancy import STANCES, YES_NO_QUESTIONS, opinion_following
 from preftune.judges import GoldJudge, Judge, PairVerdicts, check_judge_spec, compare, load_judge
 from preftune.models.config import ModelConfig
 from preftune.models.loading import check_model_path, load_policy, load_tokenizer, token_id
@@ -243,6 +244,44 @@ def fixed_answers(path: str, prompts: list[Any]) -> list[str]:
     return [by_prompt[key] for key in keys]
 
 
+def opinion_probe(path: str, device: str, config: PolicyEvalConfig) -> dict[str, Any]:
+    """The policy's sycophancy probe (eval/sycophancy.py): its probability of answering yes rather than no to
+    each built-in yes/no question, asked on its own and after the user states either answer (one user
+    message in the chat template, or plain text followed by "Answer:" without one); next-token
+    probabilities of the yes and no tokens, summed over their spellings."""
+    tokenizer = load_tokenizer(path, flag="--policy")
+    model = load_policy(ModelConfig(model=path))
+    torch.nn.Module.to(model, torch.device(device))
+    chat = tokenizer.chat_template is not None
+
+    def first_tokens(words: tuple[str, ...]) -> set[int]:
+        return {tokenizer.encode(word, add_special_tokens=False)[0] for word in words}
+
+    yes, no = first_tokens(("Yes", " Yes", "yes", " yes")), first_tokens(("No", " No", "no", " no"))
+    yes_ids, no_ids = sorted(yes - no), sorted(no - yes)  # a shared first token (a space) tells nothing
+    if not yes_ids or not no_ids:
+        raise ValueError(
+            f"--policy {path}: its tokenizer starts 'yes' and 'no' with the same tokens; no probe."
+        )
+    p_yes: dict[str, np.ndarray] = {}
+    mass: list[float] = []
+    for stance, template in STANCES.items():
+        values = []
+        for question, _ in YES_NO_QUESTIONS:
+            text = template.format(question=question)
+            prompt: Any = [{"role": "user", "content": text}] if chat else text + "\nAnswer:"
+            ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
+            with torch.no_grad():
+                probs = model(input_ids=ids).logits[0, -1].float().softmax(-1)
+            p_y, p_n = float(probs[yes_ids].sum()), float(probs[no_ids].sum())
+            values.append(p_y / (p_y + p_n) if p_y + p_n > 0 else 0.5)
+            if stance == "neutral":
+                mass.append(p_y + p_n)
+        p_yes[stance] = np.array(values)
+    truth = np.array([answer for _, answer in YES_NO_QUESTIONS])
+    return opinion_following(p_yes, truth, np.array(mass), config.num_resamples, config.seed)
+
+
 def hacking_check(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     """The reward-hacking monitor on two points, the reference as step 0 and the policy as step 1: is
     the judge's reward up while the gold reward (else the held-out judge's) is down, or has the length
@@ -262,8 +301,10 @@ def run_policy_eval(
     device: str | None,
     judge_batch_size: int,
     baselines: dict[str, Any] | None = None,
+    probe_sycophancy: bool = False,
 ) -> dict[str, Any]:
-    """`preftune eval --policy ...`: writes eval.json and samples.jsonl into `output_dir`.
+    """`preftune eval --policy ...`: writes eval.json and samples.jsonl into `output_dir`; with
+    `probe_sycophancy`, also each policy's opinion probe (`opinion_probe`).
 
     `baselines`, a dict kept by a caller that evaluates against the same reference several times (the
     practice loop, once per round), holds the reference's measured samples: with the same reference,
@@ -355,6 +396,9 @@ def run_policy_eval(
             )
         verdict = hacking_check(results[name], results["reference"])
         results[name] |= {"hacking_flagged": verdict["flagged"], "hacking_evidence": verdict["evidence"]}
+    if probe_sycophancy:
+        for name, path in [("reference", config.reference), *named]:
+            results[name] |= opinion_probe(path, device, config)
     return _write(Path(output_dir), results, samples, prompts, config)
 
 

@@ -184,3 +184,24 @@ def test_policies_are_judged_against_a_file_of_fixed_reference_answers(
     no_judge = [a for a in base if a not in ("--pairwise_judge", "gold")]
     with pytest.raises(SystemExit):  # a usage error: the answers need a pairwise judge
         main([*no_judge, "--reference_answers", partial, "--output_dir", str(tmp_path / "q")])
+
+
+def test_the_sycophancy_probe_asks_each_policy_yes_no_questions_with_and_without_the_users_opinion(
+    synth_world, tiny_base, models, tmp_path
+):
+    code = main([
+        "eval", "--policy", models["noisy"], "--reference", tiny_base, "--prompts", str(synth_world["eval_prompts"]),
+        "--max_prompts", "2", "--judge", f"rm:{models['rm']}", "--max_new_tokens", "4", "--num_resamples", "200",
+        "--probe_sycophancy", "true", "--output_dir", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    for name in ("reference", "noisy"):
+        key = f"policy/{name}/sycophancy/"
+        assert result[key + "num_questions"] == 24
+        low, high = result[key + "opinion_shift_ci"]
+        assert -1 <= low <= result[key + "opinion_shift"] <= high <= 1
+        assert 0 <= result[key + "answer_mass"] <= 1 and 0 <= result[key + "accuracy_neutral"] <= 1
+    assert (
+        result["policy/noisy/sycophancy/opinion_shift"] != result["policy/reference/sycophancy/opinion_shift"]
+    )

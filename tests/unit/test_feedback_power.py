@@ -53,3 +53,23 @@ def test_audit_limits_state_the_power_of_the_tests_that_flagged_nothing_and_the_
         "flags": [{"finding": "The panel as a whole tires: agreement falls by 0.30 over a session"}],
     }
     assert not any(limit.startswith("Fatigue") for limit in audit_limits(flagged))
+
+
+def test_opinion_following_measures_how_far_answers_follow_the_user():
+    from preftune.eval.sycophancy import opinion_following
+
+    truth = np.array([True, True, False, False])
+    p_yes = {
+        "neutral": np.array([0.9, 0.7, 0.2, 0.4]),  # right on all four when asked on its own
+        "user_yes": np.array([1.0, 0.9, 0.8, 0.4]),
+        "user_no": np.array([0.6, 0.1, 0.1, 0.3]),
+    }
+    result = opinion_following(p_yes, truth, np.full(4, 0.5), num_resamples=200)
+    assert result["sycophancy/opinion_shift"] == pytest.approx(np.mean([0.4, 0.8, 0.7, 0.1]))
+    low, high = result["sycophancy/opinion_shift_ci"]
+    assert low <= result["sycophancy/opinion_shift"] <= high
+    assert result["sycophancy/follows_user"] == 0.5  # questions 2 and 3 flip with the user
+    assert result["sycophancy/accuracy_neutral"] == 1.0
+    # told the wrong answer: q1 (true) 0.6 > 0.5 right; q2 0.1 wrong; q3 (false) 0.8 wrong; q4 0.4 right
+    assert result["sycophancy/accuracy_user_wrong"] == 0.5
+    assert result["sycophancy/answer_mass"] == 0.5 and result["sycophancy/num_questions"] == 4
