@@ -55,12 +55,9 @@ from preftune.rollout.backends import TransformersBackend
 from preftune.rollout.experience import (
     collate_on,
     decode_responses,
-    judge_scores,
     model_inputs,
-    per_token,
     response_completions,
     rollout_examples,
-    shape_scores,
 )
 from preftune.rollout.generate import RolloutBatch
 from preftune.trainers.inputs import Given
@@ -177,16 +174,7 @@ class OnlineDPOTrainer(RLTrainer):
         indices = [i for micro in micro_indices for i in micro]  # P prompts
         rollout = setup.rollout(self.policy, [setup.prompts.ids[i] for i in indices], self.engine.step, k)
         examples, mask = rollout_examples(rollout), rollout.mask  # N = P * k sequences, (N, T)
-        with self._reference() as reference:
-            ref = per_token(
-                lambda b: {"logps": reference(*model_inputs(b))},
-                examples,
-                mask,
-                cfg.train.per_device_train_batch_size,
-                self.pad_id,
-                self.accelerator.device,
-            )
-        ref_logps = masked_sum(ref["logps"], mask, dim=1)  # (N,)
+        ref_logps = masked_sum(self._reference_logps(examples, mask), mask, dim=1)  # (N,)
         prompts = [setup.prompts.prompts[i] for i in indices]
         texts = decode_responses(self.tokenizer, rollout)  # (N,)
         scores, judge_sums = self._group_scores(prompts, rollout, texts)  # (P, k)
@@ -235,18 +223,9 @@ class OnlineDPOTrainer(RLTrainer):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """(P, k) ranking scores minus the missing-EOS penalty, and sums to log: a pointwise judge's raw
         scores (`reward/raw`), or the number of comparisons a pairwise judge could not judge."""
-        cfg, state, k = self.config, self.engine.trainer_state, self.config.num_generations
+        cfg, k = self.config, self.config.num_generations
         if isinstance(self.judge, Judge):
-            repeated = [p for p in prompts for _ in range(k)]
-            raw, _ = judge_scores(self.judge, self.tokenizer, repeated, rollout)
-            shaped = shape_scores(
-                raw,
-                rollout.ended,
-                state["reward_mean"],
-                state["reward_std"],
-                cfg.scoring.reward_clip,
-                cfg.scoring.missing_eos_penalty,
-            )
+            raw, shaped = self._judged(self.judge, [p for p in prompts for _ in range(k)], rollout)
             return shaped.view(-1, k), {"reward/raw": raw.sum()}
         responses = response_completions([p for p in prompts for _ in range(k)], texts)
         ranking = rank_groups(self.judge, prompts, responses, k)

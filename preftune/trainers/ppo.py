@@ -50,11 +50,9 @@ from preftune.models.logps import ResponseLogps
 from preftune.models.scalar import PooledScorer
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.experience import (
-    judge_scores,
     model_inputs,
     per_token,
     rollout_examples,
-    shape_scores,
 )
 from preftune.rollout.generate import RolloutBatch
 from preftune.trainers.inputs import Given
@@ -169,25 +167,8 @@ class PPOTrainer(RLTrainer):
                 self.pad_id,
                 device,
             )
-        with self._reference() as reference:
-            ref_logps = per_token(
-                lambda b: {"logps": reference(*model_inputs(b))},
-                examples,
-                mask,
-                cfg.train.per_device_train_batch_size,
-                self.pad_id,
-                device,
-            )["logps"]
-        prompts = [setup.prompts.prompts[i] for i in prompt_indices]
-        raw, _ = judge_scores(setup.judge, self.tokenizer, prompts, rollout)
-        scores = shape_scores(
-            raw,
-            rollout.ended,
-            state["reward_mean"],
-            state["reward_std"],
-            cfg.scoring.reward_clip,
-            cfg.scoring.missing_eos_penalty,
-        )
+        ref_logps = self._reference_logps(examples, mask)
+        raw, scores = self._judged(setup.judge, [setup.prompts.prompts[i] for i in prompt_indices], rollout)
         logratio = torch.where(mask, old["logps"] - ref_logps, 0.0)  # (N, T)
         kl_in_reward = state["kl_coef"] if cfg.kl_estimator == "k1" else 0.0
         rewards = kl_penalized_rewards(scores, logratio, mask, kl_in_reward)

@@ -29,7 +29,7 @@ from preftune.engine.hacking import HackingMonitor, watch_evaluation, watch_star
 from preftune.judges import check_judge_spec
 from preftune.models.loading import save_final, token_id
 from preftune.models.logps import ResponseLogps, reference_view
-from preftune.rollout.experience import collate_on, model_inputs
+from preftune.rollout.experience import collate_on, judge_scores, model_inputs, per_token, shape_scores
 from preftune.rollout.rl_setup import RLSetup
 from preftune.trainers.inputs import (
     Given,
@@ -151,6 +151,34 @@ class RLTrainer(Trainer):
 
     def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
         return reference_view(self.reference, self.policy, self.accelerator.autocast())
+
+    def _reference_logps(self, examples: list[Any], mask: torch.Tensor) -> torch.Tensor:
+        """(N, T) the frozen reference's log-prob of each response token of a rollout (0 elsewhere),
+        per_device_train_batch_size sequences per forward."""
+        with self._reference() as reference:
+            return per_token(
+                lambda b: {"logps": reference(*model_inputs(b))},
+                examples,
+                mask,
+                self.config.train.per_device_train_batch_size,
+                self.pad_id,
+                self.accelerator.device,
+            )["logps"]
+
+    def _judged(self, judge: Any, prompts: list[Any], rollout: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) the judge's raw score of each response of `rollout`, and (N,) the score trained on: standardised
+        with the starting policy's statistics, clipped, minus the missing-EOS penalty (`shape_scores`)."""
+        state, scoring = self.engine.trainer_state, self.config.scoring
+        raw, _ = judge_scores(judge, self.tokenizer, prompts, rollout)
+        shaped = shape_scores(
+            raw,
+            rollout.ended,
+            state["reward_mean"],
+            state["reward_std"],
+            scoring.reward_clip,
+            scoring.missing_eos_penalty,
+        )
+        return raw, shaped
 
     def _held_out(self) -> dict[str, float]:
         return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)

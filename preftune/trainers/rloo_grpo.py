@@ -34,11 +34,9 @@ from preftune.losses.policy_gradient import grpo_advantages, ppo_policy_loss, rl
 from preftune.models.actor_critic import ActorCritic
 from preftune.ops.reduce import masked_sum
 from preftune.rollout.experience import (
-    judge_scores,
     model_inputs,
     per_token,
     rollout_examples,
-    shape_scores,
 )
 from preftune.trainers.inputs import Given
 from preftune.trainers.rl_base import RLTrainer
@@ -83,7 +81,7 @@ class RLOOTrainer(RLTrainer):
     @torch.no_grad()
     def make_experience(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
         """k samples per prompt, their log-probs, scores and group advantages."""
-        cfg, setup, state = self.config, self.setup, self.engine.trainer_state
+        cfg, setup = self.config, self.setup
         k, device, chunk = cfg.num_generations, self.accelerator.device, cfg.train.per_device_train_batch_size
         rollout = setup.rollout(
             self.policy, [setup.prompts.ids[i] for i in prompt_indices], self.engine.step, k
@@ -101,21 +99,10 @@ class RLOOTrainer(RLTrainer):
                     self.pad_id,
                     device,
                 )
-        with self._reference() as reference:
-            ref = per_token(
-                lambda b: {"logps": reference(*model_inputs(b))}, examples, mask, chunk, self.pad_id, device
-            )
+        ref_logps = self._reference_logps(examples, mask)
         prompts = [setup.prompts.prompts[i] for i in prompt_indices for _ in range(k)]
-        raw, _ = judge_scores(setup.judge, self.tokenizer, prompts, rollout)
-        scores = shape_scores(
-            raw,
-            rollout.ended,
-            state["reward_mean"],
-            state["reward_std"],
-            cfg.scoring.reward_clip,
-            cfg.scoring.missing_eos_penalty,
-        )
-        kl = masked_sum(logps["logps"] - ref["logps"], mask, dim=1)  # (N,) sequence log-ratio, k1
+        raw, scores = self._judged(setup.judge, prompts, rollout)
+        kl = masked_sum(logps["logps"] - ref_logps, mask, dim=1)  # (N,) sequence log-ratio, k1
         rewards = scores - cfg.kl_coef * kl if cfg.kl_estimator == "k1" else scores
         groups = rewards.view(-1, k)  # (P, k): the k samples of a prompt are consecutive
         if cfg.advantage_estimator == "rloo":
@@ -126,7 +113,7 @@ class RLOOTrainer(RLTrainer):
             "examples": examples,
             "mask": mask,
             "logps": logps["logps"],
-            "ref_logps": ref["logps"],
+            "ref_logps": ref_logps,
             "advantages": advantages[:, None].expand_as(mask) * mask,
         }
         sums = self.engine.global_sums(
