@@ -12,7 +12,7 @@ RECIPES = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
 
 
 def test_recipes_are_found():
-    assert len(RECIPES) == 26, [str(p.relative_to(CONFIGS)) for p in RECIPES]
+    assert len(RECIPES) == 27, [str(p.relative_to(CONFIGS)) for p in RECIPES]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
