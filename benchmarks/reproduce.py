@@ -114,6 +114,12 @@ SECTIONS = (
     Section("cai_smollm2", "Constitutional AI with a real model",
             ("python benchmarks/cai_smollm2.py --model {smollm2} --heldout_rm {hh}/rm-heldout/final"
              " --workdir {work}/cai_smollm2 --out {work}/cai_smollm2.json",), 25),
+    Section("dpo_vs_ppo_smollm2", "DPO against PPO on SmolLM2",
+            ("python benchmarks/dpo_vs_ppo_smollm2.py --model {smollm2} --heldout_judge {hh}/rm-heldout/final"
+             " --workdir {work}/dpo_vs_ppo_smollm2 --out {work}/dpo_vs_ppo_smollm2.json",), 75),
+    Section("memory_scaling", "How large a model DPO trains in 24 GiB",
+            ("python benchmarks/memory_scaling.py --workdir {work}/memory_scaling --out {work}/memory_scaling.json",),
+            90),
 )  # fmt: skip
 
 
