@@ -33,8 +33,30 @@ class SamplingConfig:
     generation_backend: Literal["transformers", "vllm"] = "transformers"
     """RL rollouts: transformers' generate on the live policy, or vLLM (CUDA, `pip install vllm`; its copy of
     the weights is refreshed from the policy before each rollout)."""
+    vllm_gpu_memory_utilization: float = 0.5
+    """--generation_backend vllm: the share of each GPU's memory the engine takes (its copy of the weights and
+    its KV cache); the rest is the training process's."""
+    vllm_max_model_len: int | None = None
+    """--generation_backend vllm: the longest prompt + response the engine serves (its KV cache is sized for
+    it); default --max_length."""
 
     def __post_init__(self) -> None:
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}."
+            )
+        if self.vllm_max_model_len is not None and self.vllm_max_model_len < 2:
+            raise ValueError(f"vllm_max_model_len must be >= 2 (or unset), got {self.vllm_max_model_len}.")
+        vllm_options = [
+            f"--{name}"
+            for name, default in (("vllm_gpu_memory_utilization", 0.5), ("vllm_max_model_len", None))
+            if getattr(self, name) != default
+        ]
+        if vllm_options and self.generation_backend != "vllm":
+            raise ValueError(
+                f"{', '.join(vllm_options)} set the vLLM engine, but --generation_backend is "
+                f"{self.generation_backend!r}: add --generation_backend vllm, or drop them."
+            )
         if self.max_new_tokens < 1 or self.generation_batch_size < 1:
             raise ValueError(
                 f"max_new_tokens and generation_batch_size must be >= 1, got {self.max_new_tokens} "

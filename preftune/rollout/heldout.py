@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from preftune.data.prompts import PromptSet
 from preftune.judges import GoldJudge, Judge, RewardModelJudge
 from preftune.models.logps import ResponseLogps
-from preftune.rollout.backends import TransformersBackend
+from preftune.rollout.backends import GenerationBackend, TransformersBackend
 from preftune.rollout.config import SamplingConfig
 from preftune.rollout.experience import (
     judge_scores,
@@ -59,14 +59,17 @@ class HeldOutEvaluator:
         reference: Callable[[], contextlib.AbstractContextManager[ResponseLogps]],
         rank: int,
         world: int,
+        backend: GenerationBackend | None = None,
     ) -> dict[str, Tensor | float]:
         """Sums over this process's prompts: `reward` (judge), `heldout_key` (held-out judge), `kl` (sequence-level
-        log pi/pi_ref of the samples, a k1 estimate of KL(pi || pi_ref)), `length` (tokens), `count`."""
+        log pi/pi_ref of the samples, a k1 estimate of KL(pi || pi_ref)), `length` (tokens), `count`. The samples
+        come from `backend` (the training run's, holding the policy's weights), default transformers' generate
+        on the policy."""
         mine = list(range(rank, len(self.prompts), world))
         if not mine:
             return {"reward": 0.0, "kl": 0.0, "length": 0.0, "count": 0.0, self.heldout_key: 0.0}
         device = next(policy.parameters()).device
-        backend = TransformersBackend(policy.model, self.tokenizer)
+        backend = backend or TransformersBackend(policy.model, self.tokenizer)
         rollout = backend.generate(
             [self.prompts.ids[i] for i in mine], self.sampling, self.seed, prompt_keys=mine
         )

@@ -19,11 +19,12 @@ from preftune.judges import GoldJudge, Judge, load_judge
 from preftune.models.loading import token_id
 from preftune.models.logps import ResponseLogps
 from preftune.ops.whiten import whiten
-from preftune.rollout.backends import GenerationBackend, TransformersBackend, VLLMBackend, load_backend
+from preftune.rollout.backends import GenerationBackend, VLLMBackend, load_backend
 from preftune.rollout.config import SamplingConfig, ScoringConfig
 from preftune.rollout.experience import judge_scores
 from preftune.rollout.generate import RolloutBatch
 from preftune.rollout.heldout import HeldOutEvaluator
+from preftune.rollout.vllm_backend import engine_options
 from preftune.tasks import detect_task
 
 logger = logging.getLogger(__name__)
@@ -94,9 +95,27 @@ class RLSetup:
             )
         return cls(prompts, judge, evaluator, sampling, scoring, tokenizer, accelerator, chunk_size, seed)
 
-    def start_backend(self, policy: ResponseLogps) -> None:
-        """The generation backend of the training rollouts (--generation_backend), on the policy."""
-        self.backend = load_backend(self.sampling.generation_backend, policy.model, self.tokenizer)
+    def start_backend(self, policy: ResponseLogps, max_length: int) -> None:
+        """The generation backend (--generation_backend) on the policy: it samples the training rollouts, the
+        starting policy's samples that set the judge's statistics, and the held-out evaluation's samples."""
+        options = {}
+        if self.sampling.generation_backend == "vllm":
+            accelerator = self.accelerator
+            options = engine_options(
+                self.sampling,
+                max_length,
+                str(accelerator.mixed_precision),
+                accelerator.process_index,
+                accelerator.num_processes,
+            )
+        self.backend = load_backend(self.sampling.generation_backend, policy.model, self.tokenizer, **options)
+
+    def sampler(self, policy: ResponseLogps) -> GenerationBackend:
+        """The backend, holding the policy's current weights (vLLM samples from its own copy, refreshed here)."""
+        assert self.backend is not None, "start_backend runs in the trainer's constructor"
+        if isinstance(self.backend, VLLMBackend):
+            self.backend.sync_weights(policy.model)
+        return self.backend
 
     @torch.no_grad()
     def rollout(
@@ -105,11 +124,9 @@ class RLSetup:
         """This process's samples of a training step, `num_samples` per prompt, keyed by their position in
         the global batch, under the same autocast as the policy's forward (so the sampling-time log-probs
         are computed in the training precision)."""
-        assert self.backend is not None, "start_backend runs in the trainer's constructor"
-        if isinstance(self.backend, VLLMBackend):
-            self.backend.sync_weights(policy.model)  # vLLM samples from its own copy of the weights
+        backend = self.sampler(policy)
         with self.accelerator.autocast():
-            return self.backend.generate(
+            return backend.generate(
                 prompt_ids,
                 self.sampling,
                 self.sample_seed(step),
@@ -143,7 +160,7 @@ class RLSetup:
         raw = torch.zeros(0)
         if mine:
             with self.accelerator.autocast():
-                rollout = TransformersBackend(policy.model, self.tokenizer).generate(
+                rollout = self.sampler(policy).generate(
                     [self.prompts.ids[i] for i in mine],
                     self.sampling,
                     self.seed * 31,
@@ -195,7 +212,7 @@ class RLSetup:
         assert self.evaluator is not None, "the trainers evaluate only with --eval_dataset"
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         with self.accelerator.autocast():  # the training precision, as the policy's forward
-            local = self.evaluator.sums(policy, reference, rank, world)
+            local = self.evaluator.sums(policy, reference, rank, world, self.sampler(policy))
         sums = global_sums(local)
         count = max(sums.pop("count"), 1.0)
         if self.evaluator.heldout is None and self.evaluator.heldout_key != "ensemble_std":

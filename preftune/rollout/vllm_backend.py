@@ -1,8 +1,9 @@
 """Optional vLLM generation backend for CUDA GPUs.
 
 NOT EXERCISED BY CI: the test machines have no GPU and no vllm. Unit tests cover the import
-guard and `merged_weights`; everything that talks to vLLM was written against its documented
-API and must be checked on a GPU before it is relied on.
+guard, `merged_weights` and `engine_options`, and an RL test checks that rollouts, the judge's starting
+statistics and the held-out evaluation all sample through the run's one backend; everything that talks
+to vLLM was written against its documented API and must be checked on a GPU before it is relied on.
 
 Importing this module never imports vllm: the import happens when `VLLMBackend` is built.
 
@@ -23,7 +24,11 @@ vLLM API used, as documented for vLLM 0.10.2 up to the 0.2x releases (V1 engine)
   separate process (V1's default) fn and the weights would be pickled (and refused unless
   VLLM_ALLOW_INSECURE_SERIALIZATION=1), so the engine runs in-process
   (VLLM_ENABLE_V1_MULTIPROCESSING=0) and the weights are handed over as GPU tensors. The prefix
-  cache holds KV computed with the old weights and is reset after every sync.
+  cache holds KV computed with the old weights and is reset after every sync;
+- several training processes: every process builds its own engine with `tensor_parallel_size=1` and
+  `distributed_executor_backend="external_launcher"` (vLLM's executor for engines inside processes that
+  torchrun or accelerate launched; it reads RANK, LOCAL_RANK and WORLD_SIZE from the launcher), on the
+  CUDA device accelerate set for the process. Without it every rank's engine would start on GPU 0.
 """
 
 from __future__ import annotations
@@ -46,18 +51,54 @@ from preftune.rollout.generate import RolloutBatch, check_rollout_request, reque
 
 logger = logging.getLogger(__name__)
 
-MIN_VLLM_VERSION = "0.10.2"  # logprobs_mode="processed_logprobs"
+MIN_VLLM_VERSION = (
+    "0.19.1"  # the first that accepts transformers 5 (pyproject.toml); also has processed_logprobs
+)
 NEEDS = (
     f"The vLLM generation backend needs the vllm package (pip install 'vllm>={MIN_VLLM_VERSION}') and a "
     "CUDA GPU. Without them use the transformers backend, which runs on any device."
 )
 
 
+VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32"}
+"""vLLM's dtype for each accelerate mixed precision: the engine samples in the training precision, so the
+sampling-time log-probs are comparable with the update's."""
+
+
+def engine_options(
+    sampling: SamplingConfig,
+    max_length: int,
+    mixed_precision: str,
+    process_index: int,
+    num_processes: int,
+) -> dict[str, Any]:
+    """The `VLLMBackend` options of one training process: its precision, --vllm_gpu_memory_utilization,
+    `max_model_len` (--vllm_max_model_len, default --max_length: the longest prompt plus response a rollout
+    holds, not the model's whole context, whose KV cache would crowd out the batch), and one engine per
+    process: with several processes each builds its own engine on its own GPU under vLLM's
+    "external_launcher" executor (the processes accelerate launched are the engines' workers; each rank's
+    engine is seeded with its rank)."""
+    if mixed_precision not in VLLM_DTYPES:
+        raise ValueError(
+            f"Unknown mixed precision {mixed_precision!r}; expected one of {sorted(VLLM_DTYPES)}."
+        )
+    options: dict[str, Any] = {
+        "dtype": VLLM_DTYPES[mixed_precision],
+        "gpu_memory_utilization": sampling.vllm_gpu_memory_utilization,
+        "max_model_len": sampling.vllm_max_model_len or max_length,
+        "seed": process_index,
+    }
+    if num_processes > 1:
+        options["distributed_executor_backend"] = "external_launcher"
+    return options
+
+
 class VLLMBackend:
     """Sampling with a vLLM engine on one CUDA GPU, next to the policy being trained.
 
     NOT EXERCISED BY CI (no GPU, no vllm there). The engine loads `model_path` and keeps its own
-    copy of the weights: call `sync_weights(policy)` after every optimizer step.
+    copy of the weights: call `sync_weights(policy)` after every optimizer step. Under a multi-process
+    launch each process builds its own engine on its current CUDA device (`engine_options`).
     """
 
     def __init__(
@@ -68,6 +109,7 @@ class VLLMBackend:
         gpu_memory_utilization: float = 0.5,
         seed: int = 0,
         max_model_len: int | None = None,
+        distributed_executor_backend: str | None = None,
     ) -> None:
         try:
             import vllm  # pyright: ignore[reportMissingImports]
@@ -93,6 +135,12 @@ class VLLMBackend:
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
             max_model_len=max_model_len,
+            tensor_parallel_size=1,
+            **(
+                {"distributed_executor_backend": distributed_executor_backend}
+                if distributed_executor_backend
+                else {}
+            ),
             skip_tokenizer_init=True,  # token ids in and out; EOS comes from `tokenizer` via stop_token_ids
             logprobs_mode="processed_logprobs",
         )

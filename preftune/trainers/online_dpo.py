@@ -51,7 +51,6 @@ from preftune.judges import (
 from preftune.losses.registry import LOSSES, combined_losses
 from preftune.models.logps import ResponseLogps, sequence_sums
 from preftune.ops.reduce import masked_sum
-from preftune.rollout.backends import TransformersBackend
 from preftune.rollout.experience import (
     collate_on,
     decode_responses,
@@ -296,7 +295,7 @@ class OnlineDPOTrainer(RLTrainer):
         texts: list[str] = []
         if mine:
             with self.accelerator.autocast():
-                rollout = TransformersBackend(self.policy.model, self.tokenizer).generate(
+                rollout = self.setup.sampler(self.policy).generate(
                     [evaluator.prompts.ids[i] for i in mine],
                     evaluator.sampling,
                     evaluator.seed,

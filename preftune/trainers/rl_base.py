@@ -119,7 +119,7 @@ class RLTrainer(Trainer):
             items_per_step=items_per_step,
         )
         self.model = self.engine.model
-        self.setup.start_backend(self.policy)
+        self.setup.start_backend(self.policy, cfg.data.max_length)
         self.monitor = HackingMonitor(cfg.hacking)
         if "hacking" in self.engine.trainer_state:  # restored on resume
             self.monitor.load_state_dict(self.engine.trainer_state["hacking"])

@@ -323,3 +323,22 @@ def test_an_ensemble_judges_disagreement_is_the_held_out_signal_without_gold(
     evaluated = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/reward" in r]
     assert len(evaluated) == 2 and all(r["eval/ensemble_std"] > 0 for r in evaluated)
     assert "eval/gold_reward" not in evaluated[-1] and "hacking/heldout_slope" in evaluated[-1]
+
+
+def test_held_out_samples_come_from_the_runs_generation_backend(synth_world, tiny_base, tmp_path):
+    """The held-out evaluation samples through the run's backend (with vLLM: the engine that holds the
+    policy's weights), as the training rollouts do, not through a second sampler."""
+    common = _common(tiny_base, synth_world, tmp_path, steps=2, batch=8, eval_data=True, eval_steps=2)
+    trainer = RLOOTrainer(RLOOConfig(**common, num_generations=2), judge=LetterJudge())
+    backend, calls = trainer.setup.backend, []
+
+    class Recording:
+        def generate(self, prompts, config, seed, num_samples=1, prompt_keys=None):
+            calls.append((len(prompts), num_samples))
+            return backend.generate(prompts, config, seed, num_samples, prompt_keys=prompt_keys)
+
+    trainer.setup.backend = Recording()
+    trainer.train()
+    held_out = len(trainer.setup.evaluator.prompts)
+    # the starting policy's evaluation, two steps of 4 prompts x 2 samples, the evaluation at step 2
+    assert calls == [(held_out, 1), (4, 2), (4, 2), (held_out, 1)], calls

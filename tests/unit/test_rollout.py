@@ -19,7 +19,7 @@ from preftune.rollout import (
     load_backend,
     sample_responses,
 )
-from preftune.rollout.vllm_backend import merged_weights
+from preftune.rollout.vllm_backend import engine_options, merged_weights
 
 PACKAGE = Path(__file__).resolve().parents[2] / "preftune"
 EOS_BIAS = 4.0
@@ -340,3 +340,28 @@ def test_a_checkpoints_own_end_tokens_also_end_a_response(tiny_tokenizer, prompt
         assert batch.response_ids[row][-1] == end_of_turn
         assert end_of_turn not in batch.response_ids[row][:-1]
     assert model.generation_config.eos_token_id == [tiny_tokenizer.eos_token_id, end_of_turn]  # restored
+
+
+def test_vllm_engine_options_follow_the_training_run():
+    """One engine per process, in the training precision, sized for --max_length unless told otherwise."""
+    sampling = SamplingConfig(generation_backend="vllm", vllm_gpu_memory_utilization=0.3)
+    one = engine_options(sampling, max_length=320, mixed_precision="bf16", process_index=0, num_processes=1)
+    assert one == {"dtype": "bfloat16", "gpu_memory_utilization": 0.3, "max_model_len": 320, "seed": 0}
+    longer = SamplingConfig(generation_backend="vllm", vllm_max_model_len=1024)
+    two = engine_options(longer, max_length=320, mixed_precision="no", process_index=1, num_processes=2)
+    assert two == {"dtype": "float32", "gpu_memory_utilization": 0.5, "max_model_len": 1024, "seed": 1,
+                   "distributed_executor_backend": "external_launcher"}  # fmt: skip
+    assert engine_options(sampling, 64, "fp16", 0, 1)["dtype"] == "float16"
+    with pytest.raises(ValueError, match="Unknown mixed precision 'fp8'"):
+        engine_options(sampling, 64, "fp8", 0, 1)
+
+
+def test_vllm_settings_without_the_vllm_backend_are_refused():
+    with pytest.raises(
+        ValueError, match=r"--vllm_max_model_len set the vLLM engine.*--generation_backend vllm"
+    ):
+        SamplingConfig(vllm_max_model_len=512)
+    with pytest.raises(ValueError, match=r"vllm_gpu_memory_utilization must be in \(0, 1\]"):
+        SamplingConfig(generation_backend="vllm", vllm_gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match="vllm_max_model_len must be >= 2"):
+        SamplingConfig(generation_backend="vllm", vllm_max_model_len=1)
