@@ -142,3 +142,30 @@ def evaluate_policy(
     if proxy is not None:
         result["proxy_reward"] = proxy.score(texts, responses).mean().item()
     return result
+
+
+# Llama-architecture shapes of real checkpoints (their config.json): hidden size, layers, attention heads,
+# key/value heads, intermediate size, vocabulary, tied embeddings. Qwen2.5's without its query/key/value
+# biases. "tiny" is a smoke-test shape.
+MODEL_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=4, intermediate=176, vocab=8192, tied=True),
+    "smollm2-135m": dict(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, vocab=49152, tied=True),
+    "smollm2-360m": dict(hidden=960, layers=32, heads=15, kv_heads=5, intermediate=2560, vocab=49152, tied=True),
+    "qwen2.5-0.5b": dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936, tied=True),
+    "tinyllama-1.1b": dict(hidden=2048, layers=22, heads=32, kv_heads=4, intermediate=5632, vocab=32000, tied=False),
+    "llama-3.2-1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, vocab=128256, tied=True),
+    "smollm2-1.7b": dict(hidden=2048, layers=24, heads=32, kv_heads=32, intermediate=8192, vocab=49152, tied=True),
+    "llama-3.2-3b": dict(hidden=3072, layers=28, heads=24, kv_heads=8, intermediate=8192, vocab=128256, tied=True),
+}  # fmt: skip
+
+
+def llama_config(shape: dict[str, Any], vocab_size: int | None = None, max_positions: int = 2048) -> Any:
+    """A transformers LlamaConfig of one of MODEL_SHAPES (vocabulary `vocab_size`, default the shape's)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size or shape["vocab"], hidden_size=shape["hidden"], intermediate_size=shape["intermediate"],
+        num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["kv_heads"], tie_word_embeddings=shape["tied"],
+        max_position_embeddings=max_positions,
+    )  # fmt: skip

@@ -109,7 +109,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from common import current_rss_mib, environment, padding_share, peak_rss_mib
+from common import MODEL_SHAPES, current_rss_mib, environment, llama_config, padding_share, peak_rss_mib
 from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
@@ -120,8 +120,10 @@ from transformers import (
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "../shared/data/hh-rlhf-harmless/train.jsonl.gz"
-RUNS = ("preftune", "trl_default", "trl_precompute")
-LABELS = {"preftune": "preftune", "trl_default": "TRL default", "trl_precompute": "TRL precompute"}
+RUNS = ("preftune", "preftune_padded", "trl_default", "trl_precompute")
+TRL_RUNS = RUNS[2:]
+LABELS = {"preftune": "preftune", "preftune_padded": "preftune padded", "trl_default": "TRL default",
+          "trl_precompute": "TRL precompute"}  # fmt: skip
 MODES = ("timed", "check", "profile")
 SEED = 0
 REFERENCE_SEED = 1
@@ -130,6 +132,7 @@ NUM_HEADS = 4
 TINY_DEFAULTS = {"vocab_size": 8192, "hidden": 256, "layers": 4}  # the random-init model's shape
 BETA = 0.1
 LOSS_TOLERANCE = 1e-4
+LOSS_TOLERANCE_BF16 = 1e-2  # bf16 autocast rounds each matmul's inputs to 8 bits of mantissa
 TARGET_SPEEDUP = 3.0
 # The matmul ops torch.profiler counts FLOPs for.
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
@@ -166,6 +169,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Model width (4 heads; intermediate 11/4 x hidden; default 256; not with --model).",
     )
     add("--layers", type=int, default=None, help="Decoder layers (default 4; not with --model).")
+    add(
+        "--shape",
+        choices=list(MODEL_SHAPES),
+        default=None,
+        help="Random-init model with a real checkpoint's shape (benchmarks/common.py MODEL_SHAPES: layers, "
+        "heads, widths, its vocabulary size); not with --model, --hidden or --layers.",
+    )
+    add("--bf16", action="store_true", help="bf16 mixed precision in both frameworks (default float32).")
+    add(
+        "--padded",
+        action="store_true",
+        help="Also time preftune with --prefix_sharing false (padded chosen/rejected rows, as TRL).",
+    )
     add("--threads", type=int, default=0, help="torch CPU threads in every process; 0 keeps torch's default.")
     add("--workdir", default=None, help="Folder for models, data files, runs and results (default: temp).")
     add("--out", default=None, help="Also write all results to this JSON file.")
@@ -180,6 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_rows < args.num_pairs:
         parser.error(f"--num_rows ({args.num_rows}) must be >= --num_pairs ({args.num_pairs}).")
     options = vars(args)
+    if args.shape is not None and (args.model or args.hidden or args.layers):
+        parser.error("--shape gives the model's shape; drop --model, --hidden and --layers.")
     if args.model is not None:
         given = [f"--{name}" for name in TINY_DEFAULTS if options[name] is not None]
         if given:
@@ -198,21 +216,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace, seed: int) -> LlamaForCausalLM:
-    """The benchmark's random-init Llama, sized for `tokenizer`, initialised under `seed`."""
+    """The benchmark's random-init Llama, sized for `tokenizer` (or with --shape a real checkpoint's shape,
+    whose vocabulary covers the tokenizer's ids), initialised under `seed`."""
     from preftune.models.loading import token_id
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=args.hidden,
-        intermediate_size=11 * args.hidden // 4,
-        num_hidden_layers=args.layers,
-        num_attention_heads=NUM_HEADS,
-        num_key_value_heads=NUM_HEADS,
-        max_position_embeddings=max(1024, 2 * args.max_length),
-        bos_token_id=token_id(tokenizer, "bos"),
-        eos_token_id=token_id(tokenizer, "eos"),
-        pad_token_id=token_id(tokenizer, "pad"),
-        tie_word_embeddings=True,
+    if args.shape is not None:
+        shape = MODEL_SHAPES[args.shape]
+        config = llama_config(shape, max(shape["vocab"], len(tokenizer)), max(1024, 2 * args.max_length))
+    else:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=args.hidden,
+            intermediate_size=11 * args.hidden // 4,
+            num_hidden_layers=args.layers,
+            num_attention_heads=NUM_HEADS,
+            num_key_value_heads=NUM_HEADS,
+            max_position_embeddings=max(1024, 2 * args.max_length),
+            tie_word_embeddings=True,
+        )
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = (
+        token_id(tokenizer, name) for name in ("bos", "eos", "pad")
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
@@ -296,7 +319,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "policy": str(policy_dir), "reference": str(reference_dir), **files,
         "dialogue_format": dialogue_format, "num_pairs": args.num_pairs, "check_pairs": len(check),
         "batch_size": args.batch_size, "max_length": args.max_length, "learning_rate": args.learning_rate,
-        "threads": args.threads,
+        "threads": args.threads, "bf16": args.bf16,
     }  # fmt: skip
     config = policy.config
     shape = {
@@ -398,7 +421,11 @@ def run_worker(run: str, mode: str, job_path: Path) -> None:
     if job["threads"]:
         torch.set_num_threads(job["threads"])
     torch.manual_seed(SEED)
-    result = run_preftune(job, mode) if run == "preftune" else run_trl(job, run, mode)
+    result = (
+        run_trl(job, run, mode)
+        if run in TRL_RUNS
+        else run_preftune(job, mode, padded=run == "preftune_padded")
+    )
     Path(job["result"]).write_text(json.dumps(result, indent=2))
 
 
@@ -459,7 +486,7 @@ def check_batch_size(job: dict[str, Any], mode: str) -> int:
     return min(job["batch_size"], job["check_pairs"]) if mode == "check" else job["batch_size"]
 
 
-def preftune_config(job: dict[str, Any], mode: str) -> Any:
+def preftune_config(job: dict[str, Any], mode: str, padded: bool = False) -> Any:
     """preftune's DPOConfig: its defaults, with the settings held equal."""
     from preftune.data import DataConfig
     from preftune.engine import TrainConfig
@@ -482,6 +509,7 @@ def preftune_config(job: dict[str, Any], mode: str) -> Any:
         disable_tqdm=True,
         overwrite_output_dir=True,
         save_steps=0,
+        bf16=job.get("bf16", False),
     )
     data = DataConfig(
         dataset=job["check_preftune" if check else "train_preftune"],
@@ -495,10 +523,11 @@ def preftune_config(job: dict[str, Any], mode: str) -> Any:
         ref_model=job["reference"] if check else None,  # None: a frozen copy of --model
         beta=BETA,
         loss_type=["sigmoid"],
+        prefix_sharing=not padded,
     )
 
 
-def run_preftune(job: dict[str, Any], mode: str) -> dict[str, Any]:
+def run_preftune(job: dict[str, Any], mode: str, padded: bool = False) -> dict[str, Any]:
     from preftune.engine.metrics import read_metrics
     from preftune.models import logps
     from preftune.models.loading import load_tokenizer
@@ -511,7 +540,7 @@ def run_preftune(job: dict[str, Any], mode: str) -> dict[str, Any]:
     # The reference is loaded by models.logps.load_frozen_reference (shared with KTO) since 604ea0f.
     logps.load_reference = timing(logps.load_reference, loads)
     dpo.save_final = timing(dpo.save_final, saves)
-    config = preftune_config(job, mode)
+    config = preftune_config(job, mode, padded)
     tokenizer = load_tokenizer(job["policy"])
 
     def start() -> tuple[Any, float]:
@@ -558,7 +587,7 @@ def trl_arguments(job: dict[str, Any], run: str, mode: str) -> dict[str, Any]:
         "weight_decay": 0.0,
         "max_grad_norm": 1.0,
         "seed": SEED,  # default 42
-        "bf16": False,  # default True (mixed precision) unless fp16 is set
+        "bf16": job.get("bf16", False),  # default True (mixed precision) unless fp16 is set
         "fp16": False,
         "activation_checkpointing": False,  # TRL defaults gradient_checkpointing (its old name) to True
         "model_init_kwargs": {"dtype": "float32"},
@@ -753,7 +782,7 @@ RATIO_KEYS = (
 def compare(results: dict[str, Any]) -> None:
     """Ratios preftune / TRL's fastest setup, the first-step loss differences and the targets."""
     ours = results["preftune"]
-    trl_runs = [run for run in RUNS[1:] if run in results]
+    trl_runs = [run for run in TRL_RUNS if run in results]
     for run in trl_runs:
         results[run]["loss_difference"] = abs(results[run]["first_step_loss"] - ours["first_step_loss"])
     best = max(trl_runs, key=lambda run: results[run]["pairs_per_second"])
@@ -765,14 +794,15 @@ def compare(results: dict[str, Any]) -> None:
     memory = "cuda_peak_mib" if ratio["cuda_peak_mib"] is not None else "peak_rss_mib"
     lowest = min(results[run][memory] for run in trl_runs)
     results["ratios"] = {"versus": best, **ratio}
+    tolerance = LOSS_TOLERANCE_BF16 if results["setup"].get("bf16") else LOSS_TOLERANCE
     speedups = {run: ours["pairs_per_second"] / results[run]["pairs_per_second"] for run in trl_runs}
     results["speedups"] = speedups
     results["targets"] = {
         f"pairs/s >= {TARGET_SPEEDUP:g}x TRL's best ({LABELS[best]})": speedups[best] >= TARGET_SPEEDUP,
         f"{memory} <= {LABELS[best]}'s": ours[memory] <= theirs[memory],
         f"{memory} <= the lowest TRL setup's": ours[memory] <= lowest,
-        f"first-step losses equal within {LOSS_TOLERANCE:g}": all(
-            results[run]["loss_difference"] <= LOSS_TOLERANCE for run in trl_runs
+        f"first-step losses equal within {tolerance:g}": all(
+            results[run]["loss_difference"] <= tolerance for run in trl_runs
         ),
     }
 
@@ -929,15 +959,16 @@ def main(argv: list[str] | None = None) -> None:
         "setup": {**vars(args), "workdir": str(workdir)}, "environment": environment(args.threads),
         "data": prepared["data"], "shape": shape, "peak": peak,
     }  # fmt: skip
-    for run in (args.only,) if args.only else RUNS:
+    runs = (args.only,) if args.only else tuple(r for r in RUNS if args.padded or r != "preftune_padded")
+    for run in runs:
         results[run] = run_child(run, "timed", job, workdir)
         add_rates(results[run], shape, peak["peak_flop_per_second"])
         check = run_child(run, "check", job, workdir)
         results[run]["first_step"] = check["first_step"]
         results[run]["first_step_loss"] = check["first_step"]["loss"]
-        if run != "preftune":
+        if run in TRL_RUNS:
             results[run]["check_pairs_with_preftune_token_ids"] = check["pairs_with_preftune_token_ids"]
-    if "preftune" in results and any(run in results for run in RUNS[1:]):
+    if "preftune" in results and any(run in results for run in TRL_RUNS):
         compare(results)
     if args.profile:
         results["profile"] = run_child("preftune", "profile", job, workdir)["profile"]

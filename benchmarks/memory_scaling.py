@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import environment, peak_rss_mib
+from common import MODEL_SHAPES, environment, llama_config, peak_rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "../shared/data/hh-rlhf-harmless/train.jsonl.gz"
@@ -51,19 +51,7 @@ SETTINGS = ("full", "full_gc", "lora", "lora_gc")
 VOCAB = 8192  # the BPE tokenizer's size; every rung's embedding keeps its real vocabulary
 BETA = 0.1
 LORA = {"r": 16, "alpha": 32}
-# Llama-architecture shapes of real checkpoints (their config.json): hidden, layers, heads, key/value heads,
-# intermediate, vocabulary, tied embeddings (Qwen2.5's shape without its query/key/value biases). "tiny" is
-# a smoke-test shape.
-RUNGS: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=4, intermediate=176, vocab=8192, tied=True),
-    "smollm2-135m": dict(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, vocab=49152, tied=True),
-    "smollm2-360m": dict(hidden=960, layers=32, heads=15, kv_heads=5, intermediate=2560, vocab=49152, tied=True),
-    "qwen2.5-0.5b": dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936, tied=True),
-    "tinyllama-1.1b": dict(hidden=2048, layers=22, heads=32, kv_heads=4, intermediate=5632, vocab=32000, tied=False),
-    "llama-3.2-1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, vocab=128256, tied=True),
-    "smollm2-1.7b": dict(hidden=2048, layers=24, heads=32, kv_heads=32, intermediate=8192, vocab=49152, tied=True),
-    "llama-3.2-3b": dict(hidden=3072, layers=28, heads=24, kv_heads=8, intermediate=8192, vocab=128256, tied=True),
-}  # fmt: skip
+RUNGS = MODEL_SHAPES
 LADDER = (
     "smollm2-135m",
     "smollm2-360m",
@@ -134,14 +122,10 @@ def write_data(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
 
 
 def build_model(shape: dict[str, Any], seed: int = 0) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=shape["vocab"], hidden_size=shape["hidden"], intermediate_size=shape["intermediate"],
-        num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
-        num_key_value_heads=shape["kv_heads"], tie_word_embeddings=shape["tied"], max_position_embeddings=2048,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
+    config = llama_config(shape)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 0
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
