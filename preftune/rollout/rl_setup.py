@@ -105,6 +105,7 @@ class RLSetup:
                 self.sampling,
                 max_length,
                 str(accelerator.mixed_precision),
+                next(policy.parameters()).dtype,
                 accelerator.process_index,
                 accelerator.num_processes,
             )

@@ -7,7 +7,7 @@ to vLLM was written against its documented API and must be checked on a GPU befo
 
 Importing this module never imports vllm: the import happens when `VLLMBackend` is built.
 
-vLLM API used, as documented for vLLM 0.10.2 up to the 0.2x releases (V1 engine):
+vLLM API used, as documented for vLLM 0.10.2 up to the 0.3x releases (V1 engine; preftune asks >= 0.19.1):
 - prompts as token ids: `LLM.generate([TokensPrompt(prompt_token_ids=ids), ...], params)`
   (`vllm.inputs.TokensPrompt`; the older `generate(prompt_token_ids=...)` keyword was deprecated, then removed);
 - `SamplingParams(n, temperature, top_p, top_k (-1 = off), max_tokens, logprobs=0, seed,
@@ -51,39 +51,38 @@ from preftune.rollout.generate import RolloutBatch, check_rollout_request, reque
 
 logger = logging.getLogger(__name__)
 
-MIN_VLLM_VERSION = (
-    "0.19.1"  # the first that accepts transformers 5 (pyproject.toml); also has processed_logprobs
-)
+# The first vLLM that accepts transformers 5 (pyproject.toml's vllm extra); it has processed_logprobs too.
+MIN_VLLM_VERSION = "0.19.1"
 NEEDS = (
     f"The vLLM generation backend needs the vllm package (pip install 'vllm>={MIN_VLLM_VERSION}') and a "
     "CUDA GPU. Without them use the transformers backend, which runs on any device."
 )
 
 
-VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32"}
-"""vLLM's dtype for each accelerate mixed precision: the engine samples in the training precision, so the
-sampling-time log-probs are comparable with the update's."""
+MIXED_PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+"""vLLM's dtype under accelerate's mixed precision; without it ("no") the policy's own dtype."""
 
 
 def engine_options(
     sampling: SamplingConfig,
     max_length: int,
     mixed_precision: str,
+    policy_dtype: torch.dtype,
     process_index: int,
     num_processes: int,
 ) -> dict[str, Any]:
-    """The `VLLMBackend` options of one training process: its precision, --vllm_gpu_memory_utilization,
+    """The `VLLMBackend` options of one training process: the training precision (so the sampling-time
+    log-probs are comparable with the update's), --vllm_gpu_memory_utilization,
     `max_model_len` (--vllm_max_model_len, default --max_length: the longest prompt plus response a rollout
     holds, not the model's whole context, whose KV cache would crowd out the batch), and one engine per
     process: with several processes each builds its own engine on its own GPU under vLLM's
     "external_launcher" executor (the processes accelerate launched are the engines' workers; each rank's
     engine is seeded with its rank)."""
-    if mixed_precision not in VLLM_DTYPES:
-        raise ValueError(
-            f"Unknown mixed precision {mixed_precision!r}; expected one of {sorted(VLLM_DTYPES)}."
-        )
+    if mixed_precision not in (*MIXED_PRECISION_DTYPES, "no"):
+        raise ValueError(f"Unknown mixed precision {mixed_precision!r}; expected bf16, fp16 or no.")
+    dtype = MIXED_PRECISION_DTYPES.get(mixed_precision, str(policy_dtype).removeprefix("torch."))
     options: dict[str, Any] = {
-        "dtype": VLLM_DTYPES[mixed_precision],
+        "dtype": dtype,
         "gpu_memory_utilization": sampling.vllm_gpu_memory_utilization,
         "max_model_len": sampling.vllm_max_model_len or max_length,
         "seed": process_index,

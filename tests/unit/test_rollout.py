@@ -345,15 +345,17 @@ def test_a_checkpoints_own_end_tokens_also_end_a_response(tiny_tokenizer, prompt
 def test_vllm_engine_options_follow_the_training_run():
     """One engine per process, in the training precision, sized for --max_length unless told otherwise."""
     sampling = SamplingConfig(generation_backend="vllm", vllm_gpu_memory_utilization=0.3)
-    one = engine_options(sampling, max_length=320, mixed_precision="bf16", process_index=0, num_processes=1)
+    one = engine_options(sampling, 320, "bf16", torch.float32, process_index=0, num_processes=1)
     assert one == {"dtype": "bfloat16", "gpu_memory_utilization": 0.3, "max_model_len": 320, "seed": 0}
     longer = SamplingConfig(generation_backend="vllm", vllm_max_model_len=1024)
-    two = engine_options(longer, max_length=320, mixed_precision="no", process_index=1, num_processes=2)
+    two = engine_options(longer, 320, "no", torch.float32, process_index=1, num_processes=2)
     assert two == {"dtype": "float32", "gpu_memory_utilization": 0.5, "max_model_len": 1024, "seed": 1,
                    "distributed_executor_backend": "external_launcher"}  # fmt: skip
-    assert engine_options(sampling, 64, "fp16", 0, 1)["dtype"] == "float16"
+    assert engine_options(sampling, 64, "fp16", torch.float32, 0, 1)["dtype"] == "float16"
+    # without mixed precision, a policy loaded in bf16 (--dtype bfloat16) samples in bf16
+    assert engine_options(sampling, 64, "no", torch.bfloat16, 0, 1)["dtype"] == "bfloat16"
     with pytest.raises(ValueError, match="Unknown mixed precision 'fp8'"):
-        engine_options(sampling, 64, "fp8", 0, 1)
+        engine_options(sampling, 64, "fp8", torch.float32, 0, 1)
 
 
 def test_vllm_settings_without_the_vllm_backend_are_refused():
