@@ -66,7 +66,7 @@ Tokens: "real" = prompt + chosen plus prompt + rejected, no padding (after each 
 own cut); "computed" = what a framework runs: the same for TRL (padding not counted), prompt +
 chosen + rejected for preftune.
 
-MFU = model FLOPs / timed seconds / peak; the peak is this machine's fp32 matmul rate, measured
+MFU = model FLOPs / timed seconds / peak; the peak is this machine's fp32 matmul rate (bf16 with --bf16), measured
 in the parent with the workers' thread count: the best rate of square torch.mm (2 n^3 FLOPs)
 over n = 256..2048 on CPU, 1024..8192 on CUDA, each the best of 10 timings. Training the policy
 (forward + backward = 3 forwards) plus one reference forward:
@@ -361,15 +361,15 @@ def write_pair_files(
     return files
 
 
-def measure_matmul_peak() -> dict[str, Any]:
-    """This machine's fp32 matmul peak: the highest rate of square torch.mm (2 n^3 FLOPs) over a
+def measure_matmul_peak(dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """This machine's matmul peak in `dtype`: the highest rate of square torch.mm (2 n^3 FLOPs) over a
     few sizes, each the best of 10 timings (on a shared machine the best is the uncontended one)."""
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     sizes = (1024, 2048, 4096, 8192) if cuda else (256, 512, 1024, 2048)
     rates: dict[str, float] = {}
     for size in sizes:
-        a, b, out = (torch.randn(size, size, device=device) for _ in range(3))
+        a, b, out = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(3))
         per_timing = max(1, round((1e11 if cuda else 2e9) / (2 * size**3)))  # about 10 ms or more a timing
         best = math.inf
         for attempt in range(13):
@@ -384,7 +384,8 @@ def measure_matmul_peak() -> dict[str, Any]:
                 best = min(best, (time.perf_counter() - start) / per_timing)
         rates[str(size)] = 2 * size**3 / best
     size = max(rates, key=lambda key: rates[key])
-    return {"matmul_size": int(size), "peak_flop_per_second": rates[size], "flop_per_second_by_size": rates}
+    return {"matmul_size": int(size), "peak_flop_per_second": rates[size], "flop_per_second_by_size": rates,
+            "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
 
 
 def run_child(run: str, mode: str, job: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -876,7 +877,7 @@ def footnotes(results: dict[str, Any]) -> list[str]:
         f"{100 * data['padded_batch_padding_share']:.1f}% padding; first-step check on "
         f"{data['check_pairs']} uncut pairs",
         *model_lines(results),
-        f"fp32 matmul peak: {peak['peak_flop_per_second'] / 1e9:.1f} GFLOP/s at n = {peak['matmul_size']} "
+        f"{peak.get('dtype', 'float32')} matmul peak: {peak['peak_flop_per_second'] / 1e9:.1f} GFLOP/s at n = {peak['matmul_size']} "
         f"(GFLOP/s by n: {rates})",
         f"peak RSS is each worker's ru_maxrss, which Linux starts at the parent's peak when it spawns "
         f"the worker ({floor:,.0f} MiB at most here): a floor under every figure",
@@ -954,7 +955,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(args, workdir)
     job, shape = prepared["job"], prepared["shape"]
-    peak = measure_matmul_peak()
+    peak = measure_matmul_peak(torch.bfloat16 if args.bf16 else torch.float32)
     results: dict[str, Any] = {
         "setup": {**vars(args), "workdir": str(workdir)}, "environment": environment(args.threads),
         "data": prepared["data"], "shape": shape, "peak": peak,

@@ -6,21 +6,27 @@
 #
 #   bash benchmarks/gpu_dpo.sh                                  # on the GPU machine, from the repository root
 #
-# The machine has no network: TRL comes as a wheel from ../shared/wheels (`pip download trl==1.16.0 --no-deps
-# -d ../shared/wheels` on a machine with one), installed without dependencies; the HH pairs from ../shared/data.
-# TRL 1.16 turns padding_free=True back to False with a warning ("temporarily unavailable"), so its
-# padding-free setting cannot be timed; its two timed setups are its default and precompute_ref_log_probs. FSDP2 and ZeRO-3 are not run: preftune's engine
-# refuses them (docs/architecture.md), and a one-process smoke test of a refusal measures nothing.
+# The machine has no network and receives only the repository, so the HH pairs and a TRL 1.16 wheel travel in
+# an ignored folder, prepared here before the call (and named in the device call's `carry`):
+#
+#   mkdir -p .device && echo /.device/ >> .git/info/exclude
+#   cp ../shared/data/hh-rlhf-harmless/train.jsonl.gz .device/ && pip download trl==1.16.0 --no-deps -d .device
+#
+# TRL is installed there without dependencies (torch and transformers are the machine's). TRL 1.16 turns
+# padding_free=True back to False with a warning ("temporarily unavailable"), so its padding-free setting
+# cannot be timed; its two timed setups are its default and precompute_ref_log_probs. FSDP2 and ZeRO-3 are
+# not run: preftune's engine refuses them (docs/architecture.md), and a one-process smoke test of a refusal
+# measures nothing.
 set -euo pipefail
 out="${OUT:-runs/gpu_dpo}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$out/device.txt"
-python -c "import trl" 2>/dev/null || pip install --no-deps ../shared/wheels/trl-1.16.0-*.whl
+python -c "import trl" 2>/dev/null || pip install --no-deps .device/trl-1.16.0-*.whl
 pip install --no-deps -e . > /dev/null
-for shape in smollm2-135m qwen2.5-0.5b; do
-    timeout 240 python benchmarks/dpo_vs_trl.py --shape "$shape" --bf16 --padded --num_rows 1200 --num_pairs 512 \
-        --batch_size 8 --max_length 1024 --learning_rate 1e-5 --workdir "$out/$shape" --out "$out/$shape.json" \
-        | tee "$out/$shape.txt"
+for shape in smollm2-135m qwen2.5-0.5b; do  # models and worker logs in /tmp; tables and JSON in $out
+    timeout 240 python benchmarks/dpo_vs_trl.py --shape "$shape" --data .device/train.jsonl.gz --bf16 --padded \
+        --num_rows 1200 --num_pairs 512 --batch_size 8 --max_length 1024 --learning_rate 1e-5 \
+        --workdir "/tmp/gpu_dpo/$shape" --out "$out/$shape.json" | tee "$out/$shape.txt"
 done
