@@ -41,6 +41,39 @@ def test_dpo_vs_trl_runs_and_first_step_losses_agree(tmp_path):
 
 
 @pytest.mark.slow
+def test_dpo_vs_trl_with_a_checkpoint_shape_in_bf16_and_padded_rows(tmp_path):
+    """The settings of benchmarks/gpu_dpo.sh at toy size: --shape, --bf16 and preftune's padded run."""
+    pytest.importorskip("trl")
+    result = run_benchmark("dpo_vs_trl.py", tmp_path, "--num_rows", "40", "--num_pairs", "8", "--batch_size", "4",
+                           "--max_length", "128", "--vocab_size", "512", "--shape", "tiny", "--bf16", "--padded")  # fmt: skip
+    assert (
+        result["shape"]["hidden"] == 64 and result["shape"]["vocab"] == 8192
+    )  # the shape's, not the tokenizer's
+    assert result["peak"]["dtype"] == "bfloat16"
+    padded, packed = result["preftune_padded"], result["preftune"]
+    assert padded["num_pairs"] == packed["num_pairs"] == 8
+    # the same first step with or without prefix sharing (bf16 autocast rounds differently per layout)
+    assert padded["first_step_loss"] == pytest.approx(packed["first_step_loss"], abs=1e-2)
+    assert result["targets"]["first-step losses equal within 0.01"] is True
+
+
+@pytest.mark.slow
+def test_memory_scaling_runs_and_stops_a_ladder_at_its_first_failure(tmp_path):
+    out = tmp_path / "result.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "memory_scaling.py"), "--rungs", "tiny", "smollm2-360m",
+               "--frameworks", "preftune", "--settings", "full", "lora", "--limit_gib", "3.5", "--steps", "1",
+               "--workdir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    runs = json.loads(out.read_text())["runs"]
+    # the tiny model trains in 3.5 GiB of address space; 360M parameters in float32 do not even build there
+    assert runs["preftune/full/tiny"]["fits"] and runs["preftune/lora/tiny"]["fits"]
+    assert runs["preftune/full/tiny"]["steps"] == 1 and runs["preftune/full/tiny"]["peak_rss_mib"] > 0
+    assert not runs["preftune/full/smollm2-360m"]["fits"]
+    assert "allocate" in runs["preftune/full/smollm2-360m"]["reason"]
+
+
+@pytest.mark.slow
 def test_rm_vs_trl_runs_and_both_frameworks_train_the_same_model(tmp_path):
     pytest.importorskip("trl")
     result = run_benchmark("rm_vs_trl.py", tmp_path, "--max_pairs", "60", "--train_pairs", "40", "--batch_size", "8",
