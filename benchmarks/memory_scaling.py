@@ -121,11 +121,19 @@ def write_data(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
     return files
 
 
-def build_model(shape: dict[str, Any], seed: int = 0) -> Any:
+def build_model(shape: dict[str, Any], tokenizer: Any, seed: int = 0) -> Any:
+    """A random-init Llama of `shape` whose special token ids are the tokenizer's. (The embedding row of
+    `pad_token_id` starts at zero; were it another token's, such as BOS, that token's hidden state would stay
+    zero through every layer, and the backward pass through 60 RMSNorms at zero, each scaling by 1/sqrt(eps),
+    overflows: NaN gradients at step 1 from 30 layers on, which this benchmark first ran into.)"""
     from transformers import LlamaForCausalLM
 
+    from preftune.models.loading import token_id
+
     config = llama_config(shape)
-    config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 0
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = (
+        token_id(tokenizer, name) for name in ("bos", "eos", "pad")
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
@@ -184,7 +192,7 @@ def worker(job_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(job["tokenizer"])
     records = [json.loads(line) for line in Path(job["pairs"]).read_text().splitlines()]
     start = time.perf_counter()
-    model = build_model(job["shape"])
+    model = build_model(job["shape"], tokenizer)
     parameters = model.num_parameters()  # before LoRA adds its adapters
     built = time.perf_counter()
     run = run_preftune if job["framework"] == "preftune" else run_trl
