@@ -116,9 +116,17 @@ class DPOTrainer(Trainer):
             )
         self.accelerator = accelerator_for(config.train, given.accelerator)
         policy = policy_for(config.model, model)
+        # With --precompute_ref_log_probs and no reference of its own, the reference is the policy before its
+        # first step: it scores the pairs itself, and no second copy of the weights is made (or loaded).
+        self.policy_is_reference = (
+            config.precompute_ref_log_probs
+            and ref_model is None
+            and not config.ref_model
+            and not config.model.use_peft
+        )
         self.reference = (
             None
-            if config.reference_free
+            if config.reference_free or self.policy_is_reference
             else reference_for(config.model, config.ref_model, model, ref_model, self.accelerator.device)
         )
         self.prefix_sharing, self.mask_dtype = packed_attention(policy, config.prefix_sharing)
@@ -135,7 +143,7 @@ class DPOTrainer(Trainer):
             self.ref_cache = {"train": self._precompute(self.train_pairs, "train")}
             if self.eval_pairs:
                 self.ref_cache["eval"] = self._precompute(self.eval_pairs, "eval")
-            self.reference = None  # not needed any more: free its memory
+            self.reference, self.policy_is_reference = None, False  # not needed any more: free its memory
 
     def _precompute(self, pairs: list[EncodedPair], name: str) -> torch.Tensor:
         """(N, 2) reference log-probs (chosen, rejected) of `pairs`, from the disk cache or computed now."""
@@ -160,6 +168,7 @@ class DPOTrainer(Trainer):
             logger.info("%s: reference log-probs of %d pairs cached in %s.", name, len(pairs), path)
         return result
 
+    @torch.no_grad()
     def _score_reference(self, pairs: list[EncodedPair], name: str) -> torch.Tensor:
         """(N, 2) reference log-probs (chosen, rejected) of `pairs`, each process scoring a share."""
         cfg = self.config
@@ -196,9 +205,9 @@ class DPOTrainer(Trainer):
         logger.info("Using the 'chosen_probability' column as soft labels (per-pair label smoothing 1 - p).")
 
     def _reference(self) -> contextlib.AbstractContextManager[ResponseLogps]:
-        return reference_view(
-            self.reference, self.accelerator.unwrap_model(self.model), self.accelerator.autocast()
-        )
+        policy = self.accelerator.unwrap_model(self.model)
+        reference = policy if self.policy_is_reference else self.reference
+        return reference_view(reference, policy, self.accelerator.autocast())
 
     def _collate(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
         pad_id = token_id(self.tokenizer, "pad")

@@ -279,3 +279,34 @@ def test_final_evaluation_shows_its_progress(synth_world, tiny_base, tmp_path, c
     DPOTrainer(config).train()
     err = capsys.readouterr().err
     assert "eval:   0%|          | 0/5" in err  # 40 pairs in batches of 8; cleared when done
+
+
+def test_precompute_scores_with_the_policy_itself_and_copies_no_weights(
+    synth_world, tiny_base, tmp_path, monkeypatch
+):
+    """With precomputed reference log-probs and no reference of its own, the policy before its first step is
+    the reference: no second copy of the weights (benchmarks/memory_scaling.py), and the same run as with a
+    separate frozen reference."""
+    from preftune.trainers import dpo as dpo_module
+
+    separate = dpo_config(tiny_base, synth_world, tmp_path / "separate", eval_data=True)
+    separate.precompute_ref_log_probs = True
+    DPOTrainer(
+        separate,
+        model=AutoModelForCausalLM.from_pretrained(tiny_base),
+        ref_model=AutoModelForCausalLM.from_pretrained(tiny_base),
+    ).train()
+    monkeypatch.setattr(dpo_module, "reference_for", lambda *args, **kwargs: pytest.fail("copied the policy"))
+    own = dpo_config(tiny_base, synth_world, tmp_path / "own", eval_data=True)
+    own.precompute_ref_log_probs = True
+    trainer = DPOTrainer(own, model=AutoModelForCausalLM.from_pretrained(tiny_base))
+    assert trainer.reference is None and not trainer.policy_is_reference
+    assert all(
+        parameter.requires_grad for parameter in trainer.model.parameters()
+    )  # the policy stays trainable
+    trainer.train()
+    expected = read_metrics(tmp_path / "separate" / "metrics.jsonl")
+    got = read_metrics(tmp_path / "own" / "metrics.jsonl")
+    for key in ("loss", "ref_logps/chosen", "ref_logps/rejected", "eval/loss"):
+        values = [r[key] for r in got if key in r]
+        assert values and values == pytest.approx([r[key] for r in expected if key in r], rel=1e-6)
