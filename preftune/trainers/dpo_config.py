@@ -75,7 +75,8 @@ class DPOObjective:
     precompute_ref_log_probs: bool = False
     """Score every pair with the reference once before training and free the reference. The log-probs are
     cached on disk ($PREFTUNE_CACHE/ref_logps, keyed by the reference's and the tokenized data's hashes),
-    so a later run on the same data and reference reads them instead."""
+    so a later run on the same data and reference reads them instead. Without --ref_model (and without
+    --use_peft) the policy before its first step is the reference: it scores the pairs itself, with no copy."""
     sync_ref_model: bool = False
     """TR-DPO (arXiv 2404.09656): every --ref_model_sync_steps, move the reference towards the policy."""
     ref_model_mixup_alpha: float = 0.6
