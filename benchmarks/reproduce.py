@@ -118,8 +118,12 @@ SECTIONS = (
             ("python benchmarks/dpo_vs_ppo_smollm2.py --model {smollm2} --heldout_judge {hh}/rm-heldout/final"
              " --workdir {work}/dpo_vs_ppo_smollm2 --out {work}/dpo_vs_ppo_smollm2.json",), 75),
     Section("memory_scaling", "How large a model DPO trains in 24 GiB",
-            ("python benchmarks/memory_scaling.py --workdir {work}/memory_scaling --out {work}/memory_scaling.json",),
-            90),
+            tuple(f"python benchmarks/memory_scaling.py --rungs {rungs} --settings {setting} --limit_gib 23"
+                  f" --workdir {{work}}/memory_scaling/{setting} --out {{work}}/memory_scaling/{setting}.json"
+                  for setting, rungs in (
+                      ("full", "smollm2-360m qwen2.5-0.5b tinyllama-1.1b llama-3.2-1b llama-3.2-3b"),
+                      ("lora", "smollm2-360m qwen2.5-0.5b tinyllama-1.1b llama-3.2-1b llama-3.2-3b"),
+                      ("full_gc", "tinyllama-1.1b llama-3.2-1b"))), 30),
 )  # fmt: skip
 
 
