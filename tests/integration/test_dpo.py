@@ -301,9 +301,8 @@ def test_precompute_scores_with_the_policy_itself_and_copies_no_weights(
     own.precompute_ref_log_probs = True
     trainer = DPOTrainer(own, model=AutoModelForCausalLM.from_pretrained(tiny_base))
     assert trainer.reference is None and not trainer.policy_is_reference
-    assert all(
-        parameter.requires_grad for parameter in trainer.model.parameters()
-    )  # the policy stays trainable
+    trainable = [parameter.requires_grad for parameter in trainer.model.parameters()]
+    assert trainable and all(trainable)  # scoring as the reference left the policy trainable
     trainer.train()
     expected = read_metrics(tmp_path / "separate" / "metrics.jsonl")
     got = read_metrics(tmp_path / "own" / "metrics.jsonl")
