@@ -14,16 +14,17 @@ GiB, VmRSS 0.46 GiB here), so a 23 GiB limit on this 24 GiB machine leaves a run
 rung that fits did train here; one that does not might still fit with a few hundred MiB more.
 
 Held equal: float32 on CPU (bf16 with autocast on CUDA is each framework's choice, not used here), sigmoid
-loss, beta 0.1, AdamW, batch and sequence lengths (each pair's prompt, chosen and rejected text are the
+loss, beta 0.1, AdamW (each framework's default implementation: TRL's fused `adamw_torch_fused`, preftune's
+`torch.optim.AdamW`), batch and sequence lengths (each pair's prompt, chosen and rejected text are the
 same; both frameworks tokenize them with the same tokenizer, a byte-level BPE of 8,192 tokens trained on
 the rows; the embedding is the rung's full vocabulary). Each framework gets its lowest-memory reference
 for the setting: with full fine-tuning both precompute the reference log-probs before training
-(`precompute_ref_log_probs`; TRL then keeps no reference model, preftune frees its copy after the
-precompute), with LoRA both use the base model with the adapter disabled (no copy). Neither saves a
+(`precompute_ref_log_probs`: both score the pairs with the policy before its first step and keep no
+reference model), with LoRA both use the base model with the adapter disabled (no copy). Neither saves a
 model (preftune's final save is skipped, TRL's run saves nothing): the figure is training memory.
 Model objects are built in the worker and passed to both trainers (no checkpoint on disk).
 
-    python benchmarks/memory_scaling.py --out memory_scaling.json        # about 1.5 hours on 2 cores
+    python benchmarks/memory_scaling.py --out memory_scaling.json        # about an hour on 2 cores
     python benchmarks/memory_scaling.py --rungs tiny --limit_gib 4               # a smoke test, seconds
 """
 
