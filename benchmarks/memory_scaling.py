@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 from common import MODEL_SHAPES, environment, llama_config, peak_rss_mib
+from dpo_vs_trl import write_pair_files
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "../shared/data/hh-rlhf-harmless/train.jsonl.gz"
@@ -109,14 +110,9 @@ def write_data(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
         )
     rows = dict(zip(table.row_numbers, table.rows, strict=True))
     examples = {example.row: example for example in parsed.examples}
-    files = {"tokenizer": str(workdir / "tokenizer")}
-    for kind, records in (
-        ("preftune", [{"chosen": rows[p.row]["chosen"], "rejected": rows[p.row]["rejected"]} for p in pairs]),
-        ("trl", [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in (examples[p.row] for p in pairs)]),
-    ):  # fmt: skip
-        path = workdir / f"pairs_{kind}.jsonl"
-        path.write_text("".join(json.dumps(record) + "\n" for record in records))
-        files[kind] = str(path)
+    written = write_pair_files(workdir, "pairs", pairs, rows, examples)  # dpo_vs_trl's two layouts
+    files = {"tokenizer": str(workdir / "tokenizer"), "preftune": written["pairs_preftune"],
+             "trl": written["pairs_trl"]}  # fmt: skip
     tokens = [len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs]
     files["tokens_per_pair"] = str(sum(tokens) / len(tokens))
     return files
