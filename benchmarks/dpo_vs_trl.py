@@ -196,6 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_rows < args.num_pairs:
         parser.error(f"--num_rows ({args.num_rows}) must be >= --num_pairs ({args.num_pairs}).")
     options = vars(args)
+    if args.padded and args.only not in (None, "preftune_padded"):
+        parser.error(f"--padded adds preftune's padded run, which --only {args.only} leaves out; drop one.")
     if args.shape is not None and (args.model or args.hidden or args.layers):
         parser.error("--shape gives the model's shape; drop --model, --hidden and --layers.")
     if args.model is not None:
