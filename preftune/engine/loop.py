@@ -32,9 +32,27 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from preftune.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_rng
+from preftune.engine.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    rank_file_prefix,
+    save_checkpoint,
+    save_rng,
+)
 from preftune.engine.config import RUN_CONTROL, TrainConfig
 from preftune.engine.metrics import MetricsLog
+from preftune.engine.sharding import (
+    SHARDED_TRAINERS,
+    deepspeed_requested,
+    enable_fsdp_on_cpu,
+    fsdp_requested,
+    fsdp_version,
+    full_state_dict,
+    gathered,
+    is_sharded,
+    save_shards,
+    wrap_decoder_layers,
+)
 from preftune.errors import FileSystemFault, UserFault, file_system_fault
 from preftune.models.loading import enable_gradient_checkpointing
 
@@ -63,6 +81,11 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
     Without CUDA the accelerator is told it is on CPU, so several processes started by
     `accelerate launch --multi_gpu --num_processes N` (or torchrun) join over gloo.
     """
+    # before accelerate, which fails in its own words (FSDP1 on CPU, DeepSpeed not installed)
+    if deepspeed_requested():
+        raise ValueError(DEEPSPEED_REFUSED)
+    if fsdp_requested() and fsdp_version() != 2:
+        raise ValueError(FSDP1_REFUSED)
     mixed = mixed_precision(config)
     trackers = [name for name in config.report_to if name != "none"]
     installed = {str(tracker) for tracker in get_available_trackers()}
@@ -82,6 +105,8 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         log_with=cast(list[Any], trackers) or None,
         project_dir=config.output_dir or None,
     )
+    if fsdp_requested() and fsdp_version() == 2 and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        enable_fsdp_on_cpu(accelerator)
     return check_accelerator(accelerator, config)
 
 
@@ -109,23 +134,7 @@ def check_accelerator(accelerator: Accelerator, config: TrainConfig) -> Accelera
             f"The accelerator has mixed_precision={accelerator.mixed_precision!r} but the config asks for {mixed!r} "
             "(--bf16/--fp16): build the Accelerator with the config's precision, or set bf16/fp16 to match."
         )
-    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise ValueError(
-            f"accelerate is configured for {accelerator.distributed_type.value}, which preftune's engine does not "
-            "support yet (its checkpoints and optimizer step assume whole, unsharded parameters). "
-            "Use DDP (`accelerate launch --multi_gpu ...`) or a single process."
-        )
-    asked = [
-        name
-        for name in ("FSDP", "DEEPSPEED")
-        if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"
-    ]
-    if asked:  # on CPU accelerate sets these and still runs plain DDP: a different run than the one asked for
-        raise ValueError(
-            f"The accelerate config asks for {' and '.join(asked)}, which preftune's engine does not support yet "
-            f"(here accelerate would run {accelerator.distributed_type.value} instead, without sharding). Use DDP "
-            "(`accelerate launch --multi_gpu ...`) or a single process."
-        )
+    _check_sharding(accelerator)
     requested = launcher_num_processes(_parent_command())
     if requested is not None and requested > accelerator.num_processes:
         raise ValueError(
@@ -137,11 +146,38 @@ def check_accelerator(accelerator: Accelerator, config: TrainConfig) -> Accelera
     return accelerator
 
 
+DEEPSPEED_REFUSED = (
+    "The accelerate config asks for DeepSpeed, which preftune's engine does not support yet. Shard with FSDP2 "
+    "instead (`accelerate launch --use_fsdp --fsdp_version 2 ...`; sft, rm and dpo), or use DDP (`accelerate "
+    "launch --multi_gpu ...`) or a single process."
+)
+FSDP1_REFUSED = (
+    "The accelerate config asks for FSDP version 1; preftune shards with FSDP2 only: set `fsdp_version: 2` in "
+    "the config (or pass --fsdp_version 2 to accelerate launch)."
+)
+
+
+def _check_sharding(accelerator: Accelerator) -> None:
+    """FSDP2 runs (engine.sharding); DeepSpeed and FSDP1 are refused, as is a launcher setting that asks for
+    sharding the accelerator does not do (it would run plain DDP instead)."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED or deepspeed_requested():
+        raise ValueError(DEEPSPEED_REFUSED)
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ValueError(FSDP1_REFUSED)
+    if fsdp_requested() and accelerator.distributed_type != DistributedType.FSDP:
+        raise ValueError(
+            "The accelerate config asks for FSDP, but this process has no process group to shard over (start "
+            f"it with accelerate launch): accelerate would run {accelerator.distributed_type.value} instead, "
+            "without sharding."
+        )
+
+
 def launcher_num_processes(argv: list[str]) -> int | None:
     """The --num_processes an `accelerate launch` command line asks for (None: not such a command, or no
     explicit count)."""
     names = [Path(arg).name for arg in argv[:2]]
-    if "accelerate" not in names or "launch" not in argv:
+    module = argv[1:3] == ["-m", "accelerate.commands.launch"]  # python -m accelerate.commands.launch ...
+    if not module and ("accelerate" not in names or "launch" not in argv):
         return None
     for i, arg in enumerate(argv):
         if arg.startswith("--num_processes="):
@@ -184,14 +220,19 @@ class Engine:
         run_config: dict[str, Any],
         accelerator: Accelerator | None = None,
         items_per_step: int | None = None,
+        shardable: bool = False,
     ) -> None:
         """`items_per_step`: items (examples, pairs, prompts) of the global batch of one step; default
         per-device batch x accumulation x processes. RL trainers take a batch of prompts per step
-        and make several optimizer updates from it (see `update` and `end_step`)."""
+        and make several optimizer updates from it (see `update` and `end_step`). `shardable`: the
+        trainer runs under FSDP2 (its evaluation in `gathered`, its final save from `full_state_dict`)."""
         if not config.output_dir:
             raise ValueError("output_dir is empty: pass --output_dir DIR.")
         self.config = config
         self.accelerator = accelerator or build_accelerator(config)
+        self.sharded = is_sharded(self.accelerator)
+        if self.sharded:
+            _check_shardable(model, shardable)
         self.out = Path(config.output_dir)
         self.checkpoint_root = self.out / "checkpoints"
         set_seed(config.seed)
@@ -231,11 +272,20 @@ class Engine:
         """JSON-safe state of the method (e.g. PPO's adaptive KL coefficient), saved in checkpoints and
         restored on resume; a trainer sets its entries before the first step and reads them after."""
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
-        if config.resume:
-            self._resume(run_config)
-        else:
+        resume_from = self._checkpoint_to_resume(run_config) if config.resume else None
+        if resume_from is None:
             self._start_fresh()
+        if self.sharded:
+            wrap_decoder_layers(self.accelerator, model)
+        ties = _num_tied(model)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if _num_tied(self.model) != ties:  # would train the two copies apart
+            raise RuntimeError(
+                f"Preparing the model for {self.accelerator.distributed_type.value} untied {ties} tied weight(s) "
+                "(e.g. the LM head and the embeddings). Report it with the model's name; meanwhile use DDP."
+            )
+        if resume_from is not None:  # once prepared: under FSDP the checkpoint holds this process's shards
+            self._resume(resume_from)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             saved = {k: v for k, v in run_config.items() if k not in RUN_CONTROL}
@@ -302,6 +352,16 @@ class Engine:
             [torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values.values()]
         )
         return dict(zip(values, self.global_sum(stacked).tolist(), strict=True))
+
+    def gathered(self) -> contextlib.AbstractContextManager:
+        """The model's whole weights on every process (sharding.gathered; nothing to do unless sharded):
+        for evaluation, where processes score different numbers of batches, and weight copies."""
+        return gathered(self.model)
+
+    def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """The whole weights of `module` (the trained model or a part of it) on the main process when
+        sharded, for `save_final`; None otherwise (save the module as it is). Every process calls it."""
+        return full_state_dict(self.accelerator, self.model, module)
 
     def sync_context(self, micro_index: int, num_micro: int) -> contextlib.AbstractContextManager:
         """No gradient all-reduce except on the last micro-batch of the step."""
@@ -464,7 +524,11 @@ class Engine:
         return f"Could not write checkpoint {written} at step {self.step}: {fault.words}. {then}"
 
     def _save_checkpoint(self) -> None:
-        save_rng(self.checkpoint_root, self.step, self.accelerator.process_index)
+        rank = self.accelerator.process_index
+        save_rng(self.checkpoint_root, self.step, rank)
+        if self.sharded:
+            prefix = f"{rank_file_prefix(self.step)}shard-{rank}."
+            save_shards(self.checkpoint_root, prefix, self.model, self.optimizer)
         self.accelerator.wait_for_everyone()
         if self.is_main:
             state = {
@@ -475,6 +539,7 @@ class Engine:
                 "skipped_steps": self.skipped_steps,
                 "scaler": self._scaler_state(),
                 "trainer_state": self.trainer_state,
+                "shards": self.accelerator.num_processes if self.sharded else None,
             }
             save_checkpoint(
                 self.checkpoint_root,
@@ -484,6 +549,7 @@ class Engine:
                 self.scheduler,
                 state,
                 keep=self.config.save_total_limit,
+                sharded=self.sharded,
             )
         self.accelerator.wait_for_everyone()
 
@@ -504,7 +570,8 @@ class Engine:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         self.accelerator.wait_for_everyone()
 
-    def _resume(self, run_config: dict[str, Any]) -> None:
+    def _checkpoint_to_resume(self, run_config: dict[str, Any]) -> Path:
+        """The last checkpoint of the interrupted run, with a warning for settings that changed since."""
         saved_config = self.out / "config.yaml"
         if saved_config.exists():
             before = yaml.safe_load(saved_config.read_text()) or {}
@@ -523,11 +590,18 @@ class Engine:
                 f"--resume: no checkpoint in {self.checkpoint_root}. Start without --resume, "
                 "or point --output_dir at the interrupted run (it needs --save_steps > 0)."
             )
-        step, path = checkpoints[-1]
+        return checkpoints[-1][1]
+
+    def _resume(self, path: Path) -> None:
         state = load_checkpoint(
-            path, self.unwrapped, self.optimizer, self.scheduler, self.accelerator.process_index
+            path,
+            self.unwrapped,
+            self.optimizer,
+            self.scheduler,
+            self.accelerator.process_index,
+            self.accelerator.num_processes if self.sharded else None,
         )
-        self.step = step
+        self.step = step = state["step"]
         self._total_tokens = state["num_tokens"]
         self._resumed_wall_seconds = state["wall_seconds"]
         self.last_record = state["last_record"]
@@ -574,6 +648,25 @@ _RESUME_FREE = {
 }
 # What a run writes into output_dir; a new run there replaces these (with --overwrite_output_dir).
 _RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "summary.json", "config.yaml")
+
+
+def _check_shardable(model: torch.nn.Module, shardable: bool) -> None:
+    """FSDP2 only where the trainer and the model support it: an error, not an unsharded run."""
+    if not shardable:
+        raise ValueError(
+            f"The accelerate config asks for FSDP, and this command does not shard its models yet (FSDP2 runs "
+            f"{SHARDED_TRAINERS}). Use DDP (`accelerate launch --multi_gpu ...`) or a single process."
+        )
+    if any(p.requires_grad is False for p in model.parameters()):
+        raise ValueError(
+            "FSDP with a partly frozen model (LoRA, --use_peft) is not supported yet: train LoRA with DDP "
+            "(`accelerate launch --multi_gpu ...`) or a single process, or train all the weights under FSDP."
+        )
+
+
+def _num_tied(model: torch.nn.Module) -> int:
+    """How many parameter names are a second name of a parameter (a tied weight)."""
+    return len(list(model.named_parameters(remove_duplicate=False))) - len(list(model.named_parameters()))
 
 
 def _build_optimizer(

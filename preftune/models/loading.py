@@ -402,10 +402,16 @@ ADAPTER_FOLDER = "adapter"
 """The LoRA adapter alone, inside a final/ folder whose main files are the merged model."""
 
 
-def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+def save_final(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write a folder plain transformers can load (safetensors). A LoRA policy is saved twice: its adapter
     alone in `out_dir/adapter/` (peft's adapter_model.safetensors and adapter_config.json, a few MB, for
     `PeftModel.from_pretrained(base, out_dir / "adapter")`), then merged into the full model in `out_dir`.
+    `state_dict`: the weights to write instead of the model's own (a sharded model's, gathered).
 
     Written into a temp folder beside `out_dir`, then renamed: a failed write (a full disk) leaves no
     half-written model that looks like a finished one.
@@ -416,10 +422,11 @@ def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_d
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         if isinstance(model, PeftModel):
+            assert state_dict is None, "LoRA is not sharded (engine.loop._check_shardable)"
             model.save_pretrained(tmp / ADAPTER_FOLDER)
             model = model.merge_and_unload()
         assert isinstance(model, PreTrainedModel)
-        model.save_pretrained(tmp)  # transformers 5 always writes safetensors
+        model.save_pretrained(tmp, state_dict=state_dict)  # transformers 5 always writes safetensors
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)

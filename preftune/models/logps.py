@@ -47,6 +47,11 @@ class ResponseLogps(torch.nn.Module):
         assert isinstance(base, PreTrainedModel)
         return base
 
+    def tie_weights(self) -> None:
+        """Tie the LM head to the embeddings again, if the model ties them: accelerate's FSDP2 preparation
+        calls this on the module it shards after moving it to the meta device (which unties them)."""
+        self.causal_lm.tie_weights()
+
     def logits_at(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, logit_index: Tensor
     ) -> Tensor:

@@ -46,6 +46,10 @@ class PooledScorer(torch.nn.Module):
         assert isinstance(base, PreTrainedModel)
         return base
 
+    def tie_weights(self) -> None:
+        """As ResponseLogps.tie_weights (for accelerate's FSDP2 preparation)."""
+        self.classifier.tie_weights()
+
     @property
     def num_heads(self) -> int:
         num_labels = self.classifier.config.num_labels

@@ -136,6 +136,7 @@ class DPOTrainer(Trainer):
             len(self.train_pairs),
             config_to_flat_dict(config),
             self.accelerator,
+            shardable=True,
         )
         self.model = self.engine.model
         self.ref_cache: dict[str, torch.Tensor] = {}
@@ -176,16 +177,17 @@ class DPOTrainer(Trainer):
         size = cfg.train.per_device_train_batch_size
         mine = list(range(rank, len(pairs), world))
         scored: list[tuple[int, float, float]] = []
-        for start in tqdm(
-            range(0, len(mine), size),
-            desc=f"reference log-probs ({name})",
-            disable=not self.accelerator.is_main_process or cfg.train.disable_tqdm,
-        ):
-            indices = mine[start : start + size]
-            ref = self._ref_logps(self._collate([pairs[i] for i in indices]))
-            assert ref is not None, "precompute_ref_log_probs needs a reference (checked in DPOConfig)"
-            B = len(indices)
-            scored += zip(indices, ref[:B].tolist(), ref[B:].tolist(), strict=True)
+        with self.engine.gathered():  # when the policy is the reference
+            for start in tqdm(
+                range(0, len(mine), size),
+                desc=f"reference log-probs ({name})",
+                disable=not self.accelerator.is_main_process or cfg.train.disable_tqdm,
+            ):
+                indices = mine[start : start + size]
+                ref = self._ref_logps(self._collate([pairs[i] for i in indices]))
+                assert ref is not None, "precompute_ref_log_probs needs a reference (checked in DPOConfig)"
+                B = len(indices)
+                scored += zip(indices, ref[:B].tolist(), ref[B:].tolist(), strict=True)
         everything = sorted(gather_object(scored) if world > 1 else scored)
         return torch.tensor([[c, r] for _, c, r in everything])  # (N, 2)
 
@@ -345,14 +347,15 @@ class DPOTrainer(Trainer):
         with_kl = not self.config.reference_free and cache is None  # KL needs the reference's distribution
         if with_kl:
             sums["kl"] = 0.0
-        for start in self.engine.eval_starts(len(mine), size):
-            cached = cache[start : start + size] if cache is not None else None
-            _, losses, metrics = self._step_losses(mine[start : start + size], model, cached, with_kl)
-            sums["loss"] += losses.sum()
-            for name in ("rewards/accuracies", "rewards/margins"):
-                sums[name] += metrics[name].sum()
-            if with_kl:  # summed over the chosen and rejected responses, so /2 per response
-                sums["kl"] += metrics["kl"].sum() / 2
+        with self.engine.gathered():
+            for start in self.engine.eval_starts(len(mine), size):
+                cached = cache[start : start + size] if cache is not None else None
+                _, losses, metrics = self._step_losses(mine[start : start + size], model, cached, with_kl)
+                sums["loss"] += losses.sum()
+                for name in ("rewards/accuracies", "rewards/margins"):
+                    sums[name] += metrics[name].sum()
+                if with_kl:  # summed over the chosen and rejected responses, so /2 per response
+                    sums["kl"] += metrics["kl"].sum() / 2
         self.model.train()
         totals = self.engine.global_sums(sums)
         return {f"eval/{name}": value / len(self.eval_pairs) for name, value in totals.items()}
@@ -362,19 +365,22 @@ class DPOTrainer(Trainer):
         """TR-DPO soft update (arXiv 2404.09656, eq. 5): ref <- alpha * policy + (1 - alpha) * ref."""
         assert self.reference is not None, "TR-DPO needs a separate reference (checked in DPOConfig)"
         alpha = self.config.ref_model_mixup_alpha
-        policy = dict(self.accelerator.unwrap_model(self.model).causal_lm.named_parameters())
-        # named_parameters lists a tied tensor (embeddings = LM head) once, so it is mixed once
-        for name, value in self.reference.causal_lm.named_parameters():
-            value.mul_(1 - alpha).add_(policy[name].detach().to(value.dtype), alpha=alpha)
+        with self.engine.gathered():
+            policy = dict(self.accelerator.unwrap_model(self.model).causal_lm.named_parameters())
+            # named_parameters lists a tied tensor (embeddings = LM head) once, so it is mixed once
+            for name, value in self.reference.causal_lm.named_parameters():
+                value.mul_(1 - alpha).add_(policy[name].detach().to(value.dtype), alpha=alpha)
         logger.info(
             "step %d: reference moved towards the policy (TR-DPO, alpha=%g).", self.engine.step, alpha
         )
 
     def _finish(self) -> dict[str, Any]:
         final = Path(self.config.train.output_dir) / "final"
+        policy = self.accelerator.unwrap_model(self.model).model
+        weights = self.engine.full_state_dict(policy)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_final(self.accelerator.unwrap_model(self.model).model, self.tokenizer, final)
+            save_final(policy, self.tokenizer, final, weights)
         extra: dict[str, Any] = {"train_pairs": len(self.train_pairs), "loss_type": self.config.loss_type}
         if self.label_noise_report is not None:
             extra["label_noise"] = self.label_noise_report

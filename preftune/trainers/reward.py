@@ -124,6 +124,7 @@ class RewardTrainer(Trainer):
             len(self.train_pairs),
             config_to_flat_dict(config),
             self.accelerator,
+            shardable=True,
         )
         self.model = self.engine.model
 
@@ -221,8 +222,8 @@ class RewardTrainer(Trainer):
     def score_pairs(self, pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen and rejected scores (N, K) of all `pairs`, in order (each process scores a share).
 
-        The unwrapped model is used: its forward has no DDP collectives, so processes may
-        score different numbers of batches.
+        The unwrapped model is used: its forward has no DDP collectives (nor FSDP's, with the weights
+        gathered), so processes may score different numbers of batches.
         """
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
@@ -231,10 +232,11 @@ class RewardTrainer(Trainer):
         size = self.config.train.per_device_train_batch_size
         mine = list(range(rank, len(pairs), world))
         scored: list[tuple[int, list[float], list[float]]] = []
-        for start in self.engine.eval_starts(len(mine), size):
-            indices = mine[start : start + size]
-            chosen, rejected = self._rewards(model, self._collate([pairs[i] for i in indices]))
-            scored += zip(indices, chosen.tolist(), rejected.tolist(), strict=True)
+        with self.engine.gathered():
+            for start in self.engine.eval_starts(len(mine), size):
+                indices = mine[start : start + size]
+                chosen, rejected = self._rewards(model, self._collate([pairs[i] for i in indices]))
+                scored += zip(indices, chosen.tolist(), rejected.tolist(), strict=True)
         model.train(was_training)
         everything = sorted(gather_object(scored) if world > 1 else scored)
         return torch.tensor([c for _, c, _ in everything]), torch.tensor([r for _, _, r in everything])
@@ -264,10 +266,11 @@ class RewardTrainer(Trainer):
             chosen, rejected = self.score_pairs(self.eval_pairs or self.train_pairs)
         stats = reward_statistics(torch.cat([chosen, rejected]), self.config.data.max_length)
         stats["source"] = "eval_dataset" if self.eval_pairs else "dataset"
+        classifier = self.accelerator.unwrap_model(self.model).model
+        weights = self.engine.full_state_dict(classifier)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            scorer = self.accelerator.unwrap_model(self.model)
-            save_final(scorer.model, self.tokenizer, final)
+            save_final(classifier, self.tokenizer, final, weights)
             (final / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
         extra: dict[str, Any] = {
             "data": self.data_report,

@@ -82,7 +82,12 @@ class SFTTrainer(Trainer):
         # sdpa takes boolean 4D masks (4x smaller than additive float ones); eager needs float.
         self.mask_dtype = torch.bool if attention_implementation(policy) == "sdpa" else torch.float32
         self.engine = Engine(
-            config.train, policy, len(self.train_items), config_to_flat_dict(config), self.accelerator
+            config.train,
+            policy,
+            len(self.train_items),
+            config_to_flat_dict(config),
+            self.accelerator,
+            shardable=True,
         )
         self.model = self.engine.model
 
@@ -160,8 +165,8 @@ class SFTTrainer(Trainer):
     def evaluate(self) -> dict[str, float]:
         """Mean per-token NLL on the held-out set (each process scores its share).
 
-        The unwrapped model is used: its forward has no DDP collectives, so processes may
-        score different numbers of batches.
+        The unwrapped model is used: its forward has no DDP collectives (nor FSDP's, with the weights
+        gathered), so processes may score different numbers of batches.
         """
         model = self.accelerator.unwrap_model(self.model)
         self.model.eval()
@@ -169,19 +174,22 @@ class SFTTrainer(Trainer):
         mine = self.eval_items[rank::world]
         size = self.config.train.per_device_train_batch_size
         nll, count = 0.0, 0.0
-        for start in self.engine.eval_starts(len(mine), size):
-            _, _, metrics = self._token_losses(model, self._collate(mine[start : start + size]))
-            nll += metrics["train/nll_sum"].item()
-            count += metrics["train/num_loss_tokens"].item()
+        with self.engine.gathered():
+            for start in self.engine.eval_starts(len(mine), size):
+                _, _, metrics = self._token_losses(model, self._collate(mine[start : start + size]))
+                nll += metrics["train/nll_sum"].item()
+                count += metrics["train/num_loss_tokens"].item()
         self.model.train()
         mean_nll = (self.engine.global_sum(nll) / self.engine.global_sum(count)).item()
         return {"eval/loss": mean_nll, "eval/perplexity": float(torch.tensor(mean_nll).exp())}
 
     def _finish(self) -> dict[str, Any]:
         final = Path(self.config.train.output_dir) / "final"
+        model = self.accelerator.unwrap_model(self.model)
+        weights = self.engine.full_state_dict(model)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_final(self.accelerator.unwrap_model(self.model), self.tokenizer, final)
+            save_final(model, self.tokenizer, final, weights)
         summary = self.engine.finish({"train_items": len(self.train_items), "packing": self.config.packing})
         logger.info("SFT done in %.0f s: final model in %s", summary["wall_seconds"], final)
         return summary

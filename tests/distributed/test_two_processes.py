@@ -1,9 +1,6 @@
 """2 processes (accelerate launch, gloo on CPU) with the same global batch give the same losses as 1."""
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
 
@@ -11,6 +8,7 @@ import pytest
 import torch
 
 from preftune.engine import read_metrics
+from tests.distributed.launch import ENV, free_port, launch, one_process
 
 
 def _args(base: str, dataset: str, out, batch: int, accumulation: int) -> list[str]:
@@ -23,34 +21,16 @@ def _args(base: str, dataset: str, out, batch: int, accumulation: int) -> list[s
     ]  # fmt: skip
 
 
-def _port() -> list[str]:
-    """A free port for the processes to meet on: a fixed default (29500) can still be held by the
-    previous test's processes, and the launch then hangs."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return ["--main_process_port", str(probe.getsockname()[1])]
-
-
-ENV = {**os.environ, "PREFTUNE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
-
-
-def _one_process(args: list[str]) -> None:
-    subprocess.run([sys.executable, "-m", "preftune.cli", *args], check=True, env=ENV, timeout=300)
-
-
 def _two_processes(args: list[str]) -> subprocess.CompletedProcess:
     """`preftune *args` in 2 processes. accelerate names its multi-process launcher --multi_gpu; on a machine
     without CUDA the engine asks for the CPU and the processes join over gloo."""
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *_port(),
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "preftune.cli"]  # fmt: skip
-    return subprocess.run([*launch, *args], env=ENV, timeout=300, capture_output=True, text=True)
+    return launch(["--multi_gpu", "--num_processes", "2"], args)
 
 
 @pytest.mark.distributed
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_two_processes_match_one_process_with_accumulation(synth_world, tiny_base, tmp_path):
     dataset = str(synth_world["sft"])
-    _one_process(_args(tiny_base, dataset, tmp_path / "one", 4, 2))
+    one_process(_args(tiny_base, dataset, tmp_path / "one", 4, 2))
     result = _two_processes(_args(tiny_base, dataset, tmp_path / "two", 4, 1))
     assert result.returncode == 0, result.stderr[-3000:]
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
@@ -68,7 +48,6 @@ def test_two_processes_match_one_process_with_accumulation(synth_world, tiny_bas
 
 
 @pytest.mark.distributed
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
 
     def args(out, batch, accumulation):
@@ -79,7 +58,7 @@ def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
             "--gradient_accumulation_steps", str(accumulation), "--num_heads", "2", "--disable_tqdm", "true",
         ]  # fmt: skip
 
-    _one_process(args(tmp_path / "one", 4, 2))
+    one_process(args(tmp_path / "one", 4, 2))
     result = _two_processes(args(tmp_path / "two", 4, 1))
     assert result.returncode == 0, result.stderr[-3000:]
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
@@ -100,7 +79,6 @@ def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
     """Samples are keyed by their position in the global batch, advantages whitened over all
     processes and losses normalised by global token counts: the split does not change the run."""
@@ -121,7 +99,7 @@ def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
             "--target_kl", "0.5", "--disable_tqdm", "true",
         ]  # fmt: skip
 
-    _one_process(args(tmp_path / "one", 8))
+    one_process(args(tmp_path / "one", 8))
     result = _two_processes(args(tmp_path / "two", 4))
     assert result.returncode == 0, result.stderr[-3000:]
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
@@ -141,7 +119,6 @@ def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_kto_two_processes_match_one(synth_world, tiny_base, tmp_path):
     """KTO's reference point is built from mismatched pairs over the whole global batch (and the whole
     held-out set), whatever the split over processes: 2 processes give 1 process's losses and z_ref."""
@@ -155,7 +132,7 @@ def test_kto_two_processes_match_one(synth_world, tiny_base, tmp_path):
             "--disable_tqdm", "true",
         ]  # fmt: skip
 
-    _one_process(args(tmp_path / "one", 4, 2))
+    one_process(args(tmp_path / "one", 4, 2))
     result = _two_processes(args(tmp_path / "two", 4, 1))
     assert result.returncode == 0, result.stderr[-3000:]
     one = read_metrics(tmp_path / "one" / "metrics.jsonl")
@@ -169,12 +146,11 @@ def test_kto_two_processes_match_one(synth_world, tiny_base, tmp_path):
         assert two[-1][key] == pytest.approx(one[-1][key], rel=1e-5, abs=1e-7), key
 
 
-FSDP_CONFIG = """compute_environment: LOCAL_MACHINE
+FSDP1_CONFIG = """compute_environment: LOCAL_MACHINE
 distributed_type: FSDP
 fsdp_config:
-  fsdp_version: 2
+  fsdp_version: 1
   fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
-  fsdp_state_dict_type: SHARDED_STATE_DICT
 mixed_precision: 'no'
 num_machines: 1
 num_processes: 2
@@ -183,17 +159,20 @@ use_cpu: true
 
 
 @pytest.mark.distributed
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_launches_that_would_run_something_else_are_refused(synth_world, tiny_base, tmp_path):
-    """`accelerate launch --cpu --num_processes 2` starts one process (a halved global batch), and an FSDP
+    """`accelerate launch --cpu --num_processes 2` starts one process (a halved global batch), and an FSDP1
     config on CPU runs plain DDP: both stop with what to do instead of training another run."""
     train = ["-m", "preftune.cli", *_args(tiny_base, str(synth_world["sft"]), tmp_path / "run", 4, 1)]
-    cpu = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "2", *_port(), *train], env=ENV,
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    cpu = subprocess.run([*launcher, "--cpu", "--num_processes", "2", *free_port(), *train], env=ENV,
                          timeout=300, capture_output=True, text=True)  # fmt: skip
     assert cpu.returncode != 0
     assert "asked for --num_processes 2 but started 1" in cpu.stderr and "--multi_gpu" in cpu.stderr
-    (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG)
-    fsdp = subprocess.run(["accelerate", "launch", "--config_file", str(tmp_path / "fsdp.yaml"), *_port(), *train],
+    (tmp_path / "fsdp.yaml").write_text(FSDP1_CONFIG)
+    fsdp = subprocess.run([*launcher, "--config_file", str(tmp_path / "fsdp.yaml"), *free_port(), *train],
                           env=ENV, timeout=300, capture_output=True, text=True)  # fmt: skip
-    assert fsdp.returncode != 0 and "The accelerate config asks for FSDP" in fsdp.stderr
+    assert (
+        fsdp.returncode != 0
+        and "FSDP version 1; preftune shards with FSDP2 only: set `fsdp_version: 2`" in fsdp.stderr
+    )
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -72,6 +72,8 @@ def test_the_process_count_an_accelerate_launch_command_asks_for():
         == 2
     )
     assert launcher_num_processes([accelerate, "launch", "--num_processes=4", "train.py"]) == 4
+    module = [python, "-m", "accelerate.commands.launch"]
+    assert launcher_num_processes([*module, "--cpu", "--num_processes", "2", "-m", "x"]) == 2
     assert launcher_num_processes([python, accelerate, "launch", "train.py"]) is None  # no explicit count
     assert (
         launcher_num_processes([python, "-m", "preftune.cli", "--num_processes", "2"]) is None
@@ -90,3 +92,42 @@ def test_bf16_is_the_default_where_cuda_supports_it_and_float32_elsewhere():
     assert mixed_precision(TrainConfig(bf16=False), cuda_bf16=True) == "no"  # asked for: honoured
     assert mixed_precision(TrainConfig(bf16=True), cuda_bf16=False) == "bf16"
     assert mixed_precision(TrainConfig(bf16=None, fp16=False)) in ("bf16", "no")
+
+
+def test_a_checkpoint_resumes_only_in_the_layout_it_was_saved_in(tmp_path):
+    from preftune.engine.checkpoint import _check_shards
+
+    _check_shards(tmp_path, None, None)  # whole weights, unsharded run
+    _check_shards(tmp_path, 2, 2)  # two shards, two FSDP processes
+    with pytest.raises(
+        ValueError, match=r"shards of 2 FSDP processes, and this run has 4: .*--num_processes 2"
+    ):
+        _check_shards(tmp_path, 2, 4)
+    with pytest.raises(ValueError, match=r"shards of 2 FSDP processes, and this run is not sharded"):
+        _check_shards(tmp_path, 2, None)
+    with pytest.raises(ValueError, match=r"saved without FSDP, and this run is sharded over 2 processes"):
+        _check_shards(tmp_path, None, 2)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"ACCELERATE_USE_DEEPSPEED": "true"},
+            "asks for DeepSpeed, which preftune's engine does not support yet",
+        ),
+        ({"ACCELERATE_USE_FSDP": "true"}, "FSDP version 1; preftune shards with FSDP2 only"),
+        (
+            {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
+            "asks for FSDP, but this process has no process group to shard over",
+        ),
+    ],
+)
+def test_sharding_asked_of_a_process_that_cannot_honour_it_is_refused(tmp_path, monkeypatch, env, message):
+    """What the launcher asks for and this process would not do is an error, not an unsharded run."""
+    from preftune.engine import TrainConfig, build_accelerator
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        build_accelerator(TrainConfig(output_dir=str(tmp_path)))

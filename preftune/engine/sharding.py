@@ -1,0 +1,171 @@
+"""FSDP2 through accelerate: what the engine needs to train, evaluate, checkpoint and save a sharded model.
+
+accelerate shards the model (`fully_shard` on each decoder layer, then the whole) when it is launched
+with an FSDP config (`accelerate launch --use_fsdp --fsdp_version 2 ...` or a config file). Under FSDP2
+every parameter is a DTensor holding this process's shard, and a forward pass gathers the weights it
+needs from the other processes: a collective, so every process must run the same number of forwards.
+
+- `gathered(model)`: the whole weights on every process for a while (evaluation, where processes score
+  different numbers of batches; TR-DPO's reference update); no collective inside.
+- `save_shards` / `sharded_optimizer_state`: each process's shard of the trainable weights and of the optimizer state,
+  in safetensors and a weights-only torch file; resuming needs the same number of processes.
+- `full_state_dict`: the whole weights gathered on the main process, for the final safetensors folder.
+
+accelerate 1.16 turns FSDP on only for GPU-like devices; with CPU processes (gloo) it runs plain DDP and
+ignores the config. `enable_fsdp_on_cpu` sets the same state accelerate sets on a GPU, so its own FSDP2
+code prepares the model there too (what the tests of tests/distributed run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from safetensors.torch import save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
+
+SHARDED_TRAINERS = "sft, rm and dpo (with every DPO loss)"
+"""The trainers that train under FSDP2; the others refuse it (engine.loop.Engine, `shardable`)."""
+
+
+def fsdp_requested() -> bool:
+    """Whether the launcher asked for FSDP (accelerate launch sets ACCELERATE_USE_FSDP from its config)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
+def deepspeed_requested() -> bool:
+    """Whether the launcher asked for DeepSpeed (ACCELERATE_USE_DEEPSPEED, from its config)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def fsdp_version() -> int:
+    """The FSDP version the launcher asked for (accelerate's default is 1)."""
+    value = os.environ.get("FSDP_VERSION", "1")
+    return int(value) if value.isdigit() else 0
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def enable_fsdp_on_cpu(accelerator: Accelerator) -> None:
+    """Turn accelerate's FSDP2 on for CPU processes joined over gloo (one or several, started by
+    `accelerate launch`), as accelerate does itself on GPUs: it sets these fields of its shared state."""
+    assert accelerator.distributed_type == DistributedType.MULTI_CPU, accelerator.distributed_type
+    plugin = FullyShardedDataParallelPlugin()  # reads the launcher's FSDP_* settings
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    # the process state too: each later AcceleratorState() (accelerate makes some in `prepare`) copies its
+    # distributed type over the accelerator's. Its collectives (gather, reduce) work the same under FSDP.
+    PartialState().distributed_type = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+
+
+def wrap_decoder_layers(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Shard each decoder layer as its own unit (gathered one at a time in forward and backward) unless
+    the launcher chose a wrapping. accelerate finds the layer class from the `_no_split_modules` of the
+    model it prepares, but preftune prepares a wrapper (ResponseLogps, PooledScorer): name the class of
+    the transformers model inside."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.auto_wrap_policy is None:
+        plugin.auto_wrap_policy = transformer_auto_wrap_policy
+    if plugin.auto_wrap_policy is not transformer_auto_wrap_policy or plugin.transformer_cls_names_to_wrap:
+        return
+    present = {type(module).__name__ for module in model.modules()}
+    for module in model.modules():
+        names = getattr(module, "_no_split_modules", None)
+        if names:
+            plugin.transformer_cls_names_to_wrap = [name for name in names if name in present]
+            return
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module) -> Iterator[None]:
+    """Every FSDP2 unit of `model` holds its whole weights (one all-gather each, on entry) and keeps them
+    through forward passes, which then make no collective: processes may run different numbers of
+    them. Resharded on exit. A no-op for a model that is not sharded. Costs the memory of the whole
+    weights, as DDP does; for evaluation and weight copies, not for training (no backward inside)."""
+    units = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    if not units:
+        yield
+        return
+    for unit in units:
+        unit.set_reshard_after_forward(False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)
+
+
+def local_tensor(value: Any) -> Any:
+    """This process's shard of a DTensor; anything else as it is."""
+    return value.to_local() if isinstance(value, DTensor) else value
+
+
+def save_shards(folder: Path, prefix: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """This process's shard of the trainable weights (`{prefix}model.safetensors`) and of the optimizer
+    state (`{prefix}optimizer.pt`, plain tensors: read back with weights_only=True) into `folder`."""
+    shards = {
+        name: local_tensor(p.detach()).contiguous() for name, p in model.named_parameters() if p.requires_grad
+    }
+    save_file(shards, str(folder / f"{prefix}model.safetensors"))
+    state = optimizer.state_dict()
+    local = {
+        "state": {i: {k: local_tensor(v) for k, v in s.items()} for i, s in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }
+    with open(folder / f"{prefix}optimizer.pt", "wb") as file:  # an OSError names a full disk
+        torch.save(local, file)
+
+
+def sharded_optimizer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer state saved by `save_shards` with its per-parameter tensors (Adam's moments) made
+    DTensors again, sharded as their parameters are in `optimizer`, so that it loads into it."""
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]  # the state's ids
+    for i, entries in state["state"].items():
+        param = ordered[i]
+        if not isinstance(param, DTensor):
+            continue
+        for key, value in entries.items():
+            if value.dim() > 0 and value.shape == param.to_local().shape:  # not Adam's scalar step
+                entries[key] = DTensor.from_local(
+                    value, param.device_mesh, param.placements, shape=param.shape, stride=param.stride()
+                )
+    return state
+
+
+def full_state_dict(
+    accelerator: Accelerator, model: torch.nn.Module, module: torch.nn.Module
+) -> dict[str, torch.Tensor] | None:
+    """The whole weights of `module` (a submodule of the prepared `model`, e.g. the causal LM inside
+    ResponseLogps) with its own parameter names, gathered on the main process (an empty dict on the
+    others). Every process must call it. None when `model` is not sharded: save `module` as it is."""
+    if not is_sharded(accelerator):
+        return None
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # on the main process, in CPU memory
+    state = get_model_state_dict(model, options=options)
+    prefix = next(name for name, sub in model.named_modules() if sub is module)
+    start = f"{prefix}." if prefix else ""
+    # a tied weight (the LM head on the embeddings) is gathered under each of its names: keep the first,
+    # as transformers saves it
+    tied = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+    tied -= {name for name, _ in module.named_parameters()}
+    return {
+        name[len(start) :]: value
+        for name, value in state.items()
+        if name.startswith(start) and name[len(start) :] not in tied
+    }

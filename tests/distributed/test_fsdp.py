@@ -1,0 +1,104 @@
+"""FSDP2 through accelerate (2 CPU processes over gloo): the same run as one process, sharded checkpoints
+that resume exactly, a gathered final/ folder that plain transformers loads, and clear refusals."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from preftune.engine import read_metrics
+from tests.distributed.launch import launch, one_process
+
+FSDP2 = ["--use_fsdp", "--fsdp_version", "2", "--num_processes", "2"]
+
+
+def _args(command: str, base: str, world: dict, out, accumulation: int, *extra: str) -> list[str]:
+    data = "sft" if command == "sft" else "pairs"
+    held_out = ["--eval_dataset", str(world["sft" if command == "sft" else "eval_pairs"])]
+    held_out += ["--eval_dataset_split", "train[:30]"]
+    return [
+        command, "--model", base, "--dataset", str(world[data]), "--output_dir", str(out), *held_out,
+        "--max_steps", "4", "--logging_steps", "1", "--learning_rate", "3e-3", "--max_length", "96",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", str(accumulation),
+        "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+METRICS = {
+    "sft": ("loss", "train/grad_norm", "train/num_tokens", "eval/loss"),
+    "rm": ("loss", "rewards/accuracies", "train/grad_norm", "eval/loss", "eval/rewards/margins"),
+    "dpo": ("loss", "rewards/margins", "logps/chosen", "train/grad_norm", "eval/loss", "eval/kl"),
+}
+
+
+def _same_runs(command: str, one, two) -> None:
+    a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for key in METRICS[command]:
+        assert [r.get(key) for r in b] == pytest.approx([r.get(key) for r in a], rel=1e-5, abs=1e-6), key
+
+
+def _same_weights(one, two) -> None:
+    a, b = (
+        load_file(str(one / "final" / "model.safetensors")),
+        load_file(str(two / "final" / "model.safetensors")),
+    )
+    assert sorted(a) == sorted(b)  # the gathered folder names its weights as an unsharded save does
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("command", ["sft", "rm", "dpo"])
+def test_fsdp2_matches_one_process_and_resumes_from_its_shards(command, synth_world, tiny_base, tmp_path):
+    runs = tmp_path / command
+    extra = ["--num_heads", "2"] if command == "rm" else []
+    one_process(_args(command, tiny_base, synth_world, runs / "one", 2, *extra))
+    if command == "dpo":  # activation checkpointing under FSDP2 changes nothing either
+        extra += ["--gradient_checkpointing", "true"]
+    sharded = _args(command, tiny_base, synth_world, runs / "two", 1, "--save_steps", "2", *extra)
+    result = launch(FSDP2, sharded)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _same_runs(command, runs / "one", runs / "two")
+    _same_weights(runs / "one", runs / "two")
+    auto = AutoModelForSequenceClassification if command == "rm" else AutoModelForCausalLM
+    assert auto.from_pretrained(runs / "two" / "final").num_parameters() > 0  # plain transformers loads it
+
+    # each process saved its own shard, not the whole model
+    step = runs / "two" / "checkpoints" / "step-2"
+    shards = [load_file(str(step / f"shard-{rank}.model.safetensors")) for rank in (0, 1)]
+    assert not (step / "model.safetensors").exists() and (step / "shard-1.optimizer.pt").exists()
+    whole = load_file(str(runs / "one" / "final" / "model.safetensors"))
+    assert sum(t.numel() for t in shards[0].values()) < sum(t.numel() for t in whole.values())
+
+    # as if the run had died after step 2: resume from the shards, under the same launch
+    shutil.rmtree(runs / "two" / "checkpoints" / "step-4")
+    shutil.rmtree(runs / "two" / "final")
+    (runs / "two" / "summary.json").unlink()
+    resumed = launch(FSDP2, [*sharded, "--resume", "true"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _same_runs(command, runs / "one", runs / "two")
+    _same_weights(runs / "one", runs / "two")
+
+    if command == "sft":
+        # one process under FSDP2 (a smoke test of the sharded code paths) is the same run too
+        alone = launch(["--use_fsdp", "--fsdp_version", "2", "--num_processes", "1"],
+                       _args(command, tiny_base, synth_world, runs / "alone", 2))  # fmt: skip
+        assert alone.returncode == 0, alone.stderr[-3000:]
+        _same_runs(command, runs / "one", runs / "alone")
+        # a sharded checkpoint does not resume in another layout
+        unsharded = launch(["--multi_gpu", "--num_processes", "2"], [*sharded, "--resume", "true"])
+        assert unsharded.returncode != 0
+        assert "holds the shards of 2 FSDP processes, and this run is not sharded" in unsharded.stderr
+
+
+@pytest.mark.distributed
+def test_what_fsdp2_does_not_shard_is_refused(synth_world, tiny_base, tmp_path):
+    """A trainer that does not shard, and LoRA, stop before training, saying why."""
+    kto = launch(FSDP2, _args("kto", tiny_base, synth_world, tmp_path / "kto", 1))
+    assert kto.returncode != 0 and "does not shard its models yet (FSDP2 runs sft, rm and dpo" in kto.stderr
+    lora = launch(FSDP2, _args("dpo", tiny_base, synth_world, tmp_path / "lora", 1, "--use_peft", "true"))
+    assert lora.returncode != 0 and "FSDP with a partly frozen model (LoRA, --use_peft)" in lora.stderr
+    assert not any((tmp_path / run / "metrics.jsonl").exists() for run in ("kto", "lora"))
