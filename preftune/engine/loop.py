@@ -148,7 +148,7 @@ def check_accelerator(accelerator: Accelerator, config: TrainConfig) -> Accelera
 
 DEEPSPEED_REFUSED = (
     "The accelerate config asks for DeepSpeed, which preftune's engine does not support yet. Shard with FSDP2 "
-    "instead (`accelerate launch --use_fsdp --fsdp_version 2 ...`; sft, rm and dpo), or use DDP (`accelerate "
+    f"instead (`accelerate launch --use_fsdp --fsdp_version 2 ...`; {SHARDED_TRAINERS}), or use DDP (`accelerate "
     "launch --multi_gpu ...`) or a single process."
 )
 FSDP1_REFUSED = (

@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-SHARDED_TRAINERS = "sft, rm and dpo (with every DPO loss)"
+SHARDED_TRAINERS = "sft, rm, dpo (every DPO loss) and kto"
 """The trainers that train under FSDP2; the others refuse it (engine.loop.Engine, `shardable`)."""
 
 

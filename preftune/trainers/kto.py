@@ -123,6 +123,7 @@ class KTOTrainer(Trainer):
             len(self.train_examples),
             config_to_flat_dict(config),
             self.accelerator,
+            shardable=True,
         )
         self.model = self.engine.model
 
@@ -230,9 +231,10 @@ class KTOTrainer(Trainer):
         mine = [mismatched[i] for i in share]
         size = self.config.train.per_device_train_batch_size
         total = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
-        for start in range(0, len(mine), size):
-            batch = self._collate(mine[start : start + size])
-            total += (self._logps(policy, batch) - self._ref_logps(batch)).sum()
+        with self.engine.gathered():  # processes score shares of different sizes
+            for start in range(0, len(mine), size):
+                batch = self._collate(mine[start : start + size])
+                total += (self._logps(policy, batch) - self._ref_logps(batch)).sum()
         return total
 
     def reference_point(self, examples: Sequence[EncodedUnpaired], share: Sequence[int]) -> torch.Tensor:
@@ -300,10 +302,11 @@ class KTOTrainer(Trainer):
         num_examples = torch.tensor(float(len(self.eval_examples)))
         size = self.config.train.per_device_train_batch_size
         sums: dict[str, torch.Tensor | float] = dict.fromkeys(["loss", *_CLASS_SUMS], 0.0)
-        for start in self.engine.eval_starts(len(mine), size):
-            _, losses, metrics = self._losses(mine[start : start + size], model, z_ref)
-            local = {"loss": losses.sum(), **_class_sums(metrics)}
-            sums = {name: value + local[name] for name, value in sums.items()}
+        with self.engine.gathered():
+            for start in self.engine.eval_starts(len(mine), size):
+                _, losses, metrics = self._losses(mine[start : start + size], model, z_ref)
+                local = {"loss": losses.sum(), **_class_sums(metrics)}
+                sums = {name: value + local[name] for name, value in sums.items()}
         self.model.train()
         totals = self.engine.global_sums(sums)
         metrics = {"loss": totals.pop("loss") / num_examples.item(), "kl/reference_point": z_ref.item()}
@@ -311,9 +314,11 @@ class KTOTrainer(Trainer):
 
     def _finish(self) -> dict[str, Any]:
         final = Path(self.config.train.output_dir) / "final"
+        policy = self.accelerator.unwrap_model(self.model).model
+        weights = self.engine.full_state_dict(policy)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_final(self.accelerator.unwrap_model(self.model).model, self.tokenizer, final)
+            save_final(policy, self.tokenizer, final, weights)
         summary = self.engine.finish(
             {
                 "train_examples": len(self.train_examples),

@@ -30,6 +30,7 @@ METRICS = {
     "sft": ("loss", "train/grad_norm", "train/num_tokens", "eval/loss"),
     "rm": ("loss", "rewards/accuracies", "train/grad_norm", "eval/loss", "eval/rewards/margins"),
     "dpo": ("loss", "rewards/margins", "logps/chosen", "train/grad_norm", "eval/loss", "eval/kl"),
+    "kto": ("loss", "kl/reference_point", "train/grad_norm", "eval/loss", "eval/kl/reference_point"),
 }
 
 
@@ -51,7 +52,7 @@ def _same_weights(one, two) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("command", ["sft", "rm", "dpo"])
+@pytest.mark.parametrize("command", ["sft", "rm", "dpo", "kto"])
 def test_fsdp2_matches_one_process_and_resumes_from_its_shards(command, synth_world, tiny_base, tmp_path):
     runs = tmp_path / command
     extra = ["--num_heads", "2"] if command == "rm" else []
@@ -96,9 +97,17 @@ def test_fsdp2_matches_one_process_and_resumes_from_its_shards(command, synth_wo
 
 @pytest.mark.distributed
 def test_what_fsdp2_does_not_shard_is_refused(synth_world, tiny_base, tmp_path):
-    """A trainer that does not shard, and LoRA, stop before training, saying why."""
-    kto = launch(FSDP2, _args("kto", tiny_base, synth_world, tmp_path / "kto", 1))
-    assert kto.returncode != 0 and "does not shard its models yet (FSDP2 runs sft, rm and dpo" in kto.stderr
+    """A trainer that does not shard (the RL ones), and LoRA, stop before training, saying why."""
+    rloo = [
+        "rloo", "--model", tiny_base, "--dataset", str(synth_world["prompts"]), "--judge", "gold",
+        "--output_dir", str(tmp_path / "rloo"), "--max_steps", "1", "--per_device_train_batch_size", "4",
+        "--max_new_tokens", "8", "--reward_norm_samples", "8", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    refused = launch(FSDP2, rloo)
+    assert refused.returncode != 0
+    assert (
+        "does not shard its models yet (FSDP2 runs sft, rm, dpo (every DPO loss) and kto)" in refused.stderr
+    )
     lora = launch(FSDP2, _args("dpo", tiny_base, synth_world, tmp_path / "lora", 1, "--use_peft", "true"))
     assert lora.returncode != 0 and "FSDP with a partly frozen model (LoRA, --use_peft)" in lora.stderr
-    assert not any((tmp_path / run / "metrics.jsonl").exists() for run in ("kto", "lora"))
+    assert not any((tmp_path / run / "metrics.jsonl").exists() for run in ("rloo", "lora"))
