@@ -14,8 +14,9 @@ GiB, VmRSS 0.46 GiB here), so a 23 GiB limit on this 24 GiB machine leaves a run
 rung that fits did train here; one that does not might still fit with a few hundred MiB more.
 
 Held equal: float32 on CPU (bf16 with autocast on CUDA is each framework's choice, not used here), sigmoid
-loss, beta 0.1, AdamW (each framework's default implementation: TRL's fused `adamw_torch_fused`, preftune's
-`torch.optim.AdamW`), batch and sequence lengths (each pair's prompt, chosen and rejected text are the
+loss, beta 0.1, AdamW (torch's fused kernel in both by default: TRL's default `adamw_torch_fused`, and
+preftune's `--optim adamw_torch_fused`, its default on CUDA; --preftune_optim adamw_torch measures its CPU
+default, which allocates a temporary the size of each weight matrix), batch and sequence lengths (each pair's prompt, chosen and rejected text are the
 same; both frameworks tokenize them with the same tokenizer, a byte-level BPE of 8,192 tokens trained on
 the rows; the embedding is the rung's full vocabulary). Each framework gets its lowest-memory reference
 for the setting: with full fine-tuning both precompute the reference log-probs before training
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="Optimizer steps per run (the first allocates the optimizer state).",
     )
+    add("--preftune_optim", default="adamw_torch_fused", choices=("adamw_torch", "adamw_torch_fused"),
+        help="preftune's --optim (TRL steps adamw_torch_fused, its default).")  # fmt: skip
     add("--batch_size", type=int, default=2, help="Pairs per optimizer step.")
     add("--max_length", type=int, default=512, help="Longest prompt + response in tokens.")
     add("--workdir", default=None, help="Folder for the data files and worker logs (default: temp).")
@@ -146,7 +149,7 @@ def run_preftune(job: dict[str, Any], model: Any, tokenizer: Any, dataset: Any) 
         max_length=job["max_length"], beta=BETA, loss_type=["sigmoid"], learning_rate=1e-5, bf16=False,
         gradient_checkpointing=job["setting"].endswith("_gc"), use_peft=lora, lora_r=LORA["r"],
         lora_alpha=LORA["alpha"], precompute_ref_log_probs=not lora, save_steps=0, logging_steps=1,
-        disable_tqdm=True, overwrite_output_dir=True,
+        disable_tqdm=True, overwrite_output_dir=True, optim=job["preftune_optim"],
     )  # fmt: skip
     trainer = DPOTrainer(args=config, model=model, processing_class=tokenizer, train_dataset=dataset)
     trainer.train()
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     files = write_data(args, workdir)
     results: dict[str, Any] = {
         "environment": environment(0), "limit_gib": args.limit_gib, "steps": args.steps,
-        "batch_size": args.batch_size, "max_length": args.max_length,
+        "batch_size": args.batch_size, "max_length": args.max_length, "preftune_optim": args.preftune_optim,
         "tokens_per_pair": float(files["tokens_per_pair"]), "rungs": {r: RUNGS[r] for r in args.rungs}, "runs": {},
     }  # fmt: skip
     for framework in args.frameworks:
@@ -244,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
             for rung in args.rungs:
                 job = {"framework": framework, "setting": setting, "rung": rung, "shape": RUNGS[rung],
                        "tokenizer": files["tokenizer"], "pairs": files[framework], "steps": args.steps,
-                       "batch_size": args.batch_size, "max_length": args.max_length}  # fmt: skip
+                       "batch_size": args.batch_size, "max_length": args.max_length,
+                       "preftune_optim": args.preftune_optim}  # fmt: skip
                 logger.info("%s %s %s ...", framework, setting, rung)
                 outcome = run_one(job, workdir, args.limit_gib)
                 results["runs"][f"{framework}/{setting}/{rung}"] = outcome

@@ -38,6 +38,11 @@ class TrainConfig:
     """AdamW beta1."""
     adam_beta2: float = 0.999
     """AdamW beta2."""
+    optim: Literal["adamw_torch", "adamw_torch_fused"] | None = None
+    """AdamW implementation (TRL's names): adamw_torch_fused is torch's fused kernel, which updates each weight in
+    place (TRL's default); adamw_torch is torch.optim.AdamW's default path, which allocates a temporary the size of
+    a weight matrix (a loop over the tensors on CPU, one the size of all of them with CUDA's foreach kernels).
+    Default (null): fused on CUDA, adamw_torch on CPU (the numbers in RESULTS.md were measured with it)."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm; 0 turns clipping off."""
     logging_steps: int = 10

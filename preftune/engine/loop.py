@@ -75,6 +75,16 @@ def mixed_precision(config: TrainConfig, cuda_bf16: bool | None = None) -> str:
     return "bf16" if config.bf16 else "no"
 
 
+def optimizer_name(config: TrainConfig, cuda: bool | None = None) -> str:
+    """The run's AdamW implementation: --optim, or when unset the fused kernel on CUDA (`cuda`, measured
+    when not given) and torch's default AdamW elsewhere."""
+    if config.optim is not None:
+        return config.optim
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    return "adamw_torch_fused" if cuda else "adamw_torch"
+
+
 def build_accelerator(config: TrainConfig) -> Accelerator:
     """Mixed precision and trackers from the config. Accumulation is done by the engine itself.
 
@@ -672,11 +682,12 @@ def _num_tied(model: torch.nn.Module) -> int:
 def _build_optimizer(
     model: torch.nn.Module, config: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with decoupled weight decay on matrices, and the warmup + decay schedule."""
+    """AdamW (`optimizer_name`) with decoupled weight decay on matrices, and the warmup + decay schedule."""
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.weight_decay),
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
+        fused=optimizer_name(config) == "adamw_torch_fused" or None,  # None: torch's default path
     )
     name = "constant_with_warmup" if config.lr_scheduler_type == "constant" else config.lr_scheduler_type
     scheduler = get_scheduler(

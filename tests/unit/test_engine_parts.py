@@ -131,3 +131,30 @@ def test_sharding_asked_of_a_process_that_cannot_honour_it_is_refused(tmp_path, 
         monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=message):
         build_accelerator(TrainConfig(output_dir=str(tmp_path)))
+
+
+def test_fused_adamw_is_the_default_on_cuda_only_and_takes_the_same_steps():
+    import torch
+
+    from preftune.engine.config import TrainConfig
+    from preftune.engine.loop import _build_optimizer, optimizer_name
+
+    assert optimizer_name(TrainConfig(), cuda=True) == "adamw_torch_fused"
+    assert optimizer_name(TrainConfig(), cuda=False) == "adamw_torch"
+    assert optimizer_name(TrainConfig(optim="adamw_torch"), cuda=True) == "adamw_torch"
+    assert optimizer_name(TrainConfig(optim="adamw_torch_fused"), cuda=False) == "adamw_torch_fused"
+    weights = {}
+    for optim in ("adamw_torch", "adamw_torch_fused"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 1))
+        config = TrainConfig(optim=optim, learning_rate=1e-2, weight_decay=0.1)
+        optimizer, _ = _build_optimizer(model, config, total_steps=3)
+        start = torch.cat([p.detach().flatten() for p in model.parameters()])
+        assert optimizer.defaults["fused"] is (True if optim == "adamw_torch_fused" else None)
+        for step in range(3):
+            model(torch.randn(4, 6, generator=torch.Generator().manual_seed(step))).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        weights[optim] = torch.cat([p.detach().flatten() for p in model.parameters()])
+        assert (weights[optim] - start).abs().max() > 1e-3  # the steps moved the weights
+    torch.testing.assert_close(weights["adamw_torch_fused"], weights["adamw_torch"], rtol=1e-5, atol=1e-6)
