@@ -14,9 +14,10 @@
 #
 # TRL is installed there without dependencies (torch and transformers are the machine's). TRL 1.16 turns
 # padding_free=True back to False with a warning ("temporarily unavailable"), so its padding-free setting
-# cannot be timed; its two timed setups are its default and precompute_ref_log_probs. FSDP2 and ZeRO-3 are
-# not run: preftune's engine refuses them (docs/architecture.md), and a one-process smoke test of a refusal
-# measures nothing.
+# cannot be timed; its two timed setups are its default and precompute_ref_log_probs. Last, a smoke test of
+# preftune's FSDP2 path on CUDA in one process (bf16, accelerate's FSDP2 mixed precision), 8 DPO steps on the
+# Qwen2.5-0.5B shape: its last log lines and summary. ZeRO-3 is not run: preftune refuses DeepSpeed
+# (docs/architecture.md), and a smoke test of a refusal measures nothing.
 set -euo pipefail
 out="${OUT:-runs/gpu_dpo}"
 mkdir -p "$out"
@@ -30,3 +31,10 @@ for shape in smollm2-135m qwen2.5-0.5b; do  # models and worker logs in /tmp; ta
         --num_rows 1200 --num_pairs 512 --batch_size 8 --max_length 1024 --learning_rate 1e-5 \
         --workdir "/tmp/gpu_dpo/$shape" --out "$out/$shape.json" | tee "$out/$shape.txt"
 done
+w=/tmp/gpu_dpo/qwen2.5-0.5b
+timeout 120 python -m accelerate.commands.launch --use_fsdp --fsdp_version 2 --num_processes 1 --num_machines 1 \
+    --mixed_precision bf16 --dynamo_backend no -m preftune.cli dpo --model "$w/policy" \
+    --dataset "$w/train_preftune.jsonl" --max_steps 8 --per_device_train_batch_size 8 --max_length 1024 \
+    --learning_rate 1e-5 --bf16 true --logging_steps 1 --disable_tqdm true --overwrite_output_dir true \
+    --output_dir /tmp/gpu_dpo/fsdp2 2>&1 | tail -5 | tee "$out/fsdp2_smoke.txt"
+cp /tmp/gpu_dpo/fsdp2/summary.json "$out/fsdp2_summary.json"

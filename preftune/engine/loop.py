@@ -51,6 +51,7 @@ from preftune.engine.sharding import (
     gathered,
     is_sharded,
     save_shards,
+    settle_root,
     wrap_decoder_layers,
 )
 from preftune.errors import FileSystemFault, UserFault, file_system_fault
@@ -289,6 +290,8 @@ class Engine:
             wrap_decoder_layers(self.accelerator, model)
         ties = _num_tied(model)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if self.sharded:
+            settle_root(self.model)
         if _num_tied(self.model) != ties:  # would train the two copies apart
             raise RuntimeError(
                 f"Preparing the model for {self.accelerator.distributed_type.value} untied {ties} tied weight(s) "

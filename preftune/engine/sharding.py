@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-SHARDED_TRAINERS = "sft, rm, dpo (every DPO loss) and kto"
+SHARDED_TRAINERS = "sft, rm, dpo (every DPO loss), kto, ppo, rloo and grpo"
 """The trainers that train under FSDP2; the others refuse it (engine.loop.Engine, `shardable`)."""
 
 
@@ -88,6 +88,15 @@ def wrap_decoder_layers(accelerator: Accelerator, model: torch.nn.Module) -> Non
         if names:
             plugin.transformer_cls_names_to_wrap = [name for name in names if name in present]
             return
+
+
+def settle_root(model: torch.nn.Module) -> None:
+    """Make the prepared `model` the root of its FSDP2 units now. FSDP2 settles it at the first forward
+    pass, taking the module run first for the root; preftune's first pass may be a submodule's (an RL
+    run samples from the policy before its first update), which would then break the model's own
+    forward. torch has no public call for this; the root's lazy initialisation is what its forward runs."""
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()
 
 
 @contextlib.contextmanager

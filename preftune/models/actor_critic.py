@@ -64,6 +64,12 @@ class ActorCritic(torch.nn.Module):
         if value is not None and value.num_heads != 1:
             raise ValueError(f"The value model must have one head, got {value.num_heads}.")
 
+    def tie_weights(self) -> None:
+        """As ResponseLogps.tie_weights (for accelerate's FSDP2 preparation)."""
+        self.policy.tie_weights()
+        if self.value is not None:
+            self.value.tie_weights()
+
     def forward(
         self,
         input_ids: Tensor,

@@ -68,6 +68,8 @@ class PPOTrainer(RLTrainer):
     """`PPOTrainer(config).train()` runs the whole job; from Python, `PPOTrainer(args=config, model=model,
     processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
+    shardable = True
+
     def _build(self, given: Given) -> None:
         """`judge` and `heldout_judge` replace the judges named by --judge and --heldout_judge (any object with
         `score(prompts, responses) -> (N,)`); the other objects replace --model, --ref_model, the tokenizer
@@ -133,7 +135,7 @@ class PPOTrainer(RLTrainer):
         try:
             for micro_indices in engine.steps():
                 prompts = [i for micro in micro_indices for i in micro]
-                experience, metrics = self.make_experience(prompts)
+                experience, metrics = self.experience(prompts)
                 loss, update_metrics, num_tokens = self.ppo_update(experience)
                 metrics.update(update_metrics)
                 if self.config.target_kl is not None:
@@ -261,7 +263,7 @@ class PPOTrainer(RLTrainer):
         sums["tokens"] = torch.tensor(float(out.logps.numel()), device=device)
         return token_loss.sum() / num_tokens, sums
 
-    def _save_policy(self, final: Path) -> None:
-        if self.config.share_backbone:  # only the policy adapter is merged into final/
+    def _save_policy(self, final: Path, weights: dict[str, Tensor] | None) -> None:
+        if self.config.share_backbone:  # only the policy adapter is merged into final/ (LoRA: not sharded)
             self.policy.model.delete_adapter(VALUE_ADAPTER)
-        save_final(self.policy.model, self.tokenizer, final)
+        save_final(self.policy.model, self.tokenizer, final, weights)

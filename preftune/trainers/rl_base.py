@@ -49,6 +49,9 @@ class RLTrainer(Trainer):
     """The RL trainers' shared scaffolding (see the module docstring); a subclass runs its algorithm."""
 
     takes = (*Trainer.takes, "ref_model", "judge", "heldout_judge")
+    shardable = False
+    """Whether the trainer runs under FSDP2: its rollouts, statistics and evaluation sample with the
+    weights gathered (`Engine.gathered`), its updates run sharded."""
 
     config: Any
     tokenizer: PreTrainedTokenizerBase
@@ -117,6 +120,7 @@ class RLTrainer(Trainer):
             config_to_flat_dict(cfg),
             self.accelerator,
             items_per_step=items_per_step,
+            shardable=self.shardable,
         )
         self.model = self.engine.model
         self.setup.start_backend(self.policy, cfg.data.max_length)
@@ -143,7 +147,8 @@ class RLTrainer(Trainer):
         """The judge's mean and std on the starting policy's samples (reward standardisation), once per run."""
         state = self.engine.trainer_state  # restored on resume
         if "reward_mean" not in state:
-            state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
+            with self.engine.gathered():
+                state.update(self.setup.score_statistics(self.policy, self.engine.global_sum))
 
     @property
     def policy(self) -> ResponseLogps:
@@ -180,8 +185,18 @@ class RLTrainer(Trainer):
         )
         return raw, shaped
 
+    def experience(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
+        """The subclass's `make_experience` with the weights gathered: processes sample responses of
+        different lengths, so their forward passes differ in number."""
+        with self.engine.gathered():
+            return self.make_experience(prompt_indices)
+
+    def make_experience(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
+        raise NotImplementedError
+
     def _held_out(self) -> dict[str, float]:
-        return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
+        with self.engine.gathered():
+            return self.setup.evaluate(self.policy, self._reference, self.engine.global_sums)
 
     def evaluate(self) -> dict[str, float]:
         """Judge score, gold reward (synthetic task), KL and length on the held-out prompts, and the
@@ -192,15 +207,17 @@ class RLTrainer(Trainer):
         """A new run first shows the monitor the starting policy (step 0); a resumed one has its state."""
         watch_start(self.monitor, self.engine.trainer_state, self._held_out if self.setup.evaluator else None)
 
-    def _save_policy(self, final: Path) -> None:
-        save_final(self.policy.model, self.tokenizer, final)
+    def _save_policy(self, final: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        """`weights`: the policy's, gathered when it is sharded (else None)."""
+        save_final(self.policy.model, self.tokenizer, final, weights)
 
     def _finish(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Save the policy to output_dir/final (main process) and write the run's summary with `fields`."""
         final = Path(self.config.train.output_dir) / "final"
+        weights = self.engine.full_state_dict(self.policy.model)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            self._save_policy(final)
+            self._save_policy(final, weights)
         summary = self.engine.finish(
             {
                 "train_prompts": len(self.setup.prompts),

@@ -51,6 +51,8 @@ class RLOOTrainer(RLTrainer):
     """`RLOOTrainer(config).train()` runs RLOO or GRPO (by config.advantage_estimator); from Python,
     `RLOOTrainer(args=config, model=model, processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
+    shardable = True
+
     def _build(self, given: Given) -> None:
         """`judge` and `heldout_judge` replace the judges named by --judge and --heldout_judge (any object with
         `score(prompts, responses) -> (N,)`); the other objects replace --model, --ref_model, the tokenizer
@@ -69,7 +71,7 @@ class RLOOTrainer(RLTrainer):
         self._start_monitor()
         try:
             for micro_indices in engine.steps():
-                experience, metrics = self.make_experience([i for micro in micro_indices for i in micro])
+                experience, metrics = self.experience([i for micro in micro_indices for i in micro])
                 loss, update_metrics, num_tokens = self.update(experience)
                 evaluate = self.evaluate if self.setup.evaluator else None
                 engine.end_step(loss, num_tokens, {**metrics, **update_metrics}, evaluate)

@@ -41,14 +41,14 @@ def _same_runs(command: str, one, two) -> None:
         assert [r.get(key) for r in b] == pytest.approx([r.get(key) for r in a], rel=1e-5, abs=1e-6), key
 
 
-def _same_weights(one, two) -> None:
+def _same_weights(one, two, atol: float = 1e-6) -> None:
     a, b = (
         load_file(str(one / "final" / "model.safetensors")),
         load_file(str(two / "final" / "model.safetensors")),
     )
     assert sorted(a) == sorted(b)  # the gathered folder names its weights as an unsharded save does
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=atol)
 
 
 @pytest.mark.distributed
@@ -95,19 +95,76 @@ def test_fsdp2_matches_one_process_and_resumes_from_its_shards(command, synth_wo
         assert "holds the shards of 2 FSDP processes, and this run is not sharded" in unsharded.stderr
 
 
+RL_METRICS = ("loss", "reward/raw", "kl/mean", "train/grad_norm", "eval/reward", "eval/kl")
+
+
+@pytest.fixture(scope="module")
+def random_reward_model(tiny_base, tmp_path_factory):
+    """A reward model with a random head: samples get different scores, so advantages are not 0."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("fsdp") / "rm"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("command", ["ppo", "grpo"])
+def test_fsdp2_rl_matches_one_process_and_resumes(
+    command, synth_world, tiny_base, random_reward_model, tmp_path
+):
+    """Rollouts, the judge's statistics and the held-out evaluation sample with the weights gathered; the
+    updates (PPO: policy and value model) run sharded: the run of 1 process, and a resume from the shards."""
+
+    def args(out, batch, *extra):
+        return [
+            command, "--model", tiny_base, "--dataset", str(synth_world["prompts"]),
+            "--judge", f"rm:{random_reward_model}", "--eval_dataset", str(synth_world["eval_prompts"]),
+            "--output_dir", str(out), "--max_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-3",
+            "--per_device_train_batch_size", str(batch), "--max_new_tokens", "8", "--max_length", "64",
+            "--reward_norm_samples", "16", "--disable_tqdm", "true", *extra,
+        ]  # fmt: skip
+
+    one_process(args(tmp_path / "one", 8))
+    sharded = args(tmp_path / "two", 4, "--save_steps", "1")
+    result = launch(FSDP2, sharded)
+    assert result.returncode == 0, result.stderr[-3000:]
+    uninterrupted = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    expected = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert len(uninterrupted) == len(expected) == 2
+    for key in RL_METRICS:
+        got, want = [r.get(key) for r in uninterrupted], [r.get(key) for r in expected]
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), key
+    shutil.rmtree(tmp_path / "two" / "checkpoints" / "step-2")  # as if it had died after step 1
+    shutil.rmtree(tmp_path / "two" / "final")
+    resumed = launch(FSDP2, [*sharded, "--resume", "true"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    for key in RL_METRICS:
+        assert [r.get(key) for r in again] == pytest.approx([r.get(key) for r in uninterrupted], rel=1e-6), (
+            key
+        )
+    # the all-reduced updates sum in another order: Adam's steps (1e-3) differ by a few 1e-6
+    _same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
+
+
 @pytest.mark.distributed
 def test_what_fsdp2_does_not_shard_is_refused(synth_world, tiny_base, tmp_path):
-    """A trainer that does not shard (the RL ones), and LoRA, stop before training, saying why."""
-    rloo = [
-        "rloo", "--model", tiny_base, "--dataset", str(synth_world["prompts"]), "--judge", "gold",
-        "--output_dir", str(tmp_path / "rloo"), "--max_steps", "1", "--per_device_train_batch_size", "4",
-        "--max_new_tokens", "8", "--reward_norm_samples", "8", "--disable_tqdm", "true",
+    """A trainer that does not shard (online DPO), and LoRA, stop before training, saying why."""
+    online = [
+        "online-dpo", "--model", tiny_base, "--dataset", str(synth_world["prompts"]), "--judge", "gold",
+        "--output_dir", str(tmp_path / "online"), "--max_steps", "1", "--per_device_train_batch_size", "4",
+        "--max_new_tokens", "8", "--disable_tqdm", "true",
     ]  # fmt: skip
-    refused = launch(FSDP2, rloo)
+    refused = launch(FSDP2, online)
     assert refused.returncode != 0
     assert (
-        "does not shard its models yet (FSDP2 runs sft, rm, dpo (every DPO loss) and kto)" in refused.stderr
+        "does not shard its models yet (FSDP2 runs sft, rm, dpo (every DPO loss), kto, ppo" in refused.stderr
     )
     lora = launch(FSDP2, _args("dpo", tiny_base, synth_world, tmp_path / "lora", 1, "--use_peft", "true"))
     assert lora.returncode != 0 and "FSDP with a partly frozen model (LoRA, --use_peft)" in lora.stderr
-    assert not any((tmp_path / run / "metrics.jsonl").exists() for run in ("rloo", "lora"))
+    assert not any((tmp_path / run / "metrics.jsonl").exists() for run in ("online", "lora"))
