@@ -106,18 +106,33 @@ def gathered(model: torch.nn.Module) -> Iterator[None]:
     them. Resharded on exit. A no-op for a model that is not sharded. Costs the memory of the whole
     weights, as DDP does; for evaluation and weight copies, not for training (no backward inside)."""
     units = [module for module in model.modules() if isinstance(module, FSDPModule)]
-    if not units:
+    if not units or _GATHERED.get(id(model)):  # not sharded, or gathered already (a nested call)
         yield
         return
+    # each unit's own setting, restored on exit (accelerate keeps the root and the LM head gathered after
+    # forward, the decoder layers not); torch sets it publicly but reads it back only from private fields
+    states = [unit._get_fsdp_state() for unit in units]
+    before = [
+        (s._auto_reshard_after_forward, [g.post_forward_mesh_info for g in s._fsdp_param_groups])
+        for s in states
+    ]
     for unit in units:
-        unit.set_reshard_after_forward(False)
+        unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
+    _GATHERED[id(model)] = True
     try:
         yield
     finally:
-        for unit in units:
+        del _GATHERED[id(model)]
+        for unit, state, (auto, infos) in zip(units, states, before, strict=True):
             unit.reshard()
-            unit.set_reshard_after_forward(True)
+            state._auto_reshard_after_forward = auto
+            for group, info in zip(state._fsdp_param_groups, infos, strict=True):
+                group.post_forward_mesh_info = info
+
+
+_GATHERED: dict[int, bool] = {}
+"""The models inside `gathered` now (by id)."""
 
 
 def local_tensor(value: Any) -> Any:
