@@ -123,7 +123,7 @@ SECTIONS = (
                   for setting, rungs in (
                       ("full", "smollm2-360m qwen2.5-0.5b tinyllama-1.1b llama-3.2-1b llama-3.2-3b"),
                       ("lora", "smollm2-360m qwen2.5-0.5b tinyllama-1.1b llama-3.2-1b llama-3.2-3b"),
-                      ("full_gc", "tinyllama-1.1b llama-3.2-1b llama-3.2-3b"))), 45),
+                      ("full_gc", "tinyllama-1.1b llama-3.2-1b llama-3.2-3b"))), 60),
 )  # fmt: skip
 
 
