@@ -52,6 +52,7 @@ from preftune.engine.sharding import (
     is_sharded,
     save_shards,
     settle_root,
+    warn_about_checkpoint_format,
     wrap_decoder_layers,
 )
 from preftune.errors import FileSystemFault, UserFault, file_system_fault
@@ -244,6 +245,7 @@ class Engine:
         self.sharded = is_sharded(self.accelerator)
         if self.sharded:
             _check_shardable(model, shardable)
+            warn_about_checkpoint_format()
         self.out = Path(config.output_dir)
         self.checkpoint_root = self.out / "checkpoints"
         set_seed(config.seed)

@@ -5,10 +5,10 @@ with an FSDP config (`accelerate launch --use_fsdp --fsdp_version 2 ...` or a co
 every parameter is a DTensor holding this process's shard, and a forward pass gathers the weights it
 needs from the other processes: a collective, so every process must run the same number of forwards.
 
-- `gathered(model)`: the whole weights on every process for a while (evaluation, where processes score
-  different numbers of batches; TR-DPO's reference update); no collective inside.
-- `save_shards` / `sharded_optimizer_state`: each process's shard of the trainable weights and of the optimizer state,
-  in safetensors and a weights-only torch file; resuming needs the same number of processes.
+- `gathered(model)`: the whole weights on every process for a while (evaluation and RL sampling, where
+  processes run different numbers of forward passes; TR-DPO's reference update); no collective inside.
+- `save_shards` / `sharded_optimizer_state`: each process's shard of the trainable weights and of the
+  optimizer state, in safetensors and a weights-only torch file; resuming needs the same processes.
 - `full_state_dict`: the whole weights gathered on the main process, for the final safetensors folder.
 
 accelerate 1.16 turns FSDP on only for GPU-like devices; with CPU processes (gloo) it runs plain DDP and
@@ -19,6 +19,7 @@ code prepares the model there too (what the tests of tests/distributed run).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,8 @@ from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
+
+logger = logging.getLogger(__name__)
 
 SHARDED_TRAINERS = "sft, rm, dpo (every DPO loss), kto, ppo, rloo and grpo"
 """The trainers that train under FSDP2; the others refuse it (engine.loop.Engine, `shardable`)."""
@@ -70,6 +73,16 @@ def enable_fsdp_on_cpu(accelerator: Accelerator) -> None:
     accelerator.state.fsdp_plugin = plugin
 
 
+def warn_about_checkpoint_format() -> None:
+    """accelerate's `fsdp_state_dict_type` chooses the format of its own save_state; preftune writes its
+    checkpoints itself, one shard per process, and gathers only final/: say so once if FULL was asked."""
+    if os.environ.get("FSDP_STATE_DICT_TYPE", "").upper() == "FULL_STATE_DICT":
+        logger.warning(
+            "fsdp_state_dict_type FULL_STATE_DICT does not apply to preftune's checkpoints: they hold one shard "
+            "per process (resume under the same launch); final/ is always the whole model, gathered."
+        )
+
+
 def wrap_decoder_layers(accelerator: Accelerator, model: torch.nn.Module) -> None:
     """Shard each decoder layer as its own unit (gathered one at a time in forward and backward) unless
     the launcher chose a wrapping. accelerate finds the layer class from the `_no_split_modules` of the
@@ -104,7 +117,7 @@ def gathered(model: torch.nn.Module) -> Iterator[None]:
     """Every FSDP2 unit of `model` holds its whole weights (one all-gather each, on entry) and keeps them
     through forward passes, which then make no collective: processes may run different numbers of
     them. Resharded on exit. A no-op for a model that is not sharded. Costs the memory of the whole
-    weights, as DDP does; for evaluation and weight copies, not for training (no backward inside)."""
+    weights, as DDP does; for evaluation, sampling and weight copies, not for training (no backward)."""
     units = [module for module in model.modules() if isinstance(module, FSDPModule)]
     if not units or _GATHERED.get(id(model)):  # not sharded, or gathered already (a nested call)
         yield
