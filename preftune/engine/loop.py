@@ -42,7 +42,6 @@ from preftune.engine.checkpoint import (
 from preftune.engine.config import RUN_CONTROL, TrainConfig
 from preftune.engine.metrics import MetricsLog
 from preftune.engine.sharding import (
-    SHARDED_TRAINERS,
     deepspeed_requested,
     enable_fsdp_on_cpu,
     fsdp_requested,
@@ -160,8 +159,8 @@ def check_accelerator(accelerator: Accelerator, config: TrainConfig) -> Accelera
 
 DEEPSPEED_REFUSED = (
     "The accelerate config asks for DeepSpeed, which preftune's engine does not support yet. Shard with FSDP2 "
-    f"instead (`accelerate launch --use_fsdp --fsdp_version 2 ...`; {SHARDED_TRAINERS}), or use DDP (`accelerate "
-    "launch --multi_gpu ...`) or a single process."
+    "instead (`accelerate launch --use_fsdp --fsdp_version 2 ...`: sft, rm, dpo, kto, ppo, rloo, grpo, online-dpo), "
+    "or use DDP (`accelerate launch --multi_gpu ...`) or a single process."
 )
 FSDP1_REFUSED = (
     "The accelerate config asks for FSDP version 1; preftune shards with FSDP2 only: set `fsdp_version: 2` in "
@@ -669,8 +668,9 @@ def _check_shardable(model: torch.nn.Module, shardable: bool) -> None:
     """FSDP2 only where the trainer and the model support it: an error, not an unsharded run."""
     if not shardable:
         raise ValueError(
-            f"The accelerate config asks for FSDP, and this command does not shard its models yet (FSDP2 runs "
-            f"{SHARDED_TRAINERS}). Use DDP (`accelerate launch --multi_gpu ...`) or a single process."
+            "The accelerate config asks for FSDP, and this trainer does not declare that it runs sharded "
+            "(Engine(..., shardable=True): its evaluation and sampling in Engine.gathered(), its final save from "
+            "Engine.full_state_dict()). preftune's own training commands all do. Use DDP or a single process."
         )
     if any(p.requires_grad is False for p in model.parameters()):
         raise ValueError(

@@ -35,9 +35,6 @@ from torch.distributed.tensor import DTensor
 
 logger = logging.getLogger(__name__)
 
-SHARDED_TRAINERS = "sft, rm, dpo (every DPO loss), kto, ppo, rloo and grpo"
-"""The trainers that train under FSDP2; the others refuse it (engine.loop.Engine, `shardable`)."""
-
 
 def fsdp_requested() -> bool:
     """Whether the launcher asked for FSDP (accelerate launch sets ACCELERATE_USE_FSDP from its config)."""

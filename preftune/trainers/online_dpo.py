@@ -152,7 +152,8 @@ class OnlineDPOTrainer(RLTrainer):
         self._start_monitor()
         try:
             for micro_indices in engine.steps():
-                pairs, metrics = self.make_pairs(micro_indices)
+                with engine.gathered():  # processes sample responses of different lengths
+                    pairs, metrics = self.make_pairs(micro_indices)
                 evaluate = self.evaluate if self.setup.evaluator else None
                 if metrics["pairs/count"] == 0:  # every prompt tied on every process: nothing to learn from
                     logger.warning("step %d: every prompt's samples tied; no update.", engine.step + 1)
@@ -246,7 +247,7 @@ class OnlineDPOTrainer(RLTrainer):
         for m in range(num_micro):
             rows = [q for q, micro in enumerate(pairs.micro) if micro == m]
             last = m == num_micro - 1
-            if not rows and not last:
+            if not rows and not last and not engine.sharded:  # FSDP: every process runs every forward
                 continue
             if rows:
                 chosen, rejected, weight = (
@@ -254,7 +255,8 @@ class OnlineDPOTrainer(RLTrainer):
                     [pairs.rejected[q] for q in rows],
                     1.0,
                 )
-            else:  # no pairs here, but the last micro-batch joins the gradient all-reduce: a pair with weight 0
+            else:  # no pairs here, but the last micro-batch joins the gradient all-reduce (and under FSDP each
+                # forward gathers weights with the other processes): a pair with weight 0
                 chosen, rejected, weight = [0], [1], 0.0
             with engine.sync_context(m, num_micro):
                 losses, metrics, num_tokens = self.pair_losses(pairs, chosen, rejected)
@@ -293,15 +295,16 @@ class OnlineDPOTrainer(RLTrainer):
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = list(range(rank, len(evaluator.prompts), world))
         texts: list[str] = []
-        if mine:
-            with self.accelerator.autocast():
-                rollout = self.setup.sampler(self.policy).generate(
-                    [evaluator.prompts.ids[i] for i in mine],
-                    evaluator.sampling,
-                    evaluator.seed,
-                    prompt_keys=mine,
-                )
-            texts = decode_responses(self.tokenizer, rollout)
+        with self.engine.gathered():  # every process joins the gathering, with prompts or not
+            if mine:
+                with self.accelerator.autocast():
+                    rollout = self.setup.sampler(self.policy).generate(
+                        [evaluator.prompts.ids[i] for i in mine],
+                        evaluator.sampling,
+                        evaluator.seed,
+                        prompt_keys=mine,
+                    )
+                texts = decode_responses(self.tokenizer, rollout)
         indexed = list(zip(mine, texts, strict=True))
         everything = sorted(gather_object(indexed) if world > 1 else indexed)
         return [text for _, text in everything]

@@ -68,8 +68,6 @@ class PPOTrainer(RLTrainer):
     """`PPOTrainer(config).train()` runs the whole job; from Python, `PPOTrainer(args=config, model=model,
     processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
-    shardable = True
-
     def _build(self, given: Given) -> None:
         """`judge` and `heldout_judge` replace the judges named by --judge and --heldout_judge (any object with
         `score(prompts, responses) -> (N,)`); the other objects replace --model, --ref_model, the tokenizer

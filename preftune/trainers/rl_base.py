@@ -49,9 +49,6 @@ class RLTrainer(Trainer):
     """The RL trainers' shared scaffolding (see the module docstring); a subclass runs its algorithm."""
 
     takes = (*Trainer.takes, "ref_model", "judge", "heldout_judge")
-    shardable = False
-    """Whether the trainer runs under FSDP2: its rollouts, statistics and evaluation sample with the
-    weights gathered (`Engine.gathered`), its updates run sharded."""
 
     config: Any
     tokenizer: PreTrainedTokenizerBase
@@ -120,7 +117,7 @@ class RLTrainer(Trainer):
             config_to_flat_dict(cfg),
             self.accelerator,
             items_per_step=items_per_step,
-            shardable=self.shardable,
+            shardable=True,  # rollouts, statistics and evaluation sample in Engine.gathered()
         )
         self.model = self.engine.model
         self.setup.start_backend(self.policy, cfg.data.max_length)

@@ -51,8 +51,6 @@ class RLOOTrainer(RLTrainer):
     """`RLOOTrainer(config).train()` runs RLOO or GRPO (by config.advantage_estimator); from Python,
     `RLOOTrainer(args=config, model=model, processing_class=tokenizer, train_dataset=prompts, judge=judge)`."""
 
-    shardable = True
-
     def _build(self, given: Given) -> None:
         """`judge` and `heldout_judge` replace the judges named by --judge and --heldout_judge (any object with
         `score(prompts, responses) -> (N,)`); the other objects replace --model, --ref_model, the tokenizer

@@ -95,7 +95,9 @@ def test_fsdp2_matches_one_process_and_resumes_from_its_shards(command, synth_wo
         assert "holds the shards of 2 FSDP processes, and this run is not sharded" in unsharded.stderr
 
 
-RL_METRICS = ("loss", "reward/raw", "kl/mean", "train/grad_norm", "eval/reward", "eval/kl")
+RL_METRICS = ("loss", "reward/raw", "train/grad_norm", "eval/reward", "pairs/count")
+# a KL is a difference of two sums of float32 log-probs: the order of the sums moves it by ~1e-5 nats
+RL_KL = ("kl/mean", "eval/kl")
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +115,13 @@ def random_reward_model(tiny_base, tmp_path_factory):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("command", ["ppo", "grpo"])
+@pytest.mark.parametrize("command", ["ppo", "grpo", "online-dpo"])
 def test_fsdp2_rl_matches_one_process_and_resumes(
     command, synth_world, tiny_base, random_reward_model, tmp_path
 ):
     """Rollouts, the judge's statistics and the held-out evaluation sample with the weights gathered; the
-    updates (PPO: policy and value model) run sharded: the run of 1 process, and a resume from the shards."""
+    updates (PPO: policy and value model) run sharded: the run of 1 process, and a resume from the shards.
+    Online DPO draws its pairs from the same rollouts and trains on them like DPO."""
 
     def args(out, batch, *extra):
         return [
@@ -136,35 +139,26 @@ def test_fsdp2_rl_matches_one_process_and_resumes(
     uninterrupted = read_metrics(tmp_path / "two" / "metrics.jsonl")
     expected = read_metrics(tmp_path / "one" / "metrics.jsonl")
     assert len(uninterrupted) == len(expected) == 2
-    for key in RL_METRICS:
+    keys = [key for key in (*RL_METRICS, *RL_KL) if key in expected[-1]]
+    assert len(keys) >= 5, keys
+    for key in keys:
         got, want = [r.get(key) for r in uninterrupted], [r.get(key) for r in expected]
-        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), key
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-4 if key in RL_KL else 1e-6), key
     shutil.rmtree(tmp_path / "two" / "checkpoints" / "step-2")  # as if it had died after step 1
     shutil.rmtree(tmp_path / "two" / "final")
     resumed = launch(FSDP2, [*sharded, "--resume", "true"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = read_metrics(tmp_path / "two" / "metrics.jsonl")
-    for key in RL_METRICS:
-        assert [r.get(key) for r in again] == pytest.approx([r.get(key) for r in uninterrupted], rel=1e-6), (
-            key
-        )
+    for key in keys:
+        got, want = [r.get(key) for r in again], [r.get(key) for r in uninterrupted]
+        assert got == pytest.approx(want, rel=1e-6), key
     # the all-reduced updates sum in another order: Adam's steps (1e-3) differ by a few 1e-6
     _same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
 
 
 @pytest.mark.distributed
-def test_what_fsdp2_does_not_shard_is_refused(synth_world, tiny_base, tmp_path):
-    """A trainer that does not shard (online DPO), and LoRA, stop before training, saying why."""
-    online = [
-        "online-dpo", "--model", tiny_base, "--dataset", str(synth_world["prompts"]), "--judge", "gold",
-        "--output_dir", str(tmp_path / "online"), "--max_steps", "1", "--per_device_train_batch_size", "4",
-        "--max_new_tokens", "8", "--disable_tqdm", "true",
-    ]  # fmt: skip
-    refused = launch(FSDP2, online)
-    assert refused.returncode != 0
-    assert (
-        "does not shard its models yet (FSDP2 runs sft, rm, dpo (every DPO loss), kto, ppo" in refused.stderr
-    )
+def test_lora_under_fsdp2_is_refused(synth_world, tiny_base, tmp_path):
+    """A partly frozen model stops before training, saying what to use instead."""
     lora = launch(FSDP2, _args("dpo", tiny_base, synth_world, tmp_path / "lora", 1, "--use_peft", "true"))
     assert lora.returncode != 0 and "FSDP with a partly frozen model (LoRA, --use_peft)" in lora.stderr
-    assert not any((tmp_path / run / "metrics.jsonl").exists() for run in ("online", "lora"))
+    assert "train LoRA with DDP" in lora.stderr and not (tmp_path / "lora" / "metrics.jsonl").exists()

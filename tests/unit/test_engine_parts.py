@@ -158,3 +158,19 @@ def test_fused_adamw_is_the_default_on_cuda_only_and_takes_the_same_steps():
         weights[optim] = torch.cat([p.detach().flatten() for p in model.parameters()])
         assert (weights[optim] - start).abs().max() > 1e-3  # the steps moved the weights
     torch.testing.assert_close(weights["adamw_torch_fused"], weights["adamw_torch"], rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_asks_the_trainer_and_the_model_to_be_shardable():
+    import torch
+
+    from preftune.engine.loop import _check_shardable
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    _check_shardable(model, shardable=True)
+    with pytest.raises(
+        ValueError, match=r"does not declare that it runs sharded \(Engine\(\.\.\., shardable=True\)"
+    ):
+        _check_shardable(model, shardable=False)
+    model[0].requires_grad_(False)  # as LoRA freezes the base
+    with pytest.raises(ValueError, match=r"partly frozen model \(LoRA, --use_peft\).*train LoRA with DDP"):
+        _check_shardable(model, shardable=True)
