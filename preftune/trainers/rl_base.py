@@ -120,6 +120,11 @@ class RLTrainer(Trainer):
             shardable=True,  # rollouts, statistics and evaluation sample in Engine.gathered()
         )
         self.model = self.engine.model
+        if self.engine.sharded and cfg.sampling.generation_backend == "vllm":
+            raise ValueError(
+                "--generation_backend vllm under FSDP is not supported yet (the engine's weight updates read "
+                "whole weights): sample with --generation_backend transformers under FSDP, or use vLLM with DDP."
+            )
         self.setup.start_backend(self.policy, cfg.data.max_length)
         self.monitor = HackingMonitor(cfg.hacking)
         if "hacking" in self.engine.trainer_state:  # restored on resume
