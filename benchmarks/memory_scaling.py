@@ -16,8 +16,8 @@ rung that fits did train here; one that does not might still fit with a few hund
 Held equal: float32 on CPU (bf16 with autocast on CUDA is each framework's choice, not used here), sigmoid
 loss, beta 0.1, AdamW (torch's fused kernel in both by default: TRL's default `adamw_torch_fused`, and
 preftune's `--optim adamw_torch_fused`, its default on CUDA; --preftune_optim adamw_torch measures its CPU
-default, which allocates a temporary the size of each weight matrix), batch and sequence lengths (each pair's prompt, chosen and rejected text are the
-same; both frameworks tokenize them with the same tokenizer, a byte-level BPE of 8,192 tokens trained on
+default, which allocates a temporary the size of each weight matrix), batch and sequence lengths (each
+pair's prompt, chosen and rejected text are the same; both frameworks tokenize them with the same tokenizer, a byte-level BPE of 8,192 tokens trained on
 the rows; the embedding is the rung's full vocabulary). Each framework gets its lowest-memory reference
 for the setting: with full fine-tuning both precompute the reference log-probs before training
 (`precompute_ref_log_probs`: both score the pairs with the policy before its first step and keep no
