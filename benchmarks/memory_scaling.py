@@ -17,13 +17,14 @@ Held equal: float32 on CPU (bf16 with autocast on CUDA is each framework's choic
 loss, beta 0.1, AdamW (torch's fused kernel in both by default: TRL's default `adamw_torch_fused`, and
 preftune's `--optim adamw_torch_fused`, its default on CUDA; --preftune_optim adamw_torch measures its CPU
 default, which allocates a temporary the size of each weight matrix), batch and sequence lengths (each
-pair's prompt, chosen and rejected text are the same; both frameworks tokenize them with the same tokenizer, a byte-level BPE of 8,192 tokens trained on
-the rows; the embedding is the rung's full vocabulary). Each framework gets its lowest-memory reference
-for the setting: with full fine-tuning both precompute the reference log-probs before training
-(`precompute_ref_log_probs`: both score the pairs with the policy before its first step and keep no
-reference model), with LoRA both use the base model with the adapter disabled (no copy). Neither saves a
-model (preftune's final save is skipped, TRL's run saves nothing): the figure is training memory.
-Model objects are built in the worker and passed to both trainers (no checkpoint on disk).
+pair's prompt, chosen and rejected text are the same; both frameworks tokenize them with the same
+tokenizer, a byte-level BPE of 8,192 tokens trained on the rows; the embedding is the rung's full
+vocabulary). Each framework gets its lowest-memory reference for the setting: with full fine-tuning both
+precompute the reference log-probs before training (`precompute_ref_log_probs`: both score the pairs with
+the policy before its first step and keep no reference model), with LoRA both use the base model with the
+adapter disabled (no copy). Neither saves a model (preftune's final save is skipped, TRL's run saves
+nothing): the figure is training memory. Model objects are built in the worker and passed to both trainers
+(no checkpoint on disk).
 
     python benchmarks/memory_scaling.py --out memory_scaling.json        # about an hour on 2 cores
     python benchmarks/memory_scaling.py --rungs tiny --limit_gib 4               # a smoke test, seconds
