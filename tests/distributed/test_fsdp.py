@@ -4,7 +4,6 @@ that resume exactly, a gathered final/ folder that plain transformers loads, and
 import shutil
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -41,14 +40,17 @@ def _same_runs(command: str, one, two) -> None:
         assert [r.get(key) for r in b] == pytest.approx([r.get(key) for r in a], rel=1e-5, abs=1e-6), key
 
 
-def _same_weights(one, two, atol: float = 1e-6) -> None:
+def _same_weights(one, two, rel: float = 1e-5) -> None:
+    """The same final weights, tensor by tensor, to `rel` of each tensor's norm (not element by element:
+    where a gradient is ~0, Adam's update m / sqrt(v) turns summation-order noise into a difference of
+    up to the learning rate, and gloo's reduction order varies from run to run)."""
     a, b = (
         load_file(str(one / "final" / "model.safetensors")),
         load_file(str(two / "final" / "model.safetensors")),
     )
     assert sorted(a) == sorted(b)  # the gathered folder names its weights as an unsharded save does
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=atol)
+        assert (b[name] - a[name]).norm() <= rel * a[name].norm(), name
 
 
 @pytest.mark.distributed
@@ -151,9 +153,8 @@ def test_fsdp2_rl_matches_one_process_and_resumes(
     again = read_metrics(tmp_path / "two" / "metrics.jsonl")
     for key in keys:
         got, want = [r.get(key) for r in again], [r.get(key) for r in uninterrupted]
-        assert got == pytest.approx(want, rel=1e-6), key
-    # the all-reduced updates sum in another order: Adam's steps (1e-3) differ by a few 1e-6
-    _same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
+        assert got == pytest.approx(want, rel=1e-5), key  # gloo's reduction order varies between runs
+    _same_weights(tmp_path / "one", tmp_path / "two", rel=1e-4)
 
 
 @pytest.mark.distributed
