@@ -55,3 +55,18 @@ def sft_model(synth_world, tiny_base, tmp_path_factory):
     data = DataConfig(dataset=str(synth_world["sft"]), max_length=64)
     SFTTrainer(SFTConfig(model=ModelConfig(model=tiny_base), data=data, train=train)).train()
     return str(out / "final")
+
+
+@pytest.fixture(scope="session")
+def random_rm(tiny_base, tmp_path_factory):
+    """A reward model with a random head on the tiny base: distinct responses get distinct scores, so
+    RL advantages are not 0 and a ranking judge finds pairs."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("random_rm") / "rm"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

@@ -102,25 +102,9 @@ RL_METRICS = ("loss", "reward/raw", "train/grad_norm", "eval/reward", "pairs/cou
 RL_KL = ("kl/mean", "eval/kl")
 
 
-@pytest.fixture(scope="module")
-def random_reward_model(tiny_base, tmp_path_factory):
-    """A reward model with a random head: samples get different scores, so advantages are not 0."""
-    from transformers import AutoTokenizer
-
-    out = tmp_path_factory.mktemp("fsdp") / "rm"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize("command", ["ppo", "grpo", "online-dpo"])
-def test_fsdp2_rl_matches_one_process_and_resumes(
-    command, synth_world, tiny_base, random_reward_model, tmp_path
-):
+def test_fsdp2_rl_matches_one_process_and_resumes(command, synth_world, tiny_base, random_rm, tmp_path):
     """Rollouts, the judge's statistics and the held-out evaluation sample with the weights gathered; the
     updates (PPO: policy and value model) run sharded: the run of 1 process, and a resume from the shards.
     Online DPO draws its pairs from the same rollouts and trains on them like DPO."""
@@ -128,7 +112,7 @@ def test_fsdp2_rl_matches_one_process_and_resumes(
     def args(out, batch, *extra):
         return [
             command, "--model", tiny_base, "--dataset", str(synth_world["prompts"]),
-            "--judge", f"rm:{random_reward_model}", "--eval_dataset", str(synth_world["eval_prompts"]),
+            "--judge", f"rm:{random_rm}", "--eval_dataset", str(synth_world["eval_prompts"]),
             "--output_dir", str(out), "--max_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-3",
             "--per_device_train_batch_size", str(batch), "--max_new_tokens", "8", "--max_length", "64",
             "--reward_norm_samples", "16", "--disable_tqdm", "true", *extra,

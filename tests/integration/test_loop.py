@@ -11,20 +11,6 @@ import time
 import pytest
 
 
-@pytest.fixture(scope="module")
-def random_rm(tiny_base, tmp_path_factory):
-    """A reward model with a random head: distinct responses get distinct scores, so pairs exist."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("loop") / "rm"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
-
-
 def _args(tiny_base, synth_world, rm, out, rounds=2):
     return [
         "loop", "--model", tiny_base, "--dataset", str(synth_world["prompts"]),

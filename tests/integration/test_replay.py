@@ -15,20 +15,6 @@ from preftune.engine import read_metrics
 from preftune.engine.config import RUN_CONTROL
 
 
-@pytest.fixture(scope="module")
-def random_rm(tiny_base, tmp_path_factory):
-    """A reward model with a random head: distinct responses get distinct scores."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("replay") / "rm"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
-
-
 def _trainer_args(command: str, tiny_base: str, synth_world, rm: str) -> list[str]:
     data = {"sft": "sft", "rm": "pairs", "dpo": "pairs", "kto": "pairs"}.get(command, "prompts")
     args = [
