@@ -68,10 +68,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=root))
     try:
         if not sharded:
-            save_file(_trainable_state(model), str(tmp / "model.safetensors"))
-            # through an open file: torch.save to a path reports a full disk without the OSError behind it
-            with open(tmp / "optimizer.pt", "wb") as file:
-                torch.save(optimizer.state_dict(), file)
+            save_weights(tmp, "", model, optimizer)
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
         for name in os.listdir(root):  # RNG files written by every rank before this call
@@ -93,10 +90,27 @@ def save_checkpoint(
     return final
 
 
+def save_weights(folder: Path, prefix: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The trainable weights (`{prefix}model.safetensors`) and the optimizer state (`{prefix}optimizer.pt`,
+    plain tensors: read back with weights_only=True) into `folder`. Under FSDP, each process writes its own
+    shard of both (`prefix` names the process; the DTensors' local parts are saved)."""
+    save_file(_trainable_state(model), str(folder / f"{prefix}model.safetensors"))
+    state = optimizer.state_dict()
+    local = {
+        "state": {i: {k: local_tensor(v) for k, v in s.items()} for i, s in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }
+    # through an open file: torch.save to a path reports a full disk without the OSError behind it
+    with open(folder / f"{prefix}optimizer.pt", "wb") as file:
+        torch.save(local, file)
+
+
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Only what training changes: with LoRA the adapters, not the frozen base (a copy of it
-    would cost the whole model's size in every checkpoint)."""
-    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    would cost the whole model's size in every checkpoint); under FSDP this process's shards."""
+    return {
+        name: local_tensor(p.detach()).contiguous() for name, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def rank_file_prefix(step: int) -> str:
@@ -137,7 +151,7 @@ def load_checkpoint(
     state = json.loads((path / "trainer_state.json").read_text())
     _check_shards(path, state.get("shards"), num_shards)
     try:
-        if num_shards:  # this process's shard, written by sharding.save_shards
+        if num_shards:  # this process's shard, written by save_weights
             saved = load_file(str(path / f"shard-{rank}.model.safetensors"))
             optimizer_state = torch.load(path / f"shard-{rank}.optimizer.pt", weights_only=True)
             optimizer_state = sharded_optimizer_state(optimizer_state, optimizer)

@@ -38,6 +38,7 @@ from preftune.engine.checkpoint import (
     rank_file_prefix,
     save_checkpoint,
     save_rng,
+    save_weights,
 )
 from preftune.engine.config import RUN_CONTROL, TrainConfig
 from preftune.engine.metrics import MetricsLog
@@ -49,7 +50,6 @@ from preftune.engine.sharding import (
     full_state_dict,
     gathered,
     is_sharded,
-    save_shards,
     settle_root,
     warn_about_checkpoint_format,
     wrap_decoder_layers,
@@ -542,7 +542,7 @@ class Engine:
         save_rng(self.checkpoint_root, self.step, rank)
         if self.sharded:
             prefix = f"{rank_file_prefix(self.step)}shard-{rank}."
-            save_shards(self.checkpoint_root, prefix, self.model, self.optimizer)
+            save_weights(self.checkpoint_root, prefix, self.model, self.optimizer)
         self.accelerator.wait_for_everyone()
         if self.is_main:
             state = {

@@ -7,8 +7,9 @@ needs from the other processes: a collective, so every process must run the same
 
 - `gathered(model)`: the whole weights on every process for a while (evaluation and RL sampling, where
   processes run different numbers of forward passes; TR-DPO's reference update); no collective inside.
-- `save_shards` / `sharded_optimizer_state`: each process's shard of the trainable weights and of the
-  optimizer state, in safetensors and a weights-only torch file; resuming needs the same processes.
+- `local_tensor` / `sharded_optimizer_state`: each process's shard of the trainable weights and of the
+  optimizer state, as checkpoint.save_weights writes them and as they load back; resuming needs the same
+  processes.
 - `full_state_dict`: the whole weights gathered on the main process, for the final safetensors folder.
 
 accelerate 1.16 turns FSDP on only for GPU-like devices; with CPU processes (gloo) it runs plain DDP and
@@ -22,13 +23,11 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
@@ -150,24 +149,8 @@ def local_tensor(value: Any) -> Any:
     return value.to_local() if isinstance(value, DTensor) else value
 
 
-def save_shards(folder: Path, prefix: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """This process's shard of the trainable weights (`{prefix}model.safetensors`) and of the optimizer
-    state (`{prefix}optimizer.pt`, plain tensors: read back with weights_only=True) into `folder`."""
-    shards = {
-        name: local_tensor(p.detach()).contiguous() for name, p in model.named_parameters() if p.requires_grad
-    }
-    save_file(shards, str(folder / f"{prefix}model.safetensors"))
-    state = optimizer.state_dict()
-    local = {
-        "state": {i: {k: local_tensor(v) for k, v in s.items()} for i, s in state["state"].items()},
-        "param_groups": state["param_groups"],
-    }
-    with open(folder / f"{prefix}optimizer.pt", "wb") as file:  # an OSError names a full disk
-        torch.save(local, file)
-
-
 def sharded_optimizer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """An optimizer state saved by `save_shards` with its per-parameter tensors (Adam's moments) made
+    """An optimizer state saved by `checkpoint.save_weights` with its per-parameter tensors (Adam's moments) made
     DTensors again, sharded as their parameters are in `optimizer`, so that it loads into it."""
     ordered = [p for group in optimizer.param_groups for p in group["params"]]  # the state's ids
     for i, entries in state["state"].items():
