@@ -79,20 +79,14 @@ def test_reward_model_two_processes_match_one(synth_world, tiny_base, tmp_path):
 
 
 @pytest.mark.distributed
-def test_ppo_two_processes_match_one(synth_world, tiny_base, tmp_path):
+def test_ppo_two_processes_match_one(synth_world, tiny_base, random_rm, tmp_path):
     """Samples are keyed by their position in the global batch, advantages whitened over all
-    processes and losses normalised by global token counts: the split does not change the run."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
-    reward_model.config.pad_token_id = tokenizer.pad_token_id
-    reward_model.save_pretrained(tmp_path / "rm")  # a random head: scores vary, so advantages do
-    tokenizer.save_pretrained(tmp_path / "rm")
+    processes and losses normalised by global token counts: the split does not change the run.
+    The reward model has a random head: scores vary, so advantages do."""
 
     def args(out, batch):
         return [
-            "ppo", "--model", tiny_base, "--dataset", str(synth_world["prompts"]), "--judge", f"rm:{tmp_path / 'rm'}",
+            "ppo", "--model", tiny_base, "--dataset", str(synth_world["prompts"]), "--judge", f"rm:{random_rm}",
             "--output_dir", str(out), "--eval_dataset", str(synth_world["eval_prompts"]), "--max_steps", "2",
             "--logging_steps", "1", "--learning_rate", "1e-3", "--per_device_train_batch_size", str(batch),
             "--max_new_tokens", "8", "--max_length", "64", "--reward_norm_samples", "16", "--ppo_epochs", "1",
